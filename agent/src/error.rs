@@ -1,0 +1,103 @@
+//! Errors of the agent, with the hint a user needs to fix each.
+
+use crate::store::StoreError;
+
+/// What can go wrong in the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store failed or refused.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An object is damaged, or the key is wrong.
+    #[error(transparent)]
+    Format(#[from] kanister_repo::Error),
+    /// There is no repository at the URL.
+    #[error("no repository at {0}")]
+    NotARepository(String),
+    /// `repo init` found a repository already there.
+    #[error("a repository already exists at {0}")]
+    AlreadyInitialized(String),
+    /// Neither a passphrase nor a key file was given.
+    #[error("no repository key given")]
+    NoCredential,
+    /// No snapshot matches the given id or prefix.
+    #[error("no snapshot matches {0:?}")]
+    SnapshotNotFound(String),
+    /// More than one snapshot matches the given prefix.
+    #[error("{prefix:?} matches {count} snapshots")]
+    AmbiguousSnapshot {
+        /// The prefix.
+        prefix: String,
+        /// How many match.
+        count: usize,
+    },
+    /// A blob the snapshot needs is in no index.
+    #[error("blob {blob} of snapshot {snapshot} is in no index: the repository is damaged")]
+    MissingBlob {
+        /// The blob.
+        blob: kanister_repo::BlobId,
+        /// The snapshot being read.
+        snapshot: String,
+    },
+    /// The command producing the stream failed.
+    #[error("the input command {command:?} {status}; no snapshot was written")]
+    InputCommand {
+        /// The command.
+        command: String,
+        /// How it ended.
+        status: String,
+    },
+    /// Reading the input or writing the output failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A worker task died.
+    #[error("internal task failed: {0}")]
+    Task(String),
+    /// The repository is damaged (see the check report).
+    #[error("{0}")]
+    Damaged(String),
+}
+
+/// Result with the agent's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io { what: what.into(), source }
+    }
+
+    /// What the user can do about it, when there is something to say.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            Error::NotARepository(_) => {
+                Some("check the store URL, or create a repository with `kanister-agent repo init`")
+            }
+            Error::AlreadyInitialized(_) => Some("use the existing repository, or choose another prefix"),
+            Error::NoCredential => Some(
+                "set KANISTER_REPO_PASSWORD, or pass --password-file FILE or --key-file FILE \
+                 (env KANISTER_REPO_PASSWORD_FILE / KANISTER_REPO_KEY_FILE)",
+            ),
+            Error::Format(kanister_repo::Error::WrongKey { .. }) => {
+                Some("use the passphrase or key file the repository was created with")
+            }
+            Error::Format(_) | Error::MissingBlob { .. } | Error::Damaged(_) => {
+                Some("run `kanister-agent check --read-data` to find every damaged object")
+            }
+            Error::SnapshotNotFound(_) => Some("list snapshots with `kanister-agent snapshots`"),
+            Error::AmbiguousSnapshot { .. } => Some("give more digits of the snapshot id"),
+            Error::Store(StoreError::Backend { .. }) => {
+                Some("check the store's endpoint, bucket and credentials (--store-option, --store-credentials)")
+            }
+            Error::Store(StoreError::BadUrl { .. } | StoreError::BadOption { .. }) => {
+                Some("see `kanister-agent --help` for store URLs and settings")
+            }
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! The Kanister data mover.
+//!
+//! It moves database dumps and volume contents into a deduplicated, compressed, encrypted
+//! repository in an object store, and back. The format lives in the IO-free `kanister-repo`
+//! crate; this crate adds the IO around it:
+//!
+//! - [`store`]: object stores named by URL (`file://`, `s3://`, `az://`, `gs://`).
+//! - [`repository`]: opening a repository, its index, snapshots, markers and prune marks.
+//! - [`push`] / [`pull`]: the streaming pipelines, bounded in memory, parallel on all cores.
+//! - [`check`] / [`prune`]: verification and space reclamation.
+//! - [`progress`]: live counters for progress reports.
+//! - [`cli`]: the `kanister-agent` command line.
+
+pub mod check;
+pub mod cli;
+pub mod error;
+pub mod progress;
+pub mod prune;
+pub mod pull;
+pub mod push;
+pub mod repository;
+pub mod store;
+
+pub use error::{Error, Result};

@@ -1,0 +1,164 @@
+//! Restoring a stream snapshot: plan ▸ fetch ranges ▸ decrypt, decompress, verify ▸ write.
+//!
+//! Chunk lists are read one at a time; consecutive blobs of one pack are fetched with one
+//! range request (at most [`MAX_REQUEST`] of plaintext). Requests run `fetches` at a time and
+//! blobs are decoded on the blocking pool, both in stream order, so memory stays bounded.
+//! Every blob is verified (tag, then hash against its id) before a byte of it is written.
+
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use kanister_repo::blob;
+use kanister_repo::pack::PackEntry;
+use kanister_repo::{BlobId, PackId, SnapshotId};
+use serde::Serialize;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::repository::{MasterIndex, Repository, pack_key};
+
+/// Largest plaintext fetched by one range request.
+pub const MAX_REQUEST: u64 = 2 << 20;
+/// Bytes of unneeded blobs a request may read through to merge two ranges.
+const MAX_GAP: u64 = 64 << 10;
+
+/// What a pull did.
+#[derive(Debug, Clone, Serialize)]
+pub struct PullStats {
+    /// The snapshot.
+    pub snapshot_id: SnapshotId,
+    /// Bytes written.
+    pub bytes_written: u64,
+    /// Bytes read from the store.
+    pub bytes_fetched: u64,
+    /// Blobs verified.
+    pub chunks: u64,
+    /// Output bytes per second.
+    pub throughput_bytes_per_sec: f64,
+    /// Wall time in seconds.
+    pub duration_secs: f64,
+}
+
+/// One range request: consecutive blobs of one pack.
+#[derive(Debug)]
+struct Request {
+    pack: PackId,
+    start: u64,
+    end: u64,
+    raw: u64,
+    blobs: Vec<PackEntry>,
+}
+
+fn plan(index: &MasterIndex, ids: &[BlobId], snapshot: &SnapshotId) -> Result<Vec<Request>> {
+    let mut out: Vec<Request> = Vec::new();
+    for id in ids {
+        let loc = index.get(id).ok_or_else(|| Error::MissingBlob { blob: *id, snapshot: snapshot.to_string() })?;
+        let pack = index.pack_id(loc);
+        let e = loc.entry;
+        let r = e.range();
+        if let Some(cur) = out.last_mut()
+            && cur.pack == pack
+            && r.start >= cur.end
+            && r.start - cur.end <= MAX_GAP
+            && cur.raw + e.raw_len as u64 <= MAX_REQUEST
+        {
+            cur.end = r.end;
+            cur.raw += e.raw_len as u64;
+            cur.blobs.push(e);
+            continue;
+        }
+        out.push(Request { pack, start: r.start, end: r.end, raw: e.raw_len as u64, blobs: vec![e] });
+    }
+    Ok(out)
+}
+
+/// Writes snapshot `id` to `out`. On error, what was written is a correct prefix of the stream.
+pub async fn pull<W: AsyncWrite + Unpin>(
+    repo: &Repository,
+    id: &SnapshotId,
+    out: &mut W,
+    fetches: usize,
+    workers: usize,
+    progress: Arc<Progress>,
+) -> Result<PullStats> {
+    let started = std::time::Instant::now();
+    let snap = repo.snapshot(id).await?;
+    progress.total.store(snap.size, std::sync::atomic::Ordering::Relaxed);
+    let index = repo.load_index().await?;
+    for (ix, why) in &index.damaged {
+        tracing::warn!(index = %ix, error = %why, "a damaged index was skipped");
+    }
+    let kanister_repo::snapshot::Root::Stream { lists } = &snap.root;
+    // Fail before writing anything when a chunk list is already known to be missing.
+    if let Some(missing) = lists.iter().find(|l| index.get(l).is_none()) {
+        return Err(Error::MissingBlob { blob: *missing, snapshot: id.to_string() });
+    }
+    let index = &index;
+    let keys = repo.keys().clone();
+    let store = repo.store().clone();
+    let requests = futures::stream::iter(lists.iter())
+        .then(|list| async move {
+            let bytes = repo.read_blob(index, list).await?;
+            let ids = kanister_repo::snapshot::decode_id_list(&bytes)?;
+            plan(index, &ids, id)
+        })
+        .map_ok(|reqs| futures::stream::iter(reqs.into_iter().map(Ok::<_, Error>)))
+        .try_flatten();
+    let fetched = requests
+        .map_ok(|req| {
+            let store = store.clone();
+            async move {
+                let bytes = store.get_range(&pack_key(&req.pack), req.start..req.end).await?;
+                Ok::<_, Error>((req, bytes))
+            }
+        })
+        .try_buffered(fetches.max(1));
+    let decoded = fetched
+        .map_ok(|(req, bytes)| {
+            let keys = keys.clone();
+            async move {
+                tokio::task::spawn_blocking(move || -> Result<(u64, Vec<Vec<u8>>)> {
+                    let mut out = Vec::with_capacity(req.blobs.len());
+                    for e in &req.blobs {
+                        let s = (e.offset as u64 - req.start) as usize;
+                        let b = &bytes[s..s + e.length as usize];
+                        out.push(blob::decode(&keys, e.kind, &e.id, b, e.raw_len)?);
+                    }
+                    Ok((req.end - req.start, out))
+                })
+                .await
+                .map_err(|e| Error::Task(e.to_string()))?
+            }
+        })
+        .try_buffered(workers.max(1));
+    let mut decoded = std::pin::pin!(decoded);
+
+    let (mut written, mut fetched_bytes, mut chunks) = (0u64, 0u64, 0u64);
+    while let Some((n, blobs)) = decoded.try_next().await? {
+        fetched_bytes += n;
+        Progress::add(&progress.bytes_stored, n);
+        for b in blobs {
+            out.write_all(&b).await.map_err(|e| Error::io("writing the output failed", e))?;
+            written += b.len() as u64;
+            chunks += 1;
+            Progress::add(&progress.bytes_read, b.len() as u64);
+        }
+    }
+    out.flush().await.map_err(|e| Error::io("writing the output failed", e))?;
+    if written != snap.size {
+        return Err(Error::Damaged(format!(
+            "snapshot {id} promised {} bytes but its chunks hold {written}",
+            snap.size
+        )));
+    }
+    let duration = started.elapsed().as_secs_f64();
+    Ok(PullStats {
+        snapshot_id: *id,
+        bytes_written: written,
+        bytes_fetched: fetched_bytes,
+        chunks,
+        throughput_bytes_per_sec: if duration > 0.0 { written as f64 / duration } else { 0.0 },
+        duration_secs: duration,
+    })
+}

@@ -1,0 +1,477 @@
+//! Backing up a byte stream: read ▸ chunk ▸ hash ▸ dedup ▸ compress ▸ encrypt ▸ pack ▸ upload.
+//!
+//! Stages and their bounds:
+//!
+//! 1. one blocking thread reads the input (stdin, or a command's stdout) and cuts chunks with
+//!    FastCDC; chunks go out through a channel of `2 × workers` slots;
+//! 2. up to `2 × workers` chunks are hashed, checked against the index, and (when new)
+//!    compressed and sealed on the blocking pool, results kept in stream order; a blob id is
+//!    reserved before the CPU work, so two workers never encode or upload the same blob;
+//! 3. the ordered results go into the current pack and the chunk list; a full pack is sealed
+//!    and handed to an upload task, at most `uploads` at once (a semaphore);
+//! 4. landed packs are indexed every few seconds while the push runs, so an interrupted push
+//!    leaves findable packs, and the next push uploads only what had not landed;
+//! 5. at the end: the last pack, a consolidated index, then the snapshot. Nothing refers to a
+//!    pack before it has landed, so a crash at any point leaves a consistent repository.
+//!
+//! Memory is bounded by the channel slots, one pack being filled and `uploads` packs in
+//! flight, whatever the size of the stream.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use kanister_repo::blob::{self, BlobKind, EncodedBlob};
+use kanister_repo::chunker::Chunker;
+use kanister_repo::index::{IndexFile, IndexPack};
+use kanister_repo::pack::PackWriter;
+use kanister_repo::snapshot::{self, IDS_PER_LIST, Root, Snapshot, SnapshotStats};
+use kanister_repo::{BlobId, IndexId, SnapshotId};
+use serde::Serialize;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::repository::{
+    ALIVE_SUFFIX, INDEX, LOCK_REFRESH_EVERY, Lock, MasterIndex, Repository, hostname, now_secs, pack_key,
+};
+
+/// Where the bytes come from.
+pub enum Source {
+    /// Any reader (stdin, a file).
+    Reader(Box<dyn Read + Send>),
+    /// A command whose stdout is the stream; a non-zero exit fails the push.
+    Command(Vec<String>),
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // Only the program: arguments may hold secrets.
+            Source::Command(c) => write!(f, "Command({})", c.first().map_or("", String::as_str)),
+            Source::Reader(_) => f.write_str("Reader"),
+        }
+    }
+}
+
+/// Settings of a push.
+#[derive(Debug, Clone)]
+pub struct PushOptions {
+    /// Tags of the snapshot.
+    pub tags: BTreeMap<String, String>,
+    /// Host recorded in the snapshot.
+    pub hostname: String,
+    /// CPU workers (chunks hashed/compressed/encrypted in parallel).
+    pub workers: usize,
+    /// Packs uploaded at once.
+    pub uploads: usize,
+}
+
+impl Default for PushOptions {
+    fn default() -> Self {
+        PushOptions {
+            tags: BTreeMap::new(),
+            hostname: hostname(),
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            uploads: 2,
+        }
+    }
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Serialize)]
+pub struct PushStats {
+    /// The new snapshot.
+    pub snapshot_id: SnapshotId,
+    /// Bytes read from the input.
+    pub bytes_read: u64,
+    /// Of those, bytes not already in the repository.
+    pub bytes_new: u64,
+    /// Bytes written to the store (packs, indexes, snapshot).
+    pub bytes_uploaded: u64,
+    /// Chunks in the stream.
+    pub chunks: u64,
+    /// Chunks that were new.
+    pub chunks_new: u64,
+    /// Packs written.
+    pub packs_uploaded: u64,
+    /// Packs left by an interrupted push that were indexed and reused.
+    pub packs_recovered: u64,
+    /// Fraction of the input already in the repository (0..1).
+    pub dedup_ratio: f64,
+    /// Input bytes per second.
+    pub throughput_bytes_per_sec: f64,
+    /// Wall time in seconds.
+    pub duration_secs: f64,
+}
+
+struct Processed {
+    id: BlobId,
+    blob: Option<EncodedBlob>,
+}
+
+/// Pushes a stream into the repository and writes a snapshot.
+pub async fn push(repo: &Repository, source: Source, opts: &PushOptions, progress: Arc<Progress>) -> Result<PushStats> {
+    let started = Instant::now();
+    let start_time = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let lock =
+        Lock { started: now_secs(), refreshed: now_secs(), hostname: opts.hostname.clone(), pid: std::process::id() };
+    let lock_key = repo.write_lock(&lock).await?;
+    let refresher = tokio::spawn(refresh_lock(repo.store().clone(), lock_key.clone(), lock));
+    let result = push_inner(repo, source, opts, &progress, started, start_time).await;
+    refresher.abort();
+    let _ = refresher.await;
+    cleanup_locks(repo, &lock_key).await;
+    result
+}
+
+async fn refresh_lock(store: crate::store::Store, key: String, mut lock: Lock) {
+    let mut tick = tokio::time::interval(LOCK_REFRESH_EVERY);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        lock.refreshed = now_secs();
+        // Renewal rewrites `<key>.alive`: markers are the one kind of object that changes.
+        let alive = format!("{key}{ALIVE_SUFFIX}");
+        if let Err(e) = store.put(&alive, Bytes::from(serde_json::to_vec(&lock).expect("lock serializes"))).await {
+            tracing::warn!(error = %e, "cannot renew the backup marker");
+        }
+    }
+}
+
+async fn cleanup_locks(repo: &Repository, key: &str) {
+    let _ = repo.store().delete(&format!("{key}{ALIVE_SUFFIX}")).await;
+    if let Err(e) = repo.store().delete(key).await {
+        tracing::warn!(error = %e, lock = key, "cannot remove the backup marker; prune treats it as stale after 30 minutes");
+    }
+}
+
+async fn push_inner(
+    repo: &Repository,
+    source: Source,
+    opts: &PushOptions,
+    progress: &Arc<Progress>,
+    started: Instant,
+    start_time: String,
+) -> Result<PushStats> {
+    let keys = repo.keys().clone();
+    let config = repo.config().clone();
+    let mut index = repo.load_index().await?;
+    for (id, why) in &index.damaged {
+        tracing::warn!(index = %id, error = %why, "ignoring a damaged index: its blobs will be stored again");
+    }
+    let (packs_recovered, recovery_bytes) = repo.recover_unindexed_packs(&mut index).await?;
+    let index = Arc::new(index);
+    let mut bytes_uploaded = recovery_bytes;
+
+    let workers = opts.workers.max(1);
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(workers * 2);
+    let params = config.chunker;
+    let seed = keys.chunker_seed;
+    let reader_progress = progress.clone();
+    let reader = tokio::task::spawn_blocking(move || read_stream(source, params, seed, tx, &reader_progress));
+
+    let reserved: Arc<Mutex<HashSet<BlobId>>> = Arc::default();
+    let chunks = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let processed = chunks
+        .map(|chunk| {
+            let (keys, index, reserved, progress) = (keys.clone(), index.clone(), reserved.clone(), progress.clone());
+            let level = config.compression_level;
+            tokio::task::spawn_blocking(move || -> Result<Processed> {
+                let id = blob::blob_id(&keys, &chunk);
+                let new = !index.blobs.contains_key(&id) && reserved.lock().expect("not poisoned").insert(id);
+                let blob = if new {
+                    Progress::add(&progress.bytes_new, chunk.len() as u64);
+                    Some(blob::encode(&keys, BlobKind::Data, id, &chunk, level)?)
+                } else {
+                    None
+                };
+                Progress::add(&progress.chunks, 1);
+                Ok(Processed { id, blob })
+            })
+        })
+        .buffered(workers * 2);
+    let mut processed = Box::pin(processed);
+
+    let mut out = Packer::new(repo, opts.uploads.max(1), config.pack_size as usize);
+    let mut list: Vec<BlobId> = Vec::with_capacity(IDS_PER_LIST);
+    let mut lists: Vec<BlobId> = Vec::new();
+    let (mut n_chunks, mut n_new, mut new_bytes) = (0u64, 0u64, 0u64);
+
+    let body = async {
+        while let Some(r) = processed.next().await {
+            let p = r.map_err(|e| Error::Task(e.to_string()))??;
+            n_chunks += 1;
+            list.push(p.id);
+            if let Some(b) = p.blob {
+                n_new += 1;
+                new_bytes += b.raw_len as u64;
+                out.add(b, progress).await?;
+            }
+            if list.len() == IDS_PER_LIST {
+                let id =
+                    add_list(&keys, &index, &reserved, &mut list, config.compression_level, &mut out, progress).await?;
+                lists.push(id);
+            }
+            out.collect_landed(progress, false).await?;
+        }
+        Ok::<(), Error>(())
+    };
+    let body_result = body.await;
+    drop(processed);
+    // The reader's error (a failing command, an unreadable input) explains a short stream
+    // better than anything downstream, so it wins.
+    let read_result = reader.await.map_err(|e| Error::Task(e.to_string()))?;
+    read_result?;
+    body_result?;
+
+    if !list.is_empty() || lists.is_empty() {
+        let id = add_list(&keys, &index, &reserved, &mut list, config.compression_level, &mut out, progress).await?;
+        lists.push(id);
+    }
+    let packs_uploaded = out.finish(progress).await?;
+    bytes_uploaded += out.bytes_uploaded;
+
+    let bytes_read = progress.bytes_read.load(std::sync::atomic::Ordering::Relaxed);
+    let duration = started.elapsed().as_secs_f64();
+    let mut snap = Snapshot {
+        version: snapshot::SNAPSHOT_VERSION,
+        time: start_time,
+        hostname: opts.hostname.clone(),
+        tags: opts.tags.clone(),
+        root: Root::Stream { lists },
+        size: bytes_read,
+        stats: SnapshotStats {
+            bytes_read,
+            bytes_new: new_bytes,
+            bytes_uploaded,
+            chunks: n_chunks,
+            chunks_new: n_new,
+            duration_secs: duration,
+        },
+        program: format!("kanister-agent {}", env!("CARGO_PKG_VERSION")),
+    };
+    // The snapshot's own size is part of what this push uploaded; estimate it by encoding once.
+    let (_, probe) = snap.encode(&keys);
+    snap.stats.bytes_uploaded += probe.len() as u64;
+    let (snapshot_id, snap_len) = repo.write_snapshot(&snap).await?;
+    Progress::add(&progress.bytes_stored, snap_len);
+    out.delete_interim().await;
+
+    Ok(PushStats {
+        snapshot_id,
+        bytes_read,
+        bytes_new: new_bytes,
+        bytes_uploaded: snap.stats.bytes_uploaded,
+        chunks: n_chunks,
+        chunks_new: n_new,
+        packs_uploaded,
+        packs_recovered: packs_recovered as u64,
+        dedup_ratio: if bytes_read == 0 { 0.0 } else { 1.0 - new_bytes as f64 / bytes_read as f64 },
+        throughput_bytes_per_sec: if duration > 0.0 { bytes_read as f64 / duration } else { 0.0 },
+        duration_secs: duration,
+    })
+}
+
+/// Seals the chunk list so far as a list blob, adds it to the pack if new, returns its id.
+async fn add_list(
+    keys: &kanister_repo::Keys,
+    index: &MasterIndex,
+    reserved: &Mutex<HashSet<BlobId>>,
+    list: &mut Vec<BlobId>,
+    level: i32,
+    out: &mut Packer<'_>,
+    progress: &Progress,
+) -> Result<BlobId> {
+    let bytes = snapshot::encode_id_list(list);
+    list.clear();
+    let id = blob::blob_id(keys, &bytes);
+    if !index.blobs.contains_key(&id) && reserved.lock().expect("not poisoned").insert(id) {
+        let b = blob::encode(keys, BlobKind::Tree, id, &bytes, level)?;
+        out.add(b, progress).await?;
+    }
+    Ok(id)
+}
+
+/// Reads the source, cuts chunks, sends them on. Runs on a blocking thread.
+fn read_stream(
+    source: Source,
+    params: kanister_repo::chunker::ChunkerParams,
+    seed: u64,
+    tx: mpsc::Sender<Vec<u8>>,
+    progress: &Progress,
+) -> Result<()> {
+    let (reader, mut child, program): (Box<dyn Read + Send>, _, _) = match source {
+        Source::Reader(r) => (r, None, String::new()),
+        Source::Command(argv) => {
+            let program = argv
+                .first()
+                .cloned()
+                .ok_or_else(|| Error::InputCommand { command: String::new(), status: "is empty".into() })?;
+            let mut child = std::process::Command::new(&program)
+                .args(&argv[1..])
+                .stdin(std::process::Stdio::null())
+                // The dump command has no business with the repository's secrets.
+                .env_remove("KANISTER_REPO_PASSWORD")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::inherit())
+                .spawn()
+                .map_err(|e| Error::InputCommand {
+                    command: program.clone(),
+                    status: format!("could not start: {e}"),
+                })?;
+            let stdout = child.stdout.take().expect("stdout is piped");
+            (Box::new(stdout), Some(child), program)
+        }
+    };
+    let mut stopped_early = false;
+    for chunk in Chunker::new(reader, params, seed) {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(c) = child.as_mut() {
+                    let _ = c.kill();
+                }
+                return Err(Error::io("reading the input failed", std::io::Error::other(e.to_string())));
+            }
+        };
+        Progress::add(&progress.bytes_read, chunk.len() as u64);
+        if tx.blocking_send(chunk).is_err() {
+            // The pipeline stopped (an error downstream, or cancellation).
+            stopped_early = true;
+            break;
+        }
+    }
+    if let Some(mut c) = child {
+        if stopped_early {
+            let _ = c.kill();
+        }
+        let status = c.wait().map_err(|e| Error::io("waiting for the input command", e))?;
+        if !status.success() && !stopped_early {
+            return Err(Error::InputCommand { command: program, status: describe_exit(status) });
+        }
+    }
+    Ok(())
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exited with status {c}"),
+        (None, Some(s)) => format!("was killed by signal {s}"),
+        _ => "failed".into(),
+    }
+}
+
+/// Fills packs, uploads them with bounded concurrency, and indexes them as they land.
+struct Packer<'r> {
+    repo: &'r Repository,
+    pack: PackWriter,
+    pack_size: usize,
+    uploads: JoinSet<Result<IndexPack>>,
+    slots: Arc<Semaphore>,
+    landed: Vec<IndexPack>,
+    unindexed: Vec<IndexPack>,
+    interim: Vec<IndexId>,
+    last_index: Instant,
+    bytes_uploaded: u64,
+}
+
+/// Index landed packs at least this often while a push runs.
+const INTERIM_INDEX_EVERY: Duration = Duration::from_secs(2);
+
+impl<'r> Packer<'r> {
+    fn new(repo: &'r Repository, uploads: usize, pack_size: usize) -> Self {
+        Packer {
+            repo,
+            pack: PackWriter::with_capacity(pack_size + (1 << 20)),
+            pack_size,
+            uploads: JoinSet::new(),
+            slots: Arc::new(Semaphore::new(uploads)),
+            landed: Vec::new(),
+            unindexed: Vec::new(),
+            interim: Vec::new(),
+            last_index: Instant::now(),
+            bytes_uploaded: 0,
+        }
+    }
+
+    async fn add(&mut self, b: EncodedBlob, progress: &Progress) -> Result<()> {
+        self.pack.add(&b);
+        if self.pack.len() >= self.pack_size {
+            self.seal_and_upload(progress).await?;
+        }
+        Ok(())
+    }
+
+    async fn seal_and_upload(&mut self, progress: &Progress) -> Result<()> {
+        if self.pack.is_empty() {
+            return Ok(());
+        }
+        // Wait for an upload slot before sealing: this is the pipeline's backpressure.
+        let permit = self.slots.clone().acquire_owned().await.expect("semaphore never closed");
+        let pack = std::mem::replace(&mut self.pack, PackWriter::with_capacity(self.pack_size + (1 << 20)));
+        let finished = pack.finish(&self.repo.keys().data_key);
+        let store = self.repo.store().clone();
+        self.uploads.spawn(async move {
+            let size = finished.bytes.len() as u64;
+            store.put(&pack_key(&finished.id), Bytes::from(finished.bytes)).await?;
+            drop(permit);
+            Ok(IndexPack { id: finished.id, size, blobs: finished.entries })
+        });
+        self.collect_landed(progress, false).await
+    }
+
+    /// Takes finished uploads; writes an interim index when due (or when `all` is set, after
+    /// waiting for every upload).
+    async fn collect_landed(&mut self, progress: &Progress, all: bool) -> Result<()> {
+        loop {
+            let next = if all { self.uploads.join_next().await } else { self.uploads.try_join_next() };
+            let Some(r) = next else { break };
+            let p = r.map_err(|e| Error::Task(e.to_string()))??;
+            self.bytes_uploaded += p.size;
+            Progress::add(&progress.bytes_stored, p.size);
+            self.unindexed.push(p);
+        }
+        if !self.unindexed.is_empty() && (all || self.last_index.elapsed() >= INTERIM_INDEX_EVERY) {
+            let packs = std::mem::take(&mut self.unindexed);
+            let (id, n) = self.repo.write_index(&IndexFile { supersedes: vec![], packs: packs.clone() }).await?;
+            self.bytes_uploaded += n;
+            Progress::add(&progress.bytes_stored, n);
+            self.interim.push(id);
+            self.landed.extend(packs);
+            self.last_index = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Uploads the last pack, waits for every upload, and writes one index for all packs of
+    /// this push (superseding the interim ones). Returns the number of packs.
+    async fn finish(&mut self, progress: &Progress) -> Result<u64> {
+        self.seal_and_upload(progress).await?;
+        self.collect_landed(progress, true).await?;
+        if self.interim.len() > 1 {
+            let f = IndexFile { supersedes: self.interim.clone(), packs: self.landed.clone() };
+            let (_, n) = self.repo.write_index(&f).await?;
+            self.bytes_uploaded += n;
+            Progress::add(&progress.bytes_stored, n);
+        } else {
+            // Zero or one interim index already says everything.
+            self.interim.clear();
+        }
+        Ok(self.landed.len() as u64)
+    }
+
+    /// Removes the interim indexes once the consolidated one and the snapshot are written.
+    async fn delete_interim(&mut self) {
+        for id in std::mem::take(&mut self.interim) {
+            if let Err(e) = self.repo.store().delete(&format!("{INDEX}/{id}")).await {
+                tracing::debug!(index = %id, error = %e, "cannot delete a superseded index; prune will");
+            }
+        }
+    }
+}

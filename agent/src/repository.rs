@@ -1,0 +1,630 @@
+//! A repository in a store: opening it, its index, its snapshots.
+//!
+//! Layout under the store's prefix:
+//!
+//! ```text
+//! config                 sealed repository parameters, written once by `repo init`
+//! keys/<id>              key slots (the master key, wrapped)
+//! data/<xx>/<pack id>    packs
+//! index/<index id>       indexes
+//! snapshots/<id>         snapshots
+//! locks/<id>             markers of running backups (not exclusive; read by `prune`)
+//! prune/<id>             packs `prune` has set aside, deleted after the grace period
+//! ```
+//!
+//! Every object except locks is written once and never overwritten. Writers take no global
+//! lock: a backup writes packs, then indexes, then its snapshot, so a crash leaves only packs
+//! nothing points at, which the next backup reuses (their trailers are re-indexed) and `prune`
+//! eventually removes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::marker::PhantomData;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use kanister_repo::blob;
+use kanister_repo::chunker::ChunkerParams;
+use kanister_repo::index::{IndexFile, IndexPack};
+use kanister_repo::keys::{self, Argon2Params, Credential, KeySlot, MasterKey};
+use kanister_repo::pack::{self, PackEntry};
+use kanister_repo::snapshot::Snapshot;
+use kanister_repo::{BlobId, IndexId, Keys, PackId, RepoConfig, SnapshotId};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+use crate::store::{Store, StoreError};
+
+/// Object holding the sealed config.
+pub const CONFIG: &str = "config";
+/// Folder of key slots.
+pub const KEYS: &str = "keys";
+/// Folder of packs.
+pub const DATA: &str = "data";
+/// Folder of indexes.
+pub const INDEX: &str = "index";
+/// Folder of snapshots.
+pub const SNAPSHOTS: &str = "snapshots";
+/// Folder of backup markers.
+pub const LOCKS: &str = "locks";
+/// Folder of prune marks.
+pub const PRUNE: &str = "prune";
+
+/// Concurrent small reads when loading indexes and snapshots.
+const META_CONCURRENCY: usize = 16;
+
+/// The key of a pack object.
+pub fn pack_key(id: &PackId) -> String {
+    let h = id.to_hex();
+    format!("{DATA}/{}/{h}", &h[..2])
+}
+
+/// Parses a pack id back from its key.
+pub fn pack_id_from_key(key: &str) -> Option<PackId> {
+    key.rsplit('/').next()?.parse().ok()
+}
+
+/// The secret that opens a repository. Zeroized on drop.
+#[derive(Clone)]
+pub enum RepoKey {
+    /// A passphrase (from `KANISTER_REPO_PASSWORD` or a file).
+    Passphrase(Zeroizing<Vec<u8>>),
+    /// The contents of a raw key file.
+    KeyFile(Zeroizing<Vec<u8>>),
+}
+
+impl std::fmt::Debug for RepoKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RepoKey::Passphrase(_) => "RepoKey::Passphrase(..)",
+            RepoKey::KeyFile(_) => "RepoKey::KeyFile(..)",
+        })
+    }
+}
+
+impl RepoKey {
+    fn credential(&self) -> Credential<'_> {
+        match self {
+            RepoKey::Passphrase(p) => Credential::Passphrase(p),
+            RepoKey::KeyFile(k) => Credential::KeyFile(k),
+        }
+    }
+}
+
+/// Typestate: a repository not opened yet.
+#[derive(Debug)]
+pub struct Closed;
+
+/// Typestate: an opened repository (keys and config loaded).
+#[derive(Debug)]
+pub struct Open {
+    keys: Keys,
+    config: RepoConfig,
+}
+
+/// A repository in a store. `Repository<Closed>` can only be initialised or opened.
+#[derive(Debug)]
+pub struct Repository<S = Open> {
+    store: Store,
+    state: S,
+    _s: PhantomData<S>,
+}
+
+/// Parameters of `repo init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// Chunk sizes.
+    pub chunker: ChunkerParams,
+    /// Target pack size.
+    pub pack_size: u32,
+    /// zstd level.
+    pub compression_level: i32,
+    /// Argon2 cost for passphrase slots.
+    pub argon2: Argon2Params,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            chunker: ChunkerParams::default(),
+            pack_size: kanister_repo::config::DEFAULT_PACK_SIZE,
+            compression_level: kanister_repo::config::DEFAULT_COMPRESSION_LEVEL,
+            argon2: Argon2Params::default(),
+        }
+    }
+}
+
+impl Repository<Closed> {
+    /// The repository at `store`, not opened.
+    pub fn at(store: Store) -> Self {
+        Repository { store, state: Closed, _s: PhantomData }
+    }
+
+    /// Creates a new repository: a random master key, one key slot for `key`, the config.
+    pub async fn init(mut self, key: &RepoKey, opts: &InitOptions) -> Result<Repository<Open>> {
+        self.store.create_local_root().map_err(|e| Error::io(format!("cannot create {}", self.store), e))?;
+        if self.store.size(CONFIG).await?.is_some() || !self.store.list(KEYS).await?.is_empty() {
+            return Err(Error::AlreadyInitialized(self.store.to_string()));
+        }
+        let config = RepoConfig::new(opts.chunker, opts.pack_size, opts.compression_level)?;
+        let master = MasterKey::generate();
+        let keys = master.keys();
+        let slot = {
+            let (master, key, params) = (master.clone(), key.clone(), opts.argon2);
+            tokio::task::spawn_blocking(move || KeySlot::wrap(&master, &key.credential(), params, &slot_label()))
+                .await
+                .map_err(|e| Error::Task(e.to_string()))??
+        };
+        self.store.put(&format!("{KEYS}/{}", slot.id), Bytes::from(slot.to_json())).await?;
+        self.store.put(CONFIG, Bytes::from(config.encode(&keys))).await?;
+        Ok(Repository { store: self.store, state: Open { keys, config }, _s: PhantomData })
+    }
+
+    /// Opens the repository with `key`.
+    pub async fn open(self, key: &RepoKey) -> Result<Repository<Open>> {
+        let slots = self.key_slots().await?;
+        if slots.is_empty() {
+            return Err(Error::NotARepository(self.store.to_string()));
+        }
+        let key = key.clone();
+        let master = tokio::task::spawn_blocking(move || keys::open_any(&slots, &key.credential()))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??;
+        let keys = master.keys();
+        let config = match self.store.get(CONFIG).await {
+            Ok(b) => RepoConfig::decode(&keys, &b)?,
+            Err(StoreError::NotFound(_)) => return Err(Error::NotARepository(self.store.to_string())),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Repository { store: self.store, state: Open { keys, config }, _s: PhantomData })
+    }
+
+    async fn key_slots(&self) -> Result<Vec<KeySlot>> {
+        let mut slots = Vec::new();
+        for o in self.store.list(KEYS).await? {
+            let bytes = self.store.get(&o.key).await?;
+            slots.push(KeySlot::from_json(&bytes)?);
+        }
+        Ok(slots)
+    }
+}
+
+fn slot_label() -> String {
+    format!("{}@{}", std::env::var("USER").unwrap_or_else(|_| "agent".into()), hostname())
+}
+
+/// This machine's (pod's) host name.
+pub fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Where a blob is.
+#[derive(Debug, Clone, Copy)]
+pub struct BlobLocation {
+    /// Index of its pack in [`MasterIndex::packs`].
+    pub pack: u32,
+    /// Its entry in the pack.
+    pub entry: PackEntry,
+}
+
+/// All index objects merged: every known blob and pack.
+#[derive(Debug, Default)]
+pub struct MasterIndex {
+    /// Known packs and their sizes.
+    pub packs: Vec<(PackId, u64)>,
+    pack_pos: HashMap<PackId, u32>,
+    /// Known blobs.
+    pub blobs: HashMap<BlobId, BlobLocation>,
+    /// The index objects that were read.
+    pub index_ids: Vec<IndexId>,
+    /// Index objects that could not be read, with the reason.
+    pub damaged: Vec<(IndexId, String)>,
+}
+
+impl MasterIndex {
+    /// Adds a pack's blobs.
+    pub fn add_pack(&mut self, p: &IndexPack) {
+        let pos = *self.pack_pos.entry(p.id).or_insert_with(|| {
+            self.packs.push((p.id, p.size));
+            (self.packs.len() - 1) as u32
+        });
+        for e in &p.blobs {
+            self.blobs.entry(e.id).or_insert(BlobLocation { pack: pos, entry: *e });
+        }
+    }
+
+    /// Whether the pack is indexed.
+    pub fn has_pack(&self, id: &PackId) -> bool {
+        self.pack_pos.contains_key(id)
+    }
+
+    /// The pack of a location.
+    pub fn pack_id(&self, loc: &BlobLocation) -> PackId {
+        self.packs[loc.pack as usize].0
+    }
+
+    /// Looks a blob up.
+    pub fn get(&self, id: &BlobId) -> Option<&BlobLocation> {
+        self.blobs.get(id)
+    }
+}
+
+/// A marker a running backup leaves, so `prune` waits for it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Lock {
+    /// When the backup started (seconds since the epoch).
+    pub started: u64,
+    /// When the marker was last renewed.
+    pub refreshed: u64,
+    /// Host (pod) of the backup.
+    pub hostname: String,
+    /// Its process id.
+    pub pid: u32,
+}
+
+/// Suffix of a marker's renewal object.
+pub const ALIVE_SUFFIX: &str = ".alive";
+
+/// A backup marker as listed.
+#[derive(Debug, Clone)]
+pub struct LockInfo {
+    /// Its key.
+    pub key: String,
+    /// When the backup started (store time).
+    pub started: SystemTime,
+    /// When it last renewed its marker (store time).
+    pub alive: SystemTime,
+}
+
+impl LockInfo {
+    /// Whether the backup may still be running.
+    pub fn is_live(&self) -> bool {
+        SystemTime::now().duration_since(self.alive).map_or(true, |age| age < LOCK_STALE_AFTER)
+    }
+}
+
+/// A lock older than this without renewal belongs to a process that died.
+pub const LOCK_STALE_AFTER: Duration = Duration::from_secs(30 * 60);
+/// How often a running backup renews its lock.
+pub const LOCK_REFRESH_EVERY: Duration = Duration::from_secs(5 * 60);
+
+/// Seconds since the epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Repository<Open> {
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The working keys.
+    pub fn keys(&self) -> &Keys {
+        &self.state.keys
+    }
+
+    /// The parameters.
+    pub fn config(&self) -> &RepoConfig {
+        &self.state.config
+    }
+
+    /// Reads and merges every index object. Damaged indexes are listed in
+    /// [`MasterIndex::damaged`] rather than failing the load, so that what can be read still is.
+    pub async fn load_index(&self) -> Result<MasterIndex> {
+        for attempt in 0..2 {
+            let listed = self.store.list(INDEX).await?;
+            let ids: Vec<IndexId> = listed.iter().filter_map(|o| o.key.rsplit('/').next()?.parse().ok()).collect();
+            let keys = self.keys();
+            let results: Vec<(IndexId, Result<IndexFile>)> = futures::stream::iter(ids)
+                .map(|id| async move {
+                    let r = match self.store.get(&format!("{INDEX}/{id}")).await {
+                        Ok(b) => IndexFile::decode(keys, &id, &b).map_err(Error::from),
+                        Err(e) => Err(e.into()),
+                    };
+                    (id, r)
+                })
+                .buffer_unordered(META_CONCURRENCY)
+                .collect()
+                .await;
+            // An index deleted between list and get was superseded by a consolidated one
+            // written before the deletion: list again to pick that one up.
+            let vanished = results.iter().any(|(_, r)| matches!(r, Err(Error::Store(StoreError::NotFound(_)))));
+            if vanished && attempt == 0 {
+                continue;
+            }
+            let mut mi = MasterIndex::default();
+            for (id, r) in results {
+                match r {
+                    Ok(f) => {
+                        f.packs.iter().for_each(|p| mi.add_pack(p));
+                        mi.index_ids.push(id);
+                    }
+                    Err(Error::Store(StoreError::NotFound(_))) => {}
+                    Err(e) => mi.damaged.push((id, e.to_string())),
+                }
+            }
+            return Ok(mi);
+        }
+        unreachable!("the loop returns on its second pass")
+    }
+
+    /// Writes an index object; returns its id and size.
+    pub async fn write_index(&self, f: &IndexFile) -> Result<(IndexId, u64)> {
+        let (id, bytes) = f.encode(self.keys());
+        let n = bytes.len() as u64;
+        self.store.put(&format!("{INDEX}/{id}"), Bytes::from(bytes)).await?;
+        Ok((id, n))
+    }
+
+    /// Writes a snapshot; returns its id and size.
+    pub async fn write_snapshot(&self, s: &Snapshot) -> Result<(SnapshotId, u64)> {
+        let (id, bytes) = s.encode(self.keys());
+        let n = bytes.len() as u64;
+        self.store.put(&format!("{SNAPSHOTS}/{id}"), Bytes::from(bytes)).await?;
+        Ok((id, n))
+    }
+
+    /// Ids of all snapshots.
+    pub async fn snapshot_ids(&self) -> Result<Vec<SnapshotId>> {
+        Ok(self.store.list(SNAPSHOTS).await?.iter().filter_map(|o| o.key.rsplit('/').next()?.parse().ok()).collect())
+    }
+
+    /// Reads one snapshot.
+    pub async fn snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
+        let bytes = self.store.get(&format!("{SNAPSHOTS}/{id}")).await.map_err(|e| match e {
+            StoreError::NotFound(_) => Error::SnapshotNotFound(id.to_string()),
+            e => e.into(),
+        })?;
+        Ok(Snapshot::decode(self.keys(), id, &bytes)?)
+    }
+
+    /// Reads every snapshot, with the result of each.
+    pub async fn snapshots(&self) -> Result<Vec<(SnapshotId, Result<Snapshot>)>> {
+        let ids = self.snapshot_ids().await?;
+        Ok(futures::stream::iter(ids)
+            .map(|id| async move { (id, self.snapshot(&id).await) })
+            .buffer_unordered(META_CONCURRENCY)
+            .collect()
+            .await)
+    }
+
+    /// Finds the snapshot a full id or unique prefix names.
+    pub async fn resolve_snapshot(&self, prefix: &str) -> Result<SnapshotId> {
+        let p = prefix.trim().to_ascii_lowercase();
+        if p.is_empty() || !p.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Error::SnapshotNotFound(prefix.to_string()));
+        }
+        let matches: Vec<SnapshotId> =
+            self.snapshot_ids().await?.into_iter().filter(|id| id.to_hex().starts_with(&p)).collect();
+        match matches.len() {
+            0 => Err(Error::SnapshotNotFound(prefix.to_string())),
+            1 => Ok(matches[0]),
+            count => Err(Error::AmbiguousSnapshot { prefix: prefix.to_string(), count }),
+        }
+    }
+
+    /// Reads and verifies one blob.
+    pub async fn read_blob(&self, index: &MasterIndex, id: &BlobId) -> Result<Vec<u8>> {
+        let loc = index.get(id).ok_or_else(|| Error::Damaged(format!("blob {id} is in no index")))?;
+        let key = pack_key(&index.pack_id(loc));
+        let bytes = self.store.get_range(&key, loc.entry.range()).await?;
+        let keys = self.keys().clone();
+        let e = loc.entry;
+        Ok(tokio::task::spawn_blocking(move || blob::decode(&keys, e.kind, &e.id, &bytes, e.raw_len))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??)
+    }
+
+    /// Reads a pack's blob list from its trailer (two small range reads).
+    pub async fn read_pack_trailer(&self, id: &PackId, size: u64) -> Result<Vec<PackEntry>> {
+        let key = pack_key(id);
+        if size < pack::PACK_TAIL_LEN as u64 {
+            return Err(Error::Damaged(format!("pack {id} is too short to be a pack")));
+        }
+        let tail = self.store.get_range(&key, size - pack::PACK_TAIL_LEN as u64..size).await?;
+        let tl = pack::trailer_len(&tail)? as u64;
+        let start = (size - pack::PACK_TAIL_LEN as u64)
+            .checked_sub(tl)
+            .ok_or_else(|| Error::Damaged(format!("pack {id}: trailer longer than the pack")))?;
+        let trailer = self.store.get_range(&key, start..size - pack::PACK_TAIL_LEN as u64).await?;
+        Ok(pack::parse_trailer(&self.keys().data_key, id, &trailer)?)
+    }
+
+    /// Packs in the store that no index lists and no prune mark has set aside: left by an
+    /// interrupted backup (or one still running). Indexes them from their trailers, adds them
+    /// to `index` and writes an index object for them. Returns how many packs and the bytes of
+    /// the index written.
+    pub async fn recover_unindexed_packs(&self, index: &mut MasterIndex) -> Result<(usize, u64)> {
+        let marked = self.prune_marked_packs().await?;
+        let orphans: Vec<(PackId, u64)> = self
+            .store
+            .list(DATA)
+            .await?
+            .into_iter()
+            .filter_map(|o| Some((pack_id_from_key(&o.key)?, o.size)))
+            .filter(|(id, _)| !index.has_pack(id) && !marked.contains(id))
+            .collect();
+        if orphans.is_empty() {
+            return Ok((0, 0));
+        }
+        let found: Vec<IndexPack> = futures::stream::iter(orphans)
+            .map(|(id, size)| async move {
+                match self.read_pack_trailer(&id, size).await {
+                    Ok(blobs) => Some(IndexPack { id, size, blobs }),
+                    Err(e) => {
+                        tracing::warn!(pack = %id, error = %e, "ignoring an unreadable unindexed pack");
+                        None
+                    }
+                }
+            })
+            .buffer_unordered(META_CONCURRENCY)
+            .filter_map(|p| async move { p })
+            .collect()
+            .await;
+        if found.is_empty() {
+            return Ok((0, 0));
+        }
+        found.iter().for_each(|p| index.add_pack(p));
+        let n = found.len();
+        let (_, bytes) = self.write_index(&IndexFile { supersedes: vec![], packs: found }).await?;
+        tracing::info!(packs = n, "re-indexed packs left by an interrupted backup");
+        Ok((n, bytes))
+    }
+
+    /// Every pack named in a prune mark.
+    pub async fn prune_marked_packs(&self) -> Result<HashSet<PackId>> {
+        let mut out = HashSet::new();
+        for (_, _, mark) in self.prune_marks().await? {
+            out.extend(mark.packs.iter().map(|p| p.id));
+        }
+        Ok(out)
+    }
+
+    /// Reads every prune mark, with the store's time of writing it.
+    pub async fn prune_marks(&self) -> Result<Vec<(String, SystemTime, PruneMark)>> {
+        let mut out = Vec::new();
+        for o in self.store.list(PRUNE).await? {
+            let bytes = self.store.get(&o.key).await?;
+            let plain = kanister_repo::crypto::open_object(
+                &self.keys().data_key,
+                PRUNE_AAD,
+                "prune mark",
+                &o.key,
+                None,
+                &bytes,
+            )?;
+            let wire: PruneMarkWire = serde_json::from_slice(&plain)
+                .map_err(|source| kanister_repo::Error::Json { what: "prune mark", source })?;
+            let mut packs = Vec::new();
+            for p in wire.packs {
+                let raw = hex::decode(&p.index).map_err(|e| Error::Damaged(format!("prune mark {}: {e}", o.key)))?;
+                let blobs = decode_pack_entries(&raw)
+                    .ok_or_else(|| Error::Damaged(format!("prune mark {}: bad entries", o.key)))?;
+                packs.push(IndexPack { id: p.id, size: p.size, blobs });
+            }
+            out.push((o.key, o.last_modified, PruneMark { created: wire.created, packs }));
+        }
+        Ok(out)
+    }
+
+    /// Writes a prune mark.
+    pub async fn write_prune_mark(&self, mark: &PruneMark) -> Result<String> {
+        let wire = PruneMarkWire {
+            created: mark.created,
+            packs: mark
+                .packs
+                .iter()
+                .map(|p| PrunePackWire { id: p.id, size: p.size, index: hex::encode(encode_pack_entries(&p.blobs)) })
+                .collect(),
+        };
+        let json = serde_json::to_vec(&wire).expect("prune mark serializes");
+        let (id, bytes) = kanister_repo::crypto::seal_object(&self.keys().data_key, PRUNE_AAD, &json);
+        let key = format!("{PRUNE}/{}", hex::encode(id));
+        self.store.put(&key, Bytes::from(bytes)).await?;
+        Ok(key)
+    }
+
+    /// Writes a backup marker; returns its key. The marker itself is written once, so the
+    /// store's time of writing it says when the backup started; renewals go to `<key>.alive`.
+    pub async fn write_lock(&self, lock: &Lock) -> Result<String> {
+        let mut id = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
+        let key = format!("{LOCKS}/{}", hex::encode(id));
+        self.store.put(&key, Bytes::from(serde_json::to_vec(lock).expect("lock serializes"))).await?;
+        Ok(key)
+    }
+
+    /// Reads every backup marker: its key, when it was written and last renewed (store time).
+    pub async fn locks(&self) -> Result<Vec<LockInfo>> {
+        let listed = self.store.list(LOCKS).await?;
+        let mut out: Vec<LockInfo> = listed
+            .iter()
+            .filter(|o| !o.key.ends_with(ALIVE_SUFFIX))
+            .map(|o| LockInfo { key: o.key.clone(), started: o.last_modified, alive: o.last_modified })
+            .collect();
+        for o in listed.iter().filter(|o| o.key.ends_with(ALIVE_SUFFIX)) {
+            let base = o.key.trim_end_matches(ALIVE_SUFFIX);
+            if let Some(l) = out.iter_mut().find(|l| l.key == base) {
+                l.alive = l.alive.max(o.last_modified);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Walks the chunk lists of a stream snapshot, calling `f` with each list blob id and its
+    /// chunk ids, one list at a time.
+    pub async fn for_each_chunk_list<F>(&self, index: &MasterIndex, snap: &Snapshot, mut f: F) -> Result<()>
+    where
+        F: FnMut(&BlobId, &[BlobId]) -> Result<()>,
+    {
+        let kanister_repo::snapshot::Root::Stream { lists } = &snap.root;
+        for list in lists {
+            let bytes = self.read_blob(index, list).await?;
+            let ids = kanister_repo::snapshot::decode_id_list(&bytes)?;
+            f(list, &ids)?;
+        }
+        Ok(())
+    }
+}
+
+const PRUNE_AAD: &[u8] = b"kanister prune mark";
+
+/// Packs set aside by `prune`, with their index entries so they can be put back if a backup
+/// that was running at the time turns out to use them.
+#[derive(Debug, Clone)]
+pub struct PruneMark {
+    /// When the packs were set aside (seconds since the epoch).
+    pub created: u64,
+    /// The packs.
+    pub packs: Vec<IndexPack>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PruneMarkWire {
+    created: u64,
+    packs: Vec<PrunePackWire>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PrunePackWire {
+    id: PackId,
+    size: u64,
+    index: String,
+}
+
+fn encode_pack_entries(entries: &[PackEntry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + entries.len() * pack::ENTRY_LEN);
+    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    entries.iter().for_each(|e| e.encode_into(&mut out));
+    out
+}
+
+fn decode_pack_entries(b: &[u8]) -> Option<Vec<PackEntry>> {
+    let n = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
+    let body = b.get(4..)?;
+    if body.len() != n * pack::ENTRY_LEN {
+        return None;
+    }
+    body.chunks_exact(pack::ENTRY_LEN).map(|c| PackEntry::decode(c).ok()).collect()
+}
+
+/// Tags given as `key=value`.
+pub fn parse_tags(tags: &[String]) -> Result<BTreeMap<String, String>, String> {
+    tags.iter()
+        .map(|t| match t.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(format!("invalid tag {t:?}: expected key=value, e.g. --tag namespace=mysql-test")),
+        })
+        .collect()
+}
+
+/// Whether a snapshot carries every tag of `filter`.
+pub fn has_tags(s: &Snapshot, filter: &BTreeMap<String, String>) -> bool {
+    filter.iter().all(|(k, v)| s.tags.get(k) == Some(v))
+}

@@ -1,0 +1,346 @@
+//! Object stores named by URL, through the `object_store` crate.
+//!
+//! | URL | store |
+//! |---|---|
+//! | `file:///var/backups/repo` | a local directory (the embedded default) |
+//! | `s3://bucket/prefix` | S3 or any S3-compatible server (path-style requests) |
+//! | `az://container/prefix` | Azure Blob Storage (`azure://` too) |
+//! | `gs://bucket/prefix` | Google Cloud Storage |
+//!
+//! Settings come, later ones winning, from the provider's usual environment variables
+//! (`AWS_*`, `AZURE_*`, `GOOGLE_*`), from a credentials file of `key=value` lines (a mounted
+//! Secret), from the URL's query (`?endpoint=http://minio:9000&region=us-east-1`) and from
+//! `--store-option key=value`. Keys are `object_store`'s configuration keys, e.g.
+//! `aws_access_key_id`, `endpoint`, `region`, `azure_storage_account_key`, `use_emulator`,
+//! `google_service_account_key`, `base_url`. An `http://` endpoint turns on `allow_http`.
+//!
+//! Guarantees the repository relies on: a `put` is atomic (readers see the whole object or
+//! none), a successful `put` is durable, and names are never reused for different content.
+//! Every operation may be retried; the cloud clients retry transient errors themselves.
+
+use std::fmt;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+/// Errors of the store layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL is not one this agent understands.
+    #[error("invalid store URL {url:?}: {reason}")]
+    BadUrl {
+        /// The URL as given (credentials removed).
+        url: String,
+        /// What is wrong, and the fix.
+        reason: String,
+    },
+    /// A configuration key or value was rejected.
+    #[error("invalid store setting {key:?}: {reason}")]
+    BadOption {
+        /// The key.
+        key: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// The credentials file could not be read.
+    #[error("cannot read the store credentials file {path}: {source}")]
+    CredentialsFile {
+        /// Its path.
+        path: PathBuf,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The object does not exist.
+    #[error("{0} does not exist in the store")]
+    NotFound(String),
+    /// Any other failure of the store.
+    #[error("store {op} of {key} failed: {source}")]
+    Backend {
+        /// The operation.
+        op: &'static str,
+        /// The object.
+        key: String,
+        /// The underlying error.
+        #[source]
+        source: object_store::Error,
+    },
+}
+
+/// Result of store operations.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// How to reach a store besides its URL.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// `key=value` settings (`--store-option`).
+    pub options: Vec<(String, String)>,
+    /// A file of `key=value` lines, typically a mounted Secret.
+    pub credentials_file: Option<PathBuf>,
+}
+
+/// An object listed in the store.
+#[derive(Debug, Clone)]
+pub struct ObjectInfo {
+    /// Its key relative to the repository root.
+    pub key: String,
+    /// Its size.
+    pub size: u64,
+    /// When it was written.
+    pub last_modified: SystemTime,
+}
+
+/// A repository's place in an object store: a store and a prefix inside it.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+    display: String,
+    local_root: Option<PathBuf>,
+    /// Set while a `file://` store's directory does not exist: reads find nothing.
+    missing_root: bool,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Store({})", self.display)
+    }
+}
+
+impl fmt::Display for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.display)
+    }
+}
+
+fn bad_url(url: &str, reason: impl Into<String>) -> StoreError {
+    StoreError::BadUrl { url: url.to_string(), reason: reason.into() }
+}
+
+/// Parses a credentials file: `key=value` lines, `#` comments, optional `export `, quotes.
+fn read_credentials(path: &FsPath) -> Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| StoreError::CredentialsFile { path: path.to_path_buf(), source })?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let l = l.strip_prefix("export ").unwrap_or(l);
+            let (k, v) = l.split_once('=')?;
+            let v = v.trim().trim_matches('"').trim_matches('\'');
+            Some((k.trim().to_ascii_lowercase(), v.to_string()))
+        })
+        .collect())
+}
+
+impl Store {
+    /// Opens the store a URL names. Nothing is contacted yet.
+    pub fn open(url: &str, opts: &StoreOptions) -> Result<Store> {
+        let parsed = url::Url::parse(url).map_err(|e| {
+            bad_url(
+                url,
+                format!("{e}; expected file:///path, s3://bucket/prefix, az://container/prefix or gs://bucket/prefix"),
+            )
+        })?;
+        let mut settings: Vec<(String, String)> = Vec::new();
+        if let Some(path) = &opts.credentials_file {
+            settings.extend(read_credentials(path)?);
+        }
+        settings.extend(parsed.query_pairs().map(|(k, v)| (k.to_ascii_lowercase(), v.into_owned())));
+        settings.extend(opts.options.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())));
+        let prefix = parsed.path().trim_matches('/').to_string();
+        let host = parsed.host_str().unwrap_or_default().to_string();
+        let mut display = format!("{}://{}{}", parsed.scheme(), host, parsed.path());
+        let wants_http = settings.iter().any(|(k, v)| k.contains("endpoint") && v.starts_with("http://"));
+
+        let (inner, local_root): (Arc<dyn ObjectStore>, Option<PathBuf>) = match parsed.scheme() {
+            "file" => {
+                if !host.is_empty() && host != "localhost" {
+                    return Err(bad_url(
+                        url,
+                        "a file URL needs three slashes and an absolute path: file:///var/backups/repo",
+                    ));
+                }
+                let root = PathBuf::from(parsed.path());
+                display = format!("file://{}", root.display());
+                let fs: Arc<dyn ObjectStore> = match object_store::local::LocalFileSystem::new_with_prefix(&root) {
+                    Ok(fs) => Arc::new(fs),
+                    // The directory does not exist yet: `repo init` creates it.
+                    Err(_) => Arc::new(object_store::memory::InMemory::new()),
+                };
+                (fs, Some(root))
+            }
+            "s3" | "s3a" => {
+                if host.is_empty() {
+                    return Err(bad_url(url, "missing bucket: s3://bucket/prefix"));
+                }
+                let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(&host);
+                if wants_http {
+                    b = b.with_allow_http(true);
+                }
+                for (k, v) in &settings {
+                    let key = k.parse().map_err(|e: object_store::Error| StoreError::BadOption {
+                        key: k.clone(),
+                        reason: e.to_string(),
+                    })?;
+                    b = b.with_config(key, v);
+                }
+                (Arc::new(b.build().map_err(|e| bad_url(url, e.to_string()))?), None)
+            }
+            "az" | "azure" | "abfs" => {
+                if host.is_empty() {
+                    return Err(bad_url(url, "missing container: az://container/prefix"));
+                }
+                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env().with_container_name(&host);
+                if wants_http {
+                    b = b.with_allow_http(true);
+                }
+                for (k, v) in &settings {
+                    let key = k.parse().map_err(|e: object_store::Error| StoreError::BadOption {
+                        key: k.clone(),
+                        reason: e.to_string(),
+                    })?;
+                    b = b.with_config(key, v);
+                }
+                (Arc::new(b.build().map_err(|e| bad_url(url, e.to_string()))?), None)
+            }
+            "gs" | "gcs" => {
+                if host.is_empty() {
+                    return Err(bad_url(url, "missing bucket: gs://bucket/prefix"));
+                }
+                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_bucket_name(&host);
+                if settings.iter().any(|(k, v)| k.contains("base_url") && v.starts_with("http://")) {
+                    b = b.with_client_options(object_store::ClientOptions::new().with_allow_http(true));
+                }
+                for (k, v) in &settings {
+                    let key = k.parse().map_err(|e: object_store::Error| StoreError::BadOption {
+                        key: k.clone(),
+                        reason: e.to_string(),
+                    })?;
+                    b = b.with_config(key, v);
+                }
+                (Arc::new(b.build().map_err(|e| bad_url(url, e.to_string()))?), None)
+            }
+            other => {
+                return Err(bad_url(url, format!("unknown scheme {other:?}; use file://, s3://, az:// or gs://")));
+            }
+        };
+        let inner: Arc<dyn ObjectStore> = if prefix.is_empty() || local_root.is_some() {
+            inner
+        } else {
+            Arc::new(PrefixStore::new(inner, prefix.as_str()))
+        };
+        let missing_root = local_root.as_ref().is_some_and(|r| !r.is_dir());
+        Ok(Store { inner, display, local_root, missing_root })
+    }
+
+    /// Creates the local directory of a `file://` store (for `repo init`).
+    pub fn create_local_root(&mut self) -> std::io::Result<()> {
+        if let Some(root) = &self.local_root {
+            std::fs::create_dir_all(root)?;
+            let fs = object_store::local::LocalFileSystem::new_with_prefix(root).map_err(std::io::Error::other)?;
+            self.inner = Arc::new(fs);
+            self.missing_root = false;
+        }
+        Ok(())
+    }
+
+    fn check_root(&self, key: &str) -> Result<()> {
+        if self.missing_root {
+            return Err(StoreError::NotFound(format!("{key} (directory {} is missing)", self.display)));
+        }
+        Ok(())
+    }
+
+    fn backend(op: &'static str, key: &str, source: object_store::Error) -> StoreError {
+        match source {
+            object_store::Error::NotFound { .. } => StoreError::NotFound(key.to_string()),
+            source => StoreError::Backend { op, key: key.to_string(), source },
+        }
+    }
+
+    /// Writes an object (atomically).
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<()> {
+        self.check_root(key)?;
+        self.inner.put(&Path::from(key), PutPayload::from(bytes)).await.map_err(|e| Self::backend("put", key, e))?;
+        Ok(())
+    }
+
+    /// Reads a whole object.
+    pub async fn get(&self, key: &str) -> Result<Bytes> {
+        self.check_root(key)?;
+        let r = self.inner.get(&Path::from(key)).await.map_err(|e| Self::backend("get", key, e))?;
+        r.bytes().await.map_err(|e| Self::backend("get", key, e))
+    }
+
+    /// Reads a byte range of an object.
+    pub async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Bytes> {
+        self.check_root(key)?;
+        let want = range.end - range.start;
+        let b = self.inner.get_range(&Path::from(key), range).await.map_err(|e| Self::backend("read", key, e))?;
+        if b.len() as u64 != want {
+            return Err(StoreError::Backend {
+                op: "read",
+                key: key.to_string(),
+                source: object_store::Error::Generic {
+                    store: "repository",
+                    source: format!("short read: wanted {want} bytes, got {} (object truncated?)", b.len()).into(),
+                },
+            });
+        }
+        Ok(b)
+    }
+
+    /// Size of an object, `None` when it does not exist.
+    pub async fn size(&self, key: &str) -> Result<Option<u64>> {
+        if self.missing_root {
+            return Ok(None);
+        }
+        match self.inner.head(&Path::from(key)).await {
+            Ok(m) => Ok(Some(m.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Self::backend("head", key, e)),
+        }
+    }
+
+    /// Deletes an object; deleting a missing object succeeds.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        if self.missing_root {
+            return Ok(());
+        }
+        match self.inner.delete(&Path::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Self::backend("delete", key, e)),
+        }
+    }
+
+    /// Lists the objects under a folder (`"snapshots"`, `"data"`), recursively.
+    pub async fn list(&self, folder: &str) -> Result<Vec<ObjectInfo>> {
+        if self.missing_root {
+            return Ok(Vec::new());
+        }
+        let prefix = Path::from(folder);
+        let metas: Vec<object_store::ObjectMeta> =
+            self.inner.list(Some(&prefix)).try_collect().await.or_else(|e| match e {
+                object_store::Error::NotFound { .. } => Ok(Vec::new()),
+                e => Err(Self::backend("list", folder, e)),
+            })?;
+        Ok(metas
+            .into_iter()
+            // LocalFileSystem stages writes as `name#N`; our names never hold `#`.
+            .filter(|m| !m.location.as_ref().contains('#'))
+            .map(|m| ObjectInfo {
+                key: m.location.to_string(),
+                size: m.size,
+                last_modified: SystemTime::UNIX_EPOCH
+                    + std::time::Duration::from_secs(m.last_modified.timestamp().max(0) as u64),
+            })
+            .collect())
+    }
+}
