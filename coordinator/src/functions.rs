@@ -1,0 +1,225 @@
+//! The catalogue of Kanister functions a Blueprint phase may call, with their arguments.
+//!
+//! Names and argument names are upstream Kanister's, so upstream Blueprints validate unchanged.
+//! This is the static contract used by [`crate::validate`]; running the functions belongs to the
+//! phase engine.
+
+/// Name and arguments of one Kanister function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FunctionSpec {
+    /// The name used in a phase's `func`.
+    pub name: &'static str,
+    /// Arguments that must be present.
+    pub required: &'static [&'static str],
+    /// Arguments that may be present.
+    pub optional: &'static [&'static str],
+}
+
+impl FunctionSpec {
+    /// Whether `arg` is a known (required or optional) argument of the function.
+    pub fn accepts(&self, arg: &str) -> bool {
+        self.required.contains(&arg) || self.optional.contains(&arg)
+    }
+
+    /// All known arguments, required ones first.
+    pub fn arguments(&self) -> impl Iterator<Item = &'static str> {
+        self.required.iter().chain(self.optional).copied()
+    }
+}
+
+macro_rules! f {
+    ($name:literal, [$($req:literal),*], [$($opt:literal),*]) => {
+        FunctionSpec { name: $name, required: &[$($req),*], optional: &[$($opt),*] }
+    };
+}
+
+/// Every known function, sorted by name.
+pub const FUNCTIONS: &[FunctionSpec] = &[
+    f!(
+        "BackupData",
+        ["namespace", "pod", "container", "includePath", "backupArtifactPrefix"],
+        ["encryptionKey", "insecureTLS"]
+    ),
+    f!(
+        "BackupDataAll",
+        ["namespace", "container", "includePath", "backupArtifactPrefix"],
+        ["pods", "encryptionKey", "insecureTLS"]
+    ),
+    f!(
+        "BackupDataStats",
+        ["namespace", "backupArtifactPrefix", "backupID"],
+        ["image", "statsMode", "encryptionKey", "podOverride", "podAnnotations", "podLabels"]
+    ),
+    f!(
+        "CheckRepository",
+        ["backupArtifactPrefix"],
+        ["image", "encryptionKey", "insecureTLS", "podOverride", "podAnnotations", "podLabels"]
+    ),
+    f!(
+        "CopyVolumeData",
+        ["namespace", "volume", "dataArtifactPrefix"],
+        ["image", "encryptionKey", "mountPath", "insecureTLS", "podOverride", "podAnnotations", "podLabels"]
+    ),
+    f!("CreateCSISnapshot", ["pvc", "namespace", "snapshotClass"], ["name", "labels"]),
+    f!("CreateCSISnapshotStatic", ["name", "namespace", "driver", "snapshotHandle", "snapshotClass"], []),
+    f!("CreateRDSSnapshot", ["instanceID"], ["dbEngine", "credentialsSource", "credentialsSecret", "region"]),
+    f!("DeleteCSISnapshot", ["name", "namespace"], []),
+    f!("DeleteCSISnapshotContent", ["name"], []),
+    f!(
+        "DeleteData",
+        ["namespace", "backupArtifactPrefix"],
+        [
+            "image",
+            "backupID",
+            "backupTag",
+            "encryptionKey",
+            "reclaimSpace",
+            "insecureTLS",
+            "podOverride",
+            "podAnnotations",
+            "podLabels"
+        ]
+    ),
+    f!(
+        "DeleteDataAll",
+        ["namespace", "backupArtifactPrefix", "backupInfo"],
+        ["image", "encryptionKey", "reclaimSpace", "insecureTLS", "podOverride", "podAnnotations", "podLabels"]
+    ),
+    f!("DeleteRDSSnapshot", ["snapshotID"], ["dbEngine", "credentialsSource", "credentialsSecret", "region"]),
+    f!(
+        "ExportRDSSnapshotToLocation",
+        ["namespace", "instanceID", "snapshotID", "dbEngine"],
+        [
+            "username",
+            "password",
+            "backupArtifactPrefix",
+            "databases",
+            "securityGroupID",
+            "dbSubnetGroup",
+            "podAnnotations",
+            "podLabels",
+            "credentialsSource",
+            "credentialsSecret",
+            "region"
+        ]
+    ),
+    f!("KubeExec", ["namespace", "pod", "command"], ["container"]),
+    f!("KubeExecAll", ["namespace", "pods", "containers", "command"], []),
+    f!("KubeOps", ["operation"], ["spec", "namespace", "objectReference"]),
+    f!("KubeTask", ["image", "command"], ["namespace", "podOverride", "podAnnotations", "podLabels"]),
+    f!("LocationDelete", ["artifact"], []),
+    f!(
+        "MultiContainerRun",
+        ["backgroundImage", "backgroundCommand", "outputImage", "outputCommand"],
+        [
+            "namespace",
+            "initImage",
+            "initCommand",
+            "sharedVolumeMedium",
+            "sharedVolumeSizeLimit",
+            "sharedVolumeDir",
+            "podOverride",
+            "podLabels",
+            "podAnnotations"
+        ]
+    ),
+    f!(
+        "PrepareData",
+        ["namespace", "image", "command"],
+        ["volumes", "serviceaccount", "podOverride", "podAnnotations", "podLabels", "failOnError"]
+    ),
+    f!(
+        "RestoreCSISnapshot",
+        ["name", "pvc", "namespace", "storageClass", "restoreSize"],
+        ["accessModes", "volumeMode", "labels"]
+    ),
+    f!(
+        "RestoreData",
+        ["namespace", "image", "backupArtifactPrefix"],
+        [
+            "restorePath",
+            "encryptionKey",
+            "pod",
+            "volumes",
+            "backupTag",
+            "backupIdentifier",
+            "backupPath",
+            "podOverride",
+            "insecureTLS",
+            "podAnnotations",
+            "podLabels"
+        ]
+    ),
+    f!(
+        "RestoreDataAll",
+        ["namespace", "image", "backupArtifactPrefix", "backupInfo"],
+        ["restorePath", "encryptionKey", "pods", "podOverride", "insecureTLS", "podAnnotations", "podLabels"]
+    ),
+    f!(
+        "RestoreRDSSnapshot",
+        ["instanceID"],
+        [
+            "snapshotID",
+            "dbEngine",
+            "backupArtifactPrefix",
+            "backupID",
+            "username",
+            "password",
+            "namespace",
+            "securityGroupID",
+            "dbSubnetGroup",
+            "podAnnotations",
+            "podLabels",
+            "credentialsSource",
+            "credentialsSecret",
+            "region"
+        ]
+    ),
+    f!("ScaleWorkload", ["replicas"], ["namespace", "name", "kind", "waitForReady"]),
+    f!("Wait", ["timeout", "conditions"], []),
+    f!("WaitV2", ["timeout", "conditions"], []),
+];
+
+/// Looks a function up by its exact (case-sensitive) name.
+pub fn lookup(name: &str) -> Option<&'static FunctionSpec> {
+    FUNCTIONS.iter().find(|f| f.name == name)
+}
+
+/// The known function whose name is closest to `name`, for "did you mean" hints.
+pub fn closest(name: &str) -> Option<&'static str> {
+    crate::render::closest_match(name, FUNCTIONS.iter().map(|f| f.name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalogue_is_sorted_and_unique() {
+        let names: Vec<_> = FUNCTIONS.iter().map(|f| f.name).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(names, sorted);
+    }
+
+    #[test]
+    fn no_argument_is_both_required_and_optional() {
+        for f in FUNCTIONS {
+            for r in f.required {
+                assert!(!f.optional.contains(r), "{}: {r}", f.name);
+            }
+        }
+    }
+
+    const POD: &[&str] = &["podOverride", "podAnnotations", "podLabels"];
+
+    #[test]
+    fn pod_arguments_are_optional_where_upstream_takes_them() {
+        let kube_task = lookup("KubeTask").expect("KubeTask");
+        for arg in POD {
+            assert!(kube_task.accepts(arg) && !kube_task.required.contains(arg));
+        }
+        assert_eq!(closest("kubetask"), Some("KubeTask"));
+    }
+}

@@ -1,0 +1,152 @@
+//! Every blueprint validation rule, with a failing example and its expected message.
+
+use kanister_coordinator::crd::Blueprint;
+use kanister_coordinator::validate::{self, Error};
+
+fn blueprint(actions: serde_json::Value) -> Blueprint {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "cr.kanister.io/v1alpha1",
+        "kind": "Blueprint",
+        "metadata": {"name": "bp"},
+        "actions": actions,
+    }))
+    .expect("blueprint")
+}
+
+/// Validates `actions` and returns the problems as display strings.
+fn problems(actions: serde_json::Value) -> Vec<String> {
+    validate::problems(&blueprint(actions)).iter().map(ToString::to_string).collect()
+}
+
+fn kube_task(name: &str, command: &str) -> serde_json::Value {
+    serde_json::json!({
+        "func": "KubeTask",
+        "name": name,
+        "args": {"image": "busybox", "namespace": "ns", "command": ["sh", "-c", command]}
+    })
+}
+
+#[test]
+fn the_example_mysql_blueprint_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/blueprint-mysql.yaml");
+    let bp: Blueprint = serde_norway::from_str(&std::fs::read_to_string(path).expect("read")).expect("parse");
+    assert_eq!(validate::check(&bp), Ok(()));
+}
+
+#[test]
+fn rule_1_unknown_function() {
+    let got = problems(serde_json::json!({"backup": {"phases": [
+        {"func": "KubeTsk", "name": "p", "args": {}}
+    ]}}));
+    assert_eq!(
+        got,
+        [r#"blueprint "bp", action "backup", phase "p": unknown function "KubeTsk" (did you mean "KubeTask"?)"#]
+    );
+}
+
+#[test]
+fn rule_2_missing_required_argument() {
+    let got = problems(serde_json::json!({"backup": {"phases": [
+        {"func": "KubeExec", "name": "p", "args": {"namespace": "ns", "pod": "x"}}
+    ]}}));
+    assert_eq!(got, [r#"blueprint "bp", action "backup", phase "p": function KubeExec requires argument "command""#]);
+}
+
+#[test]
+fn rule_3_unknown_argument() {
+    let got = problems(serde_json::json!({"backup": {"phases": [
+        {"func": "ScaleWorkload", "name": "p", "args": {"replicas": 0, "namepsace": "ns"}}
+    ]}}));
+    assert_eq!(
+        got,
+        [
+            r#"blueprint "bp", action "backup", phase "p", argument "namepsace": function ScaleWorkload does not take argument "namepsace" (did you mean "namespace"?)"#
+        ]
+    );
+}
+
+#[test]
+fn rule_4_phase_names_are_unique_across_actions_and_defer_phases() {
+    let got = problems(serde_json::json!({
+        "backup": {"phases": [kube_task("dump", "true")], "deferPhase": kube_task("dump", "true")},
+        "restore": {"phases": [kube_task("dump", "true"), kube_task("", "true")]}
+    }));
+    assert_eq!(
+        got,
+        [
+            r#"blueprint "bp", action "backup", phase "dump": phase name "dump" is already used in action "backup"; phase names must be unique in a blueprint"#,
+            r#"blueprint "bp", action "restore", phase "dump": phase name "dump" is already used in action "backup"; phase names must be unique in a blueprint"#,
+            r#"blueprint "bp", action "restore": phase has no name"#,
+        ]
+    );
+}
+
+#[test]
+fn rule_5_templates_must_parse_and_call_known_functions() {
+    let got = problems(serde_json::json!({"backup": {"phases": [
+        kube_task("p", "echo {{ .Options.x "),
+        kube_task("q", "echo {{ .Options.x | tojson }}"),
+    ]}}));
+    assert_eq!(got.len(), 2, "{got:#?}");
+    assert!(
+        got[0].starts_with(
+            r#"blueprint "bp", action "backup", phase "p", argument "command[2]": template does not parse: "#
+        ),
+        "{}",
+        got[0]
+    );
+    assert_eq!(
+        got[1],
+        r#"blueprint "bp", action "backup", phase "q", argument "command[2]": template calls unknown function "tojson" (did you mean "toJson"?)"#
+    );
+}
+
+#[test]
+fn rule_6_phase_references_name_an_earlier_phase() {
+    let got = problems(serde_json::json!({"backup": {
+        "phases": [
+            kube_task("first", "echo {{ .Phases.second.Output.x }}"),
+            kube_task("second", "echo {{ .Phases.frist.Output.x }} {{ .Phases.second.Output.y }}"),
+            kube_task("third", "echo {{ .Phases.first.Output.x }} {{ index .Phases \"second\" \"Output\" }} {{ .Phases.third.Secrets.s.Data }}"),
+        ],
+        "deferPhase": kube_task("cleanup", "echo {{ .Phases.third.Output.x }} {{ .Phases.cleanup.Output.x }}"),
+        "outputArtifacts": {"a": {"keyValue": {"k": "{{ .Phases.first.Output.x }}{{ .Phases.nope.Output.x }}"}}}
+    }}));
+    assert_eq!(
+        got,
+        [
+            r#"blueprint "bp", action "backup", phase "first", argument "command[2]": .Phases.second names a phase that has not run yet when this template renders"#,
+            r#"blueprint "bp", action "backup", phase "second", argument "command[2]": .Phases.frist names no phase of this action (did you mean "first"?)"#,
+            r#"blueprint "bp", action "backup", phase "second", argument "command[2]": .Phases.second names a phase that has not run yet when this template renders"#,
+            r#"blueprint "bp", action "backup", phase "cleanup", argument "command[2]": .Phases.cleanup names a phase that has not run yet when this template renders"#,
+            r#"blueprint "bp", action "backup", argument "outputArtifacts.a.keyValue.k": .Phases.nope names no phase of this action"#,
+        ]
+    );
+}
+
+#[test]
+fn rule_7_input_artifacts_must_be_declared() {
+    let got = problems(serde_json::json!({"restore": {
+        "inputArtifactNames": ["mysqlCloudDump"],
+        "phases": [kube_task("p", "echo {{ .ArtifactsIn.mysqlCloudDump.KeyValue.path }} {{ .ArtifactsIn.mysqlDump.KeyValue.path }}")]
+    }}));
+    assert_eq!(
+        got,
+        [
+            r#"blueprint "bp", action "restore", phase "p", argument "command[2]": .ArtifactsIn.mysqlDump is not declared in the action's inputArtifactNames (did you mean "mysqlCloudDump"?)"#
+        ]
+    );
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let bp = blueprint(serde_json::json!({"backup": {"phases": [
+        {"func": "Nope", "name": "a", "args": {}},
+        {"func": "KubeTask", "name": "b", "args": {"image": "x", "command": ["{{ .ArtifactsIn.z.KeyValue.k }}"], "extra": 1}},
+    ]}}));
+    let Err(Error::Invalid { blueprint, problems }) = validate::check(&bp) else { panic!("must be invalid") };
+    assert_eq!(blueprint, "bp");
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+    let text = validate::check(&bp).expect_err("invalid").to_string();
+    assert!(text.starts_with("blueprint \"bp\" is invalid (3 problems):\n  - "), "{text}");
+}
