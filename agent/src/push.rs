@@ -164,7 +164,10 @@ async fn push_inner(
     for (id, why) in &index.damaged {
         tracing::warn!(index = %id, error = %why, "ignoring a damaged index: its blobs will be stored again");
     }
-    let (packs_recovered, recovery_bytes) = repo.recover_unindexed_packs(&mut index).await?;
+    // Packs `prune` has set aside may be deleted soon: never build on them.
+    let marked = repo.prune_marked_packs().await?;
+    index.forget_blobs_in(&marked);
+    let (packs_recovered, recovery_bytes) = repo.recover_unindexed_packs(&mut index, &marked).await?;
     let index = Arc::new(index);
     let mut bytes_uploaded = recovery_bytes;
 

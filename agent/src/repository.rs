@@ -213,11 +213,16 @@ pub struct BlobLocation {
 }
 
 /// All index objects merged: every known blob and pack.
+///
+/// A blob may sit in several packs (two backups that ran at once both stored it); lookups get
+/// one location, while [`MasterIndex::entries_of`] keeps every pack's full list, which is
+/// what `prune` must reason about.
 #[derive(Debug, Default)]
 pub struct MasterIndex {
     /// Known packs and their sizes.
     pub packs: Vec<(PackId, u64)>,
     pack_pos: HashMap<PackId, u32>,
+    pack_blobs: Vec<Vec<PackEntry>>,
     /// Known blobs.
     pub blobs: HashMap<BlobId, BlobLocation>,
     /// The index objects that were read.
@@ -227,12 +232,15 @@ pub struct MasterIndex {
 }
 
 impl MasterIndex {
-    /// Adds a pack's blobs.
+    /// Adds a pack's blobs (a pack listed twice is taken once: its content never changes).
     pub fn add_pack(&mut self, p: &IndexPack) {
-        let pos = *self.pack_pos.entry(p.id).or_insert_with(|| {
-            self.packs.push((p.id, p.size));
-            (self.packs.len() - 1) as u32
-        });
+        if self.pack_pos.contains_key(&p.id) {
+            return;
+        }
+        let pos = self.packs.len() as u32;
+        self.packs.push((p.id, p.size));
+        self.pack_pos.insert(p.id, pos);
+        self.pack_blobs.push(p.blobs.clone());
         for e in &p.blobs {
             self.blobs.entry(e.id).or_insert(BlobLocation { pack: pos, entry: *e });
         }
@@ -246,6 +254,29 @@ impl MasterIndex {
     /// The pack of a location.
     pub fn pack_id(&self, loc: &BlobLocation) -> PackId {
         self.packs[loc.pack as usize].0
+    }
+
+    /// Every blob of the pack at position `pos` in [`MasterIndex::packs`].
+    pub fn entries_of(&self, pos: u32) -> &[PackEntry] {
+        &self.pack_blobs[pos as usize]
+    }
+
+    /// Stops finding blobs in the given packs; a blob also stored elsewhere is found there.
+    pub fn forget_blobs_in(&mut self, packs: &HashSet<PackId>) {
+        let gone: HashSet<u32> =
+            self.packs.iter().enumerate().filter(|(_, (id, _))| packs.contains(id)).map(|(i, _)| i as u32).collect();
+        if gone.is_empty() {
+            return;
+        }
+        self.blobs.retain(|_, loc| !gone.contains(&loc.pack));
+        for (pos, entries) in self.pack_blobs.iter().enumerate() {
+            if gone.contains(&(pos as u32)) {
+                continue;
+            }
+            for e in entries {
+                self.blobs.entry(e.id).or_insert(BlobLocation { pack: pos as u32, entry: *e });
+            }
+        }
     }
 
     /// Looks a blob up.
@@ -440,8 +471,11 @@ impl Repository<Open> {
     /// interrupted backup (or one still running). Indexes them from their trailers, adds them
     /// to `index` and writes an index object for them. Returns how many packs and the bytes of
     /// the index written.
-    pub async fn recover_unindexed_packs(&self, index: &mut MasterIndex) -> Result<(usize, u64)> {
-        let marked = self.prune_marked_packs().await?;
+    pub async fn recover_unindexed_packs(
+        &self,
+        index: &mut MasterIndex,
+        marked: &HashSet<PackId>,
+    ) -> Result<(usize, u64)> {
         let orphans: Vec<(PackId, u64)> = self
             .store
             .list(DATA)

@@ -1,1 +1,34 @@
-//! Test support.
+//! Test and benchmark support shared by the project's integration tests and `tests/bench/`.
+//!
+//! - [`data`]: deterministic generators: mixed text/random streams and SQL dumps with a second
+//!   version in which a given share of rows changed.
+//! - [`agent`]: running the `kanister-agent` binary with a repository's environment.
+//! - [`infra`]: where the test servers started by `tests/infra.sh` listen.
+
+pub mod agent;
+pub mod data;
+pub mod infra;
+
+use sha2::{Digest, Sha256};
+use std::io::Read;
+
+/// SHA-256 of everything `r` yields, and its length.
+pub fn sha256_of(mut r: impl Read) -> std::io::Result<(String, u64)> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = r.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((hex(&h.finalize()), n))
+}
+
+/// Lower-case hex.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
