@@ -434,8 +434,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
             let to_stdout = a.output == "-";
             let stats = if to_stdout {
-                let mut out = tokio::io::stdout();
-                crate::pull::pull(&repo, &id, &mut out, a.fetches, workers, progress).await?
+                crate::pull::pull(&repo, &id, std::io::stdout(), a.fetches, workers, progress).await?.0
             } else {
                 pull_to_file(&repo, &id, &a.output, a.fetches, workers, progress, g.json).await?
             };
@@ -577,29 +576,26 @@ async fn pull_to_file(
     progress: Arc<Progress>,
     quiet: bool,
 ) -> Result<crate::pull::PullStats> {
+    // Written under a temporary name and renamed when complete: a failed pull leaves nothing.
     let target = PathBuf::from(path);
     let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), PathBuf::from);
-    let tmp = dir.join(format!(
-        ".{}.partial-{}",
-        target.file_name().and_then(|n| n.to_str()).unwrap_or("pull"),
-        std::process::id()
-    ));
-    let file =
-        tokio::fs::File::create(&tmp).await.map_err(|e| Error::io(format!("cannot create {}", tmp.display()), e))?;
-    let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
+    let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("pull");
+    let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
+    let file = std::fs::File::create(&tmp).map_err(|e| Error::io(format!("cannot create {}", tmp.display()), e))?;
     let status = StatusLine::start(progress.clone(), "wrote", quiet);
-    let r = crate::pull::pull(repo, id, &mut out, fetches, workers, progress).await;
+    let r =
+        crate::pull::pull(repo, id, std::io::BufWriter::with_capacity(1 << 20, file), fetches, workers, progress).await;
     drop(status);
-    let finish = async {
-        let stats = r?;
-        let f = out.into_inner();
-        f.sync_all().await.map_err(|e| Error::io("cannot flush the output", e))?;
-        tokio::fs::rename(&tmp, &target).await.map_err(|e| Error::io(format!("cannot rename into {path}"), e))?;
-        Ok::<_, Error>(stats)
+    let finish = || -> Result<crate::pull::PullStats> {
+        let (stats, out) = r?;
+        let file = out.into_inner().map_err(|e| Error::io("cannot flush the output", e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io("cannot flush the output", e))?;
+        std::fs::rename(&tmp, &target).map_err(|e| Error::io(format!("cannot rename into {path}"), e))?;
+        Ok(stats)
     };
-    let res = finish.await;
+    let res = finish();
     if res.is_err() {
-        let _ = tokio::fs::remove_file(&tmp).await;
+        let _ = std::fs::remove_file(&tmp);
     }
     res
 }

@@ -2,8 +2,9 @@
 //!
 //! Chunk lists are read one at a time; consecutive blobs of one pack are fetched with one
 //! range request (at most [`MAX_REQUEST`] of plaintext). Requests run `fetches` at a time and
-//! blobs are decoded on the blocking pool, both in stream order, so memory stays bounded.
-//! Every blob is verified (tag, then hash against its id) before a byte of it is written.
+//! blobs are decoded on the blocking pool, both in stream order, and a dedicated thread writes
+//! them out, behind a channel of a few requests: memory stays bounded. Every blob is verified
+//! (tag, then hash against its id) before a byte of it is written.
 
 use std::sync::Arc;
 
@@ -12,7 +13,6 @@ use kanister_repo::blob;
 use kanister_repo::pack::PackEntry;
 use kanister_repo::{BlobId, PackId, SnapshotId};
 use serde::Serialize;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -73,15 +73,16 @@ fn plan(index: &MasterIndex, ids: &[BlobId], snapshot: &SnapshotId) -> Result<Ve
     Ok(out)
 }
 
-/// Writes snapshot `id` to `out`. On error, what was written is a correct prefix of the stream.
-pub async fn pull<W: AsyncWrite + Unpin>(
+/// Writes snapshot `id` to `out` and hands `out` back. On error, what was written is a correct
+/// prefix of the stream.
+pub async fn pull<W: std::io::Write + Send + 'static>(
     repo: &Repository,
     id: &SnapshotId,
-    out: &mut W,
+    out: W,
     fetches: usize,
     workers: usize,
     progress: Arc<Progress>,
-) -> Result<PullStats> {
+) -> Result<(PullStats, W)> {
     let started = std::time::Instant::now();
     let snap = repo.snapshot(id).await?;
     progress.total.store(snap.size, std::sync::atomic::Ordering::Relaxed);
@@ -131,21 +132,41 @@ pub async fn pull<W: AsyncWrite + Unpin>(
                 .map_err(|e| Error::Task(e.to_string()))?
             }
         })
-        .try_buffered(workers.max(1));
+        .try_buffered(workers.max(1) + 1);
     let mut decoded = std::pin::pin!(decoded);
 
-    let (mut written, mut fetched_bytes, mut chunks) = (0u64, 0u64, 0u64);
-    while let Some((n, blobs)) = decoded.try_next().await? {
-        fetched_bytes += n;
-        Progress::add(&progress.bytes_stored, n);
-        for b in blobs {
-            out.write_all(&b).await.map_err(|e| Error::io("writing the output failed", e))?;
-            written += b.len() as u64;
-            chunks += 1;
-            Progress::add(&progress.bytes_read, b.len() as u64);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Vec<u8>>>(4);
+    let write_progress = progress.clone();
+    let writer = tokio::task::spawn_blocking(move || -> Result<W> {
+        let mut out = out;
+        while let Some(blobs) = rx.blocking_recv() {
+            for b in blobs {
+                out.write_all(&b).map_err(|e| Error::io("writing the output failed", e))?;
+                Progress::add(&write_progress.bytes_read, b.len() as u64);
+            }
         }
+        out.flush().map_err(|e| Error::io("writing the output failed", e))?;
+        Ok(out)
+    });
+
+    let (mut written, mut fetched_bytes, mut chunks) = (0u64, 0u64, 0u64);
+    let fed = async {
+        while let Some((n, blobs)) = decoded.try_next().await? {
+            fetched_bytes += n;
+            Progress::add(&progress.bytes_stored, n);
+            written += blobs.iter().map(|b| b.len() as u64).sum::<u64>();
+            chunks += blobs.len() as u64;
+            if tx.send(blobs).await.is_err() {
+                break; // the writer failed: its error is the one to report
+            }
+        }
+        Ok::<(), Error>(())
     }
-    out.flush().await.map_err(|e| Error::io("writing the output failed", e))?;
+    .await;
+    drop(tx);
+    // Whatever happened upstream, the writer finishes what it was given: a correct prefix.
+    let out = writer.await.map_err(|e| Error::Task(e.to_string()))??;
+    fed?;
     if written != snap.size {
         return Err(Error::Damaged(format!(
             "snapshot {id} promised {} bytes but its chunks hold {written}",
@@ -153,12 +174,13 @@ pub async fn pull<W: AsyncWrite + Unpin>(
         )));
     }
     let duration = started.elapsed().as_secs_f64();
-    Ok(PullStats {
+    let stats = PullStats {
         snapshot_id: *id,
         bytes_written: written,
         bytes_fetched: fetched_bytes,
         chunks,
         throughput_bytes_per_sec: if duration > 0.0 { written as f64 / duration } else { 0.0 },
         duration_secs: duration,
-    })
+    };
+    Ok((stats, out))
 }

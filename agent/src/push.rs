@@ -172,7 +172,7 @@ async fn push_inner(
     let mut bytes_uploaded = recovery_bytes;
 
     let workers = opts.workers.max(1);
-    let (tx, rx) = mpsc::channel::<Vec<u8>>(workers * 2);
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(workers * 4);
     let params = config.chunker;
     let seed = keys.chunker_seed;
     let reader_progress = progress.clone();
@@ -197,7 +197,7 @@ async fn push_inner(
                 Ok(Processed { id, blob })
             })
         })
-        .buffered(workers * 2);
+        .buffered(workers * 4);
     let mut processed = Box::pin(processed);
 
     let mut out = Packer::new(repo, opts.uploads.max(1), config.pack_size as usize);

@@ -213,3 +213,46 @@ fn forget_and_prune_free_space() {
     assert!(r["packs_waiting"].as_u64().unwrap() > 0, "{r}");
     assert_eq!(agent.json(&["check", "--read-data"])["ok"], true);
 }
+
+/// Peak RSS of `push` for a stream of `len` bytes (via /usr/bin/time, installed by tests/infra.sh).
+fn push_peak_rss_kib(agent: &Agent, seed: u64, len: u64) -> u64 {
+    let mut c = agent.cmd(&["push"]);
+    let program = c.get_program().to_owned();
+    let args: Vec<_> = c.get_args().map(|a| a.to_owned()).collect();
+    let mut timed = std::process::Command::new("/usr/bin/time");
+    timed.arg("-f").arg("MAXRSS=%M").arg(program).args(args);
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => timed.env(k, v),
+            None => timed.env_remove(k),
+        };
+    }
+    c = timed;
+    let mut child = c
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || std::io::copy(&mut MixedStream::new(seed, len), &mut stdin).unwrap());
+    let o = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    err.lines()
+        .find_map(|l| l.strip_prefix("MAXRSS="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no RSS in {err}"))
+}
+
+#[test]
+fn peak_memory_does_not_grow_with_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::new(BIN, format!("file://{}/repo", dir.path().display()));
+    agent.init();
+    let small = push_peak_rss_kib(&agent, 70, 32 << 20);
+    let large = push_peak_rss_kib(&agent, 71, 512 << 20);
+    // Sixteen times the data may not cost more than a few buffers more memory.
+    assert!(large <= small + 24 * 1024, "peak RSS grew from {small} KiB (32 MiB) to {large} KiB (512 MiB)");
+}

@@ -80,7 +80,7 @@ pub struct SqlDump {
 }
 
 /// Average bytes of one generated row, for sizing dumps.
-pub const ROW_BYTES: u64 = 110;
+pub const ROW_BYTES: u64 = 94;
 
 impl SqlDump {
     /// A dump of about `bytes` bytes.
