@@ -7,6 +7,7 @@
 //! - [`store`]: object stores named by URL (`file://`, `s3://`, `az://`, `gs://`).
 //! - [`repository`]: opening a repository, its index, snapshots, markers and prune marks.
 //! - [`push`] / [`pull`]: the streaming pipelines, bounded in memory, parallel on all cores.
+//! - [`packer`]: deduplication, packing and uploading, shared by every backup pipeline.
 //! - [`check`] / [`prune`]: verification and space reclamation.
 //! - [`progress`]: live counters for progress reports.
 //! - [`cli`]: the `kanister-agent` command line.
@@ -14,6 +15,7 @@
 pub mod check;
 pub mod cli;
 pub mod error;
+pub mod packer;
 pub mod progress;
 pub mod prune;
 pub mod pull;

@@ -17,28 +17,23 @@
 //! Memory is bounded by the channel slots, one pack being filled and `uploads` packs in
 //! flight, whatever the size of the stream.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::io::Read;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
-use bytes::Bytes;
 use futures::StreamExt;
-use kanister_repo::blob::{self, BlobKind, EncodedBlob};
+use kanister_repo::blob::{BlobKind, EncodedBlob};
 use kanister_repo::chunker::Chunker;
-use kanister_repo::index::{IndexFile, IndexPack};
-use kanister_repo::pack::PackWriter;
 use kanister_repo::snapshot::{self, IDS_PER_LIST, Root, Snapshot, SnapshotStats};
-use kanister_repo::{BlobId, IndexId, SnapshotId};
+use kanister_repo::{BlobId, SnapshotId};
 use serde::Serialize;
-use tokio::sync::{Semaphore, mpsc};
-use tokio::task::JoinSet;
+use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
+use crate::packer::{Dedup, Packer, process_chunk};
 use crate::progress::Progress;
-use crate::repository::{
-    ALIVE_SUFFIX, INDEX, LOCK_REFRESH_EVERY, Lock, MasterIndex, Repository, hostname, now_secs, pack_key,
-};
+use crate::repository::{BackupMarker, Repository, hostname};
 
 /// Where the bytes come from.
 pub enum Source {
@@ -109,45 +104,14 @@ pub struct PushStats {
     pub duration_secs: f64,
 }
 
-struct Processed {
-    id: BlobId,
-    blob: Option<EncodedBlob>,
-}
-
 /// Pushes a stream into the repository and writes a snapshot.
 pub async fn push(repo: &Repository, source: Source, opts: &PushOptions, progress: Arc<Progress>) -> Result<PushStats> {
     let started = Instant::now();
     let start_time = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let lock =
-        Lock { started: now_secs(), refreshed: now_secs(), hostname: opts.hostname.clone(), pid: std::process::id() };
-    let lock_key = repo.write_lock(&lock).await?;
-    let refresher = tokio::spawn(refresh_lock(repo.store().clone(), lock_key.clone(), lock));
+    let marker = BackupMarker::start(repo, &opts.hostname).await?;
     let result = push_inner(repo, source, opts, &progress, started, start_time).await;
-    refresher.abort();
-    let _ = refresher.await;
-    cleanup_locks(repo, &lock_key).await;
+    marker.finish(repo).await;
     result
-}
-
-async fn refresh_lock(store: crate::store::Store, key: String, mut lock: Lock) {
-    let mut tick = tokio::time::interval(LOCK_REFRESH_EVERY);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        lock.refreshed = now_secs();
-        // Renewal rewrites `<key>.alive`: markers are the one kind of object that changes.
-        let alive = format!("{key}{ALIVE_SUFFIX}");
-        if let Err(e) = store.put(&alive, Bytes::from(serde_json::to_vec(&lock).expect("lock serializes"))).await {
-            tracing::warn!(error = %e, "cannot renew the backup marker");
-        }
-    }
-}
-
-async fn cleanup_locks(repo: &Repository, key: &str) {
-    let _ = repo.store().delete(&format!("{key}{ALIVE_SUFFIX}")).await;
-    if let Err(e) = repo.store().delete(key).await {
-        tracing::warn!(error = %e, lock = key, "cannot remove the backup marker; prune treats it as stale after 30 minutes");
-    }
 }
 
 async fn push_inner(
@@ -160,15 +124,7 @@ async fn push_inner(
 ) -> Result<PushStats> {
     let keys = repo.keys().clone();
     let config = repo.config().clone();
-    let mut index = repo.load_index().await?;
-    for (id, why) in &index.damaged {
-        tracing::warn!(index = %id, error = %why, "ignoring a damaged index: its blobs will be stored again");
-    }
-    // Packs `prune` has set aside may be deleted soon: never build on them.
-    let marked = repo.prune_marked_packs().await?;
-    index.forget_blobs_in(&marked);
-    let (packs_recovered, recovery_bytes) = repo.recover_unindexed_packs(&mut index, &marked).await?;
-    let index = Arc::new(index);
+    let (dedup, packs_recovered, recovery_bytes) = crate::packer::prepare(repo).await?;
     let mut bytes_uploaded = recovery_bytes;
 
     let workers = opts.workers.max(1);
@@ -178,23 +134,18 @@ async fn push_inner(
     let reader_progress = progress.clone();
     let reader = tokio::task::spawn_blocking(move || read_stream(source, params, seed, tx, &reader_progress));
 
-    let reserved: Arc<Mutex<HashSet<BlobId>>> = Arc::default();
     let chunks = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
     let processed = chunks
         .map(|chunk| {
-            let (keys, index, reserved, progress) = (keys.clone(), index.clone(), reserved.clone(), progress.clone());
+            let (keys, dedup, progress) = (keys.clone(), dedup.clone(), progress.clone());
             let level = config.compression_level;
-            tokio::task::spawn_blocking(move || -> Result<Processed> {
-                let id = blob::blob_id(&keys, &chunk);
-                let new = !index.blobs.contains_key(&id) && reserved.lock().expect("not poisoned").insert(id);
-                let blob = if new {
+            tokio::task::spawn_blocking(move || -> Result<(BlobId, Option<EncodedBlob>)> {
+                let r = process_chunk(&keys, &dedup, BlobKind::Data, level, &chunk)?;
+                if r.1.is_some() {
                     Progress::add(&progress.bytes_new, chunk.len() as u64);
-                    Some(blob::encode(&keys, BlobKind::Data, id, &chunk, level)?)
-                } else {
-                    None
-                };
+                }
                 Progress::add(&progress.chunks, 1);
-                Ok(Processed { id, blob })
+                Ok(r)
             })
         })
         .buffered(workers * 4);
@@ -207,17 +158,16 @@ async fn push_inner(
 
     let body = async {
         while let Some(r) = processed.next().await {
-            let p = r.map_err(|e| Error::Task(e.to_string()))??;
+            let (id, blob) = r.map_err(|e| Error::Task(e.to_string()))??;
             n_chunks += 1;
-            list.push(p.id);
-            if let Some(b) = p.blob {
+            list.push(id);
+            if let Some(b) = blob {
                 n_new += 1;
                 new_bytes += b.raw_len as u64;
                 out.add(b, progress).await?;
             }
             if list.len() == IDS_PER_LIST {
-                let id =
-                    add_list(&keys, &index, &reserved, &mut list, config.compression_level, &mut out, progress).await?;
+                let id = add_list(&keys, &dedup, &mut list, config.compression_level, &mut out, progress).await?;
                 lists.push(id);
             }
             out.collect_landed(progress, false).await?;
@@ -233,7 +183,7 @@ async fn push_inner(
     body_result?;
 
     if !list.is_empty() || lists.is_empty() {
-        let id = add_list(&keys, &index, &reserved, &mut list, config.compression_level, &mut out, progress).await?;
+        let id = add_list(&keys, &dedup, &mut list, config.compression_level, &mut out, progress).await?;
         lists.push(id);
     }
     let packs_uploaded = out.finish(progress).await?;
@@ -283,8 +233,7 @@ async fn push_inner(
 /// Seals the chunk list so far as a list blob, adds it to the pack if new, returns its id.
 async fn add_list(
     keys: &kanister_repo::Keys,
-    index: &MasterIndex,
-    reserved: &Mutex<HashSet<BlobId>>,
+    dedup: &Dedup,
     list: &mut Vec<BlobId>,
     level: i32,
     out: &mut Packer<'_>,
@@ -292,9 +241,8 @@ async fn add_list(
 ) -> Result<BlobId> {
     let bytes = snapshot::encode_id_list(list);
     list.clear();
-    let id = blob::blob_id(keys, &bytes);
-    if !index.blobs.contains_key(&id) && reserved.lock().expect("not poisoned").insert(id) {
-        let b = blob::encode(keys, BlobKind::Tree, id, &bytes, level)?;
+    let (id, blob) = process_chunk(keys, dedup, BlobKind::Tree, level, &bytes)?;
+    if let Some(b) = blob {
         out.add(b, progress).await?;
     }
     Ok(id)
@@ -367,114 +315,5 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
         (Some(c), _) => format!("exited with status {c}"),
         (None, Some(s)) => format!("was killed by signal {s}"),
         _ => "failed".into(),
-    }
-}
-
-/// Fills packs, uploads them with bounded concurrency, and indexes them as they land.
-struct Packer<'r> {
-    repo: &'r Repository,
-    pack: PackWriter,
-    pack_size: usize,
-    uploads: JoinSet<Result<IndexPack>>,
-    slots: Arc<Semaphore>,
-    landed: Vec<IndexPack>,
-    unindexed: Vec<IndexPack>,
-    interim: Vec<IndexId>,
-    last_index: Instant,
-    bytes_uploaded: u64,
-}
-
-/// Index landed packs at least this often while a push runs.
-const INTERIM_INDEX_EVERY: Duration = Duration::from_secs(2);
-
-impl<'r> Packer<'r> {
-    fn new(repo: &'r Repository, uploads: usize, pack_size: usize) -> Self {
-        Packer {
-            repo,
-            pack: PackWriter::with_capacity(pack_size + (1 << 20)),
-            pack_size,
-            uploads: JoinSet::new(),
-            slots: Arc::new(Semaphore::new(uploads)),
-            landed: Vec::new(),
-            unindexed: Vec::new(),
-            interim: Vec::new(),
-            last_index: Instant::now(),
-            bytes_uploaded: 0,
-        }
-    }
-
-    async fn add(&mut self, b: EncodedBlob, progress: &Progress) -> Result<()> {
-        self.pack.add(&b);
-        if self.pack.len() >= self.pack_size {
-            self.seal_and_upload(progress).await?;
-        }
-        Ok(())
-    }
-
-    async fn seal_and_upload(&mut self, progress: &Progress) -> Result<()> {
-        if self.pack.is_empty() {
-            return Ok(());
-        }
-        // Wait for an upload slot before sealing: this is the pipeline's backpressure.
-        let permit = self.slots.clone().acquire_owned().await.expect("semaphore never closed");
-        let pack = std::mem::replace(&mut self.pack, PackWriter::with_capacity(self.pack_size + (1 << 20)));
-        let finished = pack.finish(&self.repo.keys().data_key);
-        let store = self.repo.store().clone();
-        self.uploads.spawn(async move {
-            let size = finished.bytes.len() as u64;
-            store.put(&pack_key(&finished.id), Bytes::from(finished.bytes)).await?;
-            drop(permit);
-            Ok(IndexPack { id: finished.id, size, blobs: finished.entries })
-        });
-        self.collect_landed(progress, false).await
-    }
-
-    /// Takes finished uploads; writes an interim index when due (or when `all` is set, after
-    /// waiting for every upload).
-    async fn collect_landed(&mut self, progress: &Progress, all: bool) -> Result<()> {
-        loop {
-            let next = if all { self.uploads.join_next().await } else { self.uploads.try_join_next() };
-            let Some(r) = next else { break };
-            let p = r.map_err(|e| Error::Task(e.to_string()))??;
-            self.bytes_uploaded += p.size;
-            Progress::add(&progress.bytes_stored, p.size);
-            self.unindexed.push(p);
-        }
-        if !self.unindexed.is_empty() && (all || self.last_index.elapsed() >= INTERIM_INDEX_EVERY) {
-            let packs = std::mem::take(&mut self.unindexed);
-            let (id, n) = self.repo.write_index(&IndexFile { supersedes: vec![], packs: packs.clone() }).await?;
-            self.bytes_uploaded += n;
-            Progress::add(&progress.bytes_stored, n);
-            self.interim.push(id);
-            self.landed.extend(packs);
-            self.last_index = Instant::now();
-        }
-        Ok(())
-    }
-
-    /// Uploads the last pack, waits for every upload, and writes one index for all packs of
-    /// this push (superseding the interim ones). Returns the number of packs.
-    async fn finish(&mut self, progress: &Progress) -> Result<u64> {
-        self.seal_and_upload(progress).await?;
-        self.collect_landed(progress, true).await?;
-        if self.interim.len() > 1 {
-            let f = IndexFile { supersedes: self.interim.clone(), packs: self.landed.clone() };
-            let (_, n) = self.repo.write_index(&f).await?;
-            self.bytes_uploaded += n;
-            Progress::add(&progress.bytes_stored, n);
-        } else {
-            // Zero or one interim index already says everything.
-            self.interim.clear();
-        }
-        Ok(self.landed.len() as u64)
-    }
-
-    /// Removes the interim indexes once the consolidated one and the snapshot are written.
-    async fn delete_interim(&mut self) {
-        for id in std::mem::take(&mut self.interim) {
-            if let Err(e) = self.repo.store().delete(&format!("{INDEX}/{id}")).await {
-                tracing::debug!(index = %id, error = %e, "cannot delete a superseded index; prune will");
-            }
-        }
     }
 }

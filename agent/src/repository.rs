@@ -319,6 +319,53 @@ impl LockInfo {
     }
 }
 
+/// The marker of a running backup: written at its start, renewed while it runs, removed at
+/// its end. `prune` waits for backups that started before it set packs aside.
+#[derive(Debug)]
+pub struct BackupMarker {
+    key: String,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl BackupMarker {
+    /// Writes the marker and starts renewing it.
+    pub async fn start(repo: &Repository, hostname: &str) -> Result<Self> {
+        let lock = Lock {
+            started: now_secs(),
+            refreshed: now_secs(),
+            hostname: hostname.to_string(),
+            pid: std::process::id(),
+        };
+        let key = repo.write_lock(&lock).await?;
+        let (store, alive) = (repo.store().clone(), format!("{key}{ALIVE_SUFFIX}"));
+        let renewer = tokio::spawn(async move {
+            let mut lock = lock;
+            let mut tick = tokio::time::interval(LOCK_REFRESH_EVERY);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                lock.refreshed = now_secs();
+                // Renewal rewrites `<key>.alive`: markers are the one kind of object that changes.
+                let body = Bytes::from(serde_json::to_vec(&lock).expect("lock serializes"));
+                if let Err(e) = store.put(&alive, body).await {
+                    tracing::warn!(error = %e, "cannot renew the backup marker");
+                }
+            }
+        });
+        Ok(BackupMarker { key, renewer })
+    }
+
+    /// Stops renewing and removes the marker (best effort: a marker left behind goes stale).
+    pub async fn finish(self, repo: &Repository) {
+        self.renewer.abort();
+        let _ = self.renewer.await;
+        let _ = repo.store().delete(&format!("{}{ALIVE_SUFFIX}", self.key)).await;
+        if let Err(e) = repo.store().delete(&self.key).await {
+            tracing::warn!(error = %e, marker = %self.key, "cannot remove the backup marker; prune treats it as stale after 30 minutes");
+        }
+    }
+}
+
 /// A lock older than this without renewal belongs to a process that died.
 pub const LOCK_STALE_AFTER: Duration = Duration::from_secs(30 * 60);
 /// How often a running backup renews its lock.
