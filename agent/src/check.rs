@@ -12,7 +12,7 @@ use kanister_repo::PackId;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::repository::{DATA, Repository, pack_id_from_key, pack_key};
+use crate::repository::{DATA, Repository, Visit, pack_id_from_key, pack_key};
 
 /// One finding.
 #[derive(Debug, Clone, Serialize)]
@@ -96,38 +96,31 @@ pub async fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
                 continue;
             }
         };
-        let kanister_repo::snapshot::Root::Stream { lists } = &snap.root;
         let mut missing = 0usize;
         let mut first_missing = None;
-        for list in lists {
-            let Some(loc) = index.get(list) else {
-                missing += 1;
-                first_missing.get_or_insert(*list);
-                continue;
-            };
-            users.entry(loc.pack).or_default().insert(sid.short());
-            if bad.contains_key(&loc.pack) {
-                continue;
-            }
-            match repo.read_blob(&index, list).await.and_then(|b| Ok(kanister_repo::snapshot::decode_id_list(&b)?)) {
-                Ok(ids) => {
-                    for c in ids {
-                        match index.get(&c) {
-                            Some(l) => {
-                                users.entry(l.pack).or_default().insert(sid.short());
-                            }
-                            None => {
-                                missing += 1;
-                                first_missing.get_or_insert(c);
-                            }
-                        }
+        let short = sid.short();
+        repo.walk_blobs(&index, &snap.root, &mut |v| {
+            match v {
+                Visit::Blob(b, _) => match index.get(b) {
+                    Some(l) => {
+                        users.entry(l.pack).or_default().insert(short.clone());
+                    }
+                    None => {
+                        missing += 1;
+                        first_missing.get_or_insert(*b);
+                    }
+                },
+                Visit::Unreadable(b, e) => {
+                    // Missing blobs were counted above; a blob that is indexed but unreadable
+                    // damns its pack.
+                    if let Some(l) = index.get(b) {
+                        bad.entry(l.pack).or_insert_with(|| format!("metadata blob {} cannot be read: {e}", b.short()));
                     }
                 }
-                Err(e) => {
-                    bad.insert(loc.pack, format!("chunk list {} cannot be read: {e}", list.short()));
-                }
             }
-        }
+            Ok(())
+        })
+        .await?;
         if missing > 0 {
             errors.push(Problem {
                 object: format!("snapshots/{sid}"),

@@ -59,6 +59,9 @@ pub enum Error {
     /// A worker task died.
     #[error("internal task failed: {0}")]
     Task(String),
+    /// The snapshot is not of the kind the command works on.
+    #[error("{0}")]
+    WrongKind(String),
     /// The repository is damaged (see the check report).
     #[error("{0}")]
     Damaged(String),

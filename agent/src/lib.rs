@@ -8,6 +8,7 @@
 //! - [`repository`]: opening a repository, its index, snapshots, markers and prune marks.
 //! - [`push`] / [`pull`]: the streaming pipelines, bounded in memory, parallel on all cores.
 //! - [`packer`]: deduplication, packing and uploading, shared by every backup pipeline.
+//! - [`tree`]: volume (directory tree) backup, restore and browsing.
 //! - [`check`] / [`prune`]: verification and space reclamation.
 //! - [`progress`]: live counters for progress reports.
 //! - [`cli`]: the `kanister-agent` command line.
@@ -22,5 +23,6 @@ pub mod pull;
 pub mod push;
 pub mod repository;
 pub mod store;
+pub mod tree;
 
 pub use error::{Error, Result};

@@ -25,7 +25,7 @@ use kanister_repo::{BlobId, PackId};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::repository::{DATA, INDEX, MasterIndex, PruneMark, Repository, now_secs, pack_id_from_key, pack_key};
+use crate::repository::{DATA, INDEX, MasterIndex, PruneMark, Repository, Visit, now_secs, pack_id_from_key, pack_key};
 
 /// Settings of a prune.
 #[derive(Debug, Clone)]
@@ -68,11 +68,14 @@ async fn used_blobs(repo: &Repository, index: &MasterIndex) -> Result<(HashSet<B
         let s = s.as_ref().map_err(|e| {
             Error::Damaged(format!("snapshot {id} cannot be read ({e}); prune refuses to guess what it uses"))
         })?;
-        let kanister_repo::snapshot::Root::Stream { lists } = &s.root;
-        used.extend(lists.iter().copied());
-        repo.for_each_chunk_list(index, s, |_, ids| {
-            used.extend(ids.iter().copied());
-            Ok(())
+        repo.walk_blobs(index, &s.root, &mut |v| match v {
+            Visit::Blob(b, _) => {
+                used.insert(*b);
+                Ok(())
+            }
+            Visit::Unreadable(b, e) => Err(Error::Damaged(format!(
+                "blob {b} of snapshot {id} cannot be read ({e}); prune refuses to guess what it uses"
+            ))),
         })
         .await?;
     }

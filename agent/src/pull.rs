@@ -8,10 +8,11 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use kanister_repo::blob;
 use kanister_repo::pack::PackEntry;
-use kanister_repo::{BlobId, PackId, SnapshotId};
+use kanister_repo::{BlobId, Keys, PackId, SnapshotId};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -42,7 +43,7 @@ pub struct PullStats {
 
 /// One range request: consecutive blobs of one pack.
 #[derive(Debug)]
-struct Request {
+pub(crate) struct Request {
     pack: PackId,
     start: u64,
     end: u64,
@@ -50,7 +51,8 @@ struct Request {
     blobs: Vec<PackEntry>,
 }
 
-fn plan(index: &MasterIndex, ids: &[BlobId], snapshot: &SnapshotId) -> Result<Vec<Request>> {
+/// Groups the blobs `ids` (in order) into range requests.
+pub(crate) fn plan(index: &MasterIndex, ids: &[BlobId], snapshot: &SnapshotId) -> Result<Vec<Request>> {
     let mut out: Vec<Request> = Vec::new();
     for id in ids {
         let loc = index.get(id).ok_or_else(|| Error::MissingBlob { blob: *id, snapshot: snapshot.to_string() })?;
@@ -73,6 +75,28 @@ fn plan(index: &MasterIndex, ids: &[BlobId], snapshot: &SnapshotId) -> Result<Ve
     Ok(out)
 }
 
+/// Decrypts, decompresses and verifies the blobs of a fetched request on the blocking pool.
+/// Returns the bytes fetched and each blob's plaintext.
+pub(crate) async fn decode_request(keys: Keys, req: Request, bytes: Bytes) -> Result<(u64, Vec<Vec<u8>>)> {
+    tokio::task::spawn_blocking(move || -> Result<(u64, Vec<Vec<u8>>)> {
+        let mut out = Vec::with_capacity(req.blobs.len());
+        for e in &req.blobs {
+            let s = (e.offset as u64 - req.start) as usize;
+            let b = &bytes[s..s + e.length as usize];
+            out.push(blob::decode(&keys, e.kind, &e.id, b, e.raw_len)?);
+        }
+        Ok((req.end - req.start, out))
+    })
+    .await
+    .map_err(|e| Error::Task(e.to_string()))?
+}
+
+/// Fetches one request from the store.
+pub(crate) async fn fetch_request(store: &crate::store::Store, req: Request) -> Result<(Request, Bytes)> {
+    let bytes = store.get_range(&pack_key(&req.pack), req.start..req.end).await?;
+    Ok((req, bytes))
+}
+
 /// Writes snapshot `id` to `out` and hands `out` back. On error, what was written is a correct
 /// prefix of the stream.
 pub async fn pull<W: std::io::Write + Send + 'static>(
@@ -90,7 +114,15 @@ pub async fn pull<W: std::io::Write + Send + 'static>(
     for (ix, why) in &index.damaged {
         tracing::warn!(index = %ix, error = %why, "a damaged index was skipped");
     }
-    let kanister_repo::snapshot::Root::Stream { lists } = &snap.root;
+    let lists = match &snap.root {
+        kanister_repo::snapshot::Root::Stream { lists } => lists,
+        kanister_repo::snapshot::Root::Tree { path, .. } => {
+            return Err(Error::WrongKind(format!(
+                "snapshot {} is a directory tree of {path}: restore it with `kanister-agent restore`",
+                id.short()
+            )));
+        }
+    };
     // Fail before writing anything when a chunk list is already known to be missing.
     if let Some(missing) = lists.iter().find(|l| index.get(l).is_none()) {
         return Err(Error::MissingBlob { blob: *missing, snapshot: id.to_string() });
@@ -115,24 +147,8 @@ pub async fn pull<W: std::io::Write + Send + 'static>(
             }
         })
         .try_buffered(fetches.max(1));
-    let decoded = fetched
-        .map_ok(|(req, bytes)| {
-            let keys = keys.clone();
-            async move {
-                tokio::task::spawn_blocking(move || -> Result<(u64, Vec<Vec<u8>>)> {
-                    let mut out = Vec::with_capacity(req.blobs.len());
-                    for e in &req.blobs {
-                        let s = (e.offset as u64 - req.start) as usize;
-                        let b = &bytes[s..s + e.length as usize];
-                        out.push(blob::decode(&keys, e.kind, &e.id, b, e.raw_len)?);
-                    }
-                    Ok((req.end - req.start, out))
-                })
-                .await
-                .map_err(|e| Error::Task(e.to_string()))?
-            }
-        })
-        .try_buffered(workers.max(1) + 1);
+    let decoded =
+        fetched.map_ok(|(req, bytes)| decode_request(keys.clone(), req, bytes)).try_buffered(workers.max(1) + 1);
     let mut decoded = std::pin::pin!(decoded);
 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Vec<u8>>>(4);

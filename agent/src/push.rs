@@ -205,8 +205,10 @@ async fn push_inner(
             chunks: n_chunks,
             chunks_new: n_new,
             duration_secs: duration,
+            ..Default::default()
         },
         program: format!("kanister-agent {}", env!("CARGO_PKG_VERSION")),
+        parent: None,
     };
     // The snapshot's own size is part of what this push uploaded; estimate it by encoding once.
     let (_, probe) = snap.encode(&keys);

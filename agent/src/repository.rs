@@ -23,12 +23,12 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use kanister_repo::blob;
+use kanister_repo::blob::{self, BlobKind};
 use kanister_repo::chunker::ChunkerParams;
 use kanister_repo::index::{IndexFile, IndexPack};
 use kanister_repo::keys::{self, Argon2Params, Credential, KeySlot, MasterKey};
 use kanister_repo::pack::{self, PackEntry};
-use kanister_repo::snapshot::Snapshot;
+use kanister_repo::snapshot::{Root, Snapshot};
 use kanister_repo::{BlobId, IndexId, Keys, PackId, RepoConfig, SnapshotId};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -638,20 +638,65 @@ impl Repository<Open> {
         Ok(out)
     }
 
-    /// Walks the chunk lists of a stream snapshot, calling `f` with each list blob id and its
-    /// chunk ids, one list at a time.
-    pub async fn for_each_chunk_list<F>(&self, index: &MasterIndex, snap: &Snapshot, mut f: F) -> Result<()>
-    where
-        F: FnMut(&BlobId, &[BlobId]) -> Result<()>,
-    {
-        let kanister_repo::snapshot::Root::Stream { lists } = &snap.root;
-        for list in lists {
-            let bytes = self.read_blob(index, list).await?;
-            let ids = kanister_repo::snapshot::decode_id_list(&bytes)?;
-            f(list, &ids)?;
+    /// Visits every blob a snapshot's root references, depth first: metadata blobs (chunk
+    /// lists, tree parts) as [`Visit::Blob`] with kind `Tree` before their content, data blobs
+    /// with kind `Data`. A metadata blob that cannot be read is reported as
+    /// [`Visit::Unreadable`]; the visitor decides whether to go on (`Ok`) or stop (`Err`).
+    pub async fn walk_blobs(
+        &self,
+        index: &MasterIndex,
+        root: &Root,
+        visit: &mut (dyn FnMut(Visit<'_>) -> Result<()> + Send),
+    ) -> Result<()> {
+        match root {
+            Root::Stream { lists } => {
+                for list in lists {
+                    visit(Visit::Blob(list, BlobKind::Tree))?;
+                    match self
+                        .read_blob(index, list)
+                        .await
+                        .and_then(|b| Ok(kanister_repo::snapshot::decode_id_list(&b)?))
+                    {
+                        Ok(ids) => {
+                            for id in &ids {
+                                visit(Visit::Blob(id, BlobKind::Data))?;
+                            }
+                        }
+                        Err(e) => visit(Visit::Unreadable(list, e))?,
+                    }
+                }
+            }
+            Root::Tree { dir, .. } => {
+                let mut stack: Vec<BlobId> = dir.subtree.iter().rev().copied().collect();
+                while let Some(part) = stack.pop() {
+                    visit(Visit::Blob(&part, BlobKind::Tree))?;
+                    match self.read_blob(index, &part).await.and_then(|b| Ok(kanister_repo::tree::decode_part(&b)?)) {
+                        Ok(nodes) => {
+                            for n in &nodes {
+                                for id in &n.content {
+                                    visit(Visit::Blob(id, BlobKind::Data))?;
+                                }
+                            }
+                            for n in nodes.iter().rev() {
+                                stack.extend(n.subtree.iter().rev().copied());
+                            }
+                        }
+                        Err(e) => visit(Visit::Unreadable(&part, e))?,
+                    }
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// What [`Repository::walk_blobs`] shows its visitor.
+#[derive(Debug)]
+pub enum Visit<'a> {
+    /// A referenced blob.
+    Blob(&'a BlobId, BlobKind),
+    /// A metadata blob that could not be read: what it references is unknown.
+    Unreadable(&'a BlobId, Error),
 }
 
 const PRUNE_AAD: &[u8] = b"kanister prune mark";

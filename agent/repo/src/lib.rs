@@ -13,6 +13,7 @@
 //! - [`pack`]: blobs grouped into pack objects with a sealed trailer listing them.
 //! - [`index`]: index objects mapping blob ids to pack locations.
 //! - [`snapshot`]: snapshot objects naming a root (the chunk lists of a stream), tags and stats.
+//! - [`tree`]: directory listings of volume backups (names, modes, owners, times, links).
 //! - [`config`]: the repository parameters fixed at init.
 //!
 //! Object names are content addresses: the unkeyed BLAKE3 hash of the stored bytes, so any
@@ -28,6 +29,7 @@ pub mod index;
 pub mod keys;
 pub mod pack;
 pub mod snapshot;
+pub mod tree;
 
 pub use blob::{BlobKind, EncodedBlob};
 pub use config::RepoConfig;

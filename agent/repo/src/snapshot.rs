@@ -31,6 +31,13 @@ pub enum Root {
         /// The chunk-list blobs.
         lists: Vec<BlobId>,
     },
+    /// A directory tree (a volume).
+    Tree {
+        /// The path that was backed up, as given.
+        path: String,
+        /// The top directory itself: its metadata, and its listing in `subtree`.
+        dir: crate::tree::Node,
+    },
 }
 
 /// Numbers recorded with a snapshot.
@@ -48,6 +55,35 @@ pub struct SnapshotStats {
     pub chunks_new: u64,
     /// Wall time of the backup in seconds.
     pub duration_secs: f64,
+    /// Tree backups: files opened and read.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub files_read: u64,
+    /// Tree backups: unchanged files whose content was taken from the parent snapshot.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub files_reused: u64,
+    /// Tree backups: files not in the parent snapshot.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub files_new: u64,
+    /// Tree backups: directories.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dirs: u64,
+    /// Tree backups: paths that could not be backed up, with the reason (at most 1000).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// Tree backups: paths that kept changing while read (content may be torn).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl SnapshotStats {
+    /// Whether something was left out of the snapshot.
+    pub fn partial(&self) -> bool {
+        !self.errors.is_empty()
+    }
 }
 
 /// A snapshot object.
@@ -69,6 +105,9 @@ pub struct Snapshot {
     pub stats: SnapshotStats,
     /// The program that wrote it.
     pub program: String,
+    /// The snapshot this one was made incrementally from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<SnapshotId>,
 }
 
 impl Snapshot {
@@ -127,6 +166,7 @@ mod tests {
             size: 10,
             stats: SnapshotStats::default(),
             program: "test".into(),
+            parent: None,
         };
         let (id, bytes) = s.encode(&keys);
         assert_eq!(Snapshot::decode(&keys, &id, &bytes).unwrap(), s);

@@ -1,0 +1,394 @@
+//! Restoring a directory tree into a target directory.
+//!
+//! Safety: every name is checked before anything is created for it (no `/`, `.`, `..`, NUL,
+//! nor empty names); the walk only descends into directories it created or found as real
+//! directories (a symlink in the way is replaced, never followed); files are created with
+//! `O_EXCL | O_NOFOLLOW`. A snapshot cannot make the restore write outside the target.
+//!
+//! Content: every blob is verified before it is written; chunks of zeros become holes, so
+//! sparse files stay sparse. Metadata: owner (when privileged), mode, mtime; directories get
+//! theirs last, after their content. Hard links are re-created as links.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::{StreamExt, TryStreamExt};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use kanister_repo::SnapshotId;
+use kanister_repo::tree::{Node, NodeKind, is_safe_name};
+
+use super::{RestoreOptions, RestoreStats, display_name, read_listing, tree_root};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::pull::{decode_request, fetch_request, plan};
+use crate::repository::{MasterIndex, Repository};
+
+/// Files restored at once.
+const FILES_AT_ONCE: usize = 4;
+
+fn globs(patterns: &[String]) -> Result<GlobSet> {
+    let mut b = GlobSetBuilder::new();
+    for p in patterns {
+        let g = Glob::new(p.trim_start_matches("./").trim_end_matches('/')).map_err(|e| {
+            Error::io(
+                format!("invalid pattern {p:?}"),
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()),
+            )
+        })?;
+        b.add(g);
+    }
+    b.build().map_err(|e| Error::io("invalid patterns", std::io::Error::other(e.to_string())))
+}
+
+struct DirJob {
+    abs: PathBuf,
+    rel: String,
+    node: Node,
+    /// This directory or an ancestor matched an include pattern (or there are none).
+    selected: bool,
+    /// Whether the directory exists in the target yet.
+    exists: bool,
+}
+
+/// Restores snapshot `id` into `target`.
+pub async fn restore(
+    repo: &Repository,
+    id: &SnapshotId,
+    target: &Path,
+    opts: &RestoreOptions,
+    progress: Arc<Progress>,
+) -> Result<RestoreStats> {
+    let started = Instant::now();
+    let snap = repo.snapshot(id).await?;
+    let (_, root) = tree_root(&snap, id)?;
+    progress.total.store(snap.size, std::sync::atomic::Ordering::Relaxed);
+    let index = repo.load_index().await?;
+    let include = globs(&opts.include)?;
+    let exclude = globs(&opts.exclude)?;
+    let privileged = nix::unistd::geteuid().is_root();
+    std::fs::create_dir_all(target).map_err(|e| Error::io(format!("cannot create {}", target.display()), e))?;
+
+    let mut stats = RestoreStats { snapshot_id: Some(*id), ..Default::default() };
+    let mut finish_dirs: Vec<(PathBuf, Node)> = Vec::new();
+    let mut first_of_link: HashMap<u64, PathBuf> = HashMap::new();
+    let mut links: Vec<(PathBuf, PathBuf, Node)> = Vec::new();
+    let mut stack = vec![DirJob {
+        abs: target.to_path_buf(),
+        rel: String::new(),
+        node: root,
+        selected: opts.include.is_empty(),
+        exists: true,
+    }];
+
+    while let Some(dir) = stack.pop() {
+        let nodes = read_listing(repo, &index, &dir.node.subtree).await?;
+        let mut names: HashSet<Vec<u8>> = HashSet::new();
+        let mut files: Vec<(PathBuf, Node)> = Vec::new();
+        let mut subdirs: Vec<DirJob> = Vec::new();
+        for node in nodes {
+            if !is_safe_name(&node.name) {
+                return Err(Error::Damaged(format!(
+                    "snapshot {} holds an unsafe entry name {:?} in {:?}: refusing to restore it (nothing is written outside {})",
+                    id.short(),
+                    display_name(&node.name),
+                    if dir.rel.is_empty() { "/" } else { dir.rel.as_str() },
+                    target.display()
+                )));
+            }
+            names.insert(node.name.clone());
+            let rel = if dir.rel.is_empty() {
+                display_name(&node.name)
+            } else {
+                format!("{}/{}", dir.rel, display_name(&node.name))
+            };
+            if exclude.is_match(&rel) {
+                continue;
+            }
+            let abs = dir.abs.join(OsStr::from_bytes(&node.name));
+            let selected = dir.selected || include.is_match(&rel);
+            match node.kind {
+                NodeKind::Dir => {
+                    let exists = if selected {
+                        prepare_dir(&abs, opts.delete)?;
+                        true
+                    } else {
+                        false
+                    };
+                    subdirs.push(DirJob { abs, rel, node, selected, exists });
+                }
+                _ if !selected => {}
+                NodeKind::File => {
+                    ensure_parent(&dir.abs, target)?;
+                    match node.link_id.and_then(|l| first_of_link.get(&l)) {
+                        Some(first) => links.push((abs, first.clone(), node)),
+                        None => {
+                            if let Some(l) = node.link_id {
+                                first_of_link.insert(l, abs.clone());
+                            }
+                            files.push((abs, node));
+                        }
+                    }
+                }
+                _ => {
+                    ensure_parent(&dir.abs, target)?;
+                    restore_special(&abs, &node, opts.delete, privileged, &mut stats)?;
+                }
+            }
+        }
+        // Files of this directory, several at once.
+        let keys = repo.keys().clone();
+        let store = repo.store().clone();
+        let written: Vec<(u64, Vec<String>)> =
+            futures::stream::iter(files)
+                .map(|(abs, node)| {
+                    let (keys, store, index, progress) = (keys.clone(), store.clone(), &index, progress.clone());
+                    async move {
+                        restore_file(&store, &keys, index, id, &abs, &node, opts.delete, privileged, &progress).await
+                    }
+                })
+                .buffer_unordered(FILES_AT_ONCE)
+                .try_collect()
+                .await?;
+        for (n, warns) in written {
+            stats.files += 1;
+            stats.bytes_written += n;
+            push_warnings(&mut stats, warns);
+        }
+        if opts.delete && dir.selected && dir.exists {
+            stats.deleted += delete_extra(&dir.abs, &dir.rel, &names, &exclude)?;
+        }
+        if dir.exists {
+            stats.dirs += 1;
+            finish_dirs.push((dir.abs.clone(), dir.node.clone()));
+        }
+        // Depth first, in name order.
+        stack.extend(subdirs.into_iter().rev());
+    }
+
+    for (abs, first, node) in links {
+        remove_in_the_way(&abs, opts.delete)?;
+        std::fs::hard_link(&first, &abs)
+            .map_err(|e| Error::io(format!("cannot link {} to {}", abs.display(), first.display()), e))?;
+        stats.files += 1;
+        let _ = node;
+    }
+    // Directories last, deepest first, so writing their content does not change their times.
+    for (abs, node) in finish_dirs.iter().rev() {
+        let warns = apply_meta(abs, node, privileged);
+        push_warnings(&mut stats, warns);
+    }
+    stats.duration_secs = started.elapsed().as_secs_f64();
+    Ok(stats)
+}
+
+fn push_warnings(stats: &mut RestoreStats, warns: Vec<String>) {
+    for w in warns {
+        if stats.warnings.len() < 1000 && !stats.warnings.contains(&w) {
+            stats.warnings.push(w);
+        }
+    }
+}
+
+/// Makes sure the directory a selected entry goes into exists (restores with `--include`
+/// create only the directories they need).
+fn ensure_parent(dir: &Path, target: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let rel = dir.strip_prefix(target).unwrap_or(dir);
+    let mut cur = target.to_path_buf();
+    for c in rel.components() {
+        cur.push(c);
+        prepare_dir(&cur, false)?;
+    }
+    Ok(())
+}
+
+/// Makes `abs` a real directory: keeps one that exists, replaces a symlink or file in the way.
+fn prepare_dir(abs: &Path, delete: bool) -> Result<()> {
+    match std::fs::symlink_metadata(abs) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(m) if m.file_type().is_symlink() || delete => {
+            std::fs::remove_file(abs).map_err(|e| Error::io(format!("cannot replace {}", abs.display()), e))?
+        }
+        Ok(_) => {
+            return Err(Error::io(
+                format!(
+                    "cannot restore directory {}: a file is in the way (use --delete to replace it)",
+                    abs.display()
+                ),
+                std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            ));
+        }
+        Err(_) => {}
+    }
+    std::fs::create_dir(abs).map_err(|e| Error::io(format!("cannot create {}", abs.display()), e))
+}
+
+/// Clears the place of a non-directory entry: removes a file or symlink there; a directory
+/// only with `--delete`.
+fn remove_in_the_way(abs: &Path, delete: bool) -> Result<()> {
+    match std::fs::symlink_metadata(abs) {
+        Ok(m) if m.is_dir() => {
+            if delete {
+                std::fs::remove_dir_all(abs).map_err(|e| Error::io(format!("cannot replace {}", abs.display()), e))
+            } else {
+                Err(Error::io(
+                    format!("cannot restore {}: a directory is in the way (use --delete to replace it)", abs.display()),
+                    std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+                ))
+            }
+        }
+        Ok(_) => std::fs::remove_file(abs).map_err(|e| Error::io(format!("cannot replace {}", abs.display()), e)),
+        Err(_) => Ok(()),
+    }
+}
+
+fn restore_special(abs: &Path, node: &Node, delete: bool, privileged: bool, stats: &mut RestoreStats) -> Result<()> {
+    use nix::sys::stat::{Mode, SFlag};
+    remove_in_the_way(abs, delete)?;
+    let mode = Mode::from_bits_truncate(node.mode);
+    let made = match node.kind {
+        NodeKind::Symlink => {
+            let t = node.target.clone().unwrap_or_default();
+            std::os::unix::fs::symlink(OsStr::from_bytes(&t), abs).map_err(|e| e.to_string())
+        }
+        NodeKind::Fifo => nix::unistd::mkfifo(abs, mode).map_err(|e| e.to_string()),
+        NodeKind::CharDevice | NodeKind::BlockDevice if privileged => {
+            let kind = if node.kind == NodeKind::CharDevice { SFlag::S_IFCHR } else { SFlag::S_IFBLK };
+            nix::sys::stat::mknod(abs, kind, mode, node.rdev.unwrap_or(0)).map_err(|e| e.to_string())
+        }
+        _ => Err("device files need root to restore".into()),
+    };
+    match made {
+        Ok(()) => {
+            stats.others += 1;
+            let warns = apply_meta(abs, node, privileged);
+            push_warnings(stats, warns);
+        }
+        Err(e) => push_warnings(stats, vec![format!("{}: not restored: {e}", abs.display())]),
+    }
+    Ok(())
+}
+
+/// Owner, mode, mtime; never following a symlink. Returns warnings.
+fn apply_meta(abs: &Path, node: &Node, privileged: bool) -> Vec<String> {
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    let mut warns = Vec::new();
+    if privileged || node.uid == nix::unistd::geteuid().as_raw() {
+        if let Err(e) = std::os::unix::fs::lchown(abs, Some(node.uid), Some(node.gid)) {
+            warns.push(format!("{}: cannot set owner: {e}", abs.display()));
+        }
+    } else {
+        warns.push("ownership not restored: restoring without root keeps the restoring user as owner".into());
+    }
+    // After chown, which clears setuid/setgid bits.
+    if node.kind != NodeKind::Symlink
+        && let Err(e) = std::fs::set_permissions(abs, std::fs::Permissions::from_mode(node.mode))
+    {
+        warns.push(format!("{}: cannot set mode: {e}", abs.display()));
+    }
+    let t = TimeSpec::new(node.mtime_ns.div_euclid(1_000_000_000), node.mtime_ns.rem_euclid(1_000_000_000));
+    if let Err(e) = utimensat(nix::fcntl::AT_FDCWD, abs, &t, &t, UtimensatFlags::NoFollowSymlink) {
+        warns.push(format!("{}: cannot set times: {e}", abs.display()));
+    }
+    warns
+}
+
+/// Writes one file: content (zero chunks as holes), size, metadata. Returns bytes written.
+#[allow(clippy::too_many_arguments)]
+async fn restore_file(
+    store: &crate::store::Store,
+    keys: &kanister_repo::Keys,
+    index: &MasterIndex,
+    id: &SnapshotId,
+    abs: &Path,
+    node: &Node,
+    delete: bool,
+    privileged: bool,
+    progress: &Progress,
+) -> Result<(u64, Vec<String>)> {
+    remove_in_the_way(abs, delete)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .mode(0o600)
+        .open(abs)
+        .map_err(|e| Error::io(format!("cannot create {}", abs.display()), e))?;
+    let requests = plan(index, &node.content, id)?;
+    let decoded = futures::stream::iter(requests.into_iter().map(Ok::<_, Error>))
+        .map_ok(|req| fetch_request(store, req))
+        .try_buffered(4)
+        .map_ok(|(req, bytes)| decode_request(keys.clone(), req, bytes))
+        .try_buffered(2);
+    let mut decoded = std::pin::pin!(decoded);
+    let mut written = 0u64;
+    while let Some((n, blobs)) = decoded.try_next().await? {
+        Progress::add(&progress.bytes_stored, n);
+        let path = abs.to_path_buf();
+        let (f, w) = tokio::task::spawn_blocking(move || -> Result<(std::fs::File, u64)> {
+            let mut w = 0u64;
+            for b in blobs {
+                if b.iter().all(|&x| x == 0) {
+                    file.seek(SeekFrom::Current(b.len() as i64))
+                } else {
+                    file.write_all(&b).map(|_| 0)
+                }
+                .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+                w += b.len() as u64;
+            }
+            Ok((file, w))
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))??;
+        file = f;
+        written += w;
+        Progress::add(&progress.bytes_read, w);
+    }
+    if written != node.size {
+        return Err(Error::Damaged(format!(
+            "{} should hold {} bytes but its chunks hold {written}",
+            abs.display(),
+            node.size
+        )));
+    }
+    file.set_len(node.size).map_err(|e| Error::io(format!("cannot write {}", abs.display()), e))?;
+    drop(file);
+    Ok((written, apply_meta(abs, node, privileged)))
+}
+
+/// Deletes entries of `abs` the snapshot's listing does not have (and no exclude protects).
+fn delete_extra(abs: &Path, rel: &str, keep: &HashSet<Vec<u8>>, exclude: &GlobSet) -> Result<u64> {
+    let mut n = 0;
+    let rd = std::fs::read_dir(abs).map_err(|e| Error::io(format!("cannot list {}", abs.display()), e))?;
+    for e in rd.flatten() {
+        let name = e.file_name();
+        if keep.contains(name.as_bytes()) {
+            continue;
+        }
+        let r = if rel.is_empty() {
+            display_name(name.as_bytes())
+        } else {
+            format!("{rel}/{}", display_name(name.as_bytes()))
+        };
+        if exclude.is_match(&r) {
+            continue;
+        }
+        let p = e.path();
+        let res = match e.file_type() {
+            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&p),
+            _ => std::fs::remove_file(&p),
+        };
+        res.map_err(|err| Error::io(format!("cannot delete {}", p.display()), err))?;
+        n += 1;
+    }
+    Ok(n)
+}
