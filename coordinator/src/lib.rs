@@ -11,10 +11,21 @@
 //!   `.Phases`, ...) with upstream names.
 //! - [`functions`]: the catalogue of Kanister functions and their arguments.
 //! - [`validate`]: static checks of a Blueprint, reporting every problem with its location.
+//! - [`cluster`]: the `Cluster` interface, the only code that talks to Kubernetes, with a real
+//!   (`kube`) and a local (processes on this machine) implementation.
+//! - [`output`]: the `###Phase-output###:` protocol parsed from command output and pod logs.
+//! - [`engine`]: the phase engine: runs ActionSets (actions concurrently, phases in order,
+//!   defer phase always), records status and events, cancellation, timeouts, restart recovery.
 //!
-//! Still to come (see DESIGN.md): the phase engine, the controller and `kanctl`.
+//! - [`controller`]: the `kube::runtime::Controller` that hands ActionSet changes to the engine.
+//!
+//! Still to come (see DESIGN.md): the gRPC API and `kanctl`.
 
+pub mod cluster;
+pub mod controller;
 pub mod crd;
+pub mod engine;
 pub mod functions;
+pub mod output;
 pub mod render;
 pub mod validate;

@@ -37,6 +37,14 @@ pub struct ActionSetSpec {
     /// The actions to run, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub actions: Vec<ActionSpec>,
+    /// Addition: set to `true` to cancel the ActionSet. The running phase is stopped, its pods
+    /// are deleted, the defer phase still runs, and the ActionSet ends `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel: Option<bool>,
+    /// Addition: how long the whole ActionSet may run (Go duration: `30m`, `1h30m`); the
+    /// coordinator's default when absent. On expiry the ActionSet is cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
 }
 
 /// One action to run: which Blueprint action, on which object, with which inputs.

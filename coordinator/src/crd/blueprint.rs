@@ -75,6 +75,10 @@ pub struct BlueprintPhase {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "preserve_unknown_object")]
     pub args: JsonMap,
+    /// Addition: how long the phase may run (Go duration: `10m`); the coordinator's default
+    /// when absent. On expiry the phase fails and its pods are deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
 }
 
 impl BlueprintAction {

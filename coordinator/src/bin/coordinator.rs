@@ -1,0 +1,199 @@
+//! `kanister-coordinator`: runs the ActionSet controller against a cluster, or runs the
+//! ActionSets of a directory of YAML files on this machine (`run-local`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use kanister_coordinator::cluster::Cluster;
+use kanister_coordinator::cluster::kube::KubeCluster;
+use kanister_coordinator::cluster::local::LocalCluster;
+use kanister_coordinator::controller::{self, Namespaces};
+use kanister_coordinator::engine::{Engine, EngineConfig};
+
+/// The Kanister coordinator: runs Blueprint actions requested by ActionSets.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Log format.
+    #[arg(long, env = "KANISTER_LOG_FORMAT", default_value = "compact", value_parser = ["compact", "json"])]
+    log_format: String,
+    /// Timeout of an ActionSet without `spec.timeout` (e.g. `24h`).
+    #[arg(long, env = "KANISTER_ACTIONSET_TIMEOUT", default_value = "24h", value_parser = humantime::parse_duration)]
+    actionset_timeout: Duration,
+    /// Timeout of a phase without `timeout` (e.g. `6h`).
+    #[arg(long, env = "KANISTER_PHASE_TIMEOUT", default_value = "6h", value_parser = humantime::parse_duration)]
+    phase_timeout: Duration,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Watch ActionSets in a cluster and run them.
+    Serve {
+        /// Namespace to watch (the coordinator's own by default).
+        #[arg(long, env = "KANISTER_NAMESPACE", default_value = "kanister")]
+        namespace: String,
+        /// More namespaces to watch, comma-separated.
+        #[arg(long, env = "KANISTER_WATCH_NAMESPACES", value_delimiter = ',')]
+        watch_namespaces: Vec<String>,
+        /// Watch every namespace.
+        #[arg(long, env = "KANISTER_ALL_NAMESPACES")]
+        all_namespaces: bool,
+        /// Address of `/healthz`, `/readyz` and `/metrics`.
+        #[arg(long, env = "KANISTER_LISTEN", default_value = "0.0.0.0:8000")]
+        listen: SocketAddr,
+        /// How many ActionSets are reconciled at once.
+        #[arg(long, env = "KANISTER_CONCURRENCY", default_value_t = 16)]
+        concurrency: u16,
+    },
+    /// Run the ActionSets found in a directory of YAML files on this machine (commands run as
+    /// local processes) and print their final status.
+    RunLocal {
+        /// Directory of YAML files: workloads, pods, Secrets, Blueprints, Profiles, ActionSets.
+        #[arg(long, env = "KANISTER_LOCAL_DIR")]
+        dir: PathBuf,
+        /// Keep state (statuses, events) in this file, so a re-run resumes.
+        #[arg(long, env = "KANISTER_LOCAL_STATE")]
+        state: Option<PathBuf>,
+    },
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.compact().init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return ctrl_c.await.unwrap_or_default(),
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.unwrap_or_default();
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics` until `shutdown` resolves.
+async fn serve_health(
+    listener: tokio::net::TcpListener,
+    ready: Arc<AtomicBool>,
+    metrics: impl Fn() -> String + Clone + Send + Sync + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move {
+                    if ready.load(Ordering::Relaxed) {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                    }
+                }
+            }),
+        )
+        .route("/metrics", get(move || std::future::ready(metrics())));
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(&args.log_format);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = EngineConfig {
+        actionset_timeout: args.actionset_timeout,
+        phase_timeout: args.phase_timeout,
+        ..EngineConfig::default()
+    };
+    match args.command {
+        Command::Serve { namespace, watch_namespaces, all_namespaces, listen, concurrency } => {
+            let client = kube::Client::try_default().await.context("failed to create a Kubernetes client")?;
+            let cluster = Arc::new(KubeCluster::new(client.clone(), "kanister-coordinator"));
+            let engine = Engine::new(cluster, config);
+            let namespaces = if all_namespaces {
+                Namespaces::All
+            } else {
+                let mut list = vec![namespace];
+                list.extend(watch_namespaces.into_iter().filter(|n| !n.is_empty()));
+                list.dedup();
+                Namespaces::Only(list)
+            };
+            let ready = Arc::new(AtomicBool::new(false));
+            let listener =
+                tokio::net::TcpListener::bind(listen).await.with_context(|| format!("failed to bind {listen}"))?;
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let stopped = move || {
+                let mut rx = stop_rx.clone();
+                async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                }
+            };
+            let metrics_engine = engine.clone();
+            let health =
+                tokio::spawn(serve_health(listener, ready.clone(), move || metrics_engine.metrics_text(), stopped()));
+            tracing::info!(%listen, ?namespaces, "coordinator starting");
+            ready.store(true, Ordering::Relaxed);
+            let signal = async move {
+                shutdown_signal().await;
+                let _ = stop_tx.send(true);
+            };
+            controller::run(client, namespaces, engine.clone(), concurrency, signal).await;
+            // Runs still in progress are finished by the next coordinator's recovery.
+            engine.shutdown();
+            health.await.context("health server task failed")?.context("health server failed")?;
+            tracing::info!("coordinator stopped");
+        }
+        Command::RunLocal { dir, state } => {
+            let cluster = match state {
+                Some(path) => LocalCluster::with_state_file(path)?,
+                None => LocalCluster::new(),
+            };
+            cluster.load_dir(&dir).with_context(|| format!("failed to load {}", dir.display()))?;
+            let cluster = Arc::new(cluster);
+            let engine = Engine::new(cluster.clone(), config);
+            let all = cluster.list_actionsets("").await?;
+            for a in &all {
+                let ns = a.metadata.namespace.clone().unwrap_or_default();
+                let name = a.metadata.name.clone().unwrap_or_default();
+                engine.reconcile(&ns, &name).await?;
+            }
+            let mut failed = false;
+            for a in &all {
+                let ns = a.metadata.namespace.clone().unwrap_or_default();
+                let name = a.metadata.name.clone().unwrap_or_default();
+                engine.wait(&ns, &name).await;
+                let done = cluster.get_actionset(&ns, &name).await?;
+                failed |= done.status.as_ref().is_some_and(|s| s.state != kanister_coordinator::crd::State::Complete);
+                print!("---\n{}", serde_norway::to_string(&done)?);
+            }
+            if failed {
+                anyhow::bail!("at least one ActionSet did not complete");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,475 @@
+//! [`KubeCluster`]: the [`Cluster`] of a real API server, through `kube`.
+//!
+//! - Objects are read and written as `DynamicObject`s; the API resource of a kind comes from a
+//!   table of the kinds the engine uses, or from discovery for any other kind.
+//! - `exec` uses the pod `exec` subresource over a websocket upgrade.
+//! - The ActionSet status is written with `PUT .../actionsets/{name}/status` carrying the
+//!   `resourceVersion` read before (optimistic concurrency: a stale write gets 409).
+//! - Events go through `kube::runtime::events::Recorder` (the `events.k8s.io/v1` API).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::{AsyncBufReadExt as _, TryStreamExt as _};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{
+    Api, ApiResource, AttachParams, DeleteParams, DynamicObject, GroupVersionKind, ListParams, LogParams, Patch,
+    PatchParams, PostParams,
+};
+use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType, Recorder, Reporter};
+use kube::{Client, Resource as _};
+use serde_json::{Value, json};
+use tokio::io::AsyncReadExt as _;
+use tokio::sync::mpsc;
+
+use super::{
+    Chunk, Cluster, Error, Event, EventType, ExecRequest, ExitStatus, ObjectRef, Result, SecretData, Stream, TaskPod,
+    kind_key,
+};
+use crate::cluster::local::merge_patch;
+use crate::crd::{ActionSet, ActionSetStatus};
+
+/// A [`Cluster`] backed by a Kubernetes API server.
+#[derive(Clone)]
+pub struct KubeCluster {
+    client: Client,
+    recorder: Recorder,
+    poll: Duration,
+}
+
+impl std::fmt::Debug for KubeCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeCluster").field("poll", &self.poll).finish_non_exhaustive()
+    }
+}
+
+/// Maps a `kube` error on `object` to a cluster error.
+fn map_err(object: &ObjectRef, what: &str) -> impl FnOnce(kube::Error) -> Error {
+    let object = object.clone();
+    let what = what.to_string();
+    move |e| match e {
+        kube::Error::Api(status) => match status.code {
+            404 => Error::NotFound(object),
+            409 => Error::Conflict(object),
+            429 | 500.. => Error::Transient { what, message: status.message },
+            _ => Error::Rejected { object, message: format!("{} ({})", status.message, status.reason) },
+        },
+        other => Error::Transient { what, message: other.to_string() },
+    }
+}
+
+/// (group, version, plural, namespaced) of the kinds the engine uses.
+fn known_resource(kind: &str) -> Option<(&'static str, &'static str, &'static str, &'static str)> {
+    Some(match kind_key(kind).as_str() {
+        "pod" => ("", "v1", "Pod", "pods"),
+        "secret" => ("", "v1", "Secret", "secrets"),
+        "configmap" => ("", "v1", "ConfigMap", "configmaps"),
+        "persistentvolumeclaim" => ("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+        "namespace" => ("", "v1", "Namespace", "namespaces"),
+        "service" => ("", "v1", "Service", "services"),
+        "statefulset" => ("apps", "v1", "StatefulSet", "statefulsets"),
+        "deployment" => ("apps", "v1", "Deployment", "deployments"),
+        "deploymentconfig" => ("apps.openshift.io", "v1", "DeploymentConfig", "deploymentconfigs"),
+        "actionset" => (crate::crd::GROUP, crate::crd::VERSION, "ActionSet", "actionsets"),
+        "blueprint" => (crate::crd::GROUP, crate::crd::VERSION, "Blueprint", "blueprints"),
+        "profile" => (crate::crd::GROUP, crate::crd::VERSION, "Profile", "profiles"),
+        _ => return None,
+    })
+}
+
+impl KubeCluster {
+    /// A cluster on `client`; events are reported as `reporter` (the controller's name).
+    pub fn new(client: Client, reporter: &str) -> Self {
+        let reporter = Reporter { controller: reporter.into(), instance: std::env::var("POD_NAME").ok() };
+        KubeCluster { recorder: Recorder::new(client.clone(), reporter), client, poll: Duration::from_secs(2) }
+    }
+
+    /// Sets the poll interval of waits (default 2 s).
+    pub fn with_poll_interval(mut self, poll: Duration) -> Self {
+        self.poll = poll;
+        self
+    }
+
+    /// The API resource of an object: from the table, or from discovery.
+    async fn resource(&self, object: &ObjectRef) -> Result<ApiResource> {
+        let (group, version) = match object.api_version.rsplit_once('/') {
+            Some((g, v)) => (g.to_string(), v.to_string()),
+            None => (String::new(), object.api_version.clone()),
+        };
+        if let Some((g, v, kind, plural)) = known_resource(&object.kind) {
+            let gvk = GroupVersionKind::gvk(g, if version.is_empty() { v } else { &version }, kind);
+            return Ok(ApiResource::from_gvk_with_plural(&gvk, plural));
+        }
+        if object.kind.chars().all(|c| c.is_ascii_lowercase()) && object.kind.ends_with('s') {
+            // A plural resource name (upstream objectReference.resource).
+            let gvk = GroupVersionKind::gvk(&group, &version, "");
+            return Ok(ApiResource::from_gvk_with_plural(&gvk, &object.kind));
+        }
+        let gvk = GroupVersionKind::gvk(&group, &version, &object.kind);
+        kube::discovery::pinned_kind(&self.client, &gvk)
+            .await
+            .map(|(r, _)| r)
+            .map_err(map_err(object, &format!("discover kind {}", object.kind)))
+    }
+
+    async fn api(&self, object: &ObjectRef) -> Result<Api<DynamicObject>> {
+        let resource = self.resource(object).await?;
+        Ok(if object.namespace.is_empty() {
+            Api::all_with(self.client.clone(), &resource)
+        } else {
+            Api::namespaced_with(self.client.clone(), &object.namespace, &resource)
+        })
+    }
+
+    fn pods(&self, namespace: &str) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    fn actionsets(&self, namespace: &str) -> Api<ActionSet> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// The pod manifest of a task pod, with `podOverride` merged over it.
+    pub fn pod_manifest(pod: &TaskPod) -> Value {
+        let volume_mounts = |shared: bool| {
+            let mut mounts: Vec<Value> =
+                pod.volumes.iter().map(|(pvc, path)| json!({"name": pvc, "mountPath": path})).collect();
+            if let (true, Some(dir)) = (shared, &pod.shared_dir) {
+                mounts.push(json!({"name": "shared", "mountPath": dir}));
+            }
+            mounts
+        };
+        let container = |c: &super::Container| json!({"name": c.name, "image": c.image, "command": c.command, "volumeMounts": volume_mounts(true)});
+        let mut volumes: Vec<Value> =
+            pod.volumes.keys().map(|pvc| json!({"name": pvc, "persistentVolumeClaim": {"claimName": pvc}})).collect();
+        if pod.shared_dir.is_some() {
+            volumes.push(json!({"name": "shared", "emptyDir": {}}));
+        }
+        let mut spec = json!({
+            "restartPolicy": "Never",
+            "containers": pod.containers.iter().map(container).collect::<Vec<_>>(),
+            "volumes": volumes,
+        });
+        if !pod.init_containers.is_empty() {
+            spec["initContainers"] = Value::Array(pod.init_containers.iter().map(container).collect());
+        }
+        if !pod.service_account.is_empty() {
+            spec["serviceAccountName"] = Value::String(pod.service_account.clone());
+        }
+        // podOverride: containers merge by name, everything else as a JSON merge patch.
+        let mut over = Value::Object(pod.pod_override.clone().into_iter().collect());
+        if let Some(Value::Array(overrides)) = over.as_object_mut().and_then(|o| o.remove("containers"))
+            && let Some(Value::Array(containers)) = spec.get_mut("containers")
+        {
+            for o in overrides {
+                let name = o.get("name").and_then(Value::as_str).unwrap_or("container");
+                if let Some(c) = containers.iter_mut().find(|c| c["name"] == name) {
+                    merge_patch(c, &o);
+                }
+            }
+        }
+        merge_patch(&mut spec, &over);
+        let mut metadata = json!({
+            "generateName": pod.generate_name,
+            "namespace": pod.namespace,
+            "labels": pod.labels,
+            "annotations": pod.annotations,
+        });
+        if let Some(o) = &pod.owner {
+            metadata["ownerReferences"] = json!([{
+                "apiVersion": o.api_version, "kind": o.kind, "name": o.name, "uid": o.uid,
+                "controller": true, "blockOwnerDeletion": true
+            }]);
+        }
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec})
+    }
+}
+
+fn exit_from_status(status: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>) -> ExitStatus {
+    let Some(status) = status else { return ExitStatus { code: None } };
+    if status.status.as_deref() == Some("Success") {
+        return ExitStatus { code: Some(0) };
+    }
+    let code = status
+        .details
+        .and_then(|d| d.causes)
+        .into_iter()
+        .flatten()
+        .find(|c| c.reason.as_deref() == Some("ExitCode"))
+        .and_then(|c| c.message.and_then(|m| m.parse().ok()));
+    ExitStatus { code }
+}
+
+async fn pump(mut r: impl tokio::io::AsyncRead + Unpin, stream: Stream, tx: mpsc::Sender<Chunk>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n) = r.read(&mut buf).await {
+        if n == 0 || tx.send(Chunk { stream, data: buf[..n].to_vec() }).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Cluster for KubeCluster {
+    async fn get(&self, object: &ObjectRef) -> Result<Value> {
+        let api = self.api(object).await?;
+        let o = api.get(&object.name).await.map_err(map_err(object, &format!("get {object}")))?;
+        serde_json::to_value(o).map_err(|e| Error::Transient { what: format!("get {object}"), message: e.to_string() })
+    }
+
+    async fn list(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<Value>> {
+        let object = ObjectRef {
+            api_version: api_version.into(),
+            kind: kind.into(),
+            namespace: namespace.into(),
+            name: String::new(),
+        };
+        let api = self.api(&object).await?;
+        let selector: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let lp = ListParams::default().labels(&selector.join(","));
+        let list = api.list(&lp).await.map_err(map_err(&object, &format!("list {kind} in {namespace}")))?;
+        Ok(list.items.into_iter().filter_map(|o| serde_json::to_value(o).ok()).collect())
+    }
+
+    async fn secret(&self, namespace: &str, name: &str) -> Result<SecretData> {
+        let object = ObjectRef::new("Secret", namespace, name);
+        let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(self.client.clone(), namespace);
+        let s = api.get(name).await.map_err(map_err(&object, &format!("get secret {namespace}/{name}")))?;
+        let mut data: BTreeMap<String, Vec<u8>> =
+            s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+        for (k, v) in s.string_data.unwrap_or_default() {
+            data.insert(k, v.into_bytes());
+        }
+        Ok(SecretData { secret_type: s.type_.unwrap_or_else(|| "Opaque".into()), data })
+    }
+
+    async fn exec(&self, request: &ExecRequest, output: mpsc::Sender<Chunk>) -> Result<ExitStatus> {
+        let object = ObjectRef::new("Pod", &request.namespace, &request.pod);
+        let what = format!("exec in pod {}/{}", request.namespace, request.pod);
+        let mut ap = AttachParams::default().stdin(false).stdout(true).stderr(true);
+        if !request.container.is_empty() {
+            ap = ap.container(&request.container);
+        }
+        let mut process = self
+            .pods(&request.namespace)
+            .exec(&request.pod, request.command.clone(), &ap)
+            .await
+            .map_err(map_err(&object, &what))?;
+        let status = process.take_status();
+        let out = process.stdout().map(|o| tokio::spawn(pump(o, Stream::Stdout, output.clone())));
+        let err = process.stderr().map(|e| tokio::spawn(pump(e, Stream::Stderr, output)));
+        for t in [out, err].into_iter().flatten() {
+            let _ = t.await;
+        }
+        let status = match status {
+            Some(s) => s.await,
+            None => None,
+        };
+        let _ = process.join().await;
+        Ok(exit_from_status(status))
+    }
+
+    async fn create_pod(&self, pod: &TaskPod) -> Result<String> {
+        let object = ObjectRef::new("Pod", &pod.namespace, &pod.generate_name);
+        let manifest: Pod = serde_json::from_value(Self::pod_manifest(pod))
+            .map_err(|e| Error::Rejected { object: object.clone(), message: format!("invalid pod: {e}") })?;
+        let created = self
+            .pods(&pod.namespace)
+            .create(&PostParams::default(), &manifest)
+            .await
+            .map_err(map_err(&object, &format!("create pod in {}", pod.namespace)))?;
+        Ok(created.metadata.name.unwrap_or_default())
+    }
+
+    async fn wait_pod_started(&self, namespace: &str, name: &str, timeout: Duration) -> Result<()> {
+        let object = ObjectRef::new("Pod", namespace, name);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let pod = self.pods(namespace).get(name).await.map_err(map_err(&object, &format!("get pod {object}")))?;
+            let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+            if matches!(phase.as_str(), "Running" | "Succeeded" | "Failed") {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Timeout { what: format!("pod {namespace}/{name} to start"), after: timeout });
+            }
+            tokio::time::sleep(self.poll).await;
+        }
+    }
+
+    async fn pod_logs(
+        &self,
+        namespace: &str,
+        name: &str,
+        container: &str,
+        output: mpsc::Sender<Vec<u8>>,
+    ) -> Result<()> {
+        let object = ObjectRef::new("Pod", namespace, name);
+        let lp = LogParams { follow: true, container: Some(container.into()), ..Default::default() };
+        let stream =
+            self.pods(namespace).log_stream(name, &lp).await.map_err(map_err(&object, &format!("logs of {object}")))?;
+        let mut lines = stream.lines();
+        while let Some(line) = lines
+            .try_next()
+            .await
+            .map_err(|e| Error::Transient { what: format!("read logs of {object}"), message: e.to_string() })?
+        {
+            let mut data = line.into_bytes();
+            data.push(b'\n');
+            if output.send(data).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_container(&self, namespace: &str, name: &str, container: &str) -> Result<ExitStatus> {
+        let object = ObjectRef::new("Pod", namespace, name);
+        loop {
+            let pod = self.pods(namespace).get(name).await.map_err(map_err(&object, &format!("get pod {object}")))?;
+            let terminated = pod
+                .status
+                .and_then(|s| s.container_statuses)
+                .into_iter()
+                .flatten()
+                .find(|c| c.name == container)
+                .and_then(|c| c.state)
+                .and_then(|s| s.terminated);
+            if let Some(t) = terminated {
+                return Ok(ExitStatus { code: Some(t.exit_code) });
+            }
+            tokio::time::sleep(self.poll).await;
+        }
+    }
+
+    async fn delete_pod(&self, namespace: &str, name: &str) -> Result<()> {
+        let object = ObjectRef::new("Pod", namespace, name);
+        match self.pods(namespace).delete(name, &DeleteParams::background()).await {
+            Ok(_) => Ok(()),
+            Err(e) => match map_err(&object, &format!("delete {object}"))(e) {
+                Error::NotFound(_) => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn scale(&self, workload: &ObjectRef, replicas: i32) -> Result<()> {
+        let api = self.api(workload).await?;
+        let patch = json!({"spec": {"replicas": replicas}});
+        api.patch_scale(&workload.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(map_err(workload, &format!("scale {workload}")))?;
+        Ok(())
+    }
+
+    async fn wait_ready(&self, workload: &ObjectRef, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let v = self.get(workload).await?;
+            let want = v.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+            let ready = v.pointer("/status/readyReplicas").and_then(Value::as_i64).unwrap_or(0);
+            let current = v.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0);
+            if ready == want && current == want {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Timeout { what: format!("{workload} to be ready"), after: timeout });
+            }
+            tokio::time::sleep(self.poll).await;
+        }
+    }
+
+    async fn apply(&self, object: Value, namespace: &str) -> Result<ObjectRef> {
+        let s = |p: &str| object.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
+        let mut r = ObjectRef {
+            api_version: s("/apiVersion"),
+            kind: s("/kind"),
+            namespace: s("/metadata/namespace"),
+            name: s("/metadata/name"),
+        };
+        if r.namespace.is_empty() {
+            r.namespace = namespace.into();
+        }
+        let api = self.api(&r).await?;
+        let dynamic: DynamicObject = serde_json::from_value(object)
+            .map_err(|e| Error::Rejected { object: r.clone(), message: format!("invalid object: {e}") })?;
+        let created =
+            api.create(&PostParams::default(), &dynamic).await.map_err(map_err(&r, &format!("create {r}")))?;
+        r.name = created.metadata.name.unwrap_or_default();
+        Ok(r)
+    }
+
+    async fn patch(&self, object: &ObjectRef, patch: Value) -> Result<()> {
+        let api = self.api(object).await?;
+        api.patch(&object.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(map_err(object, &format!("patch {object}")))?;
+        Ok(())
+    }
+
+    async fn delete(&self, object: &ObjectRef) -> Result<()> {
+        let api = self.api(object).await?;
+        match api.delete(&object.name, &DeleteParams::background()).await {
+            Ok(_) => Ok(()),
+            Err(e) => match map_err(object, &format!("delete {object}"))(e) {
+                Error::NotFound(_) => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn record_event(&self, regarding: &ActionSet, event: Event) {
+        let ev = KubeEvent {
+            type_: match event.type_ {
+                EventType::Normal => KubeEventType::Normal,
+                EventType::Warning => KubeEventType::Warning,
+            },
+            reason: event.reason,
+            // The Events API limits notes to 1 kB.
+            note: Some(event.note.chars().take(1000).collect()),
+            action: event.action,
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &regarding.object_ref(&())).await {
+            tracing::warn!(error = %e, "failed to publish event");
+        }
+    }
+
+    async fn list_actionsets(&self, namespace: &str) -> Result<Vec<ActionSet>> {
+        let api: Api<ActionSet> =
+            if namespace.is_empty() { Api::all(self.client.clone()) } else { self.actionsets(namespace) };
+        let object = ObjectRef::actionset(namespace, "");
+        let list = api.list(&ListParams::default()).await.map_err(map_err(&object, "list actionsets"))?;
+        Ok(list.items)
+    }
+
+    async fn get_actionset(&self, namespace: &str, name: &str) -> Result<ActionSet> {
+        let object = ObjectRef::actionset(namespace, name);
+        self.actionsets(namespace).get(name).await.map_err(map_err(&object, &format!("get {object}")))
+    }
+
+    async fn replace_actionset_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        resource_version: &str,
+        status: &ActionSetStatus,
+    ) -> Result<String> {
+        let object = ObjectRef::actionset(namespace, name);
+        let mut body = ActionSet::new(name, Default::default());
+        body.metadata.namespace = Some(namespace.into());
+        body.metadata.resource_version = Some(resource_version.into());
+        body.status = Some(status.clone());
+        let written = self
+            .actionsets(namespace)
+            .replace_status(name, &PostParams::default(), &body)
+            .await
+            .map_err(map_err(&object, &format!("write status of {object}")))?;
+        Ok(written.metadata.resource_version.unwrap_or_default())
+    }
+}

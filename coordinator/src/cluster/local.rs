@@ -1,0 +1,892 @@
+//! [`LocalCluster`]: a [`Cluster`] on this machine, for end-to-end tests and for trying a
+//! blueprint without Kubernetes.
+//!
+//! - Objects (workloads, pods, Secrets, ConfigMaps, Blueprints, Profiles, ActionSets) come from
+//!   YAML files or are created through the API; each has a `resourceVersion` that changes on
+//!   every write, so status writes see conflicts as on a real API server.
+//! - `exec` runs the command on the host (the pod must exist as an object); task pods run their
+//!   containers as host processes, init containers first; the image is only recorded.
+//!   Every process runs in its own process group, which is killed when the exec future is
+//!   dropped, when the pod is deleted and when the cluster is dropped.
+//! - `scale` records the replica count and the workload is ready at once.
+//! - Events and every exec, pod and scale are recorded for inspection
+//!   ([`LocalCluster::events`], [`LocalCluster::execs`], [`LocalCluster::pods`],
+//!   [`LocalCluster::scales`]).
+//! - With [`LocalCluster::with_state_file`], objects (ActionSet status included) and events are
+//!   saved to a JSON file after every write and loaded again by the next instance, so a restarted
+//!   coordinator finds what the previous one left.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use base64::Engine as _;
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tokio::sync::{mpsc, watch};
+
+use super::{
+    Chunk, Cluster, Container, Error, Event, EventType, ExecRequest, ExitStatus, ObjectRef, Result, SecretData, Stream,
+    TaskPod, kind_key,
+};
+use crate::crd::{ActionSet, ActionSetStatus};
+
+/// Errors loading objects into a [`LocalCluster`].
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A file could not be read or written.
+    #[error("failed to access {path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A YAML document does not parse.
+    #[error("failed to parse YAML in {origin}")]
+    Yaml {
+        /// Where the text came from.
+        origin: String,
+        /// The cause.
+        #[source]
+        source: serde_norway::Error,
+    },
+    /// A document lacks `kind` or `metadata.name`.
+    #[error("object in {origin} has no kind or no metadata.name")]
+    Incomplete {
+        /// Where the text came from.
+        origin: String,
+    },
+    /// The state file does not parse.
+    #[error("failed to parse state file {path}")]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// A recorded event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedEvent {
+    /// Namespace of the ActionSet.
+    pub namespace: String,
+    /// Name of the ActionSet.
+    pub name: String,
+    /// `Normal` or `Warning`.
+    pub type_: String,
+    /// Reason.
+    pub reason: String,
+    /// Message.
+    pub note: String,
+}
+
+/// A recorded exec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecRecord {
+    /// Namespace of the pod.
+    pub namespace: String,
+    /// Pod.
+    pub pod: String,
+    /// Container.
+    pub container: String,
+    /// Command.
+    pub command: Vec<String>,
+}
+
+/// A recorded task pod.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodRecord {
+    /// Its generated name.
+    pub name: String,
+    /// What was asked for.
+    pub spec: TaskPod,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct State {
+    objects: BTreeMap<String, Value>,
+    events: Vec<RecordedEvent>,
+    next_version: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Progress {
+    len: usize,
+    exit: Option<ExitStatus>,
+}
+
+/// One running (or ended) container of a local pod.
+struct LocalContainer {
+    log: Mutex<Vec<u8>>,
+    progress: watch::Sender<Progress>,
+    pgid: Mutex<Option<u32>>,
+}
+
+impl LocalContainer {
+    fn new() -> Arc<Self> {
+        Arc::new(LocalContainer {
+            log: Mutex::new(Vec::new()),
+            progress: watch::channel(Progress::default()).0,
+            pgid: Mutex::new(None),
+        })
+    }
+
+    fn append(&self, line: &[u8]) {
+        let len = {
+            let mut log = lock(&self.log);
+            log.extend_from_slice(line);
+            log.len()
+        };
+        self.progress.send_modify(|p| p.len = len);
+    }
+
+    fn exit(&self, status: ExitStatus) {
+        self.progress.send_modify(|p| {
+            if p.exit.is_none() {
+                p.exit = Some(status);
+            }
+        });
+    }
+
+    fn kill(&self) {
+        if let Some(pgid) = lock(&self.pgid).take() {
+            kill_group(pgid);
+        }
+    }
+}
+
+struct LocalPod {
+    containers: HashMap<String, Arc<LocalContainer>>,
+    runner: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LocalPod {
+    fn drop(&mut self) {
+        self.runner.abort();
+        for c in self.containers.values() {
+            c.kill();
+            c.exit(ExitStatus { code: None });
+        }
+    }
+}
+
+/// Kills a process group (best effort; the group may be gone already).
+fn kill_group(pgid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Kills the process group of an exec when dropped (cancellation).
+struct GroupGuard(Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            kill_group(pgid);
+        }
+    }
+}
+
+/// A [`Cluster`] on this machine. See the module documentation.
+pub struct LocalCluster {
+    state: Mutex<State>,
+    state_file: Option<PathBuf>,
+    work_dir: Option<PathBuf>,
+    pods: Mutex<HashMap<(String, String), LocalPod>>,
+    execs: Mutex<Vec<ExecRecord>>,
+    pod_records: Mutex<Vec<PodRecord>>,
+    scales: Mutex<Vec<(ObjectRef, i32)>>,
+    conflicts: AtomicUsize,
+}
+
+impl std::fmt::Debug for LocalCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalCluster")
+            .field("objects", &lock(&self.state).objects.len())
+            .field("state_file", &self.state_file)
+            .finish()
+    }
+}
+
+impl Default for LocalCluster {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind; keep going.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn key_of(kind: &str, namespace: &str, name: &str) -> String {
+    format!("{}/{namespace}/{name}", kind_key(kind))
+}
+
+fn object_key(v: &Value) -> Option<String> {
+    let kind = v.get("kind")?.as_str()?;
+    let meta = v.get("metadata")?;
+    let name = meta.get("name")?.as_str()?;
+    let ns = meta.get("namespace").and_then(Value::as_str).unwrap_or("");
+    Some(key_of(kind, ns, name))
+}
+
+fn object_ref(v: &Value) -> ObjectRef {
+    let s = |p: &str| v.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
+    ObjectRef {
+        api_version: s("/apiVersion"),
+        kind: s("/kind"),
+        namespace: s("/metadata/namespace"),
+        name: s("/metadata/name"),
+    }
+}
+
+/// RFC 7386 JSON merge patch.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            if let Value::Object(t) = target {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+fn random_suffix() -> String {
+    const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::thread_rng();
+    (0..5).map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char).collect()
+}
+
+impl LocalCluster {
+    /// An empty cluster kept in memory.
+    pub fn new() -> Self {
+        LocalCluster {
+            state: Mutex::new(State { next_version: 1, ..Default::default() }),
+            state_file: None,
+            work_dir: None,
+            pods: Mutex::new(HashMap::new()),
+            execs: Mutex::new(Vec::new()),
+            pod_records: Mutex::new(Vec::new()),
+            scales: Mutex::new(Vec::new()),
+            conflicts: AtomicUsize::new(0),
+        }
+    }
+
+    /// A cluster saved to `path` after every write, starting from what `path` holds if it
+    /// exists.
+    pub fn with_state_file(path: impl Into<PathBuf>) -> Result<Self, LoadError> {
+        let path = path.into();
+        let mut cluster = Self::new();
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let state: State =
+                    serde_json::from_slice(&bytes).map_err(|source| LoadError::State { path: path.clone(), source })?;
+                *lock(&cluster.state) = state;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(LoadError::Io { path, source }),
+        }
+        cluster.state_file = Some(path);
+        Ok(cluster)
+    }
+
+    /// Runs commands in `dir` (default: the current directory).
+    pub fn with_work_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.work_dir = Some(dir.into());
+        self
+    }
+
+    /// Adds (or replaces) the objects of a multi-document YAML text.
+    pub fn load_yaml(&self, text: &str, origin: &str) -> Result<usize, LoadError> {
+        let mut n = 0;
+        for doc in serde_norway::Deserializer::from_str(text) {
+            let value = Value::deserialize(doc).map_err(|source| LoadError::Yaml { origin: origin.into(), source })?;
+            if value.is_null() {
+                continue;
+            }
+            if object_key(&value).is_none() {
+                return Err(LoadError::Incomplete { origin: origin.into() });
+            }
+            self.put(value);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Adds the objects of every `.yaml`/`.yml` file in a directory (sorted by name).
+    pub fn load_dir(&self, dir: &Path) -> Result<usize, LoadError> {
+        let io = |source| LoadError::Io { path: dir.to_path_buf(), source };
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+            .collect();
+        files.sort();
+        let mut n = 0;
+        for f in files {
+            let text = std::fs::read_to_string(&f).map_err(|source| LoadError::Io { path: f.clone(), source })?;
+            n += self.load_yaml(&text, &f.display().to_string())?;
+        }
+        Ok(n)
+    }
+
+    /// Adds or replaces an object (given as JSON with `kind` and `metadata.name`), assigning a
+    /// new resource version and, if missing, a UID.
+    pub fn put(&self, mut value: Value) {
+        let Some(key) = object_key(&value) else { return };
+        let mut state = lock(&self.state);
+        let version = state.next_version;
+        state.next_version += 1;
+        if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert("resourceVersion".into(), Value::String(version.to_string()));
+            meta.entry("uid").or_insert_with(|| Value::String(format!("local-{version}-{}", random_suffix())));
+        }
+        state.objects.insert(key, value);
+        self.save(&state);
+    }
+
+    /// Makes the next `n` status writes fail with a conflict, as when another writer raced.
+    pub fn inject_status_conflicts(&self, n: usize) {
+        self.conflicts.store(n, Ordering::SeqCst);
+    }
+
+    /// The recorded events, oldest first.
+    pub fn events(&self) -> Vec<RecordedEvent> {
+        lock(&self.state).events.clone()
+    }
+
+    /// The recorded execs, oldest first.
+    pub fn execs(&self) -> Vec<ExecRecord> {
+        lock(&self.execs).clone()
+    }
+
+    /// The task pods created, oldest first.
+    pub fn pods(&self) -> Vec<PodRecord> {
+        lock(&self.pod_records).clone()
+    }
+
+    /// Names of the task pods not deleted yet.
+    pub fn live_pods(&self) -> Vec<String> {
+        lock(&self.pods).keys().map(|(_, n)| n.clone()).collect()
+    }
+
+    /// The scale requests, oldest first.
+    pub fn scales(&self) -> Vec<(ObjectRef, i32)> {
+        lock(&self.scales).clone()
+    }
+
+    fn save(&self, state: &State) {
+        let Some(path) = &self.state_file else { return };
+        let tmp = path.with_extension("tmp");
+        let result = serde_json::to_vec(state)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = result {
+            tracing::warn!(path = %path.display(), error = %e, "failed to save local cluster state");
+        }
+    }
+
+    fn find(&self, object: &ObjectRef) -> Result<Value> {
+        let state = lock(&self.state);
+        state
+            .objects
+            .get(&key_of(&object.kind, &object.namespace, &object.name))
+            .cloned()
+            .ok_or_else(|| Error::NotFound(object.clone()))
+    }
+
+    fn update(&self, object: &ObjectRef, f: impl FnOnce(&mut Value) -> Result<()>) -> Result<String> {
+        let mut state = lock(&self.state);
+        let version = state.next_version;
+        let key = key_of(&object.kind, &object.namespace, &object.name);
+        let value = state.objects.get_mut(&key).ok_or_else(|| Error::NotFound(object.clone()))?;
+        f(value)?;
+        if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert("resourceVersion".into(), Value::String(version.to_string()));
+        }
+        state.next_version += 1;
+        self.save(&state);
+        Ok(version.to_string())
+    }
+
+    fn command(&self, command: &[String], what: &str) -> Result<Command> {
+        let Some((program, args)) = command.split_first() else {
+            return Err(Error::Rejected { object: ObjectRef::default(), message: format!("{what}: empty command") });
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+        cmd.kill_on_drop(true);
+        if let Some(dir) = &self.work_dir {
+            cmd.current_dir(dir);
+        }
+        Ok(cmd)
+    }
+}
+
+/// Reads a stream in chunks and forwards them; stops quietly when the receiver left.
+async fn pump(mut r: impl AsyncRead + Unpin, stream: Stream, tx: mpsc::Sender<Chunk>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if tx.send(Chunk { stream, data: buf[..n].to_vec() }).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Reads a stream line by line into a container's log (lines of stdout and stderr interleave
+/// whole, as in a kubelet log).
+async fn log_lines(r: impl AsyncRead + Unpin, container: Arc<LocalContainer>) {
+    use tokio::io::AsyncBufReadExt;
+    let mut reader = tokio::io::BufReader::new(r);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                if !line.ends_with(b"\n") {
+                    line.push(b'\n');
+                }
+                container.append(&line);
+            }
+        }
+    }
+}
+
+async fn run_container(cmd: Result<Command>, state: Arc<LocalContainer>) -> ExitStatus {
+    let spawned = cmd.and_then(|mut c| {
+        c.spawn().map_err(|e| Error::Transient { what: "start local container".into(), message: e.to_string() })
+    });
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            state.append(format!("failed to start: {e}\n").as_bytes());
+            let status = ExitStatus { code: Some(127) };
+            state.exit(status);
+            return status;
+        }
+    };
+    *lock(&state.pgid) = child.id();
+    let out = child.stdout.take().map(|o| tokio::spawn(log_lines(o, state.clone())));
+    let err = child.stderr.take().map(|e| tokio::spawn(log_lines(e, state.clone())));
+    let status = child.wait().await.map(|s| ExitStatus { code: s.code() }).unwrap_or(ExitStatus { code: None });
+    // Background children of the container die with it, as in a pod.
+    state.kill();
+    for t in [out, err].into_iter().flatten() {
+        let _ = t.await;
+    }
+    state.exit(status);
+    status
+}
+
+impl Cluster for LocalCluster {
+    async fn get(&self, object: &ObjectRef) -> Result<Value> {
+        self.find(object)
+    }
+
+    async fn list(
+        &self,
+        _api_version: &str,
+        kind: &str,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<Value>> {
+        let kind = kind_key(kind);
+        let state = lock(&self.state);
+        Ok(state
+            .objects
+            .values()
+            .filter(|v| v.get("kind").and_then(Value::as_str).is_some_and(|k| kind_key(k) == kind))
+            .filter(|v| {
+                namespace.is_empty() || v.pointer("/metadata/namespace").and_then(Value::as_str) == Some(namespace)
+            })
+            .filter(|v| {
+                labels.iter().all(|(k, want)| {
+                    v.pointer("/metadata/labels").and_then(|l| l.get(k)).and_then(Value::as_str) == Some(want.as_str())
+                })
+            })
+            .cloned()
+            .collect())
+    }
+
+    async fn secret(&self, namespace: &str, name: &str) -> Result<SecretData> {
+        let object = ObjectRef::new("Secret", namespace, name);
+        let v = self.find(&object)?;
+        let mut out = SecretData {
+            secret_type: v.get("type").and_then(Value::as_str).unwrap_or("Opaque").to_string(),
+            data: BTreeMap::new(),
+        };
+        if let Some(data) = v.get("data").and_then(Value::as_object) {
+            for (k, val) in data {
+                let decoded =
+                    base64::engine::general_purpose::STANDARD.decode(val.as_str().unwrap_or_default()).map_err(
+                        |_| Error::Rejected { object: object.clone(), message: format!("key {k:?} is not base64") },
+                    )?;
+                out.data.insert(k.clone(), decoded);
+            }
+        }
+        if let Some(data) = v.get("stringData").and_then(Value::as_object) {
+            for (k, val) in data {
+                out.data.insert(k.clone(), val.as_str().unwrap_or_default().as_bytes().to_vec());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn exec(&self, request: &ExecRequest, output: mpsc::Sender<Chunk>) -> Result<ExitStatus> {
+        let pod = ObjectRef::new("Pod", &request.namespace, &request.pod);
+        let pod_object = self.find(&pod)?;
+        let container = if request.container.is_empty() {
+            pod_object.pointer("/spec/containers/0/name").and_then(Value::as_str).unwrap_or_default().to_string()
+        } else {
+            request.container.clone()
+        };
+        lock(&self.execs).push(ExecRecord {
+            namespace: request.namespace.clone(),
+            pod: request.pod.clone(),
+            container,
+            command: request.command.clone(),
+        });
+        let what = format!("exec in pod {}/{}", request.namespace, request.pod);
+        let mut child = self
+            .command(&request.command, &what)?
+            .spawn()
+            .map_err(|e| Error::Transient { what: what.clone(), message: e.to_string() })?;
+        let mut guard = GroupGuard(child.id());
+        let out = child.stdout.take().map(|o| tokio::spawn(pump(o, Stream::Stdout, output.clone())));
+        let err = child.stderr.take().map(|e| tokio::spawn(pump(e, Stream::Stderr, output)));
+        let status = child.wait().await.map_err(|e| Error::Transient { what, message: e.to_string() })?;
+        // The command ended: stop what it left in the background, then drain its output.
+        if let Some(pgid) = guard.0.take() {
+            kill_group(pgid);
+        }
+        for t in [out, err].into_iter().flatten() {
+            let _ = t.await;
+        }
+        Ok(ExitStatus { code: status.code() })
+    }
+
+    async fn create_pod(&self, pod: &TaskPod) -> Result<String> {
+        let name = format!("{}{}", pod.generate_name, random_suffix());
+        let mut containers = HashMap::new();
+        let mut plan: Vec<(bool, Container, Arc<LocalContainer>)> = Vec::new();
+        for (init, c) in pod.init_containers.iter().map(|c| (true, c)).chain(pod.containers.iter().map(|c| (false, c)))
+        {
+            let state = LocalContainer::new();
+            containers.insert(c.name.clone(), state.clone());
+            plan.push((init, c.clone(), state));
+        }
+        let mut commands = Vec::new();
+        for (init, c, state) in plan {
+            let what = format!("container {} of pod {}/{name}", c.name, pod.namespace);
+            commands.push((init, self.command(&c.command, &what), state));
+        }
+        let runner = tokio::spawn(async move {
+            let mut init_failed = false;
+            let mut running = Vec::new();
+            for (init, cmd, state) in commands {
+                if init_failed {
+                    state.append(b"not started: an init container failed\n");
+                    state.exit(ExitStatus { code: None });
+                } else if init {
+                    init_failed = !run_container(cmd, state).await.success();
+                } else {
+                    running.push(tokio::spawn(run_container(cmd, state)));
+                }
+            }
+            for r in running {
+                let _ = r.await;
+            }
+        });
+        lock(&self.pod_records).push(PodRecord { name: name.clone(), spec: pod.clone() });
+        lock(&self.pods).insert((pod.namespace.clone(), name.clone()), LocalPod { containers, runner });
+        Ok(name)
+    }
+
+    async fn wait_pod_started(&self, namespace: &str, name: &str, _timeout: Duration) -> Result<()> {
+        if lock(&self.pods).contains_key(&(namespace.to_string(), name.to_string())) {
+            Ok(())
+        } else {
+            Err(Error::NotFound(ObjectRef::new("Pod", namespace, name)))
+        }
+    }
+
+    async fn pod_logs(
+        &self,
+        namespace: &str,
+        name: &str,
+        container: &str,
+        output: mpsc::Sender<Vec<u8>>,
+    ) -> Result<()> {
+        let state = self.container(namespace, name, container)?;
+        let mut rx = state.progress.subscribe();
+        let mut offset = 0;
+        loop {
+            let progress = *rx.borrow_and_update();
+            if progress.len > offset {
+                let data = lock(&state.log)[offset..progress.len].to_vec();
+                offset = progress.len;
+                if output.send(data).await.is_err() {
+                    return Ok(());
+                }
+                continue;
+            }
+            if progress.exit.is_some() {
+                return Ok(());
+            }
+            if rx.changed().await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn wait_container(&self, namespace: &str, name: &str, container: &str) -> Result<ExitStatus> {
+        let state = self.container(namespace, name, container)?;
+        let mut rx = state.progress.subscribe();
+        let progress = rx
+            .wait_for(|p| p.exit.is_some())
+            .await
+            .map_err(|_| Error::NotFound(ObjectRef::new("Pod", namespace, name)))?;
+        Ok(progress.exit.unwrap_or(ExitStatus { code: None }))
+    }
+
+    async fn delete_pod(&self, namespace: &str, name: &str) -> Result<()> {
+        let pod = lock(&self.pods).remove(&(namespace.to_string(), name.to_string()));
+        drop(pod);
+        Ok(())
+    }
+
+    async fn scale(&self, workload: &ObjectRef, replicas: i32) -> Result<()> {
+        self.update(workload, |v| {
+            merge_patch(
+                v,
+                &json!({"spec": {"replicas": replicas}, "status": {"replicas": replicas, "readyReplicas": replicas}}),
+            );
+            Ok(())
+        })?;
+        lock(&self.scales).push((workload.clone(), replicas));
+        Ok(())
+    }
+
+    async fn wait_ready(&self, workload: &ObjectRef, _timeout: Duration) -> Result<()> {
+        let v = self.find(workload)?;
+        let want = v.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+        let ready = v.pointer("/status/readyReplicas").and_then(Value::as_i64).unwrap_or(want);
+        if ready == want {
+            Ok(())
+        } else {
+            Err(Error::Timeout { what: format!("{workload} to be ready"), after: Duration::ZERO })
+        }
+    }
+
+    async fn apply(&self, mut object: Value, namespace: &str) -> Result<ObjectRef> {
+        if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+            if !meta.contains_key("namespace") && !namespace.is_empty() {
+                meta.insert("namespace".into(), Value::String(namespace.into()));
+            }
+            if !meta.contains_key("name")
+                && let Some(prefix) = meta.get("generateName").and_then(Value::as_str)
+            {
+                let name = format!("{prefix}{}", random_suffix());
+                meta.insert("name".into(), Value::String(name));
+            }
+        }
+        let r = object_ref(&object);
+        if object_key(&object).is_none() {
+            return Err(Error::Rejected { object: r, message: "object has no kind or no metadata.name".into() });
+        }
+        if self.find(&r).is_ok() {
+            return Err(Error::Rejected { object: r, message: "already exists".into() });
+        }
+        self.put(object);
+        Ok(r)
+    }
+
+    async fn patch(&self, object: &ObjectRef, patch: Value) -> Result<()> {
+        self.update(object, |v| {
+            merge_patch(v, &patch);
+            Ok(())
+        })
+        .map(drop)
+    }
+
+    async fn delete(&self, object: &ObjectRef) -> Result<()> {
+        let mut state = lock(&self.state);
+        state.objects.remove(&key_of(&object.kind, &object.namespace, &object.name));
+        self.save(&state);
+        Ok(())
+    }
+
+    async fn record_event(&self, regarding: &ActionSet, event: Event) {
+        let type_ = match event.type_ {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        };
+        tracing::info!(
+            actionset = regarding.metadata.name.as_deref().unwrap_or_default(),
+            reason = %event.reason,
+            note = %event.note,
+            "{type_} event"
+        );
+        let mut state = lock(&self.state);
+        state.events.push(RecordedEvent {
+            namespace: regarding.metadata.namespace.clone().unwrap_or_default(),
+            name: regarding.metadata.name.clone().unwrap_or_default(),
+            type_: type_.into(),
+            reason: event.reason,
+            note: event.note,
+        });
+        self.save(&state);
+    }
+
+    async fn list_actionsets(&self, namespace: &str) -> Result<Vec<ActionSet>> {
+        let items = self.list("", "ActionSet", namespace, &BTreeMap::new()).await?;
+        items
+            .into_iter()
+            .map(|v| {
+                let r = object_ref(&v);
+                serde_json::from_value(v).map_err(|e| Error::Rejected { object: r, message: e.to_string() })
+            })
+            .collect()
+    }
+
+    async fn get_actionset(&self, namespace: &str, name: &str) -> Result<ActionSet> {
+        super::get_typed(self, &ObjectRef::actionset(namespace, name)).await
+    }
+
+    async fn replace_actionset_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        resource_version: &str,
+        status: &ActionSetStatus,
+    ) -> Result<String> {
+        let object = ObjectRef::actionset(namespace, name);
+        let status = serde_json::to_value(status)
+            .map_err(|e| Error::Rejected { object: object.clone(), message: e.to_string() })?;
+        let injected = self.conflicts.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+        self.update(&object, |v| {
+            let current = v.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default();
+            if injected || current != resource_version {
+                return Err(Error::Conflict(object.clone()));
+            }
+            v["status"] = status;
+            Ok(())
+        })
+    }
+}
+
+impl LocalCluster {
+    fn container(&self, namespace: &str, name: &str, container: &str) -> Result<Arc<LocalContainer>> {
+        let pods = lock(&self.pods);
+        let pod = pods
+            .get(&(namespace.to_string(), name.to_string()))
+            .ok_or_else(|| Error::NotFound(ObjectRef::new("Pod", namespace, name)))?;
+        pod.containers.get(container).cloned().ok_or_else(|| Error::Rejected {
+            object: ObjectRef::new("Pod", namespace, name),
+            message: format!("pod has no container {container:?}"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_patch_follows_rfc_7386() {
+        let mut v = json!({"a": {"b": 1, "c": 2}, "d": [1, 2]});
+        merge_patch(&mut v, &json!({"a": {"b": null, "e": 3}, "d": [3]}));
+        assert_eq!(v, json!({"a": {"c": 2, "e": 3}, "d": [3]}));
+    }
+
+    #[test]
+    fn kinds_compare_case_and_plural_insensitively() {
+        assert_eq!(kind_key("statefulsets"), "statefulset");
+        assert_eq!(kind_key("StatefulSet"), "statefulset");
+        assert_eq!(kind_key("pvc"), "persistentvolumeclaim");
+        assert_eq!(kind_key("Ingress"), "ingress");
+    }
+
+    #[tokio::test]
+    async fn status_writes_check_the_resource_version() {
+        let c = LocalCluster::new();
+        c.load_yaml(
+            "kind: ActionSet\napiVersion: cr.kanister.io/v1alpha1\nmetadata: {name: a, namespace: ns}\nspec: {}\n",
+            "t",
+        )
+        .unwrap();
+        let a = c.get_actionset("ns", "a").await.unwrap();
+        let rv = a.metadata.resource_version.unwrap();
+        let status = ActionSetStatus::default();
+        let rv2 = c.replace_actionset_status("ns", "a", &rv, &status).await.unwrap();
+        assert!(matches!(c.replace_actionset_status("ns", "a", &rv, &status).await, Err(Error::Conflict(_))));
+        c.inject_status_conflicts(2);
+        let rv3 = super::super::write_status(&c, "ns", "a", &rv2, &status).await.unwrap();
+        assert_ne!(rv3, rv2);
+    }
+
+    #[tokio::test]
+    async fn task_pod_logs_interleave_streams_by_line_and_report_exit_codes() {
+        let c = LocalCluster::new();
+        let pod = TaskPod {
+            namespace: "ns".into(),
+            generate_name: "job-".into(),
+            containers: vec![Container {
+                name: "container".into(),
+                image: "busybox".into(),
+                command: vec!["sh".into(), "-c".into(), "echo out; echo err >&2; exit 3".into()],
+            }],
+            ..Default::default()
+        };
+        let name = c.create_pod(&pod).await.unwrap();
+        let (tx, mut rx) = mpsc::channel(4);
+        let logs = c.pod_logs("ns", &name, "container", tx);
+        let collect = async {
+            let mut all = Vec::new();
+            while let Some(d) = rx.recv().await {
+                all.extend(d);
+            }
+            all
+        };
+        let (r, all) = tokio::join!(logs, collect);
+        r.unwrap();
+        let text = String::from_utf8(all).unwrap();
+        assert!(text.contains("out\n") && text.contains("err\n"), "{text}");
+        assert_eq!(c.wait_container("ns", &name, "container").await.unwrap().code, Some(3));
+        c.delete_pod("ns", &name).await.unwrap();
+        c.delete_pod("ns", &name).await.unwrap();
+        assert!(c.live_pods().is_empty());
+        assert_eq!(c.pods()[0].spec.containers[0].image, "busybox");
+    }
+}

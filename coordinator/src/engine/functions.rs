@@ -1,0 +1,692 @@
+//! The Kanister functions the engine runs, with upstream names, arguments and outputs.
+//!
+//! Served: `KubeExec`, `KubeExecAll`, `KubeTask`, `MultiContainerRun`, `PrepareData`,
+//! `ScaleWorkload`, `Wait`, `WaitV2`, `KubeOps`. The data functions (`BackupData`, ...) are
+//! served by agents and are not part of this module; calling one is an [`Error::Unsupported`].
+//!
+//! Outputs follow the `###Phase-output###:` protocol ([`crate::output`]) on a command's stdout
+//! (exec) or a pod's log (task pods).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::cluster::local::merge_patch;
+use crate::cluster::{self, Chunk, Cluster, Container, ExecRequest, ObjectRef, Owner, Stream, TaskPod};
+use crate::crd::{JsonMap, ObjectReference};
+use crate::output::{self, LogTail, Parser};
+use crate::render::{Location, Renderer, TemplateParams, params::json_value};
+
+/// Errors of the functions. Messages never contain a secret value.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The function is known to Blueprints but not run by this coordinator.
+    #[error("function {0:?} is not served by this coordinator")]
+    Unsupported(String),
+    /// A required argument is absent.
+    #[error("{function}: missing required argument {argument:?}")]
+    MissingArgument {
+        /// The function.
+        function: String,
+        /// The argument.
+        argument: String,
+    },
+    /// An argument has the wrong shape.
+    #[error("{function}: argument {argument:?} must be {expected}")]
+    InvalidArgument {
+        /// The function.
+        function: String,
+        /// The argument.
+        argument: String,
+        /// What it must be.
+        expected: String,
+    },
+    /// A command or container ended with a non-zero exit code.
+    #[error("{what} failed with exit code {}{tail}", code.map_or("unknown (killed)".to_string(), |c| c.to_string()))]
+    CommandFailed {
+        /// Which command (`command in pod ns/p container c`).
+        what: String,
+        /// The exit code.
+        code: Option<i32>,
+        /// The last log lines, redacted.
+        tail: LogTail,
+    },
+    /// The phase output protocol was violated.
+    #[error("{what}: bad phase output")]
+    Output {
+        /// Which command.
+        what: String,
+        /// The cause.
+        #[source]
+        source: output::Error,
+    },
+    /// The cluster failed.
+    #[error(transparent)]
+    Cluster(#[from] cluster::Error),
+    /// A `Wait` condition was not met in time.
+    #[error("conditions not met within {timeout:?}{}", last_error.as_ref().map(|e| format!(" (last evaluation error: {e})")).unwrap_or_default())]
+    WaitTimeout {
+        /// The timeout.
+        timeout: Duration,
+        /// The last evaluation error, if any.
+        last_error: Option<String>,
+    },
+    /// Several commands failed (`KubeExecAll`).
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Many(Vec<Error>),
+    /// A template in the arguments (wait conditions) does not render.
+    #[error(transparent)]
+    Render(#[from] crate::render::Error),
+}
+
+/// The result type of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything a function needs to run one phase.
+pub struct Context<C> {
+    /// The cluster.
+    pub cluster: Arc<C>,
+    /// The renderer (for `Wait`/`WaitV2`, which render their own arguments).
+    pub renderer: Renderer,
+    /// Where the phase is (for errors).
+    pub location: Location,
+    /// The template parameters.
+    pub params: TemplateParams,
+    /// The phase's arguments, rendered (except for `Wait`/`WaitV2`).
+    pub args: JsonMap,
+    /// The namespace used when a function's `namespace` is absent (the ActionSet's).
+    pub default_namespace: String,
+    /// Owner of the pods the function creates (the ActionSet).
+    pub owner: Option<Owner>,
+    /// Labels put on the pods the function creates (besides the blueprint's and ActionSet's).
+    pub labels: BTreeMap<String, String>,
+    /// How many log lines an error shows.
+    pub tail_lines: usize,
+    /// Poll interval of waits.
+    pub poll: Duration,
+    /// How long a workload or pod may take to become ready.
+    pub ready_timeout: Duration,
+    /// The pods created so far (namespace, name); the engine deletes them when the phase ends,
+    /// whatever happened.
+    pub pods: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl<C> std::fmt::Debug for Context<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("location", &self.location).finish_non_exhaustive()
+    }
+}
+
+impl<C: Cluster> Context<C> {
+    fn function(&self) -> String {
+        self.location.phase.clone()
+    }
+
+    fn missing(&self, argument: &str) -> Error {
+        Error::MissingArgument { function: self.function(), argument: argument.into() }
+    }
+
+    fn invalid(&self, argument: &str, expected: &str) -> Error {
+        Error::InvalidArgument { function: self.function(), argument: argument.into(), expected: expected.into() }
+    }
+
+    fn opt_str(&self, name: &str) -> Result<Option<String>> {
+        match self.args.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(Value::Bool(b)) => Ok(Some(b.to_string())),
+            Some(_) => Err(self.invalid(name, "a string")),
+        }
+    }
+
+    fn str(&self, name: &str) -> Result<String> {
+        self.opt_str(name)?.ok_or_else(|| self.missing(name))
+    }
+
+    fn namespace(&self) -> Result<String> {
+        Ok(self.opt_str("namespace")?.filter(|s| !s.is_empty()).unwrap_or_else(|| self.default_namespace.clone()))
+    }
+
+    fn command(&self, name: &str) -> Result<Vec<String>> {
+        match self.args.get(name) {
+            None | Some(Value::Null) => Err(self.missing(name)),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s.clone()),
+                    Value::Number(n) => Ok(n.to_string()),
+                    Value::Bool(b) => Ok(b.to_string()),
+                    _ => Err(self.invalid(name, "a list of strings")),
+                })
+                .collect(),
+            Some(_) => Err(self.invalid(name, "a list of strings")),
+        }
+    }
+
+    fn opt_string_map(&self, name: &str) -> Result<BTreeMap<String, String>> {
+        match self.args.get(name) {
+            None | Some(Value::Null) => Ok(BTreeMap::new()),
+            Some(Value::Object(m)) => m
+                .iter()
+                .map(|(k, v)| match v {
+                    Value::String(s) => Ok((k.clone(), s.clone())),
+                    Value::Number(n) => Ok((k.clone(), n.to_string())),
+                    Value::Bool(b) => Ok((k.clone(), b.to_string())),
+                    _ => Err(self.invalid(name, "a map of strings")),
+                })
+                .collect(),
+            Some(_) => Err(self.invalid(name, "a map of strings")),
+        }
+    }
+
+    fn opt_bool(&self, name: &str, default: bool) -> Result<bool> {
+        match self.args.get(name) {
+            None | Some(Value::Null) => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(Value::String(s)) => s.trim().parse().map_err(|_| self.invalid(name, "a boolean")),
+            Some(_) => Err(self.invalid(name, "a boolean")),
+        }
+    }
+
+    fn secrets(&self) -> Vec<String> {
+        self.params.secret_values()
+    }
+
+    /// Pod labels: the ActionSet's, then the phase's `podLabels`, then the engine's.
+    fn pod_labels(&self) -> Result<BTreeMap<String, String>> {
+        let mut labels = self.params.pod_labels.clone();
+        labels.extend(self.opt_string_map("podLabels")?);
+        labels.extend(self.labels.clone());
+        Ok(labels)
+    }
+
+    fn pod_annotations(&self) -> Result<BTreeMap<String, String>> {
+        let mut annotations = self.params.pod_annotations.clone();
+        annotations.extend(self.opt_string_map("podAnnotations")?);
+        Ok(annotations)
+    }
+
+    /// The ActionSet's `podOverride` with the phase's merged over it.
+    fn pod_override(&self) -> Result<JsonMap> {
+        let mut merged = Value::Object(self.params.pod_override.clone().into_iter().collect());
+        match self.args.get("podOverride") {
+            None | Some(Value::Null) => {}
+            Some(v @ Value::Object(_)) => merge_patch(&mut merged, v),
+            Some(_) => return Err(self.invalid("podOverride", "a map")),
+        }
+        Ok(match merged {
+            Value::Object(m) => m.into_iter().collect(),
+            _ => JsonMap::new(),
+        })
+    }
+}
+
+/// Runs `function` and returns its output.
+pub async fn run<C: Cluster>(function: &str, ctx: &Context<C>) -> Result<JsonMap> {
+    match function {
+        "KubeExec" => kube_exec(ctx).await,
+        "KubeExecAll" => kube_exec_all(ctx).await,
+        "KubeTask" => kube_task(ctx).await,
+        "PrepareData" => prepare_data(ctx).await,
+        "MultiContainerRun" => multi_container_run(ctx).await,
+        "ScaleWorkload" => scale_workload(ctx).await,
+        "Wait" => wait(ctx, false).await,
+        "WaitV2" => wait(ctx, true).await,
+        "KubeOps" => kube_ops(ctx).await,
+        other => Err(Error::Unsupported(other.to_string())),
+    }
+}
+
+/// Whether the engine must leave the arguments unrendered (the function renders them itself).
+pub fn renders_own_arguments(function: &str) -> bool {
+    matches!(function, "Wait" | "WaitV2")
+}
+
+async fn exec_one<C: Cluster>(ctx: &Context<C>, request: ExecRequest) -> Result<JsonMap> {
+    let what = format!(
+        "command in pod {}/{}{}",
+        request.namespace,
+        request.pod,
+        if request.container.is_empty() { String::new() } else { format!(" container {}", request.container) }
+    );
+    let (tx, mut rx) = mpsc::channel::<Chunk>(16);
+    let tail_lines = ctx.tail_lines;
+    let consume = async move {
+        let mut stdout = Parser::new(tail_lines);
+        let mut stderr = Parser::new(tail_lines);
+        while let Some(chunk) = rx.recv().await {
+            match chunk.stream {
+                Stream::Stdout => stdout.feed(&chunk.data),
+                Stream::Stderr => stderr.feed(&chunk.data),
+            }
+        }
+        (stdout.finish(), stderr.finish().1)
+    };
+    let (status, ((outputs, out_tail), err_tail)) = tokio::join!(ctx.cluster.exec(&request, tx), consume);
+    let status = status?;
+    if !status.success() {
+        let mut tail = if err_tail.is_empty() { out_tail } else { err_tail };
+        tail.redact(&ctx.secrets());
+        return Err(Error::CommandFailed { what, code: status.code, tail });
+    }
+    outputs.map_err(|source| Error::Output { what, source })
+}
+
+async fn kube_exec<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
+    let request = ExecRequest {
+        namespace: ctx.str("namespace")?,
+        pod: ctx.str("pod")?,
+        container: ctx.opt_str("container")?.unwrap_or_default(),
+        command: ctx.command("command")?,
+    };
+    exec_one(ctx, request).await
+}
+
+fn words<C: Cluster>(ctx: &Context<C>, name: &str) -> Result<Vec<String>> {
+    match ctx.args.get(name) {
+        None | Some(Value::Null) => Err(ctx.missing(name)),
+        Some(Value::String(s)) => Ok(s.split_whitespace().map(str::to_string).collect()),
+        Some(Value::Array(_)) => ctx.command(name),
+        Some(_) => Err(ctx.invalid(name, "a space-separated string")),
+    }
+}
+
+async fn kube_exec_all<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
+    let namespace = ctx.str("namespace")?;
+    let pods = words(ctx, "pods")?;
+    let containers = words(ctx, "containers")?;
+    let command = ctx.command("command")?;
+    let runs = pods.iter().flat_map(|p| containers.iter().map(move |c| (p, c))).map(|(p, c)| {
+        exec_one(
+            ctx,
+            ExecRequest {
+                namespace: namespace.clone(),
+                pod: p.clone(),
+                container: c.clone(),
+                command: command.clone(),
+            },
+        )
+    });
+    let mut out = JsonMap::new();
+    let mut errors = Vec::new();
+    for r in futures::future::join_all(runs).await {
+        match r {
+            Ok(o) => out.extend(o),
+            Err(e) => errors.push(e),
+        }
+    }
+    match errors.len() {
+        0 => Ok(out),
+        1 => Err(errors.remove(0)),
+        _ => Err(Error::Many(errors)),
+    }
+}
+
+/// Creates a pod, streams the log of `container` through the output parser, waits for that
+/// container to end and returns the outputs. The engine deletes the pod afterwards.
+async fn run_pod<C: Cluster>(ctx: &Context<C>, pod: TaskPod, container: &str, fail_on_error: bool) -> Result<JsonMap> {
+    let cluster = &ctx.cluster;
+    let name = cluster.create_pod(&pod).await?;
+    ctx.pods.lock().unwrap_or_else(|e| e.into_inner()).push((pod.namespace.clone(), name.clone()));
+    tracing::info!(pod = %name, namespace = %pod.namespace, "task pod created");
+    cluster.wait_pod_started(&pod.namespace, &name, ctx.ready_timeout).await?;
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16);
+    let tail_lines = ctx.tail_lines;
+    let consume = async move {
+        let mut parser = Parser::new(tail_lines);
+        while let Some(data) = rx.recv().await {
+            parser.feed(&data);
+        }
+        parser.finish()
+    };
+    let (logs, (outputs, mut tail)) = tokio::join!(cluster.pod_logs(&pod.namespace, &name, container, tx), consume);
+    logs?;
+    let what = format!("container {container} of pod {}/{name}", pod.namespace);
+    let status = cluster.wait_container(&pod.namespace, &name, container).await?;
+    if fail_on_error && !status.success() {
+        tail.redact(&ctx.secrets());
+        return Err(Error::CommandFailed { what, code: status.code, tail });
+    }
+    outputs.map_err(|source| Error::Output { what, source })
+}
+
+impl<C: Cluster> Context<C> {
+    fn task_pod(&self, generate_name: &str, containers: Vec<Container>) -> Result<TaskPod> {
+        Ok(TaskPod {
+            namespace: self.namespace()?,
+            generate_name: generate_name.into(),
+            containers,
+            labels: self.pod_labels()?,
+            annotations: self.pod_annotations()?,
+            pod_override: self.pod_override()?,
+            owner: self.owner.clone(),
+            ..Default::default()
+        })
+    }
+}
+
+async fn kube_task<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
+    let container = Container { name: "container".into(), image: ctx.str("image")?, command: ctx.command("command")? };
+    let pod = ctx.task_pod("kanister-job-", vec![container])?;
+    run_pod(ctx, pod, "container", true).await
+}
+
+async fn prepare_data<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
+    let container = Container { name: "container".into(), image: ctx.str("image")?, command: ctx.command("command")? };
+    let mut pod = ctx.task_pod("prepare-data-job-", vec![container])?;
+    let mut volumes = ctx.opt_string_map("volumes")?;
+    if volumes.is_empty() {
+        // Upstream default: every PVC of the workload at /mnt/prepare_data/<pvc>.
+        let workload = ctx.params.stateful_set.as_ref().or(ctx.params.deployment.as_ref());
+        for pvcs in workload.into_iter().flat_map(|w| w.persistent_volume_claims.values()) {
+            for pvc in pvcs.keys() {
+                volumes.insert(pvc.clone(), format!("/mnt/prepare_data/{pvc}"));
+            }
+        }
+        if volumes.is_empty() {
+            return Err(ctx.invalid("volumes", "given when the workload has no PVCs"));
+        }
+    }
+    pod.volumes = volumes;
+    pod.service_account = ctx.opt_str("serviceaccount")?.unwrap_or_default();
+    let fail_on_error = ctx.opt_bool("failOnError", false)?;
+    run_pod(ctx, pod, "container", fail_on_error).await
+}
+
+async fn multi_container_run<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
+    let background = Container {
+        name: "background".into(),
+        image: ctx.str("backgroundImage")?,
+        command: ctx.command("backgroundCommand")?,
+    };
+    let output =
+        Container { name: "output".into(), image: ctx.str("outputImage")?, command: ctx.command("outputCommand")? };
+    let mut pod = ctx.task_pod("kanister-job-", vec![background, output])?;
+    if let Some(image) = ctx.opt_str("initImage")? {
+        pod.init_containers.push(Container { name: "init".into(), image, command: ctx.command("initCommand")? });
+    }
+    pod.shared_dir = Some(ctx.opt_str("sharedVolumeDir")?.unwrap_or_else(|| "/tmp/".into()));
+    run_pod(ctx, pod, "output", true).await
+}
+
+async fn scale_workload<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
+    let replicas: i32 = match ctx.args.get("replicas") {
+        Some(Value::Number(n)) => n.as_i64().and_then(|n| i32::try_from(n).ok()),
+        Some(Value::String(s)) => s.trim().parse().ok(),
+        _ => return Err(ctx.missing("replicas")),
+    }
+    .ok_or_else(|| ctx.invalid("replicas", "an integer"))?;
+    let p = &ctx.params;
+    let (mut kind, mut name, mut namespace) = match (&p.stateful_set, &p.deployment, &p.deployment_config) {
+        (Some(w), _, _) => ("StatefulSet".to_string(), w.name.clone(), w.namespace.clone()),
+        (_, Some(w), _) => ("Deployment".to_string(), w.name.clone(), w.namespace.clone()),
+        (_, _, Some(w)) => ("DeploymentConfig".to_string(), w.name.clone(), w.namespace.clone()),
+        _ => Default::default(),
+    };
+    if let Some(k) = ctx.opt_str("kind")? {
+        kind = k;
+    }
+    if let Some(n) = ctx.opt_str("name")? {
+        name = n;
+    }
+    if let Some(n) = ctx.opt_str("namespace")? {
+        namespace = n;
+    }
+    if kind.is_empty() || name.is_empty() || namespace.is_empty() {
+        return Err(ctx.invalid("namespace/name/kind", "given when the action's object is not a workload"));
+    }
+    let workload = ObjectRef::new(&kind, &namespace, &name);
+    if !matches!(workload.kind_key().as_str(), "statefulset" | "deployment" | "deploymentconfig") {
+        return Err(ctx.invalid("kind", "StatefulSet, Deployment or DeploymentConfig"));
+    }
+    let current = ctx.cluster.get(&workload).await?;
+    let original = current.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+    ctx.cluster.scale(&workload, replicas).await?;
+    if ctx.opt_bool("waitForReady", true)? {
+        ctx.cluster.wait_ready(&workload, ctx.ready_timeout).await?;
+    }
+    Ok(JsonMap::from([("originalReplicaCount".to_string(), Value::from(original))]))
+}
+
+/// Parses a Go duration (`300ms`, `1.5h`, `1h30m`, `10s`).
+pub fn parse_go_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let number: f64 = rest[..num_end].parse().ok()?;
+        rest = &rest[num_end..];
+        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += number * scale;
+        rest = &rest[unit_end..];
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct WaitConditions {
+    #[serde(default)]
+    any_of: Vec<Condition>,
+    #[serde(default)]
+    all_of: Vec<Condition>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Condition {
+    #[serde(default)]
+    object_reference: ObjectReference,
+    #[serde(default)]
+    condition: String,
+}
+
+async fn wait<C: Cluster>(ctx: &Context<C>, v2: bool) -> Result<JsonMap> {
+    let timeout_src = ctx.str("timeout")?;
+    let at = Location { argument: "timeout".into(), ..ctx.location.clone() };
+    let timeout_text = ctx.renderer.render(&at, &timeout_src, &ctx.params)?;
+    let timeout =
+        parse_go_duration(&timeout_text).ok_or_else(|| ctx.invalid("timeout", "a Go duration such as 10m"))?;
+    let conditions: WaitConditions = serde_json::from_value(ctx.args.get("conditions").cloned().unwrap_or_default())
+        .map_err(|_| ctx.invalid("conditions", "a map with anyOf and/or allOf lists of conditions"))?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_error = None;
+    loop {
+        let mut met = None;
+        for cond in &conditions.any_of {
+            match evaluate(ctx, cond, v2).await {
+                Ok(true) => met = Some(true),
+                Ok(false) => {}
+                Err(e) => last_error = Some(e.to_string()),
+            }
+            if met.is_some() {
+                break;
+            }
+        }
+        if met.is_none() && !conditions.all_of.is_empty() {
+            let mut all = true;
+            for cond in &conditions.all_of {
+                match evaluate(ctx, cond, v2).await {
+                    Ok(true) => {}
+                    Ok(false) => all = false,
+                    Err(e) => {
+                        last_error = Some(e.to_string());
+                        all = false;
+                    }
+                }
+                if !all {
+                    break;
+                }
+            }
+            if all {
+                met = Some(true);
+            }
+        }
+        if met == Some(true) {
+            return Ok(JsonMap::new());
+        }
+        if tokio::time::Instant::now() + ctx.poll > deadline {
+            return Err(Error::WaitTimeout { timeout, last_error });
+        }
+        tokio::time::sleep(ctx.poll).await;
+    }
+}
+
+async fn evaluate<C: Cluster>(ctx: &Context<C>, cond: &Condition, v2: bool) -> Result<bool> {
+    let r = &cond.object_reference;
+    let render = |field: &str, v: &str| {
+        let at = Location { argument: format!("conditions.objectReference.{field}"), ..ctx.location.clone() };
+        ctx.renderer.render(&at, v, &ctx.params)
+    };
+    let rendered = ObjectReference {
+        api_version: render("apiVersion", &r.api_version)?,
+        group: render("group", &r.group)?,
+        resource: render("resource", &r.resource)?,
+        kind: render("kind", &r.kind)?,
+        name: render("name", &r.name)?,
+        namespace: render("namespace", &r.namespace)?,
+    };
+    let object = ctx.cluster.get(&ObjectRef::from_reference(&rendered)).await?;
+    let source = if v2 { cond.condition.clone() } else { resolve_jsonpath(&object, &cond.condition) };
+    let at = Location { argument: "conditions.condition".into(), ..ctx.location.clone() };
+    let template = ctx
+        .renderer
+        .parse(&source)
+        .map_err(|e| crate::render::Error::Parse { location: Box::new(at.clone()), message: e.to_string() })?;
+    let data = if v2 { json_value(&object) } else { json_value(&serde_json::json!({})) };
+    let text = template
+        .execute_to_string(&data)
+        .map_err(|e| crate::render::Error::Exec { location: Box::new(at), message: e.to_string() })?;
+    Ok(text.trim() == "true")
+}
+
+/// Replaces every `{$.a.b[0].c}` in `condition` with the value at that path in `object`
+/// (strings as they are, other values as JSON; a missing path as the empty string).
+fn resolve_jsonpath(object: &Value, condition: &str) -> String {
+    let mut out = String::new();
+    let mut rest = condition;
+    while let Some(start) = rest.find("{$") {
+        out.push_str(&rest[..start]);
+        let Some(len) = rest[start..].find('}') else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        let path = &rest[start + 2..start + len];
+        out.push_str(&lookup_path(object, path).map_or(String::new(), |v| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }));
+        rest = &rest[start + len + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn lookup_path<'a>(mut v: &'a Value, path: &str) -> Option<&'a Value> {
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let (name, indexes) = part.split_once('[').map_or((part, ""), |(n, i)| (n, i));
+        if !name.is_empty() {
+            v = v.get(name)?;
+        }
+        for index in indexes.split('[').filter(|s| !s.is_empty()) {
+            v = v.get(index.trim_end_matches(']').parse::<usize>().ok()?)?;
+        }
+    }
+    Some(v)
+}
+
+async fn kube_ops<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
+    let operation = ctx.str("operation")?;
+    let namespace = ctx.opt_str("namespace")?.filter(|s| !s.is_empty()).unwrap_or_else(|| "default".into());
+    let object_ref = || -> Result<ObjectRef> {
+        let v = ctx.args.get("objectReference").cloned().ok_or_else(|| ctx.missing("objectReference"))?;
+        let r: ObjectReference =
+            serde_json::from_value(v).map_err(|_| ctx.invalid("objectReference", "an object reference"))?;
+        if r.name.is_empty() || (r.resource.is_empty() && r.kind.is_empty()) {
+            return Err(ctx.invalid("objectReference", "an object reference with name and resource"));
+        }
+        let mut o = ObjectRef::from_reference(&r);
+        if o.namespace.is_empty() {
+            o.namespace = namespace.clone();
+        }
+        Ok(o)
+    };
+    let spec = || -> Result<Value> {
+        let text = ctx.str("spec")?;
+        serde_norway::from_str(&text).map_err(|_| ctx.invalid("spec", "a YAML or JSON object"))
+    };
+    let object = match operation.as_str() {
+        "create" => ctx.cluster.apply(spec()?, &namespace).await?,
+        "patch" => {
+            let o = object_ref()?;
+            ctx.cluster.patch(&o, spec()?).await?;
+            o
+        }
+        "delete" => {
+            let o = object_ref()?;
+            ctx.cluster.delete(&o).await?;
+            o
+        }
+        _ => return Err(ctx.invalid("operation", "create, patch or delete")),
+    };
+    let (group, version) = object.api_version.rsplit_once('/').unwrap_or(("", object.api_version.as_str()));
+    let mut out = JsonMap::new();
+    let mut put = |k: &str, v: &str| {
+        if !v.is_empty() {
+            out.insert(k.into(), Value::String(v.into()));
+        }
+    };
+    put("apiVersion", version);
+    put("group", group);
+    let resource = if object.kind.is_empty() { String::new() } else { format!("{}s", object.kind_key()) };
+    put("resource", &resource);
+    put("kind", &object.kind);
+    put("name", &object.name);
+    put("namespace", &object.namespace);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("10s"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_go_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_go_duration("1.5h"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_go_duration("300ms"), Some(Duration::from_millis(300)));
+        assert_eq!(parse_go_duration("10"), None);
+        assert_eq!(parse_go_duration("abc"), None);
+    }
+
+    #[test]
+    fn jsonpath_in_wait_conditions() {
+        let obj = serde_json::json!({"status": {"phase": "Running", "conditions": [{"type": "Ready"}], "n": 3}});
+        assert_eq!(
+            resolve_jsonpath(&obj, r#"{{ if eq "{$.status.phase}" "Running" }}true{{ end }}"#),
+            r#"{{ if eq "Running" "Running" }}true{{ end }}"#
+        );
+        assert_eq!(resolve_jsonpath(&obj, "{$.status.conditions[0].type}/{$.status.n}/{$.nope}"), "Ready/3/");
+    }
+}

@@ -1,0 +1,212 @@
+//! `KubeCluster` against a mock API server (`tower-test`) that asserts each request: method,
+//! path and query, and body.
+
+use std::collections::BTreeMap;
+
+use http::{Request, Response};
+use kanister_coordinator::cluster::kube::KubeCluster;
+use kanister_coordinator::cluster::{
+    Cluster, Container, Error, Event, EventType, ExecRequest, Owner, TaskPod, write_status,
+};
+use kanister_coordinator::crd::{ActionSet, ActionSetStatus, State};
+use kube::client::Body;
+use serde_json::{Value, json};
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+fn setup() -> (KubeCluster, Handle) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "default");
+    (KubeCluster::new(client, "kanister-coordinator"), handle)
+}
+
+/// Awaits the next request, checks method and path (with query), answers `status` with `body`,
+/// and returns the request's headers and JSON body (Null when empty).
+async fn expect(handle: &mut Handle, method: &str, path: &str, status: u16, body: Value) -> (http::HeaderMap, Value) {
+    let (request, send) = handle.next_request().await.expect("service not called");
+    assert_eq!(request.method().as_str(), method, "method of {}", request.uri());
+    assert_eq!(request.uri().path_and_query().map(|p| p.as_str()), Some(path));
+    let headers = request.headers().clone();
+    let bytes = request.into_body().collect_bytes().await.unwrap();
+    let sent = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+    let response = Response::builder().status(status).body(Body::from(serde_json::to_vec(&body).unwrap())).unwrap();
+    send.send_response(response);
+    (headers, sent)
+}
+
+fn api_status(code: u16, reason: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": format!("{reason} happened"), "reason": reason, "code": code})
+}
+
+fn actionset_json(rv: &str) -> Value {
+    json!({
+        "apiVersion": "cr.kanister.io/v1alpha1", "kind": "ActionSet",
+        "metadata": {"name": "backup-1", "namespace": "kanister", "resourceVersion": rv, "uid": "u-1"},
+        "spec": {"actions": []}
+    })
+}
+
+const STATUS_PATH: &str = "/apis/cr.kanister.io/v1alpha1/namespaces/kanister/actionsets/backup-1/status?";
+
+#[tokio::test]
+async fn status_write_conflict_is_retried_with_the_new_resource_version() {
+    let (cluster, mut server) = setup();
+    let status = ActionSetStatus { state: State::Running, ..Default::default() };
+    let client = tokio::spawn(async move { write_status(&cluster, "kanister", "backup-1", "1", &status).await });
+    let (_, body) = expect(&mut server, "PUT", STATUS_PATH, 409, api_status(409, "Conflict")).await;
+    assert_eq!(body["metadata"]["resourceVersion"], "1");
+    assert_eq!(body["status"]["state"], "running");
+    expect(
+        &mut server,
+        "GET",
+        "/apis/cr.kanister.io/v1alpha1/namespaces/kanister/actionsets/backup-1",
+        200,
+        actionset_json("2"),
+    )
+    .await;
+    let mut written = actionset_json("3");
+    written["status"] = json!({"state": "running"});
+    let (_, body) = expect(&mut server, "PUT", STATUS_PATH, 200, written).await;
+    assert_eq!(body["metadata"]["resourceVersion"], "2");
+    assert_eq!(body["status"]["state"], "running");
+    assert_eq!(client.await.unwrap().unwrap(), "3");
+}
+
+#[tokio::test]
+async fn status_write_of_a_deleted_actionset_is_not_found() {
+    let (cluster, mut server) = setup();
+    let status = ActionSetStatus::default();
+    let client = tokio::spawn(async move { write_status(&cluster, "kanister", "backup-1", "1", &status).await });
+    expect(&mut server, "PUT", STATUS_PATH, 404, api_status(404, "NotFound")).await;
+    assert!(matches!(client.await.unwrap(), Err(Error::NotFound(_))));
+}
+
+#[tokio::test]
+async fn exec_requests_a_websocket_upgrade_of_the_exec_subresource() {
+    let (cluster, mut server) = setup();
+    let client = tokio::spawn(async move {
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let request = ExecRequest {
+            namespace: "db".into(),
+            pod: "mysql-0".into(),
+            container: "mysql".into(),
+            command: vec!["sh".into(), "-c".into(), "mysqldump".into()],
+        };
+        cluster.exec(&request, tx).await
+    });
+    let (headers, _) = expect(
+        &mut server,
+        "GET",
+        "/api/v1/namespaces/db/pods/mysql-0/exec?&stdout=true&stderr=true&container=mysql&command=sh&command=-c&command=mysqldump",
+        403,
+        api_status(403, "Forbidden"),
+    )
+    .await;
+    assert_eq!(headers.get("upgrade").and_then(|v| v.to_str().ok()), Some("websocket"));
+    assert!(headers.get("sec-websocket-protocol").is_some_and(|v| v.to_str().unwrap().contains("channel.k8s.io")));
+    // The upgrade was refused: an error, never a panic or a silent success.
+    assert!(client.await.unwrap().is_err());
+}
+
+#[tokio::test]
+async fn task_pods_are_created_with_owner_labels_and_override_then_deleted_idempotently() {
+    let (cluster, mut server) = setup();
+    let pod = TaskPod {
+        namespace: "db".into(),
+        generate_name: "kanister-job-".into(),
+        containers: vec![Container {
+            name: "container".into(),
+            image: "alpine:3".into(),
+            command: vec!["true".into()],
+        }],
+        labels: BTreeMap::from([("kanister.io/actionset".into(), "backup-1".into())]),
+        pod_override: [
+            ("containers".to_string(), json!([{"name": "container", "resources": {"limits": {"memory": "1Gi"}}}])),
+            ("priorityClassName".to_string(), json!("low")),
+        ]
+        .into_iter()
+        .collect(),
+        owner: Some(Owner {
+            api_version: "cr.kanister.io/v1alpha1".into(),
+            kind: "ActionSet".into(),
+            name: "backup-1".into(),
+            uid: "u-1".into(),
+        }),
+        ..Default::default()
+    };
+    let c = cluster.clone();
+    let client = tokio::spawn(async move { c.create_pod(&pod).await });
+    let created =
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "kanister-job-x7k2p", "namespace": "db"}});
+    let (_, body) = expect(&mut server, "POST", "/api/v1/namespaces/db/pods?", 201, created).await;
+    assert_eq!(client.await.unwrap().unwrap(), "kanister-job-x7k2p");
+    assert_eq!(body["metadata"]["generateName"], "kanister-job-");
+    assert_eq!(body["metadata"]["labels"]["kanister.io/actionset"], "backup-1");
+    assert_eq!(
+        body["metadata"]["ownerReferences"][0],
+        json!({"apiVersion": "cr.kanister.io/v1alpha1", "kind": "ActionSet", "name": "backup-1", "uid": "u-1",
+               "controller": true, "blockOwnerDeletion": true})
+    );
+    assert_eq!(body["spec"]["restartPolicy"], "Never");
+    assert_eq!(body["spec"]["priorityClassName"], "low");
+    let container = &body["spec"]["containers"][0];
+    assert_eq!(container["image"], "alpine:3");
+    assert_eq!(container["command"], json!(["true"]));
+    assert_eq!(container["resources"]["limits"]["memory"], "1Gi");
+
+    let c = cluster.clone();
+    let client = tokio::spawn(async move { c.delete_pod("db", "kanister-job-x7k2p").await });
+    let (_, body) = expect(
+        &mut server,
+        "DELETE",
+        "/api/v1/namespaces/db/pods/kanister-job-x7k2p?",
+        404,
+        api_status(404, "NotFound"),
+    )
+    .await;
+    assert_eq!(body["propagationPolicy"], "Background");
+    client.await.unwrap().expect("deleting a deleted pod succeeds");
+}
+
+#[tokio::test]
+async fn scale_patches_the_scale_subresource() {
+    let (cluster, mut server) = setup();
+    let client = tokio::spawn(async move {
+        cluster.scale(&kanister_coordinator::cluster::ObjectRef::new("statefulset", "db", "mysql"), 0).await
+    });
+    let scale = json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "mysql"}, "spec": {"replicas": 0}});
+    let (headers, body) =
+        expect(&mut server, "PATCH", "/apis/apps/v1/namespaces/db/statefulsets/mysql/scale?", 200, scale).await;
+    assert_eq!(body, json!({"spec": {"replicas": 0}}));
+    assert_eq!(headers.get("content-type").unwrap(), "application/merge-patch+json");
+    client.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn events_are_created_through_the_events_api() {
+    let (cluster, mut server) = setup();
+    let client = tokio::spawn(async move {
+        let actionset: ActionSet = serde_json::from_value(actionset_json("5")).unwrap();
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "PhaseFailed".into(),
+            note: "phase \"dump\" failed with exit code 3".into(),
+            action: "Run".into(),
+        };
+        cluster.record_event(&actionset, event).await;
+    });
+    let (request, send) = server.next_request().await.expect("event posted");
+    assert_eq!(request.method(), "POST");
+    assert_eq!(request.uri().path(), "/apis/events.k8s.io/v1/namespaces/kanister/events");
+    let body: Value = serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap();
+    assert_eq!(body["type"], "Warning");
+    assert_eq!(body["reason"], "PhaseFailed");
+    assert_eq!(body["note"], "phase \"dump\" failed with exit code 3");
+    assert_eq!(body["action"], "Run");
+    assert_eq!(body["reportingController"], "kanister-coordinator");
+    assert_eq!(body["regarding"]["kind"], "ActionSet");
+    assert_eq!(body["regarding"]["name"], "backup-1");
+    assert_eq!(body["regarding"]["uid"], "u-1");
+    send.send_response(Response::builder().status(201).body(Body::from(serde_json::to_vec(&body).unwrap())).unwrap());
+    client.await.unwrap();
+}
