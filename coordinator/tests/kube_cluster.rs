@@ -210,3 +210,102 @@ async fn events_are_created_through_the_events_api() {
     send.send_response(Response::builder().status(201).body(Body::from(serde_json::to_vec(&body).unwrap())).unwrap());
     client.await.unwrap();
 }
+
+#[tokio::test]
+async fn get_reads_a_known_kind_from_its_api_group() {
+    let (cluster, mut server) = setup();
+    let client = tokio::spawn(async move {
+        cluster.get(&kanister_coordinator::cluster::ObjectRef::new("statefulset", "db", "mysql")).await
+    });
+    let sts = json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+                     "metadata": {"name": "mysql", "namespace": "db"}, "spec": {"replicas": 3}});
+    let (_, body) = expect(&mut server, "GET", "/apis/apps/v1/namespaces/db/statefulsets/mysql", 200, sts).await;
+    assert_eq!(body, Value::Null);
+    let got = client.await.unwrap().unwrap();
+    assert_eq!(got["spec"]["replicas"], 3);
+    assert_eq!(got["metadata"]["name"], "mysql");
+
+    let (cluster, mut server) = setup();
+    let client = tokio::spawn(async move {
+        cluster.get(&kanister_coordinator::cluster::ObjectRef::new("ConfigMap", "db", "gone")).await
+    });
+    expect(&mut server, "GET", "/api/v1/namespaces/db/configmaps/gone", 404, api_status(404, "NotFound")).await;
+    assert!(matches!(client.await.unwrap(), Err(Error::NotFound(_))));
+}
+
+#[tokio::test]
+async fn list_selects_by_labels_in_one_namespace() {
+    let (cluster, mut server) = setup();
+    let client = tokio::spawn(async move {
+        let labels = BTreeMap::from([("app".to_string(), "mysql".to_string()), ("tier".to_string(), "db".to_string())]);
+        cluster.list("v1", "Pod", "db", &labels).await
+    });
+    let list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "10"}, "items": [
+        {"metadata": {"name": "mysql-0", "namespace": "db", "labels": {"app": "mysql", "tier": "db"}}},
+        {"metadata": {"name": "mysql-1", "namespace": "db", "labels": {"app": "mysql", "tier": "db"}}}
+    ]});
+    expect(&mut server, "GET", "/api/v1/namespaces/db/pods?&labelSelector=app%3Dmysql%2Ctier%3Ddb", 200, list).await;
+    let items = client.await.unwrap().unwrap();
+    let names: Vec<&str> = items.iter().map(|i| i["metadata"]["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["mysql-0", "mysql-1"]);
+}
+
+#[tokio::test]
+async fn secret_data_is_decoded_and_never_shown_in_debug() {
+    let (cluster, mut server) = setup();
+    let client = tokio::spawn(async move { cluster.secret("db", "mysql").await });
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                        "metadata": {"name": "mysql", "namespace": "db"},
+                        "data": {"password": "czNjcjN0LXB3"}});
+    expect(&mut server, "GET", "/api/v1/namespaces/db/secrets/mysql", 200, secret).await;
+    let data = client.await.unwrap().unwrap();
+    assert_eq!(data.secret_type, "Opaque");
+    assert_eq!(data.data["password"], b"s3cr3t-pw");
+    let shown = format!("{data:?}");
+    assert!(shown.contains("password") && !shown.contains("s3cr3t-pw"), "{shown}");
+}
+
+#[tokio::test]
+async fn pod_logs_follow_one_container_and_arrive_line_by_line() {
+    let (cluster, mut server) = setup();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let client = tokio::spawn(async move { cluster.pod_logs("db", "kanister-job-x7k2p", "container", tx).await });
+    let (request, send) = server.next_request().await.expect("logs requested");
+    assert_eq!(request.method(), "GET");
+    assert_eq!(
+        request.uri().path_and_query().unwrap().as_str(),
+        "/api/v1/namespaces/db/pods/kanister-job-x7k2p/log?&container=container&follow=true"
+    );
+    let log = "dumping\n###Phase-output###: {\"key\":\"path\",\"value\":\"/b/x.sql\"}\nno newline at end";
+    send.send_response(Response::builder().status(200).body(Body::from(log.as_bytes().to_vec())).unwrap());
+    client.await.unwrap().unwrap();
+    let mut lines = Vec::new();
+    while let Some(line) = rx.recv().await {
+        lines.push(String::from_utf8(line).unwrap());
+    }
+    assert_eq!(
+        lines,
+        ["dumping\n", "###Phase-output###: {\"key\":\"path\",\"value\":\"/b/x.sql\"}\n", "no newline at end\n"]
+    );
+}
+
+#[tokio::test]
+async fn wait_container_polls_the_pod_until_the_container_terminated() {
+    let (cluster, mut server) = setup();
+    let cluster = cluster.with_poll_interval(std::time::Duration::from_millis(10));
+    let client = tokio::spawn(async move { cluster.wait_container("db", "kanister-job-x7k2p", "container").await });
+    let pod = |state: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "kanister-job-x7k2p", "namespace": "db"},
+        "status": {"phase": "Running", "containerStatuses": [
+            {"name": "sidecar", "state": {"terminated": {"exitCode": 0}}, "ready": false, "restartCount": 0,
+             "image": "a", "imageID": ""},
+            {"name": "container", "state": state, "ready": true, "restartCount": 0, "image": "a", "imageID": ""}
+        ]}})
+    };
+    let path = "/api/v1/namespaces/db/pods/kanister-job-x7k2p";
+    expect(&mut server, "GET", path, 200, pod(json!({"running": {}}))).await;
+    expect(&mut server, "GET", path, 200, pod(json!({"terminated": {"exitCode": 3, "reason": "Error"}}))).await;
+    let status = client.await.unwrap().unwrap();
+    assert_eq!(status.code, Some(3));
+    assert!(!status.success());
+}
