@@ -78,17 +78,20 @@ pub(crate) fn plan(index: &MasterIndex, ids: &[BlobId], snapshot: &SnapshotId) -
 /// Decrypts, decompresses and verifies the blobs of a fetched request on the blocking pool.
 /// Returns the bytes fetched and each blob's plaintext.
 pub(crate) async fn decode_request(keys: Keys, req: Request, bytes: Bytes) -> Result<(u64, Vec<Vec<u8>>)> {
-    tokio::task::spawn_blocking(move || -> Result<(u64, Vec<Vec<u8>>)> {
-        let mut out = Vec::with_capacity(req.blobs.len());
-        for e in &req.blobs {
-            let s = (e.offset as u64 - req.start) as usize;
-            let b = &bytes[s..s + e.length as usize];
-            out.push(blob::decode(&keys, e.kind, &e.id, b, e.raw_len)?);
-        }
-        Ok((req.end - req.start, out))
-    })
-    .await
-    .map_err(|e| Error::Task(e.to_string()))?
+    tokio::task::spawn_blocking(move || Ok((req.end - req.start, decode_blobs(&keys, &req, &bytes)?)))
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+}
+
+/// Decrypts, decompresses and verifies the blobs of a fetched request (CPU work).
+pub(crate) fn decode_blobs(keys: &Keys, req: &Request, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
+    let mut out = Vec::with_capacity(req.blobs.len());
+    for e in &req.blobs {
+        let s = (e.offset as u64 - req.start) as usize;
+        let b = &bytes[s..s + e.length as usize];
+        out.push(blob::decode(keys, e.kind, &e.id, b, e.raw_len)?);
+    }
+    Ok(out)
 }
 
 /// Fetches one request from the store.

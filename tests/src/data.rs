@@ -186,6 +186,75 @@ fn splitmix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Writes a tree of `files` files totalling about `total` bytes under `root`: nested
+/// directories of up to 100 entries, mostly small files (text and binary), a few large ones.
+pub fn write_tree(root: &std::path::Path, files: u64, total: u64, seed: u64) -> std::io::Result<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    // 2% of the files hold half the bytes; the rest share the other half.
+    let large = (files / 50).max(1);
+    let large_size = total / 2 / large;
+    let small_avg = (total / 2 / (files - large).max(1)).max(1);
+    for i in 0..files {
+        let dir = root.join(format!("d{:03}/e{:03}", i / 10_000 % 1000, i / 100 % 100));
+        std::fs::create_dir_all(&dir)?;
+        let size = if i % 50 == 7 { large_size } else { rng.gen_range(0..=2 * small_avg) };
+        let text = rng.gen_bool(0.7);
+        let ext = if text { "txt" } else { "bin" };
+        std::fs::write(dir.join(format!("f{i:07}.{ext}")), file_bytes(&mut rng, size as usize, text))?;
+    }
+    Ok(())
+}
+
+/// Changes about `fraction` of the files of a tree written by [`write_tree`]: rewrites some,
+/// appends to others, in place. Returns how many files changed.
+pub fn mutate_tree(root: &std::path::Path, fraction: f64, seed: u64) -> std::io::Result<u64> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut stack = vec![root.to_path_buf()];
+    let mut n = 0;
+    while let Some(d) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&d)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let p = e.path();
+            if e.file_type()?.is_dir() {
+                stack.push(p);
+            } else if rng.gen_bool(fraction) {
+                let text = p.extension().is_some_and(|x| x == "txt");
+                let len = std::fs::metadata(&p)?.len() as usize;
+                if rng.gen_bool(0.5) {
+                    let extra = file_bytes(&mut rng, (len / 10).max(100), text);
+                    let mut f = std::fs::OpenOptions::new().append(true).open(&p)?;
+                    std::io::Write::write_all(&mut f, &extra)?;
+                } else {
+                    let mut data = std::fs::read(&p)?;
+                    let at = if data.is_empty() { 0 } else { rng.gen_range(0..data.len()) };
+                    let patch = file_bytes(&mut rng, 64.min(data.len() - at).max(1), text);
+                    data.splice(at..(at + patch.len()).min(data.len()), patch);
+                    std::fs::write(&p, data)?;
+                }
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+fn file_bytes(rng: &mut ChaCha8Rng, size: usize, text: bool) -> Vec<u8> {
+    let mut v = Vec::with_capacity(size + 128);
+    if text {
+        while v.len() < size {
+            let w = WORDS[rng.gen_range(0..WORDS.len())];
+            let n: u32 = rng.r#gen();
+            v.extend_from_slice(format!("{w} {n} {} {w}-{}\n", n % 997, n >> 20).as_bytes());
+        }
+        v.truncate(size);
+    } else {
+        v.resize(size, 0);
+        rng.fill_bytes(&mut v);
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,16 @@ use crate::repository::{MasterIndex, Repository};
 
 /// Files restored at once.
 const FILES_AT_ONCE: usize = 4;
+/// File jobs gathered across directories before they are run.
+const BATCH: usize = 512;
+/// Files up to this size are restored in groups read pack range by pack range.
+const SMALL_FILE: u64 = 4 << 20;
+/// Content bytes of one group of small files (bounds memory).
+const GROUP_BYTES: u64 = 16 << 20;
+/// Largest single range read for a group.
+const MAX_READ: u64 = 8 << 20;
+/// Unneeded bytes a group read may read through to join two ranges.
+const MAX_GAP: u64 = 256 << 10;
 
 fn globs(patterns: &[String]) -> Result<GlobSet> {
     let mut b = GlobSetBuilder::new();
@@ -86,6 +96,7 @@ pub async fn restore(
         exists: true,
     }];
 
+    let mut pending: Vec<(PathBuf, Node)> = Vec::new();
     while let Some(dir) = stack.pop() {
         let nodes = read_listing(repo, &index, &dir.node.subtree).await?;
         let mut names: HashSet<Vec<u8>> = HashSet::new();
@@ -141,24 +152,19 @@ pub async fn restore(
                 }
             }
         }
-        // Files of this directory, several at once.
-        let keys = repo.keys().clone();
-        let store = repo.store().clone();
-        let written: Vec<(u64, Vec<String>)> =
-            futures::stream::iter(files)
-                .map(|(abs, node)| {
-                    let (keys, store, index, progress) = (keys.clone(), store.clone(), &index, progress.clone());
-                    async move {
-                        restore_file(&store, &keys, index, id, &abs, &node, opts.delete, privileged, &progress).await
-                    }
-                })
-                .buffer_unordered(FILES_AT_ONCE)
-                .try_collect()
-                .await?;
-        for (n, warns) in written {
-            stats.files += 1;
-            stats.bytes_written += n;
-            push_warnings(&mut stats, warns);
+        pending.extend(files);
+        if pending.len() >= BATCH {
+            restore_files(
+                repo,
+                &index,
+                id,
+                std::mem::take(&mut pending),
+                opts.delete,
+                privileged,
+                &progress,
+                &mut stats,
+            )
+            .await?;
         }
         if opts.delete && dir.selected && dir.exists {
             stats.deleted += delete_extra(&dir.abs, &dir.rel, &names, &exclude)?;
@@ -171,6 +177,7 @@ pub async fn restore(
         stack.extend(subdirs.into_iter().rev());
     }
 
+    restore_files(repo, &index, id, pending, opts.delete, privileged, &progress, &mut stats).await?;
     for (abs, first, node) in links {
         remove_in_the_way(&abs, opts.delete)?;
         std::fs::hard_link(&first, &abs)
@@ -302,6 +309,188 @@ fn apply_meta(abs: &Path, node: &Node, privileged: bool) -> Vec<String> {
     warns
 }
 
+/// Restores a batch of files: small ones in groups read pack range by pack range, large ones
+/// streamed.
+#[allow(clippy::too_many_arguments)]
+async fn restore_files(
+    repo: &Repository,
+    index: &MasterIndex,
+    id: &SnapshotId,
+    files: Vec<(PathBuf, Node)>,
+    delete: bool,
+    privileged: bool,
+    progress: &Arc<Progress>,
+    stats: &mut RestoreStats,
+) -> Result<()> {
+    let keys = repo.keys().clone();
+    let store = repo.store().clone();
+    let (small, large): (Vec<_>, Vec<_>) = files.into_iter().partition(|(_, n)| n.size <= SMALL_FILE);
+    let mut results = Vec::new();
+    let mut group = Vec::new();
+    let mut group_bytes = 0u64;
+    for f in small {
+        group_bytes += f.1.size;
+        group.push(f);
+        if group_bytes >= GROUP_BYTES {
+            results.extend(
+                restore_small_group(&store, &keys, index, id, std::mem::take(&mut group), delete, privileged, progress)
+                    .await?,
+            );
+            group_bytes = 0;
+        }
+    }
+    if !group.is_empty() {
+        results.extend(restore_small_group(&store, &keys, index, id, group, delete, privileged, progress).await?);
+    }
+    let written: Vec<(u64, Vec<String>)> = futures::stream::iter(large)
+        .map(|(abs, node)| {
+            let (keys, store, progress) = (keys.clone(), store.clone(), progress.clone());
+            async move { restore_file(&store, &keys, index, id, &abs, &node, delete, privileged, &progress).await }
+        })
+        .buffer_unordered(2)
+        .try_collect()
+        .await?;
+    results.extend(written);
+    for (n, warns) in results {
+        stats.files += 1;
+        stats.bytes_written += n;
+        push_warnings(stats, warns);
+    }
+    Ok(())
+}
+
+/// One read of a pack for a group of small files: the blobs in `[start, end)` and where each
+/// goes (file, position in the file).
+struct GroupRead {
+    pack: kanister_repo::PackId,
+    start: u64,
+    end: u64,
+    members: Vec<(kanister_repo::pack::PackEntry, usize, usize)>,
+}
+
+/// Restores small files whose content totals about [`GROUP_BYTES`]: their blobs are sorted by
+/// pack and offset and read with few large range requests, then the files are written on the
+/// blocking pool, several at once.
+#[allow(clippy::too_many_arguments)]
+async fn restore_small_group(
+    store: &crate::store::Store,
+    keys: &kanister_repo::Keys,
+    index: &MasterIndex,
+    id: &SnapshotId,
+    files: Vec<(PathBuf, Node)>,
+    delete: bool,
+    privileged: bool,
+    progress: &Arc<Progress>,
+) -> Result<Vec<(u64, Vec<String>)>> {
+    let mut refs = Vec::new();
+    for (fi, (_, node)) in files.iter().enumerate() {
+        for (bi, b) in node.content.iter().enumerate() {
+            let loc = index.get(b).ok_or_else(|| Error::MissingBlob { blob: *b, snapshot: id.to_string() })?;
+            refs.push((index.pack_id(loc), loc.entry, fi, bi));
+        }
+    }
+    refs.sort_by_key(|r| (r.0, r.1.offset));
+    let mut reads: Vec<GroupRead> = Vec::new();
+    for (pack, e, fi, bi) in refs {
+        let r = e.range();
+        if let Some(cur) = reads.last_mut()
+            && cur.pack == pack
+            && r.start <= cur.end + MAX_GAP
+            && r.end.max(cur.end) - cur.start <= MAX_READ
+        {
+            cur.end = cur.end.max(r.end);
+            cur.members.push((e, fi, bi));
+            continue;
+        }
+        reads.push(GroupRead { pack, start: r.start, end: r.end, members: vec![(e, fi, bi)] });
+    }
+    let decoded: Vec<Vec<(usize, usize, Vec<u8>)>> = futures::stream::iter(reads)
+        .map(|read| {
+            let (keys, progress) = (keys.clone(), progress.clone());
+            async move {
+                let bytes = store.get_range(&crate::repository::pack_key(&read.pack), read.start..read.end).await?;
+                Progress::add(&progress.bytes_stored, bytes.len() as u64);
+                tokio::task::spawn_blocking(move || -> Result<Vec<(usize, usize, Vec<u8>)>> {
+                    read.members
+                        .iter()
+                        .map(|(e, fi, bi)| {
+                            let s = (e.offset as u64 - read.start) as usize;
+                            let data = kanister_repo::blob::decode(
+                                &keys,
+                                e.kind,
+                                &e.id,
+                                &bytes[s..s + e.length as usize],
+                                e.raw_len,
+                            )?;
+                            Ok((*fi, *bi, data))
+                        })
+                        .collect()
+                })
+                .await
+                .map_err(|e| Error::Task(e.to_string()))?
+            }
+        })
+        .buffer_unordered(4)
+        .try_collect()
+        .await?;
+    let mut slots: Vec<Vec<Vec<u8>>> = files.iter().map(|(_, n)| vec![Vec::new(); n.content.len()]).collect();
+    for (fi, bi, data) in decoded.into_iter().flatten() {
+        slots[fi][bi] = data;
+    }
+    futures::stream::iter(files.into_iter().zip(slots))
+        .map(|((abs, node), blobs)| {
+            let progress = progress.clone();
+            async move {
+                tokio::task::spawn_blocking(move || -> Result<(u64, Vec<String>)> {
+                    let mut file = create_file(&abs, delete)?;
+                    let written = write_content(&mut file, blobs, &abs)?;
+                    if written != node.size {
+                        return Err(Error::Damaged(format!(
+                            "{} should hold {} bytes but its chunks hold {written}",
+                            abs.display(),
+                            node.size
+                        )));
+                    }
+                    file.set_len(node.size).map_err(|e| Error::io(format!("cannot write {}", abs.display()), e))?;
+                    drop(file);
+                    Progress::add(&progress.bytes_read, written);
+                    Ok((written, apply_meta(&abs, &node, privileged)))
+                })
+                .await
+                .map_err(|e| Error::Task(e.to_string()))?
+            }
+        })
+        .buffer_unordered(FILES_AT_ONCE)
+        .try_collect()
+        .await
+}
+
+/// Writes content to an open file: zero chunks as holes. Returns bytes written.
+fn write_content(file: &mut std::fs::File, blobs: Vec<Vec<u8>>, path: &Path) -> Result<u64> {
+    let mut w = 0u64;
+    for b in blobs {
+        if b.iter().all(|&x| x == 0) {
+            file.seek(SeekFrom::Current(b.len() as i64)).map(|_| ())
+        } else {
+            file.write_all(&b)
+        }
+        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+        w += b.len() as u64;
+    }
+    Ok(w)
+}
+
+fn create_file(abs: &Path, delete: bool) -> Result<std::fs::File> {
+    remove_in_the_way(abs, delete)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .mode(0o600)
+        .open(abs)
+        .map_err(|e| Error::io(format!("cannot create {}", abs.display()), e))
+}
+
 /// Writes one file: content (zero chunks as holes), size, metadata. Returns bytes written.
 #[allow(clippy::too_many_arguments)]
 async fn restore_file(
@@ -315,14 +504,7 @@ async fn restore_file(
     privileged: bool,
     progress: &Progress,
 ) -> Result<(u64, Vec<String>)> {
-    remove_in_the_way(abs, delete)?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-        .mode(0o600)
-        .open(abs)
-        .map_err(|e| Error::io(format!("cannot create {}", abs.display()), e))?;
+    let mut file = create_file(abs, delete)?;
     let requests = plan(index, &node.content, id)?;
     let decoded = futures::stream::iter(requests.into_iter().map(Ok::<_, Error>))
         .map_ok(|req| fetch_request(store, req))
@@ -335,16 +517,7 @@ async fn restore_file(
         Progress::add(&progress.bytes_stored, n);
         let path = abs.to_path_buf();
         let (f, w) = tokio::task::spawn_blocking(move || -> Result<(std::fs::File, u64)> {
-            let mut w = 0u64;
-            for b in blobs {
-                if b.iter().all(|&x| x == 0) {
-                    file.seek(SeekFrom::Current(b.len() as i64))
-                } else {
-                    file.write_all(&b).map(|_| 0)
-                }
-                .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
-                w += b.len() as u64;
-            }
+            let w = write_content(&mut file, blobs, &path)?;
             Ok((file, w))
         })
         .await
