@@ -96,6 +96,8 @@ enum Command {
     Prune(PruneArgs),
     /// Verify the repository's structure, and with --read-data every byte
     Check(CheckArgs),
+    /// Run the gRPC service (kanister.agent.v1) that the coordinator drives
+    Serve(crate::service::ServeArgs),
     /// Back up a directory (a volume) as a snapshot, incrementally from the last one
     Backup(BackupArgs),
     /// Restore a directory snapshot into a target directory, verifying every byte
@@ -288,6 +290,16 @@ const EXIT_PARTIAL: u8 = 3;
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    // Called as `kando` (a link to this binary in the tools image), or `kanister-agent kando ...`:
+    // upstream's in-pod helper.
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let called_as_kando = args.first().and_then(|a| std::path::Path::new(a).file_name()).is_some_and(|n| n == "kando");
+    if !called_as_kando && args.get(1).is_some_and(|a| a == "kando") {
+        args.remove(0);
+    }
+    if called_as_kando || args.first().is_some_and(|a| a == "kando") {
+        return run_kando(args);
+    }
     let cli = Cli::parse();
     init_tracing(&cli.global);
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -304,19 +316,39 @@ pub fn main() -> ExitCode {
     };
     match rt.block_on(run(cli)) {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e}");
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                eprintln!("  caused by: {s}");
-                src = s.source();
-            }
-            if let Some(h) = e.hint() {
-                eprintln!("hint: {h}");
-            }
-            ExitCode::FAILURE
-        }
+        Err(e) => report(&e),
     }
+}
+
+fn run_kando(args: Vec<std::ffi::OsString>) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).compact().init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(crate::kando::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(&e),
+    }
+}
+
+/// Prints an error with its causes and a hint; the exit code for failures.
+fn report(e: &Error) -> ExitCode {
+    eprintln!("error: {e}");
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        eprintln!("  caused by: {s}");
+        src = s.source();
+    }
+    if let Some(h) = e.hint() {
+        eprintln!("hint: {h}");
+    }
+    ExitCode::FAILURE
 }
 
 fn init_tracing(g: &Global) {
@@ -559,10 +591,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{:<10} {:<21} {:<20} {:>11}  TAGS", "ID", "TIME", "HOST", "SIZE");
                 for (id, s) in &rows {
                     let tags: Vec<String> = s.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    let time = format!("{}Z", s.time.get(..19).unwrap_or(&s.time));
                     println!(
                         "{:<10} {:<21} {:<20} {:>11}  {}",
                         id.short(),
-                        s.time,
+                        time,
                         s.hostname,
                         human_bytes(s.size),
                         tags.join(",")
@@ -614,6 +647,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     );
                 }
             }
+        }
+        Command::Serve(a) => {
+            let defaults = crate::service::RepoDefaults {
+                store: if g.store.is_some() { Some(store(g)?) } else { None },
+                key: match repo_key(g) {
+                    Ok(k) => Some(k),
+                    Err(Error::NoCredential) => None,
+                    Err(e) => return Err(e),
+                },
+            };
+            crate::service::run(a, defaults).await?;
         }
         Command::Check(a) => {
             let repo = open(g).await?;

@@ -11,17 +11,20 @@
 //! - [`tree`]: volume (directory tree) backup, restore and browsing.
 //! - [`check`] / [`prune`]: verification and space reclamation.
 //! - [`progress`]: live counters for progress reports.
-//! - [`cli`]: the `kanister-agent` command line.
+//! - [`cli`]: the `kanister-agent` command line; [`kando`]: upstream's in-pod helper.
+//! - [`service`]: `kanister-agent serve`, the gRPC API (`kanister.agent.v1`) the coordinator drives.
 
 pub mod check;
 pub mod cli;
 pub mod error;
+pub mod kando;
 pub mod packer;
 pub mod progress;
 pub mod prune;
 pub mod pull;
 pub mod push;
 pub mod repository;
+pub mod service;
 pub mod store;
 pub mod tree;
 

@@ -169,8 +169,9 @@ impl<'r> Packer<'r> {
         self.seal_and_upload(progress).await?;
         self.collect_landed(progress, true).await?;
         if self.interim.len() > 1 {
-            let f = IndexFile { supersedes: self.interim.clone(), packs: self.landed.clone() };
+            let f = IndexFile { supersedes: self.interim.clone(), packs: std::mem::take(&mut self.landed) };
             let (_, n) = self.repo.write_index(&f).await?;
+            self.landed = f.packs;
             self.bytes_uploaded += n;
             Progress::add(&progress.bytes_stored, n);
         } else {

@@ -106,10 +106,32 @@ pub struct PushStats {
 
 /// Pushes a stream into the repository and writes a snapshot.
 pub async fn push(repo: &Repository, source: Source, opts: &PushOptions, progress: Arc<Progress>) -> Result<PushStats> {
+    push_until(repo, source, opts, progress, std::future::pending())
+        .await?
+        .ok_or_else(|| Error::Task("a push without cancellation was cancelled".into()))
+}
+
+/// Like [`push`], but gives up as soon as `cancel` completes, and then returns `Ok(None)`.
+///
+/// Cancellation is clean: the pipeline is dropped (an input [`Source::Command`] is killed, even
+/// when it writes nothing), the backup marker is removed, and no snapshot is written. Packs that
+/// had landed stay in the store, findable through the interim indexes or re-indexed by the next
+/// push, which reuses them; `check` reports them at most as warnings. A cancel that arrives
+/// while the snapshot object itself is being written may still leave that snapshot.
+pub async fn push_until(
+    repo: &Repository,
+    source: Source,
+    opts: &PushOptions,
+    progress: Arc<Progress>,
+    cancel: impl std::future::Future<Output = ()>,
+) -> Result<Option<PushStats>> {
     let started = Instant::now();
-    let start_time = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let start_time = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
     let marker = BackupMarker::start(repo, &opts.hostname).await?;
-    let result = push_inner(repo, source, opts, &progress, started, start_time).await;
+    let result = tokio::select! {
+        r = push_inner(repo, source, opts, &progress, started, start_time) => r.map(Some),
+        () = cancel => Ok(None),
+    };
     marker.finish(repo).await;
     result
 }
@@ -132,7 +154,11 @@ async fn push_inner(
     let params = config.chunker;
     let seed = keys.chunker_seed;
     let reader_progress = progress.clone();
-    let reader = tokio::task::spawn_blocking(move || read_stream(source, params, seed, tx, &reader_progress));
+    // Kills the input command when this future is dropped (cancelled): the reader thread may be
+    // blocked on the command's stdout and could not notice by itself.
+    let child = Arc::new(ChildSlot::default());
+    let _kill_on_drop = KillOnDrop(child.clone());
+    let reader = tokio::task::spawn_blocking(move || read_stream(source, params, seed, tx, &reader_progress, &child));
 
     let chunks = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
     let processed = chunks
@@ -257,9 +283,10 @@ fn read_stream(
     seed: u64,
     tx: mpsc::Sender<Vec<u8>>,
     progress: &Progress,
+    slot: &ChildSlot,
 ) -> Result<()> {
-    let (reader, mut child, program): (Box<dyn Read + Send>, _, _) = match source {
-        Source::Reader(r) => (r, None, String::new()),
+    let (reader, has_child, program): (Box<dyn Read + Send>, _, _) = match source {
+        Source::Reader(r) => (r, false, String::new()),
         Source::Command(argv) => {
             let program = argv
                 .first()
@@ -278,7 +305,8 @@ fn read_stream(
                     status: format!("could not start: {e}"),
                 })?;
             let stdout = child.stdout.take().expect("stdout is piped");
-            (Box::new(stdout), Some(child), program)
+            slot.set(child);
+            (Box::new(stdout), true, program)
         }
     };
     let mut stopped_early = false;
@@ -286,9 +314,7 @@ fn read_stream(
         let chunk = match chunk {
             Ok(c) => c,
             Err(e) => {
-                if let Some(c) = child.as_mut() {
-                    let _ = c.kill();
-                }
+                slot.kill();
                 return Err(Error::io("reading the input failed", std::io::Error::other(e.to_string())));
             }
         };
@@ -299,16 +325,73 @@ fn read_stream(
             break;
         }
     }
-    if let Some(mut c) = child {
+    if has_child {
         if stopped_early {
-            let _ = c.kill();
+            slot.kill();
         }
-        let status = c.wait().map_err(|e| Error::io("waiting for the input command", e))?;
+        let status = slot.wait().map_err(|e| Error::io("waiting for the input command", e))?;
         if !status.success() && !stopped_early {
             return Err(Error::InputCommand { command: program, status: describe_exit(status) });
         }
     }
     Ok(())
+}
+
+/// The input command, shared by the reader thread (which waits for it) and the pipeline's
+/// [`KillOnDrop`] guard. The thread never holds the lock while blocked, so the guard can always
+/// kill the command.
+#[derive(Debug, Default)]
+struct ChildSlot {
+    child: std::sync::Mutex<Option<std::process::Child>>,
+    /// Set when the pipeline was dropped: a command started afterwards is killed at once.
+    dropped: std::sync::atomic::AtomicBool,
+}
+
+impl ChildSlot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<std::process::Child>> {
+        self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set(&self, child: std::process::Child) {
+        let mut g = self.lock();
+        *g = Some(child);
+        if self.dropped.load(std::sync::atomic::Ordering::SeqCst) {
+            drop(g);
+            self.kill();
+        }
+    }
+
+    fn kill(&self) {
+        if let Some(c) = self.lock().as_mut() {
+            let _ = c.kill();
+        }
+    }
+
+    /// Waits for the command to end (polling, so that [`ChildSlot::kill`] is never blocked).
+    fn wait(&self) -> std::io::Result<std::process::ExitStatus> {
+        loop {
+            {
+                let mut g = self.lock();
+                let c = g.as_mut().ok_or_else(|| std::io::Error::other("no command"))?;
+                if let Some(status) = c.try_wait()? {
+                    g.take();
+                    return Ok(status);
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+/// Kills the input command when the push pipeline is dropped before the command ended.
+#[derive(Debug)]
+struct KillOnDrop(Arc<ChildSlot>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.0.dropped.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.0.kill();
+    }
 }
 
 fn describe_exit(status: std::process::ExitStatus) -> String {

@@ -356,13 +356,21 @@ impl BackupMarker {
     }
 
     /// Stops renewing and removes the marker (best effort: a marker left behind goes stale).
-    pub async fn finish(self, repo: &Repository) {
+    pub async fn finish(mut self, repo: &Repository) {
         self.renewer.abort();
-        let _ = self.renewer.await;
+        let _ = (&mut self.renewer).await;
         let _ = repo.store().delete(&format!("{}{ALIVE_SUFFIX}", self.key)).await;
         if let Err(e) = repo.store().delete(&self.key).await {
             tracing::warn!(error = %e, marker = %self.key, "cannot remove the backup marker; prune treats it as stale after 30 minutes");
         }
+    }
+}
+
+impl Drop for BackupMarker {
+    /// A backup dropped without `finish` (cancelled) stops renewing its marker, which then goes
+    /// stale instead of holding `prune` back forever.
+    fn drop(&mut self) {
+        self.renewer.abort();
     }
 }
 

@@ -93,14 +93,13 @@ pub const OBJECT_VERSION: u8 = 1;
 /// Seals a metadata object (config, index, snapshot): `version || nonce || ciphertext || tag`.
 /// Returns the bytes and their content address (unkeyed BLAKE3), the object's name.
 pub fn seal_object(key: &SecretKey, aad: &[u8], plaintext: &[u8]) -> ([u8; 32], Vec<u8>) {
+    // One buffer: room for the nonce, the plaintext sealed in place, then the version byte in
+    // front (the capacity is reserved, so no second copy of a large index is ever made).
     let mut buf = Vec::with_capacity(1 + plaintext.len() + OVERHEAD);
-    buf.push(OBJECT_VERSION);
-    buf.resize(1 + NONCE_LEN, 0);
+    buf.resize(NONCE_LEN, 0);
     buf.extend_from_slice(plaintext);
-    // Seal everything after the version byte, in place.
-    let mut body = buf.split_off(1);
-    key.seal_in_place(aad, &mut body);
-    buf.extend_from_slice(&body);
+    key.seal_in_place(aad, &mut buf);
+    buf.insert(0, OBJECT_VERSION);
     (crate::id::content_hash(&buf), buf)
 }
 

@@ -91,7 +91,7 @@ impl SnapshotStats {
 pub struct Snapshot {
     /// Format version.
     pub version: u32,
-    /// RFC 3339 time the backup started.
+    /// RFC 3339 time the backup started, in microseconds (so that string order is time order).
     pub time: String,
     /// Host (pod) that made it.
     pub hostname: String,

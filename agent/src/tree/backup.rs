@@ -331,7 +331,7 @@ async fn run(
     progress: Arc<Progress>,
 ) -> Result<BackupStats> {
     let started = Instant::now();
-    let start_time = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let start_time = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
     let key = path_key(path);
     let parent = find_parent(repo, opts, &key).await?;
     let (dedup, _, recovery_bytes) = crate::packer::prepare(repo).await?;
