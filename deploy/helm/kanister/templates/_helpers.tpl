@@ -1,0 +1,149 @@
+{{/* The chart name, overridable. */}}
+{{- define "kanister.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The resource name prefix: "<release>-kanister", or the release name when it contains the chart name. */}}
+{{- define "kanister.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The coordinator's resource name. */}}
+{{- define "kanister.coordinator.fullname" -}}
+{{- printf "%s-coordinator" (include "kanister.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels of every resource. */}}
+{{- define "kanister.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "kanister.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: kanister
+{{- end }}
+
+{{/* Selector labels of the coordinator. */}}
+{{- define "kanister.coordinator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kanister.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: coordinator
+{{- end }}
+
+{{/* The coordinator's ServiceAccount name. */}}
+{{- define "kanister.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "kanister.coordinator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* An image reference from {repository, tag, digest}: the digest wins over the tag. */}}
+{{- define "kanister.image" -}}
+{{- $image := index . 0 }}{{- $root := index . 1 }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $image.repository $image.digest }}
+{{- else }}
+{{- printf "%s:%s" $image.repository (default $root.Chart.AppVersion $image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Namespaces where ActionSets are watched: the release namespace first, then watchNamespaces. */}}
+{{- define "kanister.watchNamespaces" -}}
+{{- $all := list .Release.Namespace }}
+{{- range .Values.watchNamespaces }}{{- if not (has . $all) }}{{- $all = append $all . }}{{- end }}{{- end }}
+{{- join "," $all }}
+{{- end }}
+
+{{/*
+Rules the coordinator needs where ActionSets live (derived from coordinator/src/controller.rs
+and cluster/kube.rs):
+- ActionSets: get/list/watch (controller, recovery); status: update (PUT .../status);
+  finalizers: update, needed to set blockOwnerDeletion on task pods owned by an ActionSet.
+- Blueprints, Profiles: get (read at each action's start). Secrets, ConfigMaps: get (a
+  Profile's credentials, the ActionSet's secrets/configMaps).
+- events.k8s.io Events: create, patch (kube-runtime's Recorder).
+- Pods: task pods (KubeTask defaults to the ActionSet's namespace) are created, watched (the
+  controller owns them), read, deleted; their logs read.
+*/}}
+{{- define "kanister.rules.controller" -}}
+- apiGroups: ["cr.kanister.io"]
+  resources: ["actionsets"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["cr.kanister.io"]
+  resources: ["actionsets/status"]
+  verbs: ["update"]
+- apiGroups: ["cr.kanister.io"]
+  resources: ["actionsets/finalizers"]
+  verbs: ["update"]
+- apiGroups: ["cr.kanister.io"]
+  resources: ["blueprints", "profiles"]
+  verbs: ["get"]
+- apiGroups: [""]
+  resources: ["secrets", "configmaps"]
+  verbs: ["get"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
+{{- end }}
+
+{{/*
+Rules the coordinator needs where the workloads live (derived from engine/params.rs,
+engine/functions.rs and cluster/kube.rs):
+- the action's object: StatefulSets/Deployments get (and their pods list), PVCs get;
+- ScaleWorkload: get the workload, patch its scale subresource;
+- KubeExec/KubeExecAll: pods/exec (create for websocket upgrades since Kubernetes 1.31, get
+  before);
+- KubeTask and the data functions: task pods create/get/delete, logs;
+- Profiles (e.g. mysql-test/s3-profile) and the Secrets/ConfigMaps the ActionSet names: get.
+*/}}
+{{- define "kanister.rules.target" -}}
+- apiGroups: ["apps"]
+  resources: ["statefulsets", "deployments"]
+  verbs: ["get"]
+- apiGroups: ["apps"]
+  resources: ["statefulsets/scale", "deployments/scale"]
+  verbs: ["patch"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "create", "delete"]
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
+- apiGroups: [""]
+  resources: ["pods/exec"]
+  verbs: ["get", "create"]
+- apiGroups: [""]
+  resources: ["secrets", "configmaps", "persistentvolumeclaims"]
+  verbs: ["get"]
+- apiGroups: ["cr.kanister.io"]
+  resources: ["profiles"]
+  verbs: ["get"]
+{{- if .Values.rbac.openshift }}
+- apiGroups: ["apps.openshift.io"]
+  resources: ["deploymentconfigs"]
+  verbs: ["get"]
+- apiGroups: ["apps.openshift.io"]
+  resources: ["deploymentconfigs/scale"]
+  verbs: ["patch"]
+{{- end }}
+{{- with .Values.rbac.extraRules }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
