@@ -356,14 +356,19 @@ async fn run_pod<C: Cluster>(ctx: &Context<C>, pod: TaskPod, container: &str, fa
 
 impl<C: Cluster> Context<C> {
     fn task_pod(&self, generate_name: &str, containers: Vec<Container>) -> Result<TaskPod> {
+        let namespace = self.namespace()?;
+        // Kubernetes has no owners across namespaces: its garbage collector would treat the
+        // reference as dangling and delete a running pod. Pods elsewhere are cleaned up by the
+        // engine itself (and carry the ActionSet's labels).
+        let owner = if namespace == self.default_namespace { self.owner.clone() } else { None };
         Ok(TaskPod {
-            namespace: self.namespace()?,
+            namespace,
             generate_name: generate_name.into(),
             containers,
             labels: self.pod_labels()?,
             annotations: self.pod_annotations()?,
             pod_override: self.pod_override()?,
-            owner: self.owner.clone(),
+            owner,
             ..Default::default()
         })
     }
