@@ -145,8 +145,8 @@ pub async fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
         let keys = repo.keys().clone();
         let expected: HashMap<PackId, HashSet<kanister_repo::BlobId>> = {
             let mut m: HashMap<PackId, HashSet<kanister_repo::BlobId>> = HashMap::new();
-            for (id, loc) in &index.blobs {
-                m.entry(index.pack_id(loc)).or_default().insert(*id);
+            for (id, loc) in index.iter() {
+                m.entry(index.pack_id(&loc)).or_default().insert(*id);
             }
             m
         };
@@ -200,7 +200,7 @@ pub async fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
         warnings,
         snapshots: n_snapshots,
         packs: index.packs.len(),
-        blobs: index.blobs.len(),
+        blobs: index.len(),
         packs_read,
         bytes_read,
     })

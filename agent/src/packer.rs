@@ -40,7 +40,7 @@ impl Dedup {
 
     /// True exactly once per new blob: the caller must store it.
     pub fn claim(&self, id: &BlobId) -> bool {
-        !self.index.blobs.contains_key(id) && self.claimed.lock().expect("not poisoned").insert(*id)
+        !self.index.contains(id) && self.claimed.lock().expect("not poisoned").insert(*id)
     }
 
     /// The index deduplicated against.

@@ -56,7 +56,7 @@ pub(crate) fn plan(index: &MasterIndex, ids: &[BlobId], snapshot: &SnapshotId) -
     let mut out: Vec<Request> = Vec::new();
     for id in ids {
         let loc = index.get(id).ok_or_else(|| Error::MissingBlob { blob: *id, snapshot: snapshot.to_string() })?;
-        let pack = index.pack_id(loc);
+        let pack = index.pack_id(&loc);
         let e = loc.entry;
         let r = e.range();
         if let Some(cur) = out.last_mut()

@@ -216,34 +216,41 @@ pub struct BlobLocation {
 ///
 /// A blob may sit in several packs (two backups that ran at once both stored it); lookups get
 /// one location, while [`MasterIndex::entries_of`] keeps every pack's full list, which is
-/// what `prune` must reason about.
+/// what `prune` must reason about. Each entry is stored once, in its pack's list; the lookup
+/// table holds only a position (8 bytes), which halves the index's memory.
 #[derive(Debug, Default)]
 pub struct MasterIndex {
     /// Known packs and their sizes.
     pub packs: Vec<(PackId, u64)>,
     pack_pos: HashMap<PackId, u32>,
     pack_blobs: Vec<Vec<PackEntry>>,
-    /// Known blobs.
-    pub blobs: HashMap<BlobId, BlobLocation>,
+    blobs: HashMap<BlobId, Slot>,
     /// The index objects that were read.
     pub index_ids: Vec<IndexId>,
     /// Index objects that could not be read, with the reason.
     pub damaged: Vec<(IndexId, String)>,
 }
 
+/// Where in [`MasterIndex::pack_blobs`] a blob's entry is.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    pack: u32,
+    idx: u32,
+}
+
 impl MasterIndex {
     /// Adds a pack's blobs (a pack listed twice is taken once: its content never changes).
-    pub fn add_pack(&mut self, p: &IndexPack) {
+    pub fn add_pack(&mut self, p: IndexPack) {
         if self.pack_pos.contains_key(&p.id) {
             return;
         }
         let pos = self.packs.len() as u32;
         self.packs.push((p.id, p.size));
         self.pack_pos.insert(p.id, pos);
-        self.pack_blobs.push(p.blobs.clone());
-        for e in &p.blobs {
-            self.blobs.entry(e.id).or_insert(BlobLocation { pack: pos, entry: *e });
+        for (i, e) in p.blobs.iter().enumerate() {
+            self.blobs.entry(e.id).or_insert(Slot { pack: pos, idx: i as u32 });
         }
+        self.pack_blobs.push(p.blobs);
     }
 
     /// Whether the pack is indexed.
@@ -268,20 +275,44 @@ impl MasterIndex {
         if gone.is_empty() {
             return;
         }
-        self.blobs.retain(|_, loc| !gone.contains(&loc.pack));
+        self.blobs.retain(|_, s| !gone.contains(&s.pack));
         for (pos, entries) in self.pack_blobs.iter().enumerate() {
             if gone.contains(&(pos as u32)) {
                 continue;
             }
-            for e in entries {
-                self.blobs.entry(e.id).or_insert(BlobLocation { pack: pos as u32, entry: *e });
+            for (i, e) in entries.iter().enumerate() {
+                self.blobs.entry(e.id).or_insert(Slot { pack: pos as u32, idx: i as u32 });
             }
         }
     }
 
     /// Looks a blob up.
-    pub fn get(&self, id: &BlobId) -> Option<&BlobLocation> {
-        self.blobs.get(id)
+    pub fn get(&self, id: &BlobId) -> Option<BlobLocation> {
+        self.blobs
+            .get(id)
+            .map(|s| BlobLocation { pack: s.pack, entry: self.pack_blobs[s.pack as usize][s.idx as usize] })
+    }
+
+    /// Whether a blob is indexed.
+    pub fn contains(&self, id: &BlobId) -> bool {
+        self.blobs.contains_key(id)
+    }
+
+    /// Number of distinct blobs.
+    pub fn len(&self) -> usize {
+        self.blobs.len()
+    }
+
+    /// Whether no blob is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.blobs.is_empty()
+    }
+
+    /// Every blob with the location lookups give.
+    pub fn iter(&self) -> impl Iterator<Item = (&BlobId, BlobLocation)> + '_ {
+        self.blobs
+            .iter()
+            .map(|(id, s)| (id, BlobLocation { pack: s.pack, entry: self.pack_blobs[s.pack as usize][s.idx as usize] }))
     }
 }
 
@@ -407,7 +438,9 @@ impl Repository<Open> {
             let listed = self.store.list(INDEX).await?;
             let ids: Vec<IndexId> = listed.iter().filter_map(|o| o.key.rsplit('/').next()?.parse().ok()).collect();
             let keys = self.keys();
-            let results: Vec<(IndexId, Result<IndexFile>)> = futures::stream::iter(ids)
+            // Merge each index as it arrives and drop it: peak memory is the merged index plus
+            // a few index objects, not all of them decoded at once.
+            let mut results = futures::stream::iter(ids)
                 .map(|id| async move {
                     let r = match self.store.get(&format!("{INDEX}/{id}")).await {
                         Ok(b) => IndexFile::decode(keys, &id, &b).map_err(Error::from),
@@ -415,25 +448,23 @@ impl Repository<Open> {
                     };
                     (id, r)
                 })
-                .buffer_unordered(META_CONCURRENCY)
-                .collect()
-                .await;
-            // An index deleted between list and get was superseded by a consolidated one
-            // written before the deletion: list again to pick that one up.
-            let vanished = results.iter().any(|(_, r)| matches!(r, Err(Error::Store(StoreError::NotFound(_)))));
-            if vanished && attempt == 0 {
-                continue;
-            }
+                .buffer_unordered(META_CONCURRENCY);
             let mut mi = MasterIndex::default();
-            for (id, r) in results {
+            let mut vanished = false;
+            while let Some((id, r)) = results.next().await {
                 match r {
                     Ok(f) => {
-                        f.packs.iter().for_each(|p| mi.add_pack(p));
+                        f.packs.into_iter().for_each(|p| mi.add_pack(p));
                         mi.index_ids.push(id);
                     }
-                    Err(Error::Store(StoreError::NotFound(_))) => {}
+                    Err(Error::Store(StoreError::NotFound(_))) => vanished = true,
                     Err(e) => mi.damaged.push((id, e.to_string())),
                 }
+            }
+            // An index deleted between list and get was superseded by a consolidated one
+            // written before the deletion: list again to pick that one up.
+            if vanished && attempt == 0 {
+                continue;
             }
             return Ok(mi);
         }
@@ -498,7 +529,7 @@ impl Repository<Open> {
     /// Reads and verifies one blob.
     pub async fn read_blob(&self, index: &MasterIndex, id: &BlobId) -> Result<Vec<u8>> {
         let loc = index.get(id).ok_or_else(|| Error::Damaged(format!("blob {id} is in no index")))?;
-        let key = pack_key(&index.pack_id(loc));
+        let key = pack_key(&index.pack_id(&loc));
         let bytes = self.store.get_range(&key, loc.entry.range()).await?;
         let keys = self.keys().clone();
         let e = loc.entry;
@@ -559,7 +590,7 @@ impl Repository<Open> {
         if found.is_empty() {
             return Ok((0, 0));
         }
-        found.iter().for_each(|p| index.add_pack(p));
+        found.iter().for_each(|p| index.add_pack(p.clone()));
         let n = found.len();
         let (_, bytes) = self.write_index(&IndexFile { supersedes: vec![], packs: found }).await?;
         tracing::info!(packs = n, "re-indexed packs left by an interrupted backup");

@@ -93,11 +93,22 @@ pub const OBJECT_VERSION: u8 = 1;
 /// Seals a metadata object (config, index, snapshot): `version || nonce || ciphertext || tag`.
 /// Returns the bytes and their content address (unkeyed BLAKE3), the object's name.
 pub fn seal_object(key: &SecretKey, aad: &[u8], plaintext: &[u8]) -> ([u8; 32], Vec<u8>) {
-    // One buffer: room for the nonce, the plaintext sealed in place, then the version byte in
-    // front (the capacity is reserved, so no second copy of a large index is ever made).
-    let mut buf = Vec::with_capacity(1 + plaintext.len() + OVERHEAD);
-    buf.resize(NONCE_LEN, 0);
+    let mut buf = object_buffer(plaintext.len());
     buf.extend_from_slice(plaintext);
+    seal_object_buffer(key, aad, buf)
+}
+
+/// A buffer to write an object's plaintext into for [`seal_object_buffer`]: it starts with
+/// room for the nonce and has capacity for the version byte and the tag, so a large object
+/// (an index of millions of blobs) is sealed without a second copy.
+pub fn object_buffer(plaintext_len: usize) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(1 + plaintext_len + OVERHEAD);
+    buf.resize(NONCE_LEN, 0);
+    buf
+}
+
+/// Seals a buffer from [`object_buffer`] holding the plaintext after the nonce room.
+pub fn seal_object_buffer(key: &SecretKey, aad: &[u8], mut buf: Vec<u8>) -> ([u8; 32], Vec<u8>) {
     key.seal_in_place(aad, &mut buf);
     buf.insert(0, OBJECT_VERSION);
     (crate::id::content_hash(&buf), buf)

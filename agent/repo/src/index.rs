@@ -4,7 +4,7 @@
 //! findable) and one consolidated index at its end, which lists the interim ones it
 //! supersedes. Readers merge all index objects; duplicates are harmless.
 
-use crate::crypto::{open_object, seal_object};
+use crate::crypto::open_object;
 use crate::error::{Error, Result};
 use crate::id::{IndexId, PackId};
 use crate::keys::Keys;
@@ -37,7 +37,7 @@ impl IndexFile {
     /// Seals the index; returns its id (object name) and bytes.
     pub fn encode(&self, keys: &Keys) -> (IndexId, Vec<u8>) {
         let n: usize = self.packs.iter().map(|p| 44 + p.blobs.len() * ENTRY_LEN).sum();
-        let mut plain = Vec::with_capacity(9 + self.supersedes.len() * 32 + n);
+        let mut plain = crate::crypto::object_buffer(9 + self.supersedes.len() * 32 + n);
         plain.push(VERSION);
         plain.extend_from_slice(&(self.supersedes.len() as u32).to_le_bytes());
         for s in &self.supersedes {
@@ -52,7 +52,7 @@ impl IndexFile {
                 b.encode_into(&mut plain);
             }
         }
-        let (id, bytes) = seal_object(&keys.data_key, AAD, &plain);
+        let (id, bytes) = crate::crypto::seal_object_buffer(&keys.data_key, AAD, plain);
         (IndexId(id), bytes)
     }
 

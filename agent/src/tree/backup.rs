@@ -531,7 +531,7 @@ impl Walker<'_> {
                         && p.ctime_ns == node.ctime_ns
                         && p.inode == node.inode
                         && !p.changed_during_backup
-                        && p.content.iter().all(|id| self.dedup.index().blobs.contains_key(id))
+                        && p.content.iter().all(|id| self.dedup.index().contains(id))
                 });
                 if same && !self.force {
                     node.content = prev.expect("checked").content.clone();

@@ -386,7 +386,7 @@ async fn restore_small_group(
     for (fi, (_, node)) in files.iter().enumerate() {
         for (bi, b) in node.content.iter().enumerate() {
             let loc = index.get(b).ok_or_else(|| Error::MissingBlob { blob: *b, snapshot: id.to_string() })?;
-            refs.push((index.pack_id(loc), loc.entry, fi, bi));
+            refs.push((index.pack_id(&loc), loc.entry, fi, bi));
         }
     }
     refs.sort_by_key(|r| (r.0, r.1.offset));
