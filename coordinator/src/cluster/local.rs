@@ -5,7 +5,10 @@
 //!   YAML files or are created through the API; each has a `resourceVersion` that changes on
 //!   every write, so status writes see conflicts as on a real API server.
 //! - `exec` runs the command on the host (the pod must exist as an object); task pods run their
-//!   containers as host processes, init containers first; the image is only recorded.
+//!   containers as host processes, init containers first; the image is only recorded. A task
+//!   pod's environment (literals and Secret keys, read from this cluster's Secrets) is set on
+//!   its processes; [`LocalCluster::with_env`] sets variables of every command, as an image
+//!   would (a `PATH` holding `kando`).
 //!   Every process runs in its own process group, which is killed when the exec future is
 //!   dropped, when the pod is deleted and when the cluster is dropped.
 //! - `scale` records the replica count and the workload is ready at once.
@@ -32,8 +35,8 @@ use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    Chunk, Cluster, Container, Error, Event, EventType, ExecRequest, ExitStatus, ObjectRef, Result, SecretData, Stream,
-    TaskPod, kind_key,
+    Chunk, Cluster, Container, EnvSource, Error, Event, EventType, ExecRequest, ExitStatus, ObjectRef, Result,
+    SecretData, Stream, TaskPod, kind_key,
 };
 use crate::crd::{ActionSet, ActionSetStatus};
 
@@ -205,6 +208,7 @@ pub struct LocalCluster {
     state: Mutex<State>,
     state_file: Option<PathBuf>,
     work_dir: Option<PathBuf>,
+    host_env: Vec<(String, String)>,
     pods: Mutex<HashMap<(String, String), LocalPod>>,
     execs: Mutex<Vec<ExecRecord>>,
     pod_records: Mutex<Vec<PodRecord>>,
@@ -288,6 +292,7 @@ impl LocalCluster {
             state: Mutex::new(State { next_version: 1, ..Default::default() }),
             state_file: None,
             work_dir: None,
+            host_env: Vec::new(),
             pods: Mutex::new(HashMap::new()),
             execs: Mutex::new(Vec::new()),
             pod_records: Mutex::new(Vec::new()),
@@ -318,6 +323,35 @@ impl LocalCluster {
     pub fn with_work_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.work_dir = Some(dir.into());
         self
+    }
+
+    /// Sets an environment variable of every command this cluster runs (exec and task pods), as
+    /// an image would (`PATH` with a directory holding `kando`, for example).
+    pub fn with_env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.host_env.push((name.into(), value.into()));
+        self
+    }
+
+    /// The values of a task pod's environment: literals as given, Secret keys read from the
+    /// Secrets of the pod's namespace (a missing Secret or key fails the pod's creation, as the
+    /// kubelet refuses to start such a container).
+    async fn pod_env(&self, pod: &TaskPod) -> Result<Vec<(String, String)>> {
+        let mut env = Vec::new();
+        for var in &pod.env {
+            let value = match &var.source {
+                EnvSource::Value(v) => v.clone(),
+                EnvSource::SecretKey { secret, key } => {
+                    let data = self.secret(&pod.namespace, secret).await?;
+                    let v = data.data.get(key).ok_or_else(|| Error::Rejected {
+                        object: ObjectRef::new("Secret", &pod.namespace, secret),
+                        message: format!("secret has no key {key:?} (environment variable {})", var.name),
+                    })?;
+                    String::from_utf8_lossy(v).into_owned()
+                }
+            };
+            env.push((var.name.clone(), value));
+        }
+        Ok(env)
     }
 
     /// Adds (or replaces) the objects of a multi-document YAML text.
@@ -444,6 +478,7 @@ impl LocalCluster {
         if let Some(dir) = &self.work_dir {
             cmd.current_dir(dir);
         }
+        cmd.envs(self.host_env.iter().map(|(k, v)| (k, v)));
         Ok(cmd)
     }
 }
@@ -606,10 +641,15 @@ impl Cluster for LocalCluster {
             containers.insert(c.name.clone(), state.clone());
             plan.push((init, c.clone(), state));
         }
+        let env = self.pod_env(pod).await?;
         let mut commands = Vec::new();
         for (init, c, state) in plan {
             let what = format!("container {} of pod {}/{name}", c.name, pod.namespace);
-            commands.push((init, self.command(&c.command, &what), state));
+            let command = self.command(&c.command, &what).map(|mut cmd| {
+                cmd.envs(env.iter().map(|(k, v)| (k, v)));
+                cmd
+            });
+            commands.push((init, command, state));
         }
         let runner = tokio::spawn(async move {
             let mut init_failed = false;

@@ -241,8 +241,35 @@ pub struct TaskPod {
     pub annotations: BTreeMap<String, String>,
     /// Pod spec fields merged over the generated spec (upstream `podOverride`).
     pub pod_override: JsonMap,
+    /// Environment variables of every container (init containers included).
+    pub env: Vec<EnvVar>,
     /// The owner (the ActionSet): the pod is garbage-collected with it.
     pub owner: Option<Owner>,
+}
+
+/// An environment variable of a task pod's containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvVar {
+    /// The variable's name.
+    pub name: String,
+    /// Where its value comes from.
+    pub source: EnvSource,
+}
+
+/// The value of an [`EnvVar`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvSource {
+    /// A literal value (never a secret: it is part of the pod spec).
+    Value(String),
+    /// A key of a Secret in the pod's namespace (`valueFrom.secretKeyRef`): the value is read
+    /// by the kubelet (or the local cluster) when the container starts and is never part of the
+    /// pod spec or a command line.
+    SecretKey {
+        /// The Secret.
+        secret: String,
+        /// The key in the Secret.
+        key: String,
+    },
 }
 
 /// An owner reference.

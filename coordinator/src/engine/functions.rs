@@ -4,6 +4,10 @@
 //! `ScaleWorkload`, `Wait`, `WaitV2`, `KubeOps`. The data functions (`BackupData`, ...) are
 //! served by agents and are not part of this module; calling one is an [`Error::Unsupported`].
 //!
+//! Task pods of an action with a Profile get the Profile's repository key in their environment
+//! (`KANISTER_REPO_KEY` from the coordinator's key Secret, see [`super::repokey`]), so that
+//! `kando location push/pull/delete` in upstream-style blueprints can open the repository.
+//!
 //! Outputs follow the `###Phase-output###:` protocol ([`crate::output`]) on a command's stdout
 //! (exec) or a pod's log (task pods).
 
@@ -80,6 +84,9 @@ pub enum Error {
     /// A template in the arguments (wait conditions) does not render.
     #[error(transparent)]
     Render(#[from] crate::render::Error),
+    /// The Profile's repository key could not be provided.
+    #[error(transparent)]
+    RepositoryKey(#[from] Box<super::repokey::Error>),
 }
 
 /// The result type of this module.
@@ -112,6 +119,9 @@ pub struct Context<C> {
     /// The pods created so far (namespace, name); the engine deletes them when the phase ends,
     /// whatever happened.
     pub pods: Arc<Mutex<Vec<(String, String)>>>,
+    /// The action's Profile, if any: task pods get its repository key in their environment
+    /// ([`super::repokey`]).
+    pub profile: Option<ObjectReference>,
 }
 
 impl<C> std::fmt::Debug for Context<C> {
@@ -355,13 +365,18 @@ async fn run_pod<C: Cluster>(ctx: &Context<C>, pod: TaskPod, container: &str, fa
 }
 
 impl<C: Cluster> Context<C> {
-    fn task_pod(&self, generate_name: &str, containers: Vec<Container>) -> Result<TaskPod> {
+    async fn task_pod(&self, generate_name: &str, containers: Vec<Container>) -> Result<TaskPod> {
         let namespace = self.namespace()?;
         // Kubernetes has no owners across namespaces: its garbage collector would treat the
         // reference as dangling and delete a running pod. Pods elsewhere are cleaned up by the
         // engine itself (and carry the ActionSet's labels).
         let owner = if namespace == self.default_namespace { self.owner.clone() } else { None };
+        let mut env = Vec::new();
+        if let Some(profile) = &self.profile {
+            env.push(super::repokey::ensure(&*self.cluster, profile, &namespace).await.map_err(Box::new)?);
+        }
         Ok(TaskPod {
+            env,
             namespace,
             generate_name: generate_name.into(),
             containers,
@@ -376,13 +391,13 @@ impl<C: Cluster> Context<C> {
 
 async fn kube_task<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
     let container = Container { name: "container".into(), image: ctx.str("image")?, command: ctx.command("command")? };
-    let pod = ctx.task_pod("kanister-job-", vec![container])?;
+    let pod = ctx.task_pod("kanister-job-", vec![container]).await?;
     run_pod(ctx, pod, "container", true).await
 }
 
 async fn prepare_data<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
     let container = Container { name: "container".into(), image: ctx.str("image")?, command: ctx.command("command")? };
-    let mut pod = ctx.task_pod("prepare-data-job-", vec![container])?;
+    let mut pod = ctx.task_pod("prepare-data-job-", vec![container]).await?;
     let mut volumes = ctx.opt_string_map("volumes")?;
     if volumes.is_empty() {
         // Upstream default: every PVC of the workload at /mnt/prepare_data/<pvc>.
@@ -410,7 +425,7 @@ async fn multi_container_run<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
     };
     let output =
         Container { name: "output".into(), image: ctx.str("outputImage")?, command: ctx.command("outputCommand")? };
-    let mut pod = ctx.task_pod("kanister-job-", vec![background, output])?;
+    let mut pod = ctx.task_pod("kanister-job-", vec![background, output]).await?;
     if let Some(image) = ctx.opt_str("initImage")? {
         pod.init_containers.push(Container { name: "init".into(), image, command: ctx.command("initCommand")? });
     }

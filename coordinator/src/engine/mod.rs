@@ -45,6 +45,7 @@
 
 pub mod functions;
 pub mod params;
+pub mod repokey;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -910,6 +911,7 @@ impl<C: Cluster> Run<C> {
                 poll: self.config().poll_interval,
                 ready_timeout: self.config().ready_timeout,
                 pods,
+                profile: self.actionset.spec.actions[i].profile.clone(),
             };
             Ok::<_, PhaseError>(functions::run(&phase.func, &ctx).await?)
         };
