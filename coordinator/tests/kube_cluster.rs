@@ -132,6 +132,13 @@ async fn task_pods_are_created_with_owner_labels_and_override_then_deleted_idemp
             name: "backup-1".into(),
             uid: "u-1".into(),
         }),
+        env: vec![kanister_coordinator::cluster::EnvVar {
+            name: "KANISTER_REPO_KEY".into(),
+            source: kanister_coordinator::cluster::EnvSource::SecretKey {
+                secret: "kanister-repo-key-s3".into(),
+                key: "key".into(),
+            },
+        }],
         ..Default::default()
     };
     let c = cluster.clone();
@@ -153,6 +160,11 @@ async fn task_pods_are_created_with_owner_labels_and_override_then_deleted_idemp
     assert_eq!(container["image"], "alpine:3");
     assert_eq!(container["command"], json!(["true"]));
     assert_eq!(container["resources"]["limits"]["memory"], "1Gi");
+    // The repository key reaches the container through the Secret, never as a value.
+    assert_eq!(
+        container["env"],
+        json!([{"name": "KANISTER_REPO_KEY", "valueFrom": {"secretKeyRef": {"name": "kanister-repo-key-s3", "key": "key"}}}])
+    );
 
     let c = cluster.clone();
     let client = tokio::spawn(async move { c.delete_pod("db", "kanister-job-x7k2p").await });

@@ -139,7 +139,26 @@ impl KubeCluster {
             }
             mounts
         };
-        let container = |c: &super::Container| json!({"name": c.name, "image": c.image, "command": c.command, "volumeMounts": volume_mounts(true)});
+        // Environment from Secrets goes in as `secretKeyRef`: the kubelet reads the value, which
+        // never becomes part of the pod spec.
+        let env: Vec<Value> = pod
+            .env
+            .iter()
+            .map(|e| match &e.source {
+                super::EnvSource::Value(v) => json!({"name": e.name, "value": v}),
+                super::EnvSource::SecretKey { secret, key } => {
+                    json!({"name": e.name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+                }
+            })
+            .collect();
+        let container = |c: &super::Container| {
+            let mut v =
+                json!({"name": c.name, "image": c.image, "command": c.command, "volumeMounts": volume_mounts(true)});
+            if !env.is_empty() {
+                v["env"] = Value::Array(env.clone());
+            }
+            v
+        };
         let mut volumes: Vec<Value> =
             pod.volumes.keys().map(|pvc| json!({"name": pvc, "persistentVolumeClaim": {"claimName": pvc}})).collect();
         if pod.shared_dir.is_some() {

@@ -71,7 +71,8 @@ and cluster/kube.rs):
 - ActionSets: get/list/watch (controller, recovery); status: update (PUT .../status);
   finalizers: update, needed to set blockOwnerDeletion on task pods owned by an ActionSet.
 - Blueprints, Profiles: get (read at each action's start). Secrets, ConfigMaps: get (a
-  Profile's credentials, the ActionSet's secrets/configMaps).
+  Profile's credentials, the ActionSet's secrets/configMaps). Secrets: create, for the
+  repository key kept per Profile (engine/repokey.rs); existing Secrets are never changed.
 - events.k8s.io Events: create, patch (kube-runtime's Recorder).
 - Pods: task pods (KubeTask defaults to the ActionSet's namespace) are created, watched (the
   controller owns them), read, deleted; their logs read.
@@ -90,8 +91,11 @@ and cluster/kube.rs):
   resources: ["blueprints", "profiles"]
   verbs: ["get"]
 - apiGroups: [""]
-  resources: ["secrets", "configmaps"]
+  resources: ["configmaps"]
   verbs: ["get"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
@@ -130,8 +134,11 @@ engine/functions.rs and cluster/kube.rs):
   resources: ["pods/exec"]
   verbs: ["get", "create"]
 - apiGroups: [""]
-  resources: ["secrets", "configmaps", "persistentvolumeclaims"]
+  resources: ["configmaps", "persistentvolumeclaims"]
   verbs: ["get"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create"]
 - apiGroups: ["cr.kanister.io"]
   resources: ["profiles"]
   verbs: ["get"]
