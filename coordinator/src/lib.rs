@@ -19,13 +19,17 @@
 //!
 //! - [`controller`]: the `kube::runtime::Controller` that hands ActionSet changes to the engine.
 //!
-//! Still to come (see DESIGN.md): the gRPC API and `kanctl`.
+//! - [`api`]: the gRPC API (`kanister.coordinator.v1`) that `kanctl` speaks, acting on the
+//!   custom resources through the `Cluster` interface.
+//! - [`kanctl`]: the command-line client: flags to ActionSets, output, watch, connection.
 
+pub mod api;
 pub mod cluster;
 pub mod controller;
 pub mod crd;
 pub mod engine;
 pub mod functions;
+pub mod kanctl;
 pub mod output;
 pub mod render;
 pub mod validate;

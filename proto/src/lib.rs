@@ -4,9 +4,13 @@
 //! - [`agent::v1`] (`kanister.agent.v1`): coordinator → agent. Streams of backups and restores,
 //!   tree backups, snapshots, forget, prune, check; every operation carries a caller-chosen id
 //!   so that a retry attaches instead of running twice (see the `.proto` for the contract).
+//! - [`coordinator::v1`] (`kanister.coordinator.v1`): kanctl → coordinator. ActionSets (create,
+//!   get, list, watch resumably, cancel, delete), Profiles (create, validate), Blueprint
+//!   validation and the snapshots a Profile holds.
 //!
-//! Messages that carry secrets ([`agent::v1::RepositoryRef`], [`agent::v1::CommandSpec`]) print
-//! no secret in `Debug`, so that logging a request can never leak a credential.
+//! Messages that carry secrets ([`agent::v1::RepositoryRef`], [`agent::v1::CommandSpec`],
+//! [`coordinator::v1::CreateProfileRequest`]) print no secret in `Debug`, so that logging a
+//! request can never leak a credential.
 
 /// `kanister.agent.*`
 pub mod agent {
@@ -49,6 +53,30 @@ pub mod agent {
     }
 }
 
+/// `kanister.coordinator.*`
+pub mod coordinator {
+    /// `kanister.coordinator.v1`: version 1 of the coordinator's API.
+    #[allow(missing_docs, missing_debug_implementations, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("kanister.coordinator.v1");
+
+        impl std::fmt::Debug for CreateProfileRequest {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                // The names of the credentials only, never their values.
+                let keys: Vec<&str> = self.credentials.keys().map(String::as_str).collect();
+                f.debug_struct("CreateProfileRequest")
+                    .field("namespace", &self.namespace)
+                    .field("name", &self.name)
+                    .field("location_type", &self.location_type)
+                    .field("bucket", &self.bucket)
+                    .field("endpoint", &self.endpoint)
+                    .field("credentials", &keys)
+                    .finish_non_exhaustive()
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::agent::v1::*;
@@ -73,5 +101,16 @@ mod tests {
             assert!(!s.contains(secret), "{secret} leaked: {s}");
         }
         assert!(s.contains("mysqldump") && s.contains("aws_secret_access_key") && s.contains("MYSQL_PWD"), "{s}");
+    }
+
+    #[test]
+    fn create_profile_debug_prints_no_secret() {
+        let r = crate::coordinator::v1::CreateProfileRequest {
+            name: "s3-profile".into(),
+            credentials: [("aws_secret_access_key".to_string(), b"S3CRET-VALUE".to_vec())].into(),
+            ..Default::default()
+        };
+        let s = format!("{r:?}");
+        assert!(!s.contains("S3CRET-VALUE") && s.contains("aws_secret_access_key") && s.contains("s3-profile"), "{s}");
     }
 }

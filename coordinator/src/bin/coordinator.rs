@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use kanister_coordinator::api::{CoordinatorApi, ServeConfig};
 use kanister_coordinator::cluster::Cluster;
 use kanister_coordinator::cluster::kube::KubeCluster;
 use kanister_coordinator::cluster::local::LocalCluster;
 use kanister_coordinator::controller::{self, Namespaces};
 use kanister_coordinator::engine::{Engine, EngineConfig};
+use zeroize::Zeroizing;
 
 /// The Kanister coordinator: runs Blueprint actions requested by ActionSets.
 #[derive(Parser, Debug)]
@@ -51,6 +53,18 @@ enum Command {
         /// How many ActionSets are reconciled at once.
         #[arg(long, env = "KANISTER_CONCURRENCY", default_value_t = 16)]
         concurrency: u16,
+        /// Address of the gRPC API that kanctl speaks (`kanister.coordinator.v1`).
+        #[arg(long, env = "KANISTER_API_LISTEN", default_value = "0.0.0.0:7434")]
+        api_listen: SocketAddr,
+        /// TLS certificate (PEM) of the API; without it the API is plain HTTP/2.
+        #[arg(long, env = "KANISTER_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// TLS private key (PEM) of the API.
+        #[arg(long, env = "KANISTER_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// File holding the token API clients must send (`authorization: Bearer ...`).
+        #[arg(long, env = "KANISTER_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
     },
     /// Run the ActionSets found in a directory of YAML files on this machine (commands run as
     /// local processes) and print their final status.
@@ -120,6 +134,28 @@ async fn serve_health(
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
+/// The API's TLS and token settings, read from (mounted) files.
+fn api_config(
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+) -> anyhow::Result<ServeConfig> {
+    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("failed to read {}", p.display()));
+    let tls = match (tls_cert, tls_key) {
+        (Some(c), Some(k)) => Some((read(&c)?, Zeroizing::new(read(&k)?))),
+        _ => None,
+    };
+    let token = match token_file {
+        Some(p) => {
+            let bytes = Zeroizing::new(read(&p)?);
+            let text = std::str::from_utf8(&bytes).with_context(|| format!("{} is not UTF-8", p.display()))?;
+            Some(Zeroizing::new(text.trim().to_string()))
+        }
+        None => None,
+    };
+    Ok(ServeConfig { tls, token })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -131,7 +167,17 @@ async fn main() -> anyhow::Result<()> {
         ..EngineConfig::default()
     };
     match args.command {
-        Command::Serve { namespace, watch_namespaces, all_namespaces, listen, concurrency } => {
+        Command::Serve {
+            namespace,
+            watch_namespaces,
+            all_namespaces,
+            listen,
+            concurrency,
+            api_listen,
+            tls_cert,
+            tls_key,
+            token_file,
+        } => {
             let client = kube::Client::try_default().await.context("failed to create a Kubernetes client")?;
             let cluster = Arc::new(KubeCluster::new(client.clone(), "kanister-coordinator"));
             let engine = Engine::new(cluster, config);
@@ -156,7 +202,18 @@ async fn main() -> anyhow::Result<()> {
             let metrics_engine = engine.clone();
             let health =
                 tokio::spawn(serve_health(listener, ready.clone(), move || metrics_engine.metrics_text(), stopped()));
-            tracing::info!(%listen, ?namespaces, "coordinator starting");
+            let api_config = api_config(tls_cert, tls_key, token_file)?;
+            let api_listener = tokio::net::TcpListener::bind(api_listen)
+                .await
+                .with_context(|| format!("failed to bind {api_listen}"))?;
+            // The controller runs what the API creates: the API only writes the custom resources.
+            let api = tokio::spawn(kanister_coordinator::api::serve(
+                api_listener,
+                CoordinatorApi::new(engine.cluster().clone()),
+                api_config,
+                stopped(),
+            ));
+            tracing::info!(%listen, %api_listen, ?namespaces, "coordinator starting");
             ready.store(true, Ordering::Relaxed);
             let signal = async move {
                 shutdown_signal().await;
@@ -166,6 +223,7 @@ async fn main() -> anyhow::Result<()> {
             // Runs still in progress are finished by the next coordinator's recovery.
             engine.shutdown();
             health.await.context("health server task failed")?.context("health server failed")?;
+            api.await.context("API server task failed")??;
             tracing::info!("coordinator stopped");
         }
         Command::RunLocal { dir, state } => {

@@ -1,0 +1,202 @@
+//! What kanctl prints: the ActionSet table, `describe`, snapshots and the live progress line.
+
+use std::io::Write;
+use std::time::Instant;
+
+use kanister_proto::coordinator::v1 as pb;
+
+use super::{Io, Result};
+use crate::crd::ActionSet;
+
+/// `1536` → `1.5 KiB`.
+pub fn bytes(n: i64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n.max(0) as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+fn artifact_names(a: &ActionSet) -> String {
+    let names: Vec<&str> =
+        a.status.iter().flat_map(|s| &s.actions).flat_map(|s| s.artifacts.keys().map(String::as_str)).collect();
+    if names.is_empty() { "-".into() } else { names.join(",") }
+}
+
+/// A table like `kubectl get actionsets`, with the output artifacts.
+pub fn table(list: &[pb::ActionSet], parsed: &[ActionSet], out: &mut dyn Write) -> Result<()> {
+    let header = ["NAME", "PROGRESS", "RUNNING PHASE", "LAST TRANSITION TIME", "STATE", "ARTIFACTS"];
+    let rows: Vec<[String; 6]> = list
+        .iter()
+        .zip(parsed)
+        .map(|(a, p)| {
+            let dash = |s: &str| if s.is_empty() { "-".to_string() } else { s.to_string() };
+            [
+                a.name.clone(),
+                dash(&a.percent_completed),
+                dash(&a.running_phase),
+                dash(&a.last_transition_time),
+                a.state.clone(),
+                artifact_names(p),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("   ").trim_end().to_string()
+    };
+    writeln!(out, "{}", line(header.to_vec()))?;
+    for r in &rows {
+        writeln!(out, "{}", line(r.iter().map(String::as_str).collect()))?;
+    }
+    Ok(())
+}
+
+/// `kanctl describe actionset`.
+pub fn describe(a: &pb::ActionSet, parsed: &ActionSet, out: &mut dyn Write) -> Result<()> {
+    writeln!(out, "Name:        {}", a.name)?;
+    writeln!(out, "Namespace:   {}", a.namespace)?;
+    writeln!(out, "Created:     {}", a.creation_time)?;
+    writeln!(out, "State:       {}", a.state)?;
+    writeln!(out, "Progress:    {}%", if a.percent_completed.is_empty() { "0" } else { &a.percent_completed })?;
+    if a.size_uploaded_bytes > 0 || a.size_downloaded_bytes > 0 {
+        writeln!(out, "Transferred: {} up, {} down", bytes(a.size_uploaded_bytes), bytes(a.size_downloaded_bytes))?;
+    }
+    if !a.error.is_empty() {
+        writeln!(out, "Error:       {}", a.error)?;
+    }
+    let statuses = parsed.status.as_ref().map(|s| s.actions.as_slice()).unwrap_or_default();
+    for (i, spec) in parsed.spec.actions.iter().enumerate() {
+        let o = &spec.object;
+        writeln!(out, "Action {}:    {} (blueprint {})", i, spec.name, spec.blueprint)?;
+        writeln!(
+            out,
+            "  Object:    {} {}/{}",
+            if o.kind.is_empty() { &o.resource } else { &o.kind },
+            o.namespace,
+            o.name
+        )?;
+        for (name, art) in &spec.artifacts {
+            writeln!(out, "  Input artifact {name}: {}", serde_json::to_string(&art.key_value).unwrap_or_default())?;
+        }
+        let Some(st) = statuses.get(i) else { continue };
+        for p in st.phases.iter().chain(st.defer_phase.iter()) {
+            let state =
+                serde_json::to_value(p.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            writeln!(out, "  Phase {:<20} {state}", p.name)?;
+            for (k, v) in &p.output {
+                writeln!(out, "    output {k}: {v}")?;
+            }
+        }
+        for (name, art) in &st.artifacts {
+            writeln!(out, "  Output artifact {name}:")?;
+            for (k, v) in &art.key_value {
+                writeln!(out, "    {k}: {v}")?;
+            }
+            if !art.kopia_snapshot.is_empty() {
+                writeln!(out, "    kopiaSnapshot: {}", art.kopia_snapshot)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `kanctl snapshots`.
+pub fn snapshots(list: &[pb::Snapshot], out: &mut dyn Write) -> Result<()> {
+    if list.is_empty() {
+        writeln!(out, "no backups recorded for this profile")?;
+        return Ok(());
+    }
+    for s in list {
+        writeln!(
+            out,
+            "{}/{}  action={} object={} artifact={} time={} size={}",
+            s.actionset_namespace,
+            s.actionset_name,
+            s.action,
+            s.object,
+            s.artifact,
+            s.completion_time,
+            bytes(s.size_bytes)
+        )?;
+        let mut kv: Vec<_> = s.key_values.iter().collect();
+        kv.sort();
+        for (k, v) in kv {
+            writeln!(out, "    {k}: {v}")?;
+        }
+    }
+    Ok(())
+}
+
+/// The live progress line: state, phase, percent, bytes, rate and ETA.
+#[derive(Debug, Default)]
+pub struct ProgressLine {
+    first: Option<(Instant, i64)>,
+    shown: String,
+}
+
+impl ProgressLine {
+    fn text(&mut self, a: &pb::ActionSet) -> String {
+        let moved = a.size_uploaded_bytes.max(a.size_downloaded_bytes);
+        let (t0, b0) = *self.first.get_or_insert((Instant::now(), moved));
+        let secs = t0.elapsed().as_secs_f64();
+        let rate = if secs > 0.5 { (moved - b0).max(0) as f64 / secs } else { 0.0 };
+        let total = a.estimated_upload_bytes.max(a.estimated_download_bytes);
+        let mut s = format!("{}: {}", a.name, a.state);
+        if !a.percent_completed.is_empty() {
+            s.push_str(&format!(" {}%", a.percent_completed));
+        }
+        if !a.running_phase.is_empty() {
+            s.push_str(&format!(" phase {}", a.running_phase));
+        }
+        if moved > 0 {
+            s.push_str(&format!(" {}", bytes(moved)));
+            if total > 0 {
+                s.push_str(&format!("/{}", bytes(total)));
+            }
+            if rate > 0.0 {
+                s.push_str(&format!(" {}/s", bytes(rate as i64)));
+                if total > moved {
+                    s.push_str(&format!(" ETA {}s", ((total - moved) as f64 / rate).ceil() as u64));
+                }
+            }
+        }
+        s
+    }
+
+    /// Shows the ActionSet's progress if it changed.
+    pub fn show(&mut self, a: &pb::ActionSet, io: &mut Io<'_>) -> Result<()> {
+        let text = self.text(a);
+        if text != self.shown {
+            if io.live {
+                write!(io.err, "\r\x1b[K{text}")?;
+            } else {
+                writeln!(io.err, "{text}")?;
+            }
+            io.err.flush()?;
+            self.shown = text;
+        }
+        Ok(())
+    }
+
+    /// Ends the line with the final state (and the error of a failed ActionSet).
+    pub fn finish(&mut self, a: &pb::ActionSet, io: &mut Io<'_>) -> Result<()> {
+        if io.live {
+            writeln!(io.err)?;
+        }
+        if a.state == "failed" {
+            writeln!(io.out, "actionset {} failed: {}", a.name, a.error)?;
+        } else {
+            writeln!(io.out, "actionset {} {}", a.name, a.state)?;
+        }
+        Ok(())
+    }
+}
