@@ -36,9 +36,9 @@ const BATCH: usize = 512;
 /// Files up to this size are restored in groups read pack range by pack range.
 const SMALL_FILE: u64 = 4 << 20;
 /// Content bytes of one group of small files (bounds memory).
-const GROUP_BYTES: u64 = 16 << 20;
+const GROUP_BYTES: u64 = 8 << 20;
 /// Largest single range read for a group.
-const MAX_READ: u64 = 8 << 20;
+const MAX_READ: u64 = 4 << 20;
 /// Unneeded bytes a group read may read through to join two ranges.
 const MAX_GAP: u64 = 256 << 10;
 
