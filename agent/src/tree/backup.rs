@@ -246,8 +246,44 @@ struct Frame {
     entries: Vec<Entry>,
     pos: usize,
     parent: HashMap<Vec<u8>, Node>,
+    /// The parent snapshot's listing parts of this directory.
+    parent_parts: Vec<BlobId>,
+    /// Every node so far equals the parent's node of the same name.
+    same: bool,
+    /// Nodes so far.
+    count: usize,
     builder: PartBuilder,
     node: Node,
+}
+
+impl Frame {
+    fn new(
+        abs: PathBuf,
+        rel: String,
+        entries: Vec<Entry>,
+        parent: HashMap<Vec<u8>, Node>,
+        parent_parts: Vec<BlobId>,
+        node: Node,
+    ) -> Self {
+        let same = !parent_parts.is_empty() || parent.is_empty();
+        Frame { abs, rel, entries, pos: 0, parent, parent_parts, same, count: 0, builder: PartBuilder::default(), node }
+    }
+
+    /// Adds a node to the listing, noting whether the listing still equals the parent's.
+    async fn push(&mut self, node: Node, w: &mut Walker<'_>) -> Result<()> {
+        self.same = self.same && self.parent.get(&node.name) == Some(&node);
+        self.count += 1;
+        self.builder.push(node, w).await
+    }
+
+    /// The listing's parts: the parent's own when nothing differs (no encoding, no hashing),
+    /// else the parts just built.
+    async fn finish(self, w: &mut Walker<'_>) -> Result<Vec<BlobId>> {
+        if self.same && self.count == self.parent.len() && !self.parent_parts.is_empty() {
+            return Ok(self.parent_parts);
+        }
+        self.builder.finish(w).await
+    }
 }
 
 /// How one non-directory entry will be handled.
@@ -363,26 +399,20 @@ async fn run(
     .map_err(|e| Error::Task(e.to_string()))?
     .map_err(|e| Error::io(format!("cannot list {}", path.display()), e))?;
     errs.into_iter().for_each(|e| w.stats.error(e));
-    let mut stack = vec![Frame {
-        abs: path.to_path_buf(),
-        rel: String::new(),
-        entries,
-        pos: 0,
-        parent: parent_listing,
-        builder: PartBuilder::default(),
-        node: root_node,
-    }];
+    let parent_parts = parent.as_ref().map(|(_, d)| d.subtree.clone()).unwrap_or_default();
+    let mut stack =
+        vec![Frame::new(path.to_path_buf(), String::new(), entries, parent_listing, parent_parts, root_node)];
 
     let root = loop {
         let top = stack.last_mut().expect("the loop ends when the stack empties");
         if top.pos >= top.entries.len() {
-            let frame = stack.pop().expect("not empty");
-            let mut node = frame.node;
-            node.subtree = frame.builder.finish(&mut w).await?;
+            let mut frame = stack.pop().expect("not empty");
+            let mut node = std::mem::replace(&mut frame.node, base_node(b"", &root_meta).expect("a directory"));
+            node.subtree = frame.finish(&mut w).await?;
             w.stats.dirs += 1;
             match stack.last_mut() {
                 None => break node,
-                Some(p) => p.builder.push(node, &mut w).await?,
+                Some(p) => p.push(node, &mut w).await?,
             }
             continue;
         }
@@ -406,13 +436,14 @@ async fn run(
                         Some(d) => w.parent_listing(d).await,
                         None => HashMap::new(),
                     };
-                    stack.push(Frame { abs, rel, entries, pos: 0, parent, builder: PartBuilder::default(), node });
+                    let parent_parts = parent_dir.map(|d| d.subtree).unwrap_or_default();
+                    stack.push(Frame::new(abs, rel, entries, parent, parent_parts, node));
                 }
                 Err(err) => {
                     w.stats.error(format!("{rel}: {err}"));
                     w.stats.dirs += 1;
                     let top = stack.last_mut().expect("not empty");
-                    top.builder.push(node, &mut w).await?;
+                    top.push(node, &mut w).await?;
                 }
             }
             continue;
@@ -428,7 +459,7 @@ async fn run(
         let nodes = w.run_jobs(jobs).await?;
         let top = stack.last_mut().expect("not empty");
         for n in nodes {
-            top.builder.push(n, &mut w).await?;
+            top.push(n, &mut w).await?;
         }
     };
 
