@@ -122,6 +122,21 @@ fn bad_url(url: &str, reason: impl Into<String>) -> StoreError {
     StoreError::BadUrl { url: url.to_string(), reason: reason.into() }
 }
 
+/// Applies `key=value` settings to an object_store builder through its `with_config`, naming a
+/// key the builder does not know.
+fn configure<B, K>(mut b: B, settings: &[(String, String)], with: impl Fn(B, K, &str) -> B) -> Result<B>
+where
+    K: std::str::FromStr<Err = object_store::Error>,
+{
+    for (k, v) in settings {
+        let key = k
+            .parse()
+            .map_err(|e: object_store::Error| StoreError::BadOption { key: k.clone(), reason: e.to_string() })?;
+        b = with(b, key, v);
+    }
+    Ok(b)
+}
+
 /// Parses a credentials file: `key=value` lines, `#` comments, optional `export `, quotes.
 fn read_credentials(path: &FsPath) -> Result<Vec<(String, String)>> {
     let text = std::fs::read_to_string(path)
@@ -184,13 +199,7 @@ impl Store {
                 if wants_http {
                     b = b.with_allow_http(true);
                 }
-                for (k, v) in &settings {
-                    let key = k.parse().map_err(|e: object_store::Error| StoreError::BadOption {
-                        key: k.clone(),
-                        reason: e.to_string(),
-                    })?;
-                    b = b.with_config(key, v);
-                }
+                b = configure(b, &settings, |b, k, v| b.with_config(k, v))?;
                 (Arc::new(b.build().map_err(|e| bad_url(url, e.to_string()))?), None)
             }
             "az" | "azure" | "abfs" => {
@@ -201,13 +210,7 @@ impl Store {
                 if wants_http {
                     b = b.with_allow_http(true);
                 }
-                for (k, v) in &settings {
-                    let key = k.parse().map_err(|e: object_store::Error| StoreError::BadOption {
-                        key: k.clone(),
-                        reason: e.to_string(),
-                    })?;
-                    b = b.with_config(key, v);
-                }
+                b = configure(b, &settings, |b, k, v| b.with_config(k, v))?;
                 (Arc::new(b.build().map_err(|e| bad_url(url, e.to_string()))?), None)
             }
             "gs" | "gcs" => {
@@ -218,13 +221,7 @@ impl Store {
                 if settings.iter().any(|(k, v)| k.contains("base_url") && v.starts_with("http://")) {
                     b = b.with_client_options(object_store::ClientOptions::new().with_allow_http(true));
                 }
-                for (k, v) in &settings {
-                    let key = k.parse().map_err(|e: object_store::Error| StoreError::BadOption {
-                        key: k.clone(),
-                        reason: e.to_string(),
-                    })?;
-                    b = b.with_config(key, v);
-                }
+                b = configure(b, &settings, |b, k, v| b.with_config(k, v))?;
                 (Arc::new(b.build().map_err(|e| bad_url(url, e.to_string()))?), None)
             }
             other => {
