@@ -305,17 +305,6 @@ fn kando_key() -> Result<crate::repository::RepoKey> {
     }
 }
 
-async fn open_or_init(store: Store, key: &crate::repository::RepoKey) -> Result<crate::repository::Repository> {
-    use crate::repository::Repository;
-    match Repository::at(store.clone()).open(key).await {
-        Err(Error::NotARepository(_)) => {
-            tracing::info!(store = %store, "creating the repository on first use");
-            Repository::at(store).init(key, &Default::default()).await
-        }
-        other => other,
-    }
-}
-
 async fn latest_at(
     repo: &crate::repository::Repository,
     path: &str,
@@ -347,7 +336,7 @@ pub async fn run(args: Vec<std::ffi::OsString>) -> Result<()> {
             };
             let profile = GoProfile::parse(&a.profile)?;
             let key = kando_key()?;
-            let repo = open_or_init(profile.store()?, &key).await?;
+            let repo = crate::repository::Repository::at(profile.store()?).open_or_init(&key).await?;
             let progress = crate::progress::Progress::new();
             match verb {
                 "push" => {

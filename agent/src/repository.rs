@@ -180,6 +180,19 @@ impl Repository<Closed> {
         Ok(Repository { store: self.store, state: Open { keys, config }, _s: PhantomData })
     }
 
+    /// Opens the repository, creating it with default parameters when the location holds none:
+    /// the first backup to a new Profile location. Only backups call this; reads never create.
+    pub async fn open_or_init(self, key: &RepoKey) -> Result<Repository<Open>> {
+        let store = self.store.clone();
+        match self.open(key).await {
+            Err(Error::NotARepository(_)) => {
+                tracing::info!(store = %store, "creating the repository on first use");
+                Repository::at(store).init(key, &InitOptions::default()).await
+            }
+            other => other,
+        }
+    }
+
     async fn key_slots(&self) -> Result<Vec<KeySlot>> {
         let mut slots = Vec::new();
         for o in self.store.list(KEYS).await? {

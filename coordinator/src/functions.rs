@@ -50,6 +50,9 @@ pub const FUNCTIONS: &[FunctionSpec] = &[
         ["namespace", "backupArtifactPrefix", "backupID"],
         ["image", "statsMode", "encryptionKey", "podOverride", "podAnnotations", "podLabels"]
     ),
+    // Ours: the pod's agent sidecar runs `command` and backs up its stdout. Outputs `backupID`,
+    // `size` (bytes read), `phySize` (bytes uploaded).
+    f!("BackupStream", ["namespace", "pod", "command"], ["container", "tags"]),
     f!(
         "CheckRepository",
         ["backupArtifactPrefix"],
@@ -175,6 +178,8 @@ pub const FUNCTIONS: &[FunctionSpec] = &[
             "region"
         ]
     ),
+    // Ours: the pod's agent sidecar feeds snapshot `backupID` to `command`'s stdin.
+    f!("RestoreStream", ["namespace", "pod", "command", "backupID"], []),
     f!("ScaleWorkload", ["replicas"], ["namespace", "name", "kind", "waitForReady"]),
     f!("Wait", ["timeout", "conditions"], []),
     f!("WaitV2", ["timeout", "conditions"], []),

@@ -37,6 +37,11 @@ impl RepoTarget {
     async fn open(self, op: &Operation) -> Result<Repository> {
         op.until_cancelled(async { Ok(Repository::at(self.store).open(&self.key).await?) }).await
     }
+
+    /// For backups: creates the repository on first use of a location.
+    async fn open_for_backup(self, op: &Operation) -> Result<Repository> {
+        op.until_cancelled(async { Ok(Repository::at(self.store).open_or_init(&self.key).await?) }).await
+    }
 }
 
 impl RepoDefaults {
@@ -189,7 +194,7 @@ async fn backup_stream(
     command: pb::CommandSpec,
     opts: crate::push::PushOptions,
 ) -> Result<pb::OperationResult> {
-    let repo = target.open(&op).await?;
+    let repo = target.open_for_backup(&op).await?;
     let (running, stdout, _) = command::spawn(&command, Pipes::Stdout)?;
     tracing::info!(program = running.program(), "command started");
     op.set_phase(pb::Phase::Transferring);
@@ -307,7 +312,7 @@ async fn backup_paths(
     parent: String,
     mut opts: crate::tree::BackupOptions,
 ) -> Result<pb::OperationResult> {
-    let repo = target.open(&op).await?;
+    let repo = target.open_for_backup(&op).await?;
     if !parent.is_empty() {
         opts.parent = Some(op.until_cancelled(async { Ok(repo.resolve_snapshot(&parent).await?) }).await?);
     }

@@ -472,6 +472,11 @@ impl Cluster for KubeCluster {
         self.actionsets(namespace).get(name).await.map_err(map_err(&object, &format!("get {object}")))
     }
 
+    async fn agent_endpoint(&self, namespace: &str, pod: &str) -> Result<String> {
+        let value = self.get(&ObjectRef::new("Pod", namespace, pod)).await?;
+        super::agent_endpoint_of(&value, namespace, pod)
+    }
+
     async fn replace_actionset_status(
         &self,
         namespace: &str,

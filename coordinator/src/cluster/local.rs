@@ -214,6 +214,8 @@ pub struct LocalCluster {
     pod_records: Mutex<Vec<PodRecord>>,
     scales: Mutex<Vec<(ObjectRef, i32)>>,
     conflicts: AtomicUsize,
+    agents: Mutex<HashMap<(String, String), String>>,
+    status_writes: Mutex<Vec<(String, String, Value)>>,
 }
 
 impl std::fmt::Debug for LocalCluster {
@@ -286,6 +288,22 @@ fn random_suffix() -> String {
 }
 
 impl LocalCluster {
+    /// Registers the agent sidecar of pod `namespace/pod`: its gRPC endpoint
+    /// (`http://127.0.0.1:port`), as [`Cluster::agent_endpoint`] answers it.
+    pub fn with_agent(self, namespace: &str, pod: &str, endpoint: impl Into<String>) -> Self {
+        lock(&self.agents).insert((namespace.into(), pod.into()), endpoint.into());
+        self
+    }
+
+    /// Every status written to ActionSet `namespace/name` so far, oldest first, as JSON.
+    pub fn status_writes(&self, namespace: &str, name: &str) -> Vec<Value> {
+        lock(&self.status_writes)
+            .iter()
+            .filter(|(ns, n, _)| ns == namespace && n == name)
+            .map(|(_, _, v)| v.clone())
+            .collect()
+    }
+
     /// An empty cluster kept in memory.
     pub fn new() -> Self {
         LocalCluster {
@@ -298,6 +316,8 @@ impl LocalCluster {
             pod_records: Mutex::new(Vec::new()),
             scales: Mutex::new(Vec::new()),
             conflicts: AtomicUsize::new(0),
+            agents: Mutex::new(HashMap::new()),
+            status_writes: Mutex::new(Vec::new()),
         }
     }
 
@@ -835,13 +855,22 @@ impl Cluster for LocalCluster {
         let status = serde_json::to_value(status)
             .map_err(|e| Error::Rejected { object: object.clone(), message: e.to_string() })?;
         let injected = self.conflicts.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
-        self.update(&object, |v| {
+        let version = self.update(&object, |v| {
             let current = v.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default();
             if injected || current != resource_version {
                 return Err(Error::Conflict(object.clone()));
             }
-            v["status"] = status;
+            v["status"] = status.clone();
             Ok(())
+        })?;
+        lock(&self.status_writes).push((namespace.into(), name.into(), status));
+        Ok(version)
+    }
+
+    async fn agent_endpoint(&self, namespace: &str, pod: &str) -> Result<String> {
+        lock(&self.agents).get(&(namespace.to_string(), pod.to_string())).cloned().ok_or_else(|| Error::Rejected {
+            object: ObjectRef::new("Pod", namespace, pod),
+            message: "no agent sidecar is registered for this pod (LocalCluster::with_agent)".into(),
         })
     }
 }

@@ -417,6 +417,15 @@ pub trait Cluster: Send + Sync + 'static {
     /// Reads one ActionSet.
     fn get_actionset(&self, namespace: &str, name: &str) -> impl Future<Output = Result<ActionSet>> + Send;
 
+    /// The gRPC endpoint (`http://host:port`) of the agent sidecar of a pod, for the functions
+    /// the agent serves (`BackupStream`, `RestoreStream`). A read: no side effect.
+    ///
+    /// On Kubernetes, `http://<status.podIP>:7433`, the port overridable by the pod annotation
+    /// [`AGENT_PORT_ANNOTATION`] (the scheme is `https` when the engine's agent client uses
+    /// TLS). Fails with [`Error::NotFound`] when the pod does not exist and with
+    /// [`Error::Rejected`] when it has no address yet or a bad port annotation.
+    fn agent_endpoint(&self, namespace: &str, pod: &str) -> impl Future<Output = Result<String>> + Send;
+
     /// Replaces an ActionSet's status (status subresource) if its `resourceVersion` is still
     /// `resource_version`; returns the new resource version.
     fn replace_actionset_status(
@@ -426,6 +435,32 @@ pub trait Cluster: Send + Sync + 'static {
         resource_version: &str,
         status: &ActionSetStatus,
     ) -> impl Future<Output = Result<String>> + Send;
+}
+
+/// The pod annotation that overrides the port of a pod's agent sidecar.
+pub const AGENT_PORT_ANNOTATION: &str = "kanister.io/agent-port";
+/// The port of an agent sidecar without [`AGENT_PORT_ANNOTATION`].
+pub const DEFAULT_AGENT_PORT: u16 = 7433;
+
+/// The agent endpoint of a pod from its JSON: `http://<status.podIP>:<port>`, the port from
+/// [`AGENT_PORT_ANNOTATION`] or [`DEFAULT_AGENT_PORT`].
+pub fn agent_endpoint_of(pod: &serde_json::Value, namespace: &str, name: &str) -> Result<String> {
+    let object = || ObjectRef::new("Pod", namespace, name);
+    let ip = pod.pointer("/status/podIP").and_then(serde_json::Value::as_str).unwrap_or_default();
+    if ip.is_empty() {
+        return Err(Error::Rejected { object: object(), message: "the pod has no IP address yet".into() });
+    }
+    let port = match pod.pointer("/metadata/annotations").and_then(|a| a.get(AGENT_PORT_ANNOTATION)) {
+        None => DEFAULT_AGENT_PORT,
+        Some(v) => v.as_str().and_then(|p| p.trim().parse::<u16>().ok()).filter(|p| *p != 0).ok_or_else(|| {
+            Error::Rejected {
+                object: object(),
+                message: format!("annotation {AGENT_PORT_ANNOTATION} must be a port number, not {v}"),
+            }
+        })?,
+    };
+    let host = if ip.contains(':') { format!("[{ip}]") } else { ip.to_string() };
+    Ok(format!("http://{host}:{port}"))
 }
 
 /// Reads an object and deserializes it into a typed value.

@@ -1,8 +1,15 @@
 //! The Kanister functions the engine runs, with upstream names, arguments and outputs.
 //!
 //! Served: `KubeExec`, `KubeExecAll`, `KubeTask`, `MultiContainerRun`, `PrepareData`,
-//! `ScaleWorkload`, `Wait`, `WaitV2`, `KubeOps`. The data functions (`BackupData`, ...) are
-//! served by agents and are not part of this module; calling one is an [`Error::Unsupported`].
+//! `ScaleWorkload`, `Wait`, `WaitV2`, `KubeOps`, and through the agent sidecar of a pod
+//! ([`super::agent`]) `BackupStream` and `RestoreStream`. The other data functions
+//! (`BackupData`, ...) are not served yet; calling one is an [`Error::Unsupported`].
+//!
+//! `BackupStream` / `RestoreStream` find the sidecar with [`Cluster::agent_endpoint`], open the
+//! repository at the action's Profile (store and credentials from the Profile, key from its key
+//! Secret, all inside the gRPC request only), and report the operation's byte counts through
+//! [`Context::progress`]. The operation id is derived from the ActionSet, action and phase, so
+//! a repeated call attaches to the running operation instead of starting another.
 //!
 //! Task pods of an action with a Profile get the Profile's repository key in their environment
 //! (`KANISTER_REPO_KEY` from the coordinator's key Secret, see [`super::repokey`]), so that
@@ -87,6 +94,40 @@ pub enum Error {
     /// The Profile's repository key could not be provided.
     #[error(transparent)]
     RepositoryKey(#[from] Box<super::repokey::Error>),
+    /// A call to an agent sidecar failed.
+    #[error("{function} through the agent of pod {pod}: {source}")]
+    Agent {
+        /// The function.
+        function: String,
+        /// The pod (`namespace/name`).
+        pod: String,
+        /// The cause.
+        #[source]
+        source: super::agent::Error,
+    },
+    /// The function needs the action's Profile.
+    #[error("{0}: the action has no profile (the repository's store and key come from it)")]
+    NoProfile(String),
+}
+
+/// Byte counts of a running transfer, reported to the engine, which writes them into the
+/// phase's progress (upstream size fields).
+///
+/// `downloaded` counts bytes read from the source (the command's stdout for a backup, the store
+/// for a restore); `uploaded` bytes written to the destination (the store for a backup, the
+/// command's stdin for a restore).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TransferProgress {
+    /// Bytes read from the source.
+    pub downloaded: u64,
+    /// Bytes written to the destination.
+    pub uploaded: u64,
+    /// Bytes expected in all; 0 when unknown (a stream backup).
+    pub total: u64,
+    /// Percent done, when the total is known.
+    pub percent: Option<u8>,
+    /// Seconds left, when known.
+    pub eta_secs: Option<f64>,
 }
 
 /// The result type of this module.
@@ -122,6 +163,12 @@ pub struct Context<C> {
     /// The action's Profile, if any: task pods get its repository key in their environment
     /// ([`super::repokey`]).
     pub profile: Option<ObjectReference>,
+    /// How to reach agent sidecars.
+    pub agent: super::agent::AgentClientConfig,
+    /// The id of an agent operation this phase starts (stable for the phase of this ActionSet).
+    pub op_id: String,
+    /// Where the function reports byte counts while it runs, if anywhere.
+    pub progress: Option<tokio::sync::watch::Sender<Option<TransferProgress>>>,
 }
 
 impl<C> std::fmt::Debug for Context<C> {
@@ -247,6 +294,8 @@ pub async fn run<C: Cluster>(function: &str, ctx: &Context<C>) -> Result<JsonMap
         "Wait" => wait(ctx, false).await,
         "WaitV2" => wait(ctx, true).await,
         "KubeOps" => kube_ops(ctx).await,
+        "BackupStream" => backup_stream(ctx).await,
+        "RestoreStream" => restore_stream(ctx).await,
         other => Err(Error::Unsupported(other.to_string())),
     }
 }
@@ -684,6 +733,101 @@ async fn kube_ops<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
     put("name", &object.name);
     put("namespace", &object.namespace);
     Ok(out)
+}
+
+/// The agent endpoint of the function's pod and the repository of the action's Profile.
+async fn agent_target<C: Cluster>(
+    ctx: &Context<C>,
+) -> Result<(String, super::agent::Client, kanister_proto::agent::v1::RepositoryRef)> {
+    let namespace = ctx.str("namespace")?;
+    let pod = ctx.str("pod")?;
+    let what = format!("{namespace}/{pod}");
+    let agent_err = |source| Error::Agent { function: ctx.function(), pod: what.clone(), source };
+    let (Some(profile_ref), Some(profile)) = (&ctx.profile, &ctx.params.profile) else {
+        return Err(Error::NoProfile(ctx.function()));
+    };
+    let key = super::repokey::value(&*ctx.cluster, profile_ref).await.map_err(Box::new)?;
+    let repository = super::agent::repository_ref(profile, key).map_err(agent_err)?;
+    let endpoint = ctx.cluster.agent_endpoint(&namespace, &pod).await?;
+    let client = super::agent::connect(&endpoint, &ctx.agent).await.map_err(agent_err)?;
+    Ok((what, client, repository))
+}
+
+fn report<C>(ctx: &Context<C>, p: &kanister_proto::agent::v1::Progress, backup: bool) {
+    let Some(tx) = &ctx.progress else { return };
+    let (downloaded, uploaded) =
+        if backup { (p.bytes_read, p.bytes_uploaded) } else { (p.bytes_downloaded, p.bytes_read) };
+    let percent = (p.total_bytes > 0)
+        .then(|| u8::try_from((p.bytes_read.saturating_mul(100) / p.total_bytes).min(100)).unwrap_or(100));
+    tx.send_replace(Some(TransferProgress {
+        downloaded,
+        uploaded,
+        total: p.total_bytes,
+        percent,
+        eta_secs: p.eta_secs,
+    }));
+}
+
+fn command_spec<C: Cluster>(ctx: &Context<C>) -> Result<kanister_proto::agent::v1::CommandSpec> {
+    let argv = ctx.command("command")?;
+    if argv.is_empty() {
+        return Err(ctx.invalid("command", "a non-empty list of strings"));
+    }
+    Ok(kanister_proto::agent::v1::CommandSpec { argv, env: Default::default() })
+}
+
+async fn backup_stream<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
+    use kanister_proto::agent::v1 as pb;
+    let command = command_spec(ctx)?;
+    let mut tags: std::collections::HashMap<String, String> = ctx.opt_string_map("tags")?.into_iter().collect();
+    let (pod, mut client, repository) = agent_target(ctx).await?;
+    let agent_err = |source| Error::Agent { function: ctx.function(), pod: pod.clone(), source };
+    tags.entry("kanister.io/pod".into()).or_insert_with(|| pod.clone());
+    if let Some(container) = ctx.opt_str("container")? {
+        tags.entry("kanister.io/container".into()).or_insert(container);
+    }
+    let request = pb::BackupStreamRequest {
+        op_id: ctx.op_id.clone(),
+        repository: Some(repository),
+        command: Some(command),
+        tags,
+        hostname: String::new(),
+    };
+    let stream =
+        client.backup_stream(request).await.map_err(|s| agent_err(super::agent::refused(&ctx.op_id, &s)))?.into_inner();
+    let result = super::agent::follow(&ctx.op_id, stream, |p| report(ctx, p, true)).await.map_err(agent_err)?;
+    let Some(pb::operation_result::Result::Backup(stats)) = result.result else {
+        return Err(agent_err(super::agent::Error::NoResult(ctx.op_id.clone())));
+    };
+    Ok(JsonMap::from([
+        ("backupID".to_string(), Value::String(stats.snapshot_id)),
+        ("size".to_string(), Value::from(stats.bytes_read)),
+        ("phySize".to_string(), Value::from(stats.bytes_uploaded)),
+    ]))
+}
+
+async fn restore_stream<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
+    use kanister_proto::agent::v1 as pb;
+    let command = command_spec(ctx)?;
+    let snapshot_id = ctx.str("backupID")?;
+    if snapshot_id.is_empty() {
+        return Err(ctx.invalid("backupID", "a snapshot id"));
+    }
+    let (pod, mut client, repository) = agent_target(ctx).await?;
+    let agent_err = |source| Error::Agent { function: ctx.function(), pod: pod.clone(), source };
+    let request = pb::RestoreStreamRequest {
+        op_id: ctx.op_id.clone(),
+        repository: Some(repository),
+        snapshot_id,
+        command: Some(command),
+    };
+    let stream = client
+        .restore_stream(request)
+        .await
+        .map_err(|s| agent_err(super::agent::refused(&ctx.op_id, &s)))?
+        .into_inner();
+    super::agent::follow(&ctx.op_id, stream, |p| report(ctx, p, false)).await.map_err(agent_err)?;
+    Ok(JsonMap::new())
 }
 
 #[cfg(test)]

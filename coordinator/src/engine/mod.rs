@@ -43,6 +43,7 @@
 //! - `.Time` is the time the action started in this engine instance; a resumed action gets a
 //!   new `.Time`.
 
+pub mod agent;
 pub mod functions;
 pub mod params;
 pub mod repokey;
@@ -124,6 +125,10 @@ pub struct EngineConfig {
     pub ready_timeout: Duration,
     /// How many log lines an error message shows.
     pub log_tail_lines: usize,
+    /// How the engine reaches agent sidecars (`BackupStream`, `RestoreStream`).
+    pub agent: agent::AgentClientConfig,
+    /// The shortest time between two progress writes of a running phase.
+    pub progress_interval: Duration,
 }
 
 impl Default for EngineConfig {
@@ -135,6 +140,8 @@ impl Default for EngineConfig {
             poll_interval: Duration::from_secs(2),
             ready_timeout: Duration::from_secs(15 * 60),
             log_tail_lines: 10,
+            agent: agent::AgentClientConfig::default(),
+            progress_interval: Duration::from_secs(1),
         }
     }
 }
@@ -793,7 +800,7 @@ impl<C: Cluster> Run<C> {
         let started = Instant::now();
         let pods = Arc::new(Mutex::new(Vec::new()));
         let result =
-            self.execute_phase(i, blueprint, phase, params, token, pods.clone()).instrument(span.clone()).await;
+            self.execute_phase(i, slot, blueprint, phase, params, token, pods.clone()).instrument(span.clone()).await;
         // Pods of the phase are deleted whatever happened.
         let created: Vec<(String, String)> = std::mem::take(&mut *lock(&pods));
         for (ns, pod) in created {
@@ -865,9 +872,58 @@ impl<C: Cluster> Run<C> {
         }
     }
 
+    /// Writes the byte counts a function reports into the phase's progress and the action's
+    /// `status.progress` while the phase runs: the first report with bytes at once, then at most
+    /// one write per [`EngineConfig::progress_interval`]. Never returns; dropped with the phase.
+    async fn report_progress(
+        &self,
+        i: usize,
+        slot: Slot,
+        mut rx: watch::Receiver<Option<functions::TransferProgress>>,
+    ) -> std::convert::Infallible {
+        let mut last: Option<Instant> = None;
+        loop {
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            if let Some(at) = last {
+                let wait = self.config().progress_interval.saturating_sub(at.elapsed());
+                tokio::time::sleep(wait).await;
+            }
+            let Some(p) = *rx.borrow_and_update() else { continue };
+            if last.is_none() && p.downloaded == 0 && p.uploaded == 0 {
+                continue;
+            }
+            last = Some(Instant::now());
+            let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            self.update(|s| {
+                if let Some(ph) = Self::phase_status(s, i, slot)
+                    && ph.state == State::Running
+                {
+                    let progress = ph.progress.get_or_insert_with(Default::default);
+                    progress.size_downloaded_b = clamp(p.downloaded);
+                    progress.size_uploaded_b = clamp(p.uploaded);
+                    progress.estimated_download_size_b = clamp(p.total);
+                    progress.estimated_time_seconds = p.eta_secs.map_or(0, |e| e.round() as i64);
+                    if let Some(pct) = p.percent {
+                        progress.progress_percent = pct.to_string();
+                    }
+                    progress.last_transition_time = Some(now());
+                }
+                let progress = s.progress.get_or_insert_with(Default::default);
+                progress.size_downloaded_b = clamp(p.downloaded);
+                progress.size_uploaded_b = clamp(p.uploaded);
+                progress.estimated_download_size_b = clamp(p.total);
+            })
+            .await;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn execute_phase(
         &self,
         i: usize,
+        slot: Slot,
         blueprint: &str,
         phase: &BlueprintPhase,
         params: &mut TemplateParams,
@@ -881,6 +937,7 @@ impl<C: Cluster> Run<C> {
         };
         let location = Location::phase(blueprint, action, &phase.name);
         let renderer = &self.engine.inner.renderer;
+        let (progress_tx, progress_rx) = watch::channel(None);
         let work = async {
             let objects =
                 params::resolve_phase_objects(&**self.cluster(), renderer, &location, &phase.object_refs, params)
@@ -912,8 +969,24 @@ impl<C: Cluster> Run<C> {
                 ready_timeout: self.config().ready_timeout,
                 pods,
                 profile: self.actionset.spec.actions[i].profile.clone(),
+                agent: self.config().agent.clone(),
+                op_id: format!(
+                    "{}/{}/{}/{action}/{}",
+                    self.namespace(),
+                    self.name(),
+                    self.actionset.metadata.uid.as_deref().unwrap_or_default(),
+                    phase.name
+                ),
+                progress: Some(progress_tx),
             };
             Ok::<_, PhaseError>(functions::run(&phase.func, &ctx).await?)
+        };
+        let report = self.report_progress(i, slot, progress_rx);
+        let work = async {
+            tokio::select! {
+                r = work => r,
+                never = report => match never {},
+            }
         };
         tokio::select! {
             r = work => r,

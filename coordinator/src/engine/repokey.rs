@@ -96,6 +96,17 @@ pub async fn ensure<C: Cluster>(cluster: &C, profile: &ObjectReference, namespac
     Ok(EnvVar { name: ENV.into(), source: EnvSource::SecretKey { secret: name, key: SECRET_KEY.into() } })
 }
 
+/// Makes sure the Profile's key exists and returns its value, for the gRPC requests to agents
+/// (the only place the key leaves its Secret besides task pods' environment).
+pub async fn value<C: Cluster>(cluster: &C, profile: &ObjectReference) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    ensure(cluster, profile, &profile.namespace).await?;
+    let name = secret_name(profile, &profile.namespace);
+    match read(cluster, profile, &profile.namespace, &name).await? {
+        Some(key) => Ok(zeroize::Zeroizing::new(key.into_bytes())),
+        None => Err(Error::Malformed { namespace: profile.namespace.clone(), name }),
+    }
+}
+
 fn profile_name(profile: &ObjectReference) -> String {
     format!("{}/{}", profile.namespace, profile.name)
 }

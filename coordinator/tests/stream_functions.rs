@@ -1,0 +1,323 @@
+//! `BackupStream` / `RestoreStream` end to end on the local cluster: an in-process agent
+//! (`kanister_agent::service::serve` on 127.0.0.1:0) stands for the sidecar of pod
+//! `mysql-test/mysql-0`; a blueprint backs up `mysqldump` of a real MariaDB database into
+//! SeaweedFS (S3) under the Profile's repository key, the database is dropped, and a restore
+//! ActionSet feeds the artifact's `backupID` to `mysql`. Rows are equal afterwards, and the
+//! ActionSet's status carried byte counts while the backup phase ran.
+//!
+//! Needs the test infrastructure (`eval "$(bash tests/infra.sh env)"`). Fails without it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use kanister_agent::service::{self, ServeConfig};
+use kanister_coordinator::cluster::Cluster;
+use kanister_coordinator::cluster::local::LocalCluster;
+use kanister_coordinator::crd::{ActionSet, State};
+use kanister_coordinator::engine::agent::AgentClientConfig;
+use kanister_coordinator::engine::{Engine, EngineConfig, Outcome};
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+const TOKEN: &str = "agent-token-3b9e1c";
+
+const BLUEPRINT: &str = r#"
+apiVersion: cr.kanister.io/v1alpha1
+kind: Blueprint
+metadata: {name: stream, namespace: kanister}
+actions:
+  backup:
+    outputArtifacts:
+      dump:
+        keyValue:
+          backupID: "{{ .Phases.dump.Output.backupID }}"
+          size: "{{ .Phases.dump.Output.size }}"
+    phases:
+    - func: BackupStream
+      name: dump
+      args:
+        namespace: mysql-test
+        pod: mysql-0
+        container: mysql
+        tags: {database: "{{ .Options.database }}"}
+        command:
+        - mysqldump
+        - --no-defaults
+        - -uroot
+        - -S
+        - '{{ index .Secrets.db.Data "socket" | toString }}'
+        - --single-transaction
+        - --skip-dump-date
+        - --databases
+        - '{{ .Options.database }}'
+  restore:
+    inputArtifactNames: [dump]
+    phases:
+    - func: RestoreStream
+      name: load
+      args:
+        namespace: mysql-test
+        pod: mysql-0
+        backupID: "{{ .ArtifactsIn.dump.KeyValue.backupID }}"
+        command:
+        - mysql
+        - --no-defaults
+        - -uroot
+        - -S
+        - '{{ index .Secrets.db.Data "socket" | toString }}'
+"#;
+
+fn infra_var(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "{name} is not set: these tests need the test infrastructure; run `bash tests/infra.sh start` and \
+             `eval \"$(bash tests/infra.sh env)\"` first"
+        ),
+    }
+}
+
+fn unique_name(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("stream_{tag}_{}_{}_{nanos:x}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn mysql(db: &str, query: &str) -> String {
+    let mut cmd = std::process::Command::new("mysql");
+    cmd.args(["--no-defaults", "-uroot", "-S", &infra_var("KANISTER_TEST_MYSQL_SOCKET"), "-N", "-B"]);
+    if !db.is_empty() {
+        cmd.arg(db);
+    }
+    let out = cmd.arg("-e").arg(query).output().expect("mysql runs");
+    assert!(out.status.success(), "mysql -e {query:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+struct MysqlDb(String);
+
+impl Drop for MysqlDb {
+    fn drop(&mut self) {
+        if let Ok(socket) = std::env::var("KANISTER_TEST_MYSQL_SOCKET") {
+            let _ = std::process::Command::new("mysql")
+                .args(["--no-defaults", "-uroot", "-S", &socket, "-e", &format!("DROP DATABASE IF EXISTS {}", self.0)])
+                .output();
+        }
+    }
+}
+
+fn checksum(db: &str) -> String {
+    mysql(db, "SELECT COUNT(*), SUM(CRC32(CONCAT_WS('|', id, customer, amount, IFNULL(note, '<null>')))) FROM orders")
+}
+
+struct Agent {
+    endpoint: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), service::ServeError>>,
+}
+
+impl Agent {
+    async fn start() -> Agent {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let config = ServeConfig {
+            token: Some(Zeroizing::new(TOKEN.to_string())),
+            progress_interval: Duration::from_millis(20),
+            ..ServeConfig::default()
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(service::serve(listener, config, async {
+            let _ = rx.await;
+        }));
+        Agent { endpoint, stop: Some(tx), task }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
+            .await
+            .expect("the agent stops in time")
+            .unwrap()
+            .expect("the agent ends cleanly");
+    }
+}
+
+fn world(agent: &Agent) -> (Arc<LocalCluster>, Engine<LocalCluster>) {
+    let c = LocalCluster::new().with_agent("mysql-test", "mysql-0", agent.endpoint.clone());
+    let objects = format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: s3-credentials, namespace: kanister}}
+stringData: {{aws_access_key_id: "{id}", aws_secret_access_key: "{secret}"}}
+---
+apiVersion: cr.kanister.io/v1alpha1
+kind: Profile
+metadata: {{name: s3-profile, namespace: kanister}}
+location: {{type: s3Compliant, bucket: "{bucket}", endpoint: "{endpoint}", prefix: "{prefix}", region: us-east-1}}
+credential:
+  type: keyPair
+  keyPair:
+    idField: aws_access_key_id
+    secretField: aws_secret_access_key
+    secret: {{apiVersion: v1, kind: secret, name: s3-credentials, namespace: kanister}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: mysql, namespace: mysql-test}}
+stringData: {{socket: "{socket}"}}
+"#,
+        id = infra_var("KANISTER_TEST_S3_ACCESS_KEY"),
+        secret = infra_var("KANISTER_TEST_S3_SECRET_KEY"),
+        bucket = infra_var("KANISTER_TEST_S3_BUCKET"),
+        endpoint = infra_var("KANISTER_TEST_S3_ENDPOINT"),
+        prefix = unique_name("repo"),
+        socket = infra_var("KANISTER_TEST_MYSQL_SOCKET"),
+    );
+    c.load_yaml(&objects, "world").unwrap();
+    c.load_yaml(BLUEPRINT, "blueprint").unwrap();
+    let cluster = Arc::new(c);
+    let config = EngineConfig {
+        watch_interval: Duration::from_millis(50),
+        poll_interval: Duration::from_millis(50),
+        agent: AgentClientConfig { token: Some(Zeroizing::new(TOKEN.to_string())), ..Default::default() },
+        ..Default::default()
+    };
+    (cluster.clone(), Engine::new(cluster, config))
+}
+
+async fn run(
+    cluster: &LocalCluster,
+    engine: &Engine<LocalCluster>,
+    name: &str,
+    action: &str,
+    options: Value,
+    artifacts: Value,
+) -> ActionSet {
+    cluster.put(json!({
+        "apiVersion": "cr.kanister.io/v1alpha1",
+        "kind": "ActionSet",
+        "metadata": {"name": name, "namespace": "kanister"},
+        "spec": {"actions": [{
+            "name": action,
+            "blueprint": "stream",
+            "object": {"kind": "Namespace", "name": "mysql-test"},
+            "profile": {"name": "s3-profile", "namespace": "kanister"},
+            "secrets": {"db": {"name": "mysql", "namespace": "mysql-test"}},
+            "options": options,
+            "artifacts": artifacts,
+        }]}
+    }));
+    assert_eq!(engine.reconcile("kanister", name).await.unwrap(), Outcome::Started);
+    tokio::time::timeout(Duration::from_secs(120), engine.wait("kanister", name)).await.expect("the run ends");
+    let a = cluster.get_actionset("kanister", name).await.unwrap();
+    let status = a.status.as_ref().unwrap();
+    assert_eq!(
+        status.state,
+        State::Complete,
+        "{name} ({action}): {}",
+        status.error.as_ref().map(|e| e.message.clone()).unwrap_or_default()
+    );
+    a
+}
+
+/// Byte counts the phase carried while it was running, over every status write.
+fn running_byte_counts(cluster: &LocalCluster, name: &str) -> Vec<(i64, i64, i64)> {
+    cluster
+        .status_writes("kanister", name)
+        .iter()
+        .filter_map(|s| {
+            let phase = &s["actions"][0]["phases"][0];
+            if phase["state"] != "running" {
+                return None;
+            }
+            let p = &phase["progress"];
+            let n = |k: &str| p[k].as_i64().unwrap_or(0);
+            let action = s["progress"]["sizeDownloadedB"].as_i64().unwrap_or(0);
+            Some((n("sizeDownloadedB"), n("sizeUploadedB"), action))
+        })
+        .filter(|(d, u, _)| *d > 0 || *u > 0)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backup_stream_and_restore_stream_through_the_agent_sidecar() {
+    let agent = Agent::start().await;
+    let (cluster, engine) = world(&agent);
+    let db = MysqlDb(unique_name("my"));
+    mysql(
+        "",
+        &format!(
+            "CREATE DATABASE {0}; USE {0};
+             CREATE TABLE orders (id INT PRIMARY KEY, customer VARCHAR(64), amount DECIMAL(10,2), note TEXT);
+             INSERT INTO orders SELECT seq, CONCAT('customer-', seq % 97, IF(seq % 7 = 0, ' \\'q\\'\\n', ' é')),
+                    seq * 1.25, IF(seq % 11 = 0, NULL, REPEAT(MD5(seq), 1 + seq % 5)) FROM seq_1_to_50000;",
+            db.0
+        ),
+    );
+    let before = checksum(&db.0);
+    assert!(before.starts_with("50000\t"), "{before}");
+    // No repository exists at the Profile's location yet: the first backup creates it.
+
+    let backup = run(&cluster, &engine, "stream-backup", "backup", json!({"database": db.0}), json!({})).await;
+    let status = backup.status.as_ref().unwrap();
+    let output = &status.actions[0].phases[0].output;
+    let backup_id = output["backupID"].as_str().unwrap().to_string();
+    assert!(backup_id.len() >= 8, "{output:?}");
+    let size = output["size"].as_u64().unwrap();
+    assert!(size > 1_000_000, "{output:?}");
+    assert!(output["phySize"].as_u64().unwrap() > 0, "{output:?}");
+    let artifact = &status.actions[0].artifacts["dump"];
+    assert_eq!(artifact.key_value["backupID"], backup_id);
+
+    // Progress with byte counts appeared in the status while the phase ran.
+    let counts = running_byte_counts(&cluster, "stream-backup");
+    assert!(!counts.is_empty(), "no byte count in status while the phase ran");
+    assert!(counts.iter().all(|(d, _, a)| *d as u64 <= size && a == d), "{counts:?}");
+
+    // No secret in the status.
+    let text = serde_json::to_string(&cluster.status_writes("kanister", "stream-backup")).unwrap();
+    let key = cluster.secret("kanister", "kanister-repo-key-s3-profile").await.unwrap().data["key"].clone();
+    for secret in [infra_var("KANISTER_TEST_S3_SECRET_KEY"), String::from_utf8(key).unwrap(), TOKEN.to_string()] {
+        assert!(!text.contains(&secret), "a secret in the status");
+    }
+
+    mysql("", &format!("DROP DATABASE {}", db.0));
+    let artifacts = json!({"dump": serde_json::to_value(artifact).unwrap()});
+    run(&cluster, &engine, "stream-restore", "restore", json!({}), artifacts).await;
+    assert_eq!(checksum(&db.0), before, "restored rows differ");
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn a_pod_without_an_agent_fails_the_phase_clearly() {
+    let agent = Agent::start().await;
+    let (cluster, engine) = world(&agent);
+    cluster.put(json!({
+        "apiVersion": "cr.kanister.io/v1alpha1",
+        "kind": "ActionSet",
+        "metadata": {"name": "no-agent", "namespace": "kanister"},
+        "spec": {"actions": [{
+            "name": "restore",
+            "blueprint": "stream",
+            "object": {"kind": "Namespace", "name": "other"},
+            "profile": {"name": "s3-profile", "namespace": "kanister"},
+            "secrets": {"db": {"name": "mysql", "namespace": "mysql-test"}},
+            "artifacts": {"dump": {"keyValue": {"backupID": "0123abcd"}}},
+        }]}
+    }));
+    // The blueprint names pod mysql-test/mysql-0: point it at a pod with no agent instead.
+    let bp = BLUEPRINT.replace("pod: mysql-0", "pod: mysql-1");
+    cluster.load_yaml(&bp, "blueprint").unwrap();
+    engine.reconcile("kanister", "no-agent").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), engine.wait("kanister", "no-agent")).await.unwrap();
+    let a = cluster.get_actionset("kanister", "no-agent").await.unwrap();
+    let status = a.status.unwrap();
+    assert_eq!(status.state, State::Failed);
+    let message = status.error.unwrap().message;
+    assert!(message.contains("no agent sidecar"), "{message}");
+    agent.stop().await;
+}
