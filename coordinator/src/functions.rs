@@ -35,6 +35,8 @@ macro_rules! f {
 
 /// Every known function, sorted by name.
 pub const FUNCTIONS: &[FunctionSpec] = &[
+    // Served by the pod's agent sidecar: `includePath` as the agent sees it, into the Profile's
+    // repository. Outputs `backupID`, `backupTag`, `fileCount`, `size`, `phySize`.
     f!(
         "BackupData",
         ["namespace", "pod", "container", "includePath", "backupArtifactPrefix"],
@@ -68,10 +70,13 @@ pub const FUNCTIONS: &[FunctionSpec] = &[
     f!("CreateRDSSnapshot", ["instanceID"], ["dbEngine", "credentialsSource", "credentialsSecret", "region"]),
     f!("DeleteCSISnapshot", ["name", "namespace"], []),
     f!("DeleteCSISnapshotContent", ["name"], []),
+    // Served by the agent sidecar of `pod` (ours; required to run): Forget `backupID` (one id,
+    // comma-separated ids or a list), then Prune with `reclaimSpace`.
     f!(
         "DeleteData",
         ["namespace", "backupArtifactPrefix"],
         [
+            "pod",
             "image",
             "backupID",
             "backupTag",
@@ -136,10 +141,13 @@ pub const FUNCTIONS: &[FunctionSpec] = &[
         ["name", "pvc", "namespace", "storageClass", "restoreSize"],
         ["accessModes", "volumeMode", "labels"]
     ),
+    // Served by the agent sidecar of `pod` (required to run, as is `restorePath`); `image` is
+    // accepted and unused.
     f!(
         "RestoreData",
-        ["namespace", "image", "backupArtifactPrefix"],
+        ["namespace", "backupArtifactPrefix"],
         [
+            "image",
             "restorePath",
             "encryptionKey",
             "pod",

@@ -2,10 +2,18 @@
 //!
 //! Served: `KubeExec`, `KubeExecAll`, `KubeTask`, `MultiContainerRun`, `PrepareData`,
 //! `ScaleWorkload`, `Wait`, `WaitV2`, `KubeOps`, and through the agent sidecar of a pod
-//! ([`super::agent`]) `BackupStream` and `RestoreStream`. The other data functions
-//! (`BackupData`, ...) are not served yet; calling one is an [`Error::Unsupported`].
+//! ([`super::agent`]) `BackupStream`, `RestoreStream`, `BackupData`, `RestoreData` and
+//! `DeleteData`. The other data functions (`BackupDataAll`, ...) are not served yet; calling one
+//! is an [`Error::Unsupported`].
 //!
-//! `BackupStream` / `RestoreStream` find the sidecar with [`Cluster::agent_endpoint`], open the
+//! `BackupData` backs up `includePath` as the pod's agent sees it (agent `BackupPaths`),
+//! `RestoreData` restores a tree snapshot (by `backupIdentifier`, or the latest one carrying
+//! `backupTag`) into `restorePath` (`RestorePaths`), `DeleteData` forgets snapshots (`Forget`)
+//! and with `reclaimSpace` prunes the repository (`Prune`). `backupArtifactPrefix`, `image` and
+//! the other upstream arguments that choose a Kopia repository or a task pod are accepted and
+//! unused: the repository is the Profile's, the work is done by the pod's agent.
+//!
+//! All of them find the sidecar with [`Cluster::agent_endpoint`], open the
 //! repository at the action's Profile (store and credentials from the Profile, key from its key
 //! Secret, all inside the gRPC request only), and report the operation's byte counts through
 //! [`Context::progress`]. The operation id is derived from the ActionSet, action and phase, so
@@ -104,6 +112,14 @@ pub enum Error {
         /// The cause.
         #[source]
         source: super::agent::Error,
+    },
+    /// No snapshot carries the requested backup tag.
+    #[error("{function}: no backup carries backupTag {tag:?}")]
+    NoBackup {
+        /// The function.
+        function: String,
+        /// The tag.
+        tag: String,
     },
     /// The function needs the action's Profile.
     #[error("{0}: the action has no profile (the repository's store and key come from it)")]
@@ -296,6 +312,9 @@ pub async fn run<C: Cluster>(function: &str, ctx: &Context<C>) -> Result<JsonMap
         "KubeOps" => kube_ops(ctx).await,
         "BackupStream" => backup_stream(ctx).await,
         "RestoreStream" => restore_stream(ctx).await,
+        "BackupData" => backup_data(ctx).await,
+        "RestoreData" => restore_data(ctx).await,
+        "DeleteData" => delete_data(ctx).await,
         other => Err(Error::Unsupported(other.to_string())),
     }
 }
@@ -828,6 +847,138 @@ async fn restore_stream<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
         .into_inner();
     super::agent::follow(&ctx.op_id, stream, |p| report(ctx, p, false)).await.map_err(agent_err)?;
     Ok(JsonMap::new())
+}
+
+/// The snapshot tag `BackupData` records its `backupTag` in.
+const BACKUP_TAG: &str = "kanister.io/backup-tag";
+
+async fn backup_data<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
+    use kanister_proto::agent::v1 as pb;
+    let path = ctx.str("includePath")?;
+    if path.is_empty() {
+        return Err(ctx.invalid("includePath", "a directory path"));
+    }
+    let container = ctx.opt_str("container")?;
+    let (pod, mut client, repository) = agent_target(ctx).await?;
+    let agent_err = |source| Error::Agent { function: ctx.function(), pod: pod.clone(), source };
+    // Stable for the phase, so that a retry that attaches to the operation reports the same tag.
+    let backup_tag = ctx.op_id.clone();
+    let mut tags = std::collections::HashMap::from([
+        ("kanister.io/pod".to_string(), pod.clone()),
+        (BACKUP_TAG.to_string(), backup_tag.clone()),
+    ]);
+    if let Some(container) = container {
+        tags.insert("kanister.io/container".into(), container);
+    }
+    let request = pb::BackupPathsRequest {
+        op_id: ctx.op_id.clone(),
+        repository: Some(repository),
+        path,
+        tags,
+        hostname: String::new(),
+        parent_snapshot_id: String::new(),
+        force: false,
+    };
+    let stream =
+        client.backup_paths(request).await.map_err(|s| agent_err(super::agent::refused(&ctx.op_id, &s)))?.into_inner();
+    let result = super::agent::follow(&ctx.op_id, stream, |p| report(ctx, p, true)).await.map_err(agent_err)?;
+    let Some(pb::operation_result::Result::Backup(stats)) = result.result else {
+        return Err(agent_err(super::agent::Error::NoResult(ctx.op_id.clone())));
+    };
+    Ok(JsonMap::from([
+        ("backupID".to_string(), Value::String(stats.snapshot_id)),
+        ("backupTag".to_string(), Value::String(backup_tag)),
+        ("fileCount".to_string(), Value::from(stats.files)),
+        ("size".to_string(), Value::from(stats.bytes_read)),
+        ("phySize".to_string(), Value::from(stats.bytes_uploaded)),
+    ]))
+}
+
+async fn restore_data<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
+    use kanister_proto::agent::v1 as pb;
+    let target = ctx.str("restorePath")?;
+    if target.is_empty() {
+        return Err(ctx.invalid("restorePath", "a directory path"));
+    }
+    let id = ctx.opt_str("backupIdentifier")?.filter(|s| !s.is_empty());
+    let tag = ctx.opt_str("backupTag")?.filter(|s| !s.is_empty());
+    if id.is_none() && tag.is_none() {
+        return Err(ctx.missing("backupIdentifier"));
+    }
+    let (pod, mut client, repository) = agent_target(ctx).await?;
+    let agent_err = |source| Error::Agent { function: ctx.function(), pod: pod.clone(), source };
+    let snapshot_id = match (id, tag) {
+        (Some(id), _) => id,
+        (None, Some(tag)) => {
+            let request = pb::ListSnapshotsRequest {
+                repository: Some(repository.clone()),
+                tags: std::collections::HashMap::from([(BACKUP_TAG.to_string(), tag.clone())]),
+            };
+            let list = client
+                .list_snapshots(request)
+                .await
+                .map_err(|s| agent_err(super::agent::refused(&ctx.op_id, &s)))?
+                .into_inner();
+            // Oldest first: the latest backup with the tag.
+            list.snapshots
+                .into_iter()
+                .next_back()
+                .map(|s| s.id)
+                .ok_or_else(|| Error::NoBackup { function: ctx.function(), tag })?
+        }
+        (None, None) => unreachable!("checked above"),
+    };
+    let request = pb::RestorePathsRequest {
+        op_id: ctx.op_id.clone(),
+        repository: Some(repository),
+        snapshot_id,
+        target,
+        delete_extra: false,
+        include: Vec::new(),
+        exclude: Vec::new(),
+    };
+    let stream =
+        client.restore_paths(request).await.map_err(|s| agent_err(super::agent::refused(&ctx.op_id, &s)))?.into_inner();
+    super::agent::follow(&ctx.op_id, stream, |p| report(ctx, p, false)).await.map_err(agent_err)?;
+    Ok(JsonMap::new())
+}
+
+async fn delete_data<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
+    use kanister_proto::agent::v1 as pb;
+    let ids: Vec<String> = match ctx.args.get("backupID") {
+        None | Some(Value::Null) => return Err(ctx.missing("backupID")),
+        Some(Value::Array(_)) => ctx.command("backupID")?,
+        Some(_) => ctx.str("backupID")?.split(',').map(|s| s.trim().to_string()).collect(),
+    };
+    let ids: Vec<String> = ids.into_iter().filter(|s| !s.is_empty()).collect();
+    if ids.is_empty() {
+        return Err(ctx.invalid("backupID", "a snapshot id or a list of them"));
+    }
+    let reclaim = ctx.opt_bool("reclaimSpace", false)?;
+    let (pod, mut client, repository) = agent_target(ctx).await?;
+    let agent_err = |source| Error::Agent { function: ctx.function(), pod: pod.clone(), source };
+    let forget_id = format!("{}/forget", ctx.op_id);
+    let request =
+        pb::ForgetRequest { op_id: forget_id.clone(), repository: Some(repository.clone()), snapshot_ids: ids };
+    let forgotten =
+        client.forget(request).await.map_err(|s| agent_err(super::agent::refused(&forget_id, &s)))?.into_inner();
+    if reclaim {
+        let prune_id = format!("{}/prune", ctx.op_id);
+        let request = pb::PruneRequest {
+            op_id: prune_id.clone(),
+            repository: Some(repository),
+            grace_period_secs: 0,
+            dry_run: false,
+        };
+        let stream =
+            client.prune(request).await.map_err(|s| agent_err(super::agent::refused(&prune_id, &s)))?.into_inner();
+        super::agent::follow(&prune_id, stream, |_| {}).await.map_err(agent_err)?;
+    }
+    let list = |v: Vec<String>| Value::Array(v.into_iter().map(Value::String).collect());
+    Ok(JsonMap::from([
+        ("removed".to_string(), list(forgotten.removed)),
+        ("alreadyAbsent".to_string(), list(forgotten.already_absent)),
+    ]))
 }
 
 #[cfg(test)]
