@@ -11,7 +11,6 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use kanister_repo::chunker::ChunkerParams;
 use serde_json::json;
-use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 use crate::progress::{Progress, human_bytes};
@@ -390,23 +389,7 @@ fn store(g: &Global) -> Result<Store> {
 }
 
 fn repo_key(g: &Global) -> Result<RepoKey> {
-    let read = |p: &PathBuf| {
-        std::fs::read(p).map(Zeroizing::new).map_err(|e| Error::io(format!("cannot read {}", p.display()), e))
-    };
-    if let Some(p) = &g.key_file {
-        return Ok(RepoKey::KeyFile(read(p)?));
-    }
-    if let Some(p) = &g.password_file {
-        let mut b = read(p)?;
-        while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
-            b.pop();
-        }
-        return Ok(RepoKey::Passphrase(b));
-    }
-    match std::env::var("KANISTER_REPO_PASSWORD") {
-        Ok(p) if !p.is_empty() => Ok(RepoKey::Passphrase(Zeroizing::new(p.into_bytes()))),
-        _ => Err(Error::NoCredential),
-    }
+    RepoKey::from_files_or_env(g.key_file.as_deref(), g.password_file.as_deref())
 }
 
 async fn open(g: &Global) -> Result<Repository> {

@@ -282,27 +282,14 @@ pub fn output_line(key: &str, value: &str) -> Result<String> {
 /// The repository key for kando: `KANISTER_REPO_KEY` (raw key material), else the agent's usual
 /// passphrase / key-file variables.
 fn kando_key() -> Result<crate::repository::RepoKey> {
-    use zeroize::Zeroizing;
     if let Ok(k) = std::env::var("KANISTER_REPO_KEY")
         && !k.is_empty()
     {
-        return Ok(crate::repository::RepoKey::KeyFile(Zeroizing::new(k.into_bytes())));
+        return Ok(crate::repository::RepoKey::KeyFile(zeroize::Zeroizing::new(k.into_bytes())));
     }
-    if let Ok(p) = std::env::var("KANISTER_REPO_KEY_FILE") {
-        let b = std::fs::read(&p).map_err(|e| Error::io(format!("cannot read {p}"), e))?;
-        return Ok(crate::repository::RepoKey::KeyFile(Zeroizing::new(b)));
-    }
-    if let Ok(p) = std::env::var("KANISTER_REPO_PASSWORD_FILE") {
-        let mut b = std::fs::read(&p).map_err(|e| Error::io(format!("cannot read {p}"), e))?;
-        while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
-            b.pop();
-        }
-        return Ok(crate::repository::RepoKey::Passphrase(Zeroizing::new(b)));
-    }
-    match std::env::var("KANISTER_REPO_PASSWORD") {
-        Ok(p) if !p.is_empty() => Ok(crate::repository::RepoKey::Passphrase(Zeroizing::new(p.into_bytes()))),
-        _ => Err(Error::NoCredential),
-    }
+    let path = |v: &str| std::env::var_os(v).map(std::path::PathBuf::from);
+    let (key_file, password_file) = (path("KANISTER_REPO_KEY_FILE"), path("KANISTER_REPO_PASSWORD_FILE"));
+    crate::repository::RepoKey::from_files_or_env(key_file.as_deref(), password_file.as_deref())
 }
 
 async fn latest_at(

@@ -84,6 +84,31 @@ impl std::fmt::Debug for RepoKey {
 }
 
 impl RepoKey {
+    /// The key from a raw key file, else a passphrase file (its trailing newline dropped), else
+    /// the passphrase in `KANISTER_REPO_PASSWORD`. Never a default.
+    pub fn from_files_or_env(
+        key_file: Option<&std::path::Path>,
+        password_file: Option<&std::path::Path>,
+    ) -> Result<Self> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map(Zeroizing::new).map_err(|e| Error::io(format!("cannot read {}", p.display()), e))
+        };
+        if let Some(p) = key_file {
+            return Ok(RepoKey::KeyFile(read(p)?));
+        }
+        if let Some(p) = password_file {
+            let mut b = read(p)?;
+            while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+                b.pop();
+            }
+            return Ok(RepoKey::Passphrase(b));
+        }
+        match std::env::var("KANISTER_REPO_PASSWORD") {
+            Ok(p) if !p.is_empty() => Ok(RepoKey::Passphrase(Zeroizing::new(p.into_bytes()))),
+            _ => Err(Error::NoCredential),
+        }
+    }
+
     fn credential(&self) -> Credential<'_> {
         match self {
             RepoKey::Passphrase(p) => Credential::Passphrase(p),
