@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use kanister_agent::service::{self, ServeConfig};
 use kanister_coordinator::cluster::Cluster;
 use kanister_coordinator::cluster::local::LocalCluster;
 use kanister_coordinator::crd::{ActionSet, State};
@@ -20,6 +19,9 @@ use kanister_coordinator::engine::agent::AgentClientConfig;
 use kanister_coordinator::engine::{Engine, EngineConfig, Outcome};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
+
+mod support;
+use support::Agent;
 
 const TOKEN: &str = "agent-token-7d2f0a";
 
@@ -94,39 +96,6 @@ fn unique_name(tag: &str) -> String {
     let nanos =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     format!("data_{tag}_{}_{}_{nanos:x}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
-
-struct Agent {
-    endpoint: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), service::ServeError>>,
-}
-
-impl Agent {
-    async fn start() -> Agent {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let config = ServeConfig {
-            token: Some(Zeroizing::new(TOKEN.to_string())),
-            progress_interval: Duration::from_millis(20),
-            ..ServeConfig::default()
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(service::serve(listener, config, async {
-            let _ = rx.await;
-        }));
-        Agent { endpoint, stop: Some(tx), task }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
-            .await
-            .expect("the agent stops in time")
-            .unwrap()
-            .expect("the agent ends cleanly");
-    }
 }
 
 fn world(agent: &Agent) -> (Arc<LocalCluster>, Engine<LocalCluster>) {
@@ -228,7 +197,7 @@ fn tree(root: &Path) -> BTreeMap<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn backup_data_restore_data_and_delete_data_through_the_agent_sidecar() {
-    let agent = Agent::start().await;
+    let agent = Agent::start(TOKEN).await;
     let (cluster, engine) = world(&agent);
     let source = tempfile::tempdir().unwrap();
     let s = source.path();

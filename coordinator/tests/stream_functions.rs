@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use kanister_agent::service::{self, ServeConfig};
 use kanister_coordinator::cluster::Cluster;
 use kanister_coordinator::cluster::local::LocalCluster;
 use kanister_coordinator::crd::{ActionSet, State};
@@ -19,6 +18,9 @@ use kanister_coordinator::engine::agent::AgentClientConfig;
 use kanister_coordinator::engine::{Engine, EngineConfig, Outcome};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
+
+mod support;
+use support::Agent;
 
 const TOKEN: &str = "agent-token-3b9e1c";
 
@@ -110,39 +112,6 @@ impl Drop for MysqlDb {
 
 fn checksum(db: &str) -> String {
     mysql(db, "SELECT COUNT(*), SUM(CRC32(CONCAT_WS('|', id, customer, amount, IFNULL(note, '<null>')))) FROM orders")
-}
-
-struct Agent {
-    endpoint: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), service::ServeError>>,
-}
-
-impl Agent {
-    async fn start() -> Agent {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let config = ServeConfig {
-            token: Some(Zeroizing::new(TOKEN.to_string())),
-            progress_interval: Duration::from_millis(20),
-            ..ServeConfig::default()
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(service::serve(listener, config, async {
-            let _ = rx.await;
-        }));
-        Agent { endpoint, stop: Some(tx), task }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
-            .await
-            .expect("the agent stops in time")
-            .unwrap()
-            .expect("the agent ends cleanly");
-    }
 }
 
 fn world(agent: &Agent) -> (Arc<LocalCluster>, Engine<LocalCluster>) {
@@ -245,7 +214,7 @@ fn running_byte_counts(cluster: &LocalCluster, name: &str) -> Vec<(i64, i64, i64
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn backup_stream_and_restore_stream_through_the_agent_sidecar() {
-    let agent = Agent::start().await;
+    let agent = Agent::start(TOKEN).await;
     let (cluster, engine) = world(&agent);
     let db = MysqlDb(unique_name("my"));
     mysql(
@@ -294,7 +263,7 @@ async fn backup_stream_and_restore_stream_through_the_agent_sidecar() {
 
 #[tokio::test]
 async fn a_pod_without_an_agent_fails_the_phase_clearly() {
-    let agent = Agent::start().await;
+    let agent = Agent::start(TOKEN).await;
     let (cluster, engine) = world(&agent);
     cluster.put(json!({
         "apiVersion": "cr.kanister.io/v1alpha1",
