@@ -141,15 +141,7 @@ pub async fn pull<W: std::io::Write + Send + 'static>(
         })
         .map_ok(|reqs| futures::stream::iter(reqs.into_iter().map(Ok::<_, Error>)))
         .try_flatten();
-    let fetched = requests
-        .map_ok(|req| {
-            let store = store.clone();
-            async move {
-                let bytes = store.get_range(&pack_key(&req.pack), req.start..req.end).await?;
-                Ok::<_, Error>((req, bytes))
-            }
-        })
-        .try_buffered(fetches.max(1));
+    let fetched = requests.map_ok(|req| fetch_request(&store, req)).try_buffered(fetches.max(1));
     let decoded =
         fetched.map_ok(|(req, bytes)| decode_request(keys.clone(), req, bytes)).try_buffered(workers.max(1) + 1);
     let mut decoded = std::pin::pin!(decoded);
