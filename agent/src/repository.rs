@@ -117,6 +117,33 @@ impl RepoKey {
     }
 }
 
+/// Why a `kanister.agent.v1.RepositoryRef` names no usable store.
+#[derive(Debug, thiserror::Error)]
+pub enum RefError {
+    /// The URL is malformed or carries what belongs in the options. Names no value.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store could not be built from the URL and options.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The store a repository reference names: `url` (`s3://`, `az://`, `gs://`, `file://`; no
+/// credentials, no query) and its settings (object_store's keys, case-insensitive). The one
+/// mapping used by the agent's service and by the coordinator's own repository reads.
+pub fn store_of_ref(url: &str, options: HashMap<String, String>) -> Result<Store, RefError> {
+    let u = url::Url::parse(url).map_err(|e| RefError::Invalid(format!("repository.store_url is not a URL: {e}")))?;
+    if !u.username().is_empty() || u.password().is_some() || u.query().is_some() {
+        return Err(RefError::Invalid(
+            "repository.store_url must carry no credentials and no query: put settings in repository.store_options"
+                .into(),
+        ));
+    }
+    let mut options: Vec<(String, String)> = options.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
+    options.sort();
+    Ok(Store::open(url, &crate::store::StoreOptions { options, credentials_file: None })?)
+}
+
 /// Typestate: a repository not opened yet.
 #[derive(Debug)]
 pub struct Closed;

@@ -15,7 +15,7 @@ use super::command::{self, Pipes};
 use super::error::{Error, Result};
 use super::ops::{EventStream, Job, Operation, Registry};
 use crate::repository::{RepoKey, Repository, has_tags};
-use crate::store::{Store, StoreOptions};
+use crate::store::Store;
 
 /// What a request may leave out: the store and key the agent was started with (mounted files).
 #[derive(Debug, Clone, Default)]
@@ -59,18 +59,10 @@ impl RepoDefaults {
                 Error::InvalidArgument("no store: give repository.store_url, or start the agent with --store".into())
             })?
         } else {
-            let u = url::Url::parse(&r.store_url)
-                .map_err(|e| Error::InvalidArgument(format!("repository.store_url is not a URL: {e}")))?;
-            if !u.username().is_empty() || u.password().is_some() || u.query().is_some() {
-                return Err(Error::InvalidArgument(
-                    "repository.store_url must carry no credentials and no query: put settings in repository.store_options"
-                        .into(),
-                ));
-            }
-            let mut options: Vec<(String, String)> =
-                r.store_options.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
-            options.sort();
-            Store::open(&r.store_url, &StoreOptions { options, credentials_file: None }).map_err(crate::Error::from)?
+            crate::repository::store_of_ref(&r.store_url, r.store_options).map_err(|e| match e {
+                crate::repository::RefError::Invalid(m) => Error::InvalidArgument(m),
+                crate::repository::RefError::Store(e) => crate::Error::from(e).into(),
+            })?
         };
         let key = match r.key {
             Some(pb::repository_ref::Key::Passphrase(p)) => RepoKey::Passphrase(Zeroizing::new(p)),

@@ -47,6 +47,7 @@ pub mod agent;
 pub mod functions;
 pub mod params;
 pub mod repokey;
+pub mod repository;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;

@@ -107,6 +107,16 @@ pub async fn value<C: Cluster>(cluster: &C, profile: &ObjectReference) -> Result
     }
 }
 
+/// The key of `profile` if it has one: reads never create a key (nothing was backed up through
+/// a Profile without one).
+pub async fn existing<C: Cluster>(
+    cluster: &C,
+    profile: &ObjectReference,
+) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
+    let name = secret_name(profile, &profile.namespace);
+    Ok(read(cluster, profile, &profile.namespace, &name).await?.map(|k| zeroize::Zeroizing::new(k.into_bytes())))
+}
+
 fn profile_name(profile: &ObjectReference) -> String {
     format!("{}/{}", profile.namespace, profile.name)
 }
