@@ -1,23 +1,7 @@
 //! The Kanister functions the engine runs, with upstream names, arguments and outputs.
 //!
 //! Served: `KubeExec`, `KubeExecAll`, `KubeTask`, `MultiContainerRun`, `PrepareData`,
-//! `ScaleWorkload`, `Wait`, `WaitV2`, `KubeOps`, and through the agent sidecar of a pod
-//! ([`super::agent`]) `BackupStream`, `RestoreStream`, `BackupData`, `RestoreData` and
-//! `DeleteData`. The other data functions (`BackupDataAll`, ...) are not served yet; calling one
-//! is an [`Error::Unsupported`].
-//!
-//! `BackupData` backs up `includePath` as the pod's agent sees it (agent `BackupPaths`),
-//! `RestoreData` restores a tree snapshot (by `backupIdentifier`, or the latest one carrying
-//! `backupTag`) into `restorePath` (`RestorePaths`), `DeleteData` forgets snapshots (`Forget`)
-//! and with `reclaimSpace` prunes the repository (`Prune`). `backupArtifactPrefix`, `image` and
-//! the other upstream arguments that choose a Kopia repository or a task pod are accepted and
-//! unused: the repository is the Profile's, the work is done by the pod's agent.
-//!
-//! All of them find the sidecar with [`Cluster::agent_endpoint`], open the
-//! repository at the action's Profile (store and credentials from the Profile, key from its key
-//! Secret, all inside the gRPC request only), and report the operation's byte counts through
-//! [`Context::progress`]. The operation id is derived from the ActionSet, action and phase, so
-//! a repeated call attaches to the running operation instead of starting another.
+//! `ScaleWorkload`, `Wait`, `WaitV2`, `KubeOps`, and the data functions of [`super::data`].
 //!
 //! Task pods of an action with a Profile get the Profile's repository key in their environment
 //! (`KANISTER_REPO_KEY` from the coordinator's key Secret, see [`super::repokey`]), so that
@@ -194,19 +178,19 @@ impl<C> std::fmt::Debug for Context<C> {
 }
 
 impl<C: Cluster> Context<C> {
-    fn function(&self) -> String {
+    pub(super) fn function(&self) -> String {
         self.location.phase.clone()
     }
 
-    fn missing(&self, argument: &str) -> Error {
+    pub(super) fn missing(&self, argument: &str) -> Error {
         Error::MissingArgument { function: self.function(), argument: argument.into() }
     }
 
-    fn invalid(&self, argument: &str, expected: &str) -> Error {
+    pub(super) fn invalid(&self, argument: &str, expected: &str) -> Error {
         Error::InvalidArgument { function: self.function(), argument: argument.into(), expected: expected.into() }
     }
 
-    fn opt_str(&self, name: &str) -> Result<Option<String>> {
+    pub(super) fn opt_str(&self, name: &str) -> Result<Option<String>> {
         match self.args.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -216,15 +200,15 @@ impl<C: Cluster> Context<C> {
         }
     }
 
-    fn str(&self, name: &str) -> Result<String> {
+    pub(super) fn str(&self, name: &str) -> Result<String> {
         self.opt_str(name)?.ok_or_else(|| self.missing(name))
     }
 
-    fn namespace(&self) -> Result<String> {
+    pub(super) fn namespace(&self) -> Result<String> {
         Ok(self.opt_str("namespace")?.filter(|s| !s.is_empty()).unwrap_or_else(|| self.default_namespace.clone()))
     }
 
-    fn command(&self, name: &str) -> Result<Vec<String>> {
+    pub(super) fn command(&self, name: &str) -> Result<Vec<String>> {
         match self.args.get(name) {
             None | Some(Value::Null) => Err(self.missing(name)),
             Some(Value::Array(items)) => items
@@ -240,7 +224,7 @@ impl<C: Cluster> Context<C> {
         }
     }
 
-    fn opt_string_map(&self, name: &str) -> Result<BTreeMap<String, String>> {
+    pub(super) fn opt_string_map(&self, name: &str) -> Result<BTreeMap<String, String>> {
         match self.args.get(name) {
             None | Some(Value::Null) => Ok(BTreeMap::new()),
             Some(Value::Object(m)) => m
@@ -256,7 +240,7 @@ impl<C: Cluster> Context<C> {
         }
     }
 
-    fn opt_bool(&self, name: &str, default: bool) -> Result<bool> {
+    pub(super) fn opt_bool(&self, name: &str, default: bool) -> Result<bool> {
         match self.args.get(name) {
             None | Some(Value::Null) => Ok(default),
             Some(Value::Bool(b)) => Ok(*b),
@@ -265,26 +249,26 @@ impl<C: Cluster> Context<C> {
         }
     }
 
-    fn secrets(&self) -> Vec<String> {
+    pub(super) fn secrets(&self) -> Vec<String> {
         self.params.secret_values()
     }
 
     /// Pod labels: the ActionSet's, then the phase's `podLabels`, then the engine's.
-    fn pod_labels(&self) -> Result<BTreeMap<String, String>> {
+    pub(super) fn pod_labels(&self) -> Result<BTreeMap<String, String>> {
         let mut labels = self.params.pod_labels.clone();
         labels.extend(self.opt_string_map("podLabels")?);
         labels.extend(self.labels.clone());
         Ok(labels)
     }
 
-    fn pod_annotations(&self) -> Result<BTreeMap<String, String>> {
+    pub(super) fn pod_annotations(&self) -> Result<BTreeMap<String, String>> {
         let mut annotations = self.params.pod_annotations.clone();
         annotations.extend(self.opt_string_map("podAnnotations")?);
         Ok(annotations)
     }
 
     /// The ActionSet's `podOverride` with the phase's merged over it.
-    fn pod_override(&self) -> Result<JsonMap> {
+    pub(super) fn pod_override(&self) -> Result<JsonMap> {
         let mut merged = Value::Object(self.params.pod_override.clone().into_iter().collect());
         match self.args.get("podOverride") {
             None | Some(Value::Null) => {}
@@ -310,11 +294,11 @@ pub async fn run<C: Cluster>(function: &str, ctx: &Context<C>) -> Result<JsonMap
         "Wait" => wait(ctx, false).await,
         "WaitV2" => wait(ctx, true).await,
         "KubeOps" => kube_ops(ctx).await,
-        "BackupStream" => backup_stream(ctx).await,
-        "RestoreStream" => restore_stream(ctx).await,
-        "BackupData" => backup_data(ctx).await,
-        "RestoreData" => restore_data(ctx).await,
-        "DeleteData" => delete_data(ctx).await,
+        "BackupStream" => super::data::backup_stream(ctx).await,
+        "RestoreStream" => super::data::restore_stream(ctx).await,
+        "BackupData" => super::data::backup_data(ctx).await,
+        "RestoreData" => super::data::restore_data(ctx).await,
+        "DeleteData" => super::data::delete_data(ctx).await,
         other => Err(Error::Unsupported(other.to_string())),
     }
 }
@@ -752,233 +736,6 @@ async fn kube_ops<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
     put("name", &object.name);
     put("namespace", &object.namespace);
     Ok(out)
-}
-
-/// The agent endpoint of the function's pod and the repository of the action's Profile.
-async fn agent_target<C: Cluster>(
-    ctx: &Context<C>,
-) -> Result<(String, super::agent::Client, kanister_proto::agent::v1::RepositoryRef)> {
-    let namespace = ctx.str("namespace")?;
-    let pod = ctx.str("pod")?;
-    let what = format!("{namespace}/{pod}");
-    let agent_err = |source| Error::Agent { function: ctx.function(), pod: what.clone(), source };
-    let (Some(profile_ref), Some(profile)) = (&ctx.profile, &ctx.params.profile) else {
-        return Err(Error::NoProfile(ctx.function()));
-    };
-    let key = super::repokey::value(&*ctx.cluster, profile_ref).await.map_err(Box::new)?;
-    let repository = super::agent::repository_ref(profile, key).map_err(agent_err)?;
-    let endpoint = ctx.cluster.agent_endpoint(&namespace, &pod).await?;
-    let client = super::agent::connect(&endpoint, &ctx.agent).await.map_err(agent_err)?;
-    Ok((what, client, repository))
-}
-
-fn report<C>(ctx: &Context<C>, p: &kanister_proto::agent::v1::Progress, backup: bool) {
-    let Some(tx) = &ctx.progress else { return };
-    let (downloaded, uploaded) =
-        if backup { (p.bytes_read, p.bytes_uploaded) } else { (p.bytes_downloaded, p.bytes_read) };
-    let percent = (p.total_bytes > 0)
-        .then(|| u8::try_from((p.bytes_read.saturating_mul(100) / p.total_bytes).min(100)).unwrap_or(100));
-    tx.send_replace(Some(TransferProgress {
-        downloaded,
-        uploaded,
-        total: p.total_bytes,
-        percent,
-        eta_secs: p.eta_secs,
-    }));
-}
-
-fn command_spec<C: Cluster>(ctx: &Context<C>) -> Result<kanister_proto::agent::v1::CommandSpec> {
-    let argv = ctx.command("command")?;
-    if argv.is_empty() {
-        return Err(ctx.invalid("command", "a non-empty list of strings"));
-    }
-    Ok(kanister_proto::agent::v1::CommandSpec { argv, env: Default::default() })
-}
-
-async fn backup_stream<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
-    use kanister_proto::agent::v1 as pb;
-    let command = command_spec(ctx)?;
-    let mut tags: std::collections::HashMap<String, String> = ctx.opt_string_map("tags")?.into_iter().collect();
-    let (pod, mut client, repository) = agent_target(ctx).await?;
-    let agent_err = |source| Error::Agent { function: ctx.function(), pod: pod.clone(), source };
-    tags.entry("kanister.io/pod".into()).or_insert_with(|| pod.clone());
-    if let Some(container) = ctx.opt_str("container")? {
-        tags.entry("kanister.io/container".into()).or_insert(container);
-    }
-    let request = pb::BackupStreamRequest {
-        op_id: ctx.op_id.clone(),
-        repository: Some(repository),
-        command: Some(command),
-        tags,
-        hostname: String::new(),
-    };
-    let stream =
-        client.backup_stream(request).await.map_err(|s| agent_err(super::agent::refused(&ctx.op_id, &s)))?.into_inner();
-    let result = super::agent::follow(&ctx.op_id, stream, |p| report(ctx, p, true)).await.map_err(agent_err)?;
-    let Some(pb::operation_result::Result::Backup(stats)) = result.result else {
-        return Err(agent_err(super::agent::Error::NoResult(ctx.op_id.clone())));
-    };
-    Ok(JsonMap::from([
-        ("backupID".to_string(), Value::String(stats.snapshot_id)),
-        ("size".to_string(), Value::from(stats.bytes_read)),
-        ("phySize".to_string(), Value::from(stats.bytes_uploaded)),
-    ]))
-}
-
-async fn restore_stream<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
-    use kanister_proto::agent::v1 as pb;
-    let command = command_spec(ctx)?;
-    let snapshot_id = ctx.str("backupID")?;
-    if snapshot_id.is_empty() {
-        return Err(ctx.invalid("backupID", "a snapshot id"));
-    }
-    let (pod, mut client, repository) = agent_target(ctx).await?;
-    let agent_err = |source| Error::Agent { function: ctx.function(), pod: pod.clone(), source };
-    let request = pb::RestoreStreamRequest {
-        op_id: ctx.op_id.clone(),
-        repository: Some(repository),
-        snapshot_id,
-        command: Some(command),
-    };
-    let stream = client
-        .restore_stream(request)
-        .await
-        .map_err(|s| agent_err(super::agent::refused(&ctx.op_id, &s)))?
-        .into_inner();
-    super::agent::follow(&ctx.op_id, stream, |p| report(ctx, p, false)).await.map_err(agent_err)?;
-    Ok(JsonMap::new())
-}
-
-/// The snapshot tag `BackupData` records its `backupTag` in.
-const BACKUP_TAG: &str = "kanister.io/backup-tag";
-
-async fn backup_data<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
-    use kanister_proto::agent::v1 as pb;
-    let path = ctx.str("includePath")?;
-    if path.is_empty() {
-        return Err(ctx.invalid("includePath", "a directory path"));
-    }
-    let container = ctx.opt_str("container")?;
-    let (pod, mut client, repository) = agent_target(ctx).await?;
-    let agent_err = |source| Error::Agent { function: ctx.function(), pod: pod.clone(), source };
-    // Stable for the phase, so that a retry that attaches to the operation reports the same tag.
-    let backup_tag = ctx.op_id.clone();
-    let mut tags = std::collections::HashMap::from([
-        ("kanister.io/pod".to_string(), pod.clone()),
-        (BACKUP_TAG.to_string(), backup_tag.clone()),
-    ]);
-    if let Some(container) = container {
-        tags.insert("kanister.io/container".into(), container);
-    }
-    let request = pb::BackupPathsRequest {
-        op_id: ctx.op_id.clone(),
-        repository: Some(repository),
-        path,
-        tags,
-        hostname: String::new(),
-        parent_snapshot_id: String::new(),
-        force: false,
-    };
-    let stream =
-        client.backup_paths(request).await.map_err(|s| agent_err(super::agent::refused(&ctx.op_id, &s)))?.into_inner();
-    let result = super::agent::follow(&ctx.op_id, stream, |p| report(ctx, p, true)).await.map_err(agent_err)?;
-    let Some(pb::operation_result::Result::Backup(stats)) = result.result else {
-        return Err(agent_err(super::agent::Error::NoResult(ctx.op_id.clone())));
-    };
-    Ok(JsonMap::from([
-        ("backupID".to_string(), Value::String(stats.snapshot_id)),
-        ("backupTag".to_string(), Value::String(backup_tag)),
-        ("fileCount".to_string(), Value::from(stats.files)),
-        ("size".to_string(), Value::from(stats.bytes_read)),
-        ("phySize".to_string(), Value::from(stats.bytes_uploaded)),
-    ]))
-}
-
-async fn restore_data<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
-    use kanister_proto::agent::v1 as pb;
-    let target = ctx.str("restorePath")?;
-    if target.is_empty() {
-        return Err(ctx.invalid("restorePath", "a directory path"));
-    }
-    let id = ctx.opt_str("backupIdentifier")?.filter(|s| !s.is_empty());
-    let tag = ctx.opt_str("backupTag")?.filter(|s| !s.is_empty());
-    if id.is_none() && tag.is_none() {
-        return Err(ctx.missing("backupIdentifier"));
-    }
-    let (pod, mut client, repository) = agent_target(ctx).await?;
-    let agent_err = |source| Error::Agent { function: ctx.function(), pod: pod.clone(), source };
-    let snapshot_id = match (id, tag) {
-        (Some(id), _) => id,
-        (None, Some(tag)) => {
-            let request = pb::ListSnapshotsRequest {
-                repository: Some(repository.clone()),
-                tags: std::collections::HashMap::from([(BACKUP_TAG.to_string(), tag.clone())]),
-            };
-            let list = client
-                .list_snapshots(request)
-                .await
-                .map_err(|s| agent_err(super::agent::refused(&ctx.op_id, &s)))?
-                .into_inner();
-            // Oldest first: the latest backup with the tag.
-            list.snapshots
-                .into_iter()
-                .next_back()
-                .map(|s| s.id)
-                .ok_or_else(|| Error::NoBackup { function: ctx.function(), tag })?
-        }
-        (None, None) => unreachable!("checked above"),
-    };
-    let request = pb::RestorePathsRequest {
-        op_id: ctx.op_id.clone(),
-        repository: Some(repository),
-        snapshot_id,
-        target,
-        delete_extra: false,
-        include: Vec::new(),
-        exclude: Vec::new(),
-    };
-    let stream =
-        client.restore_paths(request).await.map_err(|s| agent_err(super::agent::refused(&ctx.op_id, &s)))?.into_inner();
-    super::agent::follow(&ctx.op_id, stream, |p| report(ctx, p, false)).await.map_err(agent_err)?;
-    Ok(JsonMap::new())
-}
-
-async fn delete_data<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
-    use kanister_proto::agent::v1 as pb;
-    let ids: Vec<String> = match ctx.args.get("backupID") {
-        None | Some(Value::Null) => return Err(ctx.missing("backupID")),
-        Some(Value::Array(_)) => ctx.command("backupID")?,
-        Some(_) => ctx.str("backupID")?.split(',').map(|s| s.trim().to_string()).collect(),
-    };
-    let ids: Vec<String> = ids.into_iter().filter(|s| !s.is_empty()).collect();
-    if ids.is_empty() {
-        return Err(ctx.invalid("backupID", "a snapshot id or a list of them"));
-    }
-    let reclaim = ctx.opt_bool("reclaimSpace", false)?;
-    let (pod, mut client, repository) = agent_target(ctx).await?;
-    let agent_err = |source| Error::Agent { function: ctx.function(), pod: pod.clone(), source };
-    let forget_id = format!("{}/forget", ctx.op_id);
-    let request =
-        pb::ForgetRequest { op_id: forget_id.clone(), repository: Some(repository.clone()), snapshot_ids: ids };
-    let forgotten =
-        client.forget(request).await.map_err(|s| agent_err(super::agent::refused(&forget_id, &s)))?.into_inner();
-    if reclaim {
-        let prune_id = format!("{}/prune", ctx.op_id);
-        let request = pb::PruneRequest {
-            op_id: prune_id.clone(),
-            repository: Some(repository),
-            grace_period_secs: 0,
-            dry_run: false,
-        };
-        let stream =
-            client.prune(request).await.map_err(|s| agent_err(super::agent::refused(&prune_id, &s)))?.into_inner();
-        super::agent::follow(&prune_id, stream, |_| {}).await.map_err(agent_err)?;
-    }
-    let list = |v: Vec<String>| Value::Array(v.into_iter().map(Value::String).collect());
-    Ok(JsonMap::from([
-        ("removed".to_string(), list(forgotten.removed)),
-        ("alreadyAbsent".to_string(), list(forgotten.already_absent)),
-    ]))
 }
 
 #[cfg(test)]

@@ -44,6 +44,7 @@
 //!   new `.Time`.
 
 pub mod agent;
+mod data;
 pub mod functions;
 pub mod params;
 pub mod repokey;
