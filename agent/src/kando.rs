@@ -292,7 +292,8 @@ fn kando_key() -> Result<crate::repository::RepoKey> {
     crate::repository::RepoKey::from_files_or_env(key_file.as_deref(), password_file.as_deref())
 }
 
-async fn latest_at(
+/// The snapshots pushed at `path` (tag `kando.path`), oldest first, with their times.
+pub async fn pushed_at(
     repo: &crate::repository::Repository,
     path: &str,
 ) -> Result<Vec<(kanister_repo::SnapshotId, String)>> {
@@ -306,6 +307,15 @@ async fn latest_at(
         .collect();
     found.sort_by(|a, b| a.1.cmp(&b.1));
     Ok(found)
+}
+
+/// Forgets every snapshot pushed at `path` (`kando location delete`, `LocationDelete`);
+/// returns how many. Their data goes with the next prune.
+pub async fn delete_at(repo: &crate::repository::Repository, path: &str) -> Result<usize> {
+    let found = pushed_at(repo, path).await?;
+    let ids: Vec<String> = found.iter().map(|(id, _)| id.to_string()).collect();
+    repo.forget(&ids).await?;
+    Ok(found.len())
 }
 
 /// Runs kando with `args` (argv, program name first).
@@ -349,7 +359,7 @@ pub async fn run(args: Vec<std::ffi::OsString>) -> Result<()> {
                     }
                 }
                 "pull" => {
-                    let found = latest_at(&repo, &a.path).await?;
+                    let found = pushed_at(&repo, &a.path).await?;
                     let (id, _) = found.last().ok_or_else(|| {
                         Error::SnapshotNotFound(format!("{} (nothing was pushed at this path)", a.path))
                     })?;
@@ -365,11 +375,8 @@ pub async fn run(args: Vec<std::ffi::OsString>) -> Result<()> {
                     }
                 }
                 _ => {
-                    let found = latest_at(&repo, &a.path).await?;
-                    for (id, _) in &found {
-                        repo.store().delete(&format!("{}/{id}", crate::repository::SNAPSHOTS)).await?;
-                    }
-                    eprintln!("deleted {} snapshot(s) at {}; their data goes with the next prune", found.len(), a.path);
+                    let n = delete_at(&repo, &a.path).await?;
+                    eprintln!("deleted {n} snapshot(s) at {}; their data goes with the next prune", a.path);
                 }
             }
         }

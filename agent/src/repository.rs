@@ -725,6 +725,27 @@ impl Repository<Open> {
         Ok(key)
     }
 
+    /// Forgets snapshots (full ids or unique prefixes): deletes their snapshot objects; their
+    /// data goes with the next prune. Returns the ids removed and the full ids that were
+    /// already gone (a retry of an earlier forget, not an error).
+    pub async fn forget(&self, ids: &[String]) -> Result<(Vec<String>, Vec<String>)> {
+        let (mut removed, mut absent) = (Vec::new(), Vec::new());
+        for p in ids {
+            if p.len() == 64
+                && let Ok(id) = p.parse::<SnapshotId>()
+                && !self.snapshot_ids().await?.contains(&id)
+            {
+                absent.push(id.to_string());
+                continue;
+            }
+            let id = self.resolve_snapshot(p).await?;
+            self.store.delete(&format!("{SNAPSHOTS}/{id}")).await?;
+            tracing::info!(snapshot = %id, "snapshot forgotten");
+            removed.push(id.to_string());
+        }
+        Ok((removed, absent))
+    }
+
     /// Reads every backup marker: its key, when it was written and last renewed (store time).
     pub async fn locks(&self) -> Result<Vec<LockInfo>> {
         let listed = self.store.list(LOCKS).await?;

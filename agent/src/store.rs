@@ -157,6 +157,9 @@ fn read_credentials(path: &FsPath) -> Result<Vec<(String, String)>> {
 impl Store {
     /// Opens the store a URL names. Nothing is contacted yet.
     pub fn open(url: &str, opts: &StoreOptions) -> Result<Store> {
+        // object_store's HTTP client needs a process-wide TLS provider: ring, the only one
+        // built in. Installing it here serves every caller (CLI, service, the coordinator).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let parsed = url::Url::parse(url).map_err(|e| {
             bad_url(
                 url,

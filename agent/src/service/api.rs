@@ -200,6 +200,7 @@ async fn backup_stream(
             result: Some(pb::operation_result::Result::Backup(pb::BackupStats {
                 snapshot_id: s.snapshot_id.to_string(),
                 bytes_read: s.bytes_read,
+                size: s.bytes_read,
                 bytes_new: s.bytes_new,
                 bytes_uploaded: s.bytes_uploaded,
                 chunks: s.chunks,
@@ -322,6 +323,7 @@ async fn backup_paths(
         result: Some(pb::operation_result::Result::Backup(pb::BackupStats {
             snapshot_id: s.snapshot_id.to_string(),
             bytes_read: s.bytes_read,
+            size: s.bytes_total,
             bytes_new: s.bytes_new,
             bytes_uploaded: s.bytes_uploaded,
             files: s.files_read + s.files_reused,
@@ -379,25 +381,8 @@ async fn restore_paths(
 async fn forget(op: Arc<Operation>, target: RepoTarget, ids: Vec<String>) -> Result<pb::OperationResult> {
     let repo = target.open(&op).await?;
     op.set_phase(pb::Phase::Transferring);
-    let mut out = pb::ForgetResponse::default();
-    op.until_cancelled(async {
-        for p in &ids {
-            // A full id that is already gone was forgotten by an earlier attempt: not an error.
-            if p.len() == 64
-                && let Ok(id) = p.parse::<kanister_repo::SnapshotId>()
-                && !repo.snapshot_ids().await?.contains(&id)
-            {
-                out.already_absent.push(id.to_string());
-                continue;
-            }
-            let id = repo.resolve_snapshot(p).await?;
-            repo.store().delete(&format!("{}/{id}", crate::repository::SNAPSHOTS)).await.map_err(crate::Error::from)?;
-            tracing::info!(snapshot = %id, "snapshot forgotten");
-            out.removed.push(id.to_string());
-        }
-        Ok(())
-    })
-    .await?;
+    let (removed, already_absent) = op.until_cancelled(async { Ok(repo.forget(&ids).await?) }).await?;
+    let out = pb::ForgetResponse { removed, already_absent };
     Ok(pb::OperationResult { result: Some(pb::operation_result::Result::Forget(out)) })
 }
 
@@ -547,6 +532,10 @@ impl AgentService for Api {
                 short_id: id.short(),
                 kind: if matches!(s.root, kanister_repo::snapshot::Root::Stream { .. }) { "stream" } else { "tree" }
                     .into(),
+                path: match &s.root {
+                    kanister_repo::snapshot::Root::Tree { path, .. } => path.clone(),
+                    kanister_repo::snapshot::Root::Stream { .. } => String::new(),
+                },
                 time: s.time,
                 hostname: s.hostname,
                 tags: s.tags.into_iter().collect(),
