@@ -56,6 +56,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use futures::FutureExt as _;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -110,6 +111,8 @@ enum PhaseError {
     Timeout(Duration),
     #[error("{0}")]
     Cancelled(String),
+    #[error("internal error: function {function} panicked ({message}); please report it")]
+    Panic { function: String, message: String },
 }
 
 /// Settings of the engine.
@@ -821,6 +824,7 @@ impl<C: Cluster> Run<C> {
                     PhaseError::Cancelled(_) => "cancelled",
                     PhaseError::Render(_) | PhaseError::Params(_) | PhaseError::BadTimeout(_) => "invalid",
                     PhaseError::Function(_) => "function",
+                    PhaseError::Panic { .. } => "internal",
                 };
                 *m.failures.entry(reason).or_default() += 1;
             }
@@ -981,7 +985,19 @@ impl<C: Cluster> Run<C> {
                 ),
                 progress: Some(progress_tx),
             };
-            Ok::<_, PhaseError>(functions::run(&phase.func, &ctx).await?)
+            // A bug in a function must fail its phase, not leave the ActionSet running.
+            let result = std::panic::AssertUnwindSafe(functions::run(&phase.func, &ctx)).catch_unwind().await;
+            match result {
+                Ok(r) => Ok::<_, PhaseError>(r?),
+                Err(panic) => Err(PhaseError::Panic {
+                    function: phase.func.clone(),
+                    message: panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default(),
+                }),
+            }
         };
         let report = self.report_progress(i, slot, progress_rx);
         let work = async {
