@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use kanister_coordinator::cluster::Cluster;
 use kanister_coordinator::cluster::local::LocalCluster;
+use kanister_coordinator::cluster::{Cluster, ObjectRef};
 use kanister_coordinator::crd::{ActionSet, State};
 use kanister_coordinator::engine::agent::AgentClientConfig;
 use kanister_coordinator::engine::{Engine, EngineConfig, Outcome};
@@ -79,6 +79,64 @@ actions:
         backupArtifactPrefix: unused/prefix
         backupID: "{{ .ArtifactsIn.files.KeyValue.backupID }}"
         reclaimSpace: true
+  backupAll:
+    outputArtifacts:
+      all:
+        keyValue:
+          info: "{{ .Phases.backup.Output.BackupAllInfo }}"
+    phases:
+    - func: BackupDataAll
+      name: backup
+      args:
+        namespace: app
+        pods: "app-0 app-1"
+        container: app
+        includePath: "{{ .Options.source }}"
+        backupArtifactPrefix: unused/prefix
+  restoreAll:
+    inputArtifactNames: [all]
+    phases:
+    - func: RestoreDataAll
+      name: restore
+      args:
+        namespace: app
+        pods: "{{ .Options.pod }}"
+        image: ghcr.io/kanisterio/kanister-tools:0.110.0
+        backupArtifactPrefix: unused/prefix
+        restorePath: "{{ .Options.target }}"
+        backupInfo: "{{ .ArtifactsIn.all.KeyValue.info }}"
+  deleteAll:
+    inputArtifactNames: [all]
+    phases:
+    - func: DeleteDataAll
+      name: delete
+      args:
+        namespace: app
+        backupArtifactPrefix: unused/prefix
+        backupInfo: "{{ .ArtifactsIn.all.KeyValue.info }}"
+        reclaimSpace: true
+  stats:
+    inputArtifactNames: [files]
+    phases:
+    - func: BackupDataStats
+      name: restoreSize
+      args:
+        namespace: app
+        backupArtifactPrefix: unused/prefix
+        backupID: "{{ .ArtifactsIn.files.KeyValue.backupID }}"
+    - func: BackupDataStats
+      name: rawData
+      args:
+        namespace: app
+        backupArtifactPrefix: unused/prefix
+        backupID: "{{ .ArtifactsIn.files.KeyValue.backupID }}"
+        statsMode: raw-data
+  check:
+    phases:
+    - func: CheckRepository
+      name: check
+      args:
+        backupArtifactPrefix: unused/prefix
 "#;
 
 fn infra_var(name: &str) -> String {
@@ -99,7 +157,15 @@ fn unique_name(tag: &str) -> String {
 }
 
 fn world(agent: &Agent) -> (Arc<LocalCluster>, Engine<LocalCluster>) {
-    let c = LocalCluster::new().with_agent("app", "app-0", agent.endpoint.clone());
+    world_of(&[("app-0", agent)])
+}
+
+/// A local cluster whose pods `app/<name>` have the given agents as sidecars.
+fn world_of(agents: &[(&str, &Agent)]) -> (Arc<LocalCluster>, Engine<LocalCluster>) {
+    let mut c = LocalCluster::new();
+    for (pod, agent) in agents {
+        c = c.with_agent("app", pod, agent.endpoint.clone());
+    }
     let objects = format!(
         r#"
 apiVersion: v1
@@ -259,4 +325,147 @@ async fn backup_data_restore_data_and_delete_data_through_the_agent_sidecar() {
     assert!(message.contains(&backup_id), "{message}");
     assert!(tree(again.path()).is_empty(), "the failed restore wrote files");
     agent.stop().await;
+}
+
+fn output(a: &ActionSet, phase: usize) -> &BTreeMap<String, Value> {
+    &a.status.as_ref().unwrap().actions[0].phases[phase].output
+}
+
+/// The snapshots in the Profile's repository (opened here with the key from the cluster's key
+/// Secret, the way the coordinator does): id → parent.
+async fn snapshots(cluster: &LocalCluster) -> BTreeMap<String, Option<String>> {
+    let profile: Value = cluster.get(&ObjectRef::new("Profile", "kanister", "s3-profile")).await.unwrap();
+    let key = cluster.secret("kanister", "kanister-repo-key-s3-profile").await.unwrap().data["key"].clone();
+    let url = format!(
+        "s3://{}/{}",
+        profile["location"]["bucket"].as_str().unwrap(),
+        profile["location"]["prefix"].as_str().unwrap()
+    );
+    let options = std::collections::HashMap::from([
+        ("endpoint".to_string(), infra_var("KANISTER_TEST_S3_ENDPOINT")),
+        ("region".to_string(), "us-east-1".to_string()),
+        ("aws_access_key_id".to_string(), infra_var("KANISTER_TEST_S3_ACCESS_KEY")),
+        ("aws_secret_access_key".to_string(), infra_var("KANISTER_TEST_S3_SECRET_KEY")),
+    ]);
+    let store = kanister_agent::repository::store_of_ref(&url, options).unwrap();
+    let repo = kanister_agent::repository::Repository::at(store)
+        .open(&kanister_agent::repository::RepoKey::KeyFile(Zeroizing::new(key)))
+        .await
+        .unwrap();
+    repo.snapshots()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, s)| (id.to_string(), s.unwrap().parent.map(|p| p.to_string())))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn all_variants_stats_checks_and_incremental_backups() {
+    let (a0, a1) = (Agent::start(TOKEN).await, Agent::start(TOKEN).await);
+    let (cluster, engine) = world_of(&[("app-0", &a0), ("app-1", &a1)]);
+    let source = tempfile::tempdir().unwrap();
+    let s = source.path();
+    std::fs::create_dir_all(s.join("d/e")).unwrap();
+    for i in 0..20 {
+        std::fs::write(s.join(format!("d/f{i}.txt")), format!("file {i} ").repeat(500 + i)).unwrap();
+    }
+    std::fs::write(s.join("d/e/big.bin"), (0..=250u8).cycle().take(300_000).collect::<Vec<_>>()).unwrap();
+    let before = tree(s);
+    let src = json!({"source": s.display().to_string()});
+
+    // Nothing was backed up through the Profile yet.
+    let check = run(&cluster, &engine, "check-empty", "check", json!({}), json!({})).await;
+    completed(&check);
+    assert_eq!(output(&check, 0)["repoUnavailable"], "true");
+    assert_eq!(output(&check, 0)["passwordIncorrect"], "false");
+
+    // Incremental: the second BackupData of the same pod and path has the first as its parent.
+    let first = run(&cluster, &engine, "inc-1", "backup", src.clone(), json!({})).await;
+    completed(&first);
+    std::fs::write(s.join("d/f3.txt"), "changed\n").unwrap();
+    let second = run(&cluster, &engine, "inc-2", "backup", src.clone(), json!({})).await;
+    completed(&second);
+    let (id1, id2) =
+        (output(&first, 0)["backupID"].as_str().unwrap(), output(&second, 0)["backupID"].as_str().unwrap());
+    let snaps = snapshots(&cluster).await;
+    assert_eq!(snaps[id1], None, "{snaps:?}");
+    assert_eq!(snaps[id2].as_deref(), Some(id1), "the second backup was not made from the first: {snaps:?}");
+    std::fs::write(s.join("d/f3.txt"), "file 3 ".repeat(503)).unwrap();
+
+    // Stats of the second backup: restore size is the tree's bytes, raw data what it stores.
+    let files =
+        json!({"files": serde_json::to_value(&second.status.as_ref().unwrap().actions[0].artifacts["files"]).unwrap()});
+    let stats = run(&cluster, &engine, "stats", "stats", json!({}), files).await;
+    completed(&stats);
+    let (restore, raw) = (output(&stats, 0), output(&stats, 1));
+    assert_eq!(restore["mode"], "restore-size");
+    assert_eq!(raw["mode"], "raw-data");
+    let logical: u64 = restore["size"].as_str().unwrap().parse().unwrap();
+    assert_eq!(logical, output(&second, 0)["size"].as_u64().unwrap());
+    assert_eq!(restore["fileCount"].as_str().unwrap(), "21", "{restore:?}");
+    let stored: u64 = raw["size"].as_str().unwrap().parse().unwrap();
+    assert!(stored > 0 && stored < logical, "raw data {stored} of {logical} bytes: the text compresses");
+
+    // The repository checks out; with another key in the key Secret, the password is wrong.
+    let check = run(&cluster, &engine, "check-ok", "check", json!({}), json!({})).await;
+    completed(&check);
+    assert_eq!(
+        (output(&check, 0)["repoUnavailable"].as_str(), output(&check, 0)["passwordIncorrect"].as_str()),
+        (Some("false"), Some("false"))
+    );
+    assert_eq!(output(&check, 0)["snapshots"], 2);
+    let key_secret = ObjectRef::new("Secret", "kanister", "kanister-repo-key-s3-profile");
+    let original: Value = cluster.get(&key_secret).await.unwrap();
+    let mut other = original.clone();
+    other["data"] = json!({"key": base64_of(&"ab".repeat(32))});
+    other.as_object_mut().unwrap().remove("stringData");
+    cluster.put(other);
+    let check = run(&cluster, &engine, "check-wrong-key", "check", json!({}), json!({})).await;
+    completed(&check);
+    assert_eq!(output(&check, 0)["passwordIncorrect"], "true");
+    cluster.put(original);
+
+    // BackupDataAll over two pods, RestoreDataAll one pod at a time, DeleteDataAll both.
+    let all = run(&cluster, &engine, "all-backup", "backupAll", src.clone(), json!({})).await;
+    completed(&all);
+    let info: Value = serde_json::from_str(output(&all, 0)["BackupAllInfo"].as_str().unwrap()).unwrap();
+    for pod in ["app-0", "app-1"] {
+        assert_eq!(info[pod]["PodName"], pod, "{info}");
+        assert!(info[pod]["BackupID"].as_str().is_some_and(|s| s.len() == 64), "{info}");
+        assert!(!info[pod]["BackupTag"].as_str().unwrap().is_empty(), "{info}");
+    }
+    assert_ne!(info["app-0"]["BackupID"], info["app-1"]["BackupID"]);
+    let artifact =
+        json!({"all": serde_json::to_value(&all.status.as_ref().unwrap().actions[0].artifacts["all"]).unwrap()});
+    for pod in ["app-0", "app-1"] {
+        let target = tempfile::tempdir().unwrap();
+        let opts = json!({"target": target.path().display().to_string(), "pod": pod});
+        completed(&run(&cluster, &engine, &format!("all-restore-{pod}"), "restoreAll", opts, artifact.clone()).await);
+        assert_eq!(tree(target.path()), before, "the tree restored from {pod} differs");
+    }
+    let target = tempfile::tempdir().unwrap();
+    let opts = json!({"target": target.path().display().to_string(), "pod": "app-7"});
+    let failed = run(&cluster, &engine, "all-restore-unknown", "restoreAll", opts, artifact.clone()).await;
+    let message = failed.status.as_ref().unwrap().error.as_ref().unwrap().message.clone();
+    assert!(message.contains("app-7") && message.contains("app-0, app-1"), "{message}");
+
+    let before_delete = snapshots(&cluster).await.len();
+    let deleted = run(&cluster, &engine, "all-delete", "deleteAll", json!({}), artifact.clone()).await;
+    completed(&deleted);
+    assert_eq!(output(&deleted, 0)["removed"].as_array().map(Vec::len), Some(2));
+    let left = snapshots(&cluster).await;
+    assert_eq!(left.len(), before_delete - 2);
+    assert!(!left.contains_key(info["app-0"]["BackupID"].as_str().unwrap()));
+    // Deleting again is not an error: both are already gone.
+    let again = run(&cluster, &engine, "all-delete-again", "deleteAll", json!({}), artifact).await;
+    completed(&again);
+    assert_eq!(output(&again, 0)["alreadyAbsent"].as_array().map(Vec::len), Some(2));
+    a0.stop().await;
+    a1.stop().await;
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
 }

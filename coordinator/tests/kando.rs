@@ -130,6 +130,13 @@ actions:
         - bash
         - -ec
         - kando location delete --profile @PROFILE@ --path '{{ .ArtifactsIn.dump.KeyValue.path }}'
+  locationDelete:
+    inputArtifactNames: [dump]
+    phases:
+    - func: LocationDelete
+      name: deleteDump
+      args:
+        artifact: '{{ .ArtifactsIn.dump.KeyValue.path }}'
 "#
     .replace("@PROFILE@", PROFILE)
 }
@@ -539,7 +546,8 @@ async fn pg_dumpall_through_kando_backs_up_restores_and_deletes() {
 
     let key = w.repository_key().await;
     assert!(kando_pull_works(&w, &key, &path));
-    w.run("pg-delete", "delete", "pg", json!({}), artifact(&backup)).await;
+    // Upstream's LocationDelete (run by the coordinator itself) removes what kando pushed.
+    w.run("pg-delete", "locationDelete", "pg", json!({}), artifact(&backup)).await;
     assert_eq!(w.stored("snapshots").1, 0, "snapshots left after delete");
     assert!(!kando_pull_works(&w, &key, &path), "the deleted path can still be pulled");
 }

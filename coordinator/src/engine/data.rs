@@ -14,6 +14,11 @@
 //! [`Context::progress`]. The operation id is derived from the ActionSet, action and phase, so
 //! a repeated call attaches to the running operation instead of starting another.
 
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Mutex;
+
+use kanister_proto::agent::v1 as pb;
 use serde_json::Value;
 
 use super::functions::TransferProgress;
@@ -21,12 +26,22 @@ use super::functions::{Context, Error, Result};
 use crate::cluster::Cluster;
 use crate::crd::JsonMap;
 
-/// The agent endpoint of the function's pod and the repository of the action's Profile.
+/// The agent endpoint of the function's pod (`namespace`, `pod` arguments) and the repository
+/// of the action's Profile.
 pub(super) async fn agent_target<C: Cluster>(
     ctx: &Context<C>,
-) -> Result<(String, super::agent::Client, kanister_proto::agent::v1::RepositoryRef)> {
+) -> Result<(String, super::agent::Client, pb::RepositoryRef)> {
     let namespace = ctx.str("namespace")?;
     let pod = ctx.str("pod")?;
+    agent_of(ctx, &namespace, &pod).await
+}
+
+/// The agent sidecar of pod `namespace/pod` and the repository of the action's Profile.
+async fn agent_of<C: Cluster>(
+    ctx: &Context<C>,
+    namespace: &str,
+    pod: &str,
+) -> Result<(String, super::agent::Client, pb::RepositoryRef)> {
     let what = format!("{namespace}/{pod}");
     let agent_err = |source| Error::Agent { function: ctx.function(), pod: what.clone(), source };
     let (Some(profile_ref), Some(profile)) = (&ctx.profile, &ctx.params.profile) else {
@@ -34,9 +49,43 @@ pub(super) async fn agent_target<C: Cluster>(
     };
     let key = super::repokey::value(&*ctx.cluster, profile_ref).await.map_err(Box::new)?;
     let repository = super::agent::repository_ref(profile, key).map_err(agent_err)?;
-    let endpoint = ctx.cluster.agent_endpoint(&namespace, &pod).await?;
+    let endpoint = ctx.cluster.agent_endpoint(namespace, pod).await?;
     let client = super::agent::connect(&endpoint, &ctx.agent).await.map_err(agent_err)?;
     Ok((what, client, repository))
+}
+
+/// The action's Profile repository, opened in the coordinator ([`super::repository`]).
+async fn open_repository<C: Cluster>(ctx: &Context<C>) -> Result<super::repository::Opened> {
+    let (Some(profile_ref), Some(profile)) = (&ctx.profile, &ctx.params.profile) else {
+        return Err(Error::NoProfile(ctx.function()));
+    };
+    super::repository::open(&*ctx.cluster, profile_ref, profile)
+        .await
+        .map_err(|source| Error::Repository { function: ctx.function(), source: Box::new(source) })
+}
+
+/// Like [`open_repository`], for functions that need the repository to exist.
+async fn existing_repository<C: Cluster>(ctx: &Context<C>) -> Result<Box<kanister_agent::repository::Repository>> {
+    use super::repository::Opened;
+    let why = match open_repository(ctx).await? {
+        Opened::Open(repo) => return Ok(repo),
+        Opened::NoKey | Opened::NoRepository => no_repository(),
+        Opened::WrongKey => wrong_key(),
+    };
+    Err(Error::Data { function: ctx.function(), message: why.into() })
+}
+
+fn no_repository() -> &'static str {
+    "the Profile's location holds no repository yet (nothing was backed up through it)"
+}
+
+fn wrong_key() -> &'static str {
+    "the Profile's key Secret (kanister-repo-key-<profile> in the Profile's namespace) does not open the \
+     repository at its location: restore the Secret that was used for the backups"
+}
+
+fn data_err<C: Cluster>(ctx: &Context<C>) -> impl Fn(kanister_agent::Error) -> Error + '_ {
+    move |e| Error::Data { function: ctx.function(), message: e.to_string() }
 }
 
 fn report<C>(ctx: &Context<C>, p: &kanister_proto::agent::v1::Progress, backup: bool) {
@@ -63,7 +112,6 @@ fn command_spec<C: Cluster>(ctx: &Context<C>) -> Result<kanister_proto::agent::v
 }
 
 pub(super) async fn backup_stream<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
-    use kanister_proto::agent::v1 as pb;
     let command = command_spec(ctx)?;
     let mut tags: std::collections::HashMap<String, String> = ctx.opt_string_map("tags")?.into_iter().collect();
     let (pod, mut client, repository) = agent_target(ctx).await?;
@@ -93,7 +141,6 @@ pub(super) async fn backup_stream<C: Cluster>(ctx: &Context<C>) -> Result<JsonMa
 }
 
 pub(super) async fn restore_stream<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
-    use kanister_proto::agent::v1 as pb;
     let command = command_spec(ctx)?;
     let snapshot_id = ctx.str("backupID")?;
     if snapshot_id.is_empty() {
@@ -118,73 +165,252 @@ pub(super) async fn restore_stream<C: Cluster>(ctx: &Context<C>) -> Result<JsonM
 
 /// The snapshot tag `BackupData` records its `backupTag` in.
 const BACKUP_TAG: &str = "kanister.io/backup-tag";
+/// The snapshot tag naming the pod (`namespace/name`) a tree backup was made in.
+const POD_TAG: &str = "kanister.io/pod";
+/// The snapshot tag naming the container whose view of the volume was backed up.
+const CONTAINER_TAG: &str = "kanister.io/container";
 
-pub(super) async fn backup_data<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
-    use kanister_proto::agent::v1 as pb;
-    let path = ctx.str("includePath")?;
-    if path.is_empty() {
-        return Err(ctx.invalid("includePath", "a directory path"));
+/// What one pod's tree backup produced.
+struct TreeBackup {
+    tag: String,
+    stats: pb::BackupStats,
+}
+
+/// Backs up `path` as the agent of pod `namespace/pod` sees it, incrementally from the latest
+/// tree snapshot of the same pod, container and path. The backup tag is the operation id:
+/// stable for the phase, so a retry that attaches to the running operation reports the same.
+async fn backup_tree<C: Cluster>(
+    ctx: &Context<C>,
+    namespace: &str,
+    pod: &str,
+    container: Option<&str>,
+    path: &str,
+    op_id: &str,
+    on_progress: impl FnMut(&pb::Progress),
+) -> Result<TreeBackup> {
+    let (what, mut client, repository) = agent_of(ctx, namespace, pod).await?;
+    let agent_err = |source| Error::Agent { function: ctx.function(), pod: what.clone(), source };
+    let mut tags = HashMap::from([(POD_TAG.to_string(), what.clone())]);
+    if let Some(c) = container {
+        tags.insert(CONTAINER_TAG.into(), c.into());
     }
-    let container = ctx.opt_str("container")?;
-    let (pod, mut client, repository) = agent_target(ctx).await?;
-    let agent_err = |source| Error::Agent { function: ctx.function(), pod: pod.clone(), source };
-    // Stable for the phase, so that a retry that attaches to the operation reports the same tag.
-    let backup_tag = ctx.op_id.clone();
-    let mut tags = std::collections::HashMap::from([
-        ("kanister.io/pod".to_string(), pod.clone()),
-        (BACKUP_TAG.to_string(), backup_tag.clone()),
-    ]);
-    if let Some(container) = container {
-        tags.insert("kanister.io/container".into(), container);
-    }
+    // The agent's own parent choice wants equal tags, which the per-backup tag never gives:
+    // choose the parent here. Best effort: a first backup finds no repository, and any real
+    // problem with it fails the backup itself below.
+    let wanted = match path.trim_end_matches('/') {
+        "" => "/",
+        p => p,
+    };
+    let listed =
+        client.list_snapshots(pb::ListSnapshotsRequest { repository: Some(repository.clone()), tags: tags.clone() });
+    let parent = match listed.await {
+        Ok(list) => list
+            .into_inner()
+            .snapshots
+            .into_iter()
+            .rfind(|s| {
+                s.kind == "tree" && s.path == wanted && s.tags.get(BACKUP_TAG).map(String::as_str) != Some(op_id)
+            })
+            .map(|s| s.id)
+            .unwrap_or_default(),
+        Err(status) => {
+            tracing::debug!(pod = %what, code = ?status.code(), "no parent snapshot found");
+            String::new()
+        }
+    };
+    tags.insert(BACKUP_TAG.into(), op_id.into());
     let request = pb::BackupPathsRequest {
-        op_id: ctx.op_id.clone(),
+        op_id: op_id.into(),
         repository: Some(repository),
-        path,
+        path: path.into(),
         tags,
         hostname: String::new(),
-        parent_snapshot_id: String::new(),
+        parent_snapshot_id: parent,
         force: false,
     };
     let stream =
-        client.backup_paths(request).await.map_err(|s| agent_err(super::agent::refused(&ctx.op_id, &s)))?.into_inner();
-    let result = super::agent::follow(&ctx.op_id, stream, |p| report(ctx, p, true)).await.map_err(agent_err)?;
+        client.backup_paths(request).await.map_err(|s| agent_err(super::agent::refused(op_id, &s)))?.into_inner();
+    let result = super::agent::follow(op_id, stream, on_progress).await.map_err(agent_err)?;
     let Some(pb::operation_result::Result::Backup(stats)) = result.result else {
-        return Err(agent_err(super::agent::Error::NoResult(ctx.op_id.clone())));
+        return Err(agent_err(super::agent::Error::NoResult(op_id.into())));
     };
+    if stats.partial {
+        let shown: Vec<&str> = stats.errors.iter().take(5).map(String::as_str).collect();
+        return Err(Error::Data {
+            function: ctx.function(),
+            message: format!(
+                "the backup of {path} in pod {what} is partial (snapshot {}): {} path(s) could not be read: {}; \
+                 fix their permissions or exclude them",
+                stats.snapshot_id,
+                stats.errors.len(),
+                shown.join("; ")
+            ),
+        });
+    }
+    Ok(TreeBackup { tag: op_id.into(), stats })
+}
+
+fn backup_outputs(b: &TreeBackup) -> JsonMap {
+    JsonMap::from([
+        ("backupID".to_string(), Value::String(b.stats.snapshot_id.clone())),
+        ("backupTag".to_string(), Value::String(b.tag.clone())),
+        ("fileCount".to_string(), Value::from(b.stats.files)),
+        ("size".to_string(), Value::from(b.stats.size)),
+        ("phySize".to_string(), Value::from(b.stats.bytes_uploaded)),
+    ])
+}
+
+fn non_empty<C: Cluster>(ctx: &Context<C>, name: &str, expected: &str) -> Result<String> {
+    let v = ctx.str(name)?;
+    if v.is_empty() {
+        return Err(ctx.invalid(name, expected));
+    }
+    Ok(v)
+}
+
+pub(super) async fn backup_data<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
+    let path = non_empty(ctx, "includePath", "a directory path")?;
+    let (namespace, pod) = (ctx.str("namespace")?, ctx.str("pod")?);
+    let container = ctx.opt_str("container")?;
+    let b =
+        backup_tree(ctx, &namespace, &pod, container.as_deref(), &path, &ctx.op_id, |p| report(ctx, p, true)).await?;
+    Ok(backup_outputs(&b))
+}
+
+/// The pods of an `*All` function: the `pods` argument (names separated by spaces), else the
+/// pods of the action's workload.
+fn pods_of<C: Cluster>(ctx: &Context<C>) -> Result<Vec<String>> {
+    let given = match ctx.args.get("pods") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(_) => super::functions::words(ctx, "pods")?,
+    };
+    if !given.is_empty() {
+        return Ok(given);
+    }
+    let p = &ctx.params;
+    match [&p.stateful_set, &p.deployment, &p.deployment_config].into_iter().flatten().next() {
+        Some(w) if !w.pods.is_empty() => Ok(w.pods.clone()),
+        _ => Err(ctx.invalid("pods", "pod names separated by spaces (the action's object has no running pods)")),
+    }
+}
+
+/// Sums the progress of operations running at once into the phase's progress.
+struct ProgressSum<'a, C> {
+    ctx: &'a Context<C>,
+    backup: bool,
+    parts: Mutex<BTreeMap<String, pb::Progress>>,
+}
+
+impl<C> ProgressSum<'_, C> {
+    fn update(&self, key: &str, p: &pb::Progress) {
+        let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        parts.insert(key.into(), *p);
+        let mut sum = pb::Progress::default();
+        for q in parts.values() {
+            sum.bytes_read += q.bytes_read;
+            sum.bytes_uploaded += q.bytes_uploaded;
+            sum.bytes_downloaded += q.bytes_downloaded;
+            sum.total_bytes += q.total_bytes;
+            sum.eta_secs = match (sum.eta_secs, q.eta_secs) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        drop(parts);
+        report(self.ctx, &sum, self.backup);
+    }
+}
+
+/// One pod's entry of `BackupAllInfo` (upstream's Go field names).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct BackupInfo {
+    #[serde(default)]
+    pod_name: String,
+    #[serde(rename = "BackupID")]
+    backup_id: String,
+    #[serde(default)]
+    backup_tag: String,
+}
+
+/// Runs `f` for every pod at once; all errors are reported, not just the first.
+async fn for_each_pod<'a, T, F, Fut>(pods: &'a [String], f: F) -> Result<Vec<(String, T)>>
+where
+    F: Fn(&'a str) -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let runs = pods.iter().map(|pod| {
+        let run = f(pod);
+        async move { run.await.map(|t| (pod.clone(), t)) }
+    });
+    let (mut done, mut errors) = (Vec::new(), Vec::new());
+    for r in futures::future::join_all(runs).await {
+        match r {
+            Ok(x) => done.push(x),
+            Err(e) => errors.push(e),
+        }
+    }
+    match errors.len() {
+        0 => Ok(done),
+        1 => Err(errors.remove(0)),
+        _ => Err(Error::Many(errors)),
+    }
+}
+
+pub(super) async fn backup_data_all<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
+    let path = non_empty(ctx, "includePath", "a directory path")?;
+    let namespace = ctx.str("namespace")?;
+    let container = ctx.opt_str("container")?;
+    let pods = pods_of(ctx)?;
+    let sum = ProgressSum { ctx, backup: true, parts: Mutex::default() };
+    let done = for_each_pod(&pods, |pod| {
+        let (namespace, container, path, sum) = (&namespace, container.as_deref(), &path, &sum);
+        async move {
+            let op_id = format!("{}/{pod}", ctx.op_id);
+            backup_tree(ctx, namespace, pod, container, path, &op_id, |p| sum.update(pod, p)).await
+        }
+    })
+    .await?;
+    let info: BTreeMap<&str, BackupInfo> = done
+        .iter()
+        .map(|(pod, b)| {
+            let entry =
+                BackupInfo { pod_name: pod.clone(), backup_id: b.stats.snapshot_id.clone(), backup_tag: b.tag.clone() };
+            (pod.as_str(), entry)
+        })
+        .collect();
+    let total = |f: fn(&pb::BackupStats) -> u64| Value::from(done.iter().map(|(_, b)| f(&b.stats)).sum::<u64>());
     Ok(JsonMap::from([
-        ("backupID".to_string(), Value::String(stats.snapshot_id)),
-        ("backupTag".to_string(), Value::String(backup_tag)),
-        ("fileCount".to_string(), Value::from(stats.files)),
-        ("size".to_string(), Value::from(stats.bytes_read)),
-        ("phySize".to_string(), Value::from(stats.bytes_uploaded)),
+        ("BackupAllInfo".to_string(), Value::String(serde_json::to_string(&info).expect("plain strings serialize"))),
+        ("fileCount".to_string(), total(|s| s.files)),
+        ("size".to_string(), total(|s| s.size)),
+        ("phySize".to_string(), total(|s| s.bytes_uploaded)),
     ]))
 }
 
-pub(super) async fn restore_data<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
-    use kanister_proto::agent::v1 as pb;
-    let target = ctx.str("restorePath")?;
-    if target.is_empty() {
-        return Err(ctx.invalid("restorePath", "a directory path"));
-    }
-    let id = ctx.opt_str("backupIdentifier")?.filter(|s| !s.is_empty());
-    let tag = ctx.opt_str("backupTag")?.filter(|s| !s.is_empty());
-    if id.is_none() && tag.is_none() {
-        return Err(ctx.missing("backupIdentifier"));
-    }
-    let (pod, mut client, repository) = agent_target(ctx).await?;
-    let agent_err = |source| Error::Agent { function: ctx.function(), pod: pod.clone(), source };
-    let snapshot_id = match (id, tag) {
-        (Some(id), _) => id,
-        (None, Some(tag)) => {
+/// Restores snapshot `snapshot_id` into `target` through the agent of pod `namespace/pod`.
+async fn restore_tree<C: Cluster>(
+    ctx: &Context<C>,
+    namespace: &str,
+    pod: &str,
+    snapshot: Snapshot,
+    target: &str,
+    op_id: &str,
+    on_progress: impl FnMut(&pb::Progress),
+) -> Result<()> {
+    let (what, mut client, repository) = agent_of(ctx, namespace, pod).await?;
+    let agent_err = |source| Error::Agent { function: ctx.function(), pod: what.clone(), source };
+    let snapshot_id = match snapshot {
+        Snapshot::Id(id) => id,
+        Snapshot::Tag(tag) => {
             let request = pb::ListSnapshotsRequest {
                 repository: Some(repository.clone()),
-                tags: std::collections::HashMap::from([(BACKUP_TAG.to_string(), tag.clone())]),
+                tags: HashMap::from([(BACKUP_TAG.to_string(), tag.clone())]),
             };
             let list = client
                 .list_snapshots(request)
                 .await
-                .map_err(|s| agent_err(super::agent::refused(&ctx.op_id, &s)))?
+                .map_err(|s| agent_err(super::agent::refused(op_id, &s)))?
                 .into_inner();
             // Oldest first: the latest backup with the tag.
             list.snapshots
@@ -193,57 +419,231 @@ pub(super) async fn restore_data<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap
                 .map(|s| s.id)
                 .ok_or_else(|| Error::NoBackup { function: ctx.function(), tag })?
         }
-        (None, None) => unreachable!("checked above"),
     };
     let request = pb::RestorePathsRequest {
-        op_id: ctx.op_id.clone(),
+        op_id: op_id.into(),
         repository: Some(repository),
         snapshot_id,
-        target,
+        target: target.into(),
         delete_extra: false,
         include: Vec::new(),
         exclude: Vec::new(),
     };
     let stream =
-        client.restore_paths(request).await.map_err(|s| agent_err(super::agent::refused(&ctx.op_id, &s)))?.into_inner();
-    super::agent::follow(&ctx.op_id, stream, |p| report(ctx, p, false)).await.map_err(agent_err)?;
+        client.restore_paths(request).await.map_err(|s| agent_err(super::agent::refused(op_id, &s)))?.into_inner();
+    super::agent::follow(op_id, stream, on_progress).await.map_err(agent_err)?;
+    Ok(())
+}
+
+/// Which snapshot to restore.
+enum Snapshot {
+    Id(String),
+    Tag(String),
+}
+
+pub(super) async fn restore_data<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
+    let target = non_empty(ctx, "restorePath", "a directory path")?;
+    let id = ctx.opt_str("backupIdentifier")?.filter(|s| !s.is_empty());
+    let tag = ctx.opt_str("backupTag")?.filter(|s| !s.is_empty());
+    let snapshot = match (id, tag) {
+        (Some(id), _) => Snapshot::Id(id),
+        (None, Some(tag)) => Snapshot::Tag(tag),
+        (None, None) => return Err(ctx.missing("backupIdentifier")),
+    };
+    let (namespace, pod) = (ctx.str("namespace")?, ctx.str("pod")?);
+    restore_tree(ctx, &namespace, &pod, snapshot, &target, &ctx.op_id, |p| report(ctx, p, false)).await?;
     Ok(JsonMap::new())
 }
 
-pub(super) async fn delete_data<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
-    use kanister_proto::agent::v1 as pb;
+fn backup_info<C: Cluster>(ctx: &Context<C>) -> Result<BTreeMap<String, BackupInfo>> {
+    let text = ctx.str("backupInfo")?;
+    serde_json::from_str(&text).map_err(|e| {
+        ctx.invalid(
+            "backupInfo",
+            &format!(
+                "the BackupAllInfo output of BackupDataAll, a JSON object of pod name to \
+                 {{\"PodName\", \"BackupID\", \"BackupTag\"}} ({e})"
+            ),
+        )
+    })
+}
+
+pub(super) async fn restore_data_all<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
+    let target = non_empty(ctx, "restorePath", "a directory path")?;
+    let namespace = ctx.str("namespace")?;
+    let info = backup_info(ctx)?;
+    let pods = match ctx.args.get("pods") {
+        None | Some(Value::Null) => info.keys().cloned().collect(),
+        Some(_) => super::functions::words(ctx, "pods")?,
+    };
+    if let Some(pod) = pods.iter().find(|p| !info.contains_key(*p)) {
+        return Err(Error::Data {
+            function: ctx.function(),
+            message: format!(
+                "pod {pod} has no backup in backupInfo (it holds {}); restore into pods of the same names",
+                info.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        });
+    }
+    let sum = ProgressSum { ctx, backup: false, parts: Mutex::default() };
+    for_each_pod(&pods, |pod| {
+        let (namespace, target, sum, info) = (&namespace, &target, &sum, &info);
+        async move {
+            let op_id = format!("{}/{pod}", ctx.op_id);
+            let snapshot = Snapshot::Id(info[pod].backup_id.clone());
+            restore_tree(ctx, namespace, pod, snapshot, target, &op_id, |p| sum.update(pod, p)).await
+        }
+    })
+    .await?;
+    Ok(JsonMap::new())
+}
+
+/// The ids of `backupID` (one, a comma-separated list, or a list).
+fn backup_ids<C: Cluster>(ctx: &Context<C>) -> Result<Vec<String>> {
     let ids: Vec<String> = match ctx.args.get("backupID") {
-        None | Some(Value::Null) => return Err(ctx.missing("backupID")),
+        None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(_)) => ctx.command("backupID")?,
         Some(_) => ctx.str("backupID")?.split(',').map(|s| s.trim().to_string()).collect(),
     };
-    let ids: Vec<String> = ids.into_iter().filter(|s| !s.is_empty()).collect();
-    if ids.is_empty() {
-        return Err(ctx.invalid("backupID", "a snapshot id or a list of them"));
-    }
-    let reclaim = ctx.opt_bool("reclaimSpace", false)?;
-    let (pod, mut client, repository) = agent_target(ctx).await?;
-    let agent_err = |source| Error::Agent { function: ctx.function(), pod: pod.clone(), source };
-    let forget_id = format!("{}/forget", ctx.op_id);
-    let request =
-        pb::ForgetRequest { op_id: forget_id.clone(), repository: Some(repository.clone()), snapshot_ids: ids };
-    let forgotten =
-        client.forget(request).await.map_err(|s| agent_err(super::agent::refused(&forget_id, &s)))?.into_inner();
-    if reclaim {
-        let prune_id = format!("{}/prune", ctx.op_id);
-        let request = pb::PruneRequest {
-            op_id: prune_id.clone(),
-            repository: Some(repository),
-            grace_period_secs: 0,
-            dry_run: false,
-        };
-        let stream =
-            client.prune(request).await.map_err(|s| agent_err(super::agent::refused(&prune_id, &s)))?.into_inner();
-        super::agent::follow(&prune_id, stream, |_| {}).await.map_err(agent_err)?;
-    }
+    Ok(ids.into_iter().filter(|s| !s.is_empty()).collect())
+}
+
+/// Forgets snapshots in the Profile's repository (in the coordinator: nothing to move), and
+/// with `reclaim` prunes what no snapshot uses any more. Forgetting what is already gone, or
+/// a location with no repository, succeeds: a retried delete must not fail.
+async fn forget<C: Cluster>(ctx: &Context<C>, mut ids: Vec<String>, tags: &[String], reclaim: bool) -> Result<JsonMap> {
+    use super::repository::Opened;
     let list = |v: Vec<String>| Value::Array(v.into_iter().map(Value::String).collect());
+    let repo = match open_repository(ctx).await? {
+        Opened::Open(repo) => repo,
+        Opened::NoKey | Opened::NoRepository => {
+            return Ok(JsonMap::from([("removed".into(), list(Vec::new())), ("alreadyAbsent".into(), list(ids))]));
+        }
+        Opened::WrongKey => return Err(Error::Data { function: ctx.function(), message: wrong_key().into() }),
+    };
+    let err = data_err(ctx);
+    if !tags.is_empty() {
+        for (id, s) in repo.snapshots().await.map_err(&err)? {
+            if s.is_ok_and(|s| s.tags.get(BACKUP_TAG).is_some_and(|t| tags.contains(t))) {
+                ids.push(id.to_string());
+            }
+        }
+    }
+    let (removed, absent) = repo.forget(&ids).await.map_err(&err)?;
+    if reclaim {
+        let opts = kanister_agent::prune::PruneOptions { grace: std::time::Duration::ZERO, dry_run: false };
+        let r = kanister_agent::prune::prune(&repo, &opts).await.map_err(&err)?;
+        tracing::info!(function = %ctx.function(), packs_deleted = r.packs_deleted, bytes_deleted = r.bytes_deleted, "space reclaimed");
+    }
+    Ok(JsonMap::from([("removed".into(), list(removed)), ("alreadyAbsent".into(), list(absent))]))
+}
+
+pub(super) async fn delete_data<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
+    let ids = backup_ids(ctx)?;
+    let tags: Vec<String> = ctx.opt_str("backupTag")?.into_iter().filter(|t| !t.is_empty()).collect();
+    if ids.is_empty() && tags.is_empty() {
+        return Err(ctx.invalid("backupID", "a snapshot id or a list of them (or give backupTag)"));
+    }
+    forget(ctx, ids, &tags, ctx.opt_bool("reclaimSpace", false)?).await
+}
+
+pub(super) async fn delete_data_all<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
+    let info = backup_info(ctx)?;
+    let ids = info.into_values().map(|b| b.backup_id).collect();
+    forget(ctx, ids, &[], ctx.opt_bool("reclaimSpace", false)?).await
+}
+
+pub(super) async fn location_delete<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
+    use super::repository::Opened;
+    let artifact = non_empty(ctx, "artifact", "the path an artifact was pushed at")?;
+    let repo = match open_repository(ctx).await? {
+        Opened::Open(repo) => repo,
+        Opened::NoKey | Opened::NoRepository => return Ok(JsonMap::new()),
+        Opened::WrongKey => return Err(Error::Data { function: ctx.function(), message: wrong_key().into() }),
+    };
+    // Upstream strips the bucket from the artifact's front; kando addresses by the path given.
+    let bucket = ctx.params.profile.as_ref().map(|p| p.location.bucket.as_str()).unwrap_or_default();
+    let mut candidates = vec![artifact.clone()];
+    if let Some(rest) = artifact.strip_prefix(bucket).filter(|_| !bucket.is_empty()) {
+        candidates.push(rest.to_string());
+        candidates.push(rest.trim_start_matches('/').to_string());
+    }
+    candidates.dedup();
+    let mut deleted = 0;
+    for path in &candidates {
+        deleted += kanister_agent::kando::delete_at(&repo, path).await.map_err(data_err(ctx))?;
+    }
+    tracing::info!(function = %ctx.function(), artifact = %artifact, deleted, "artifact deleted");
+    Ok(JsonMap::new())
+}
+
+pub(super) async fn backup_data_stats<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
+    let backup_id = non_empty(ctx, "backupID", "a snapshot id")?;
+    let mode = ctx.opt_str("statsMode")?.filter(|m| !m.is_empty()).unwrap_or_else(|| "restore-size".into());
+    if !matches!(mode.as_str(), "restore-size" | "raw-data") {
+        return Err(ctx.invalid("statsMode", "restore-size (the default) or raw-data"));
+    }
+    let repo = existing_repository(ctx).await?;
+    let err = data_err(ctx);
+    let id = repo.resolve_snapshot(&backup_id).await.map_err(&err)?;
+    let snap = repo.snapshot(&id).await.map_err(&err)?;
+    let files = match snap.root {
+        kanister_repo::snapshot::Root::Stream { .. } => 1,
+        kanister_repo::snapshot::Root::Tree { .. } => snap.stats.files_read + snap.stats.files_reused,
+    };
+    let size = if mode == "raw-data" {
+        // What the snapshot's blobs take in the store, each counted once.
+        let index = repo.load_index().await.map_err(&err)?;
+        let mut seen = std::collections::HashSet::new();
+        let mut stored = 0u64;
+        repo.walk_blobs(&index, &snap.root, &mut |v| {
+            if let kanister_agent::repository::Visit::Blob(id, _) = v
+                && seen.insert(*id)
+                && let Some(loc) = index.get(id)
+            {
+                stored += u64::from(loc.entry.length);
+            }
+            Ok(())
+        })
+        .await
+        .map_err(&err)?;
+        stored
+    } else {
+        snap.size
+    };
     Ok(JsonMap::from([
-        ("removed".to_string(), list(forgotten.removed)),
-        ("alreadyAbsent".to_string(), list(forgotten.already_absent)),
+        ("mode".to_string(), Value::String(mode)),
+        ("fileCount".to_string(), Value::String(files.to_string())),
+        ("size".to_string(), Value::String(size.to_string())),
     ]))
+}
+
+pub(super) async fn check_repository<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
+    use super::repository::Opened;
+    let flags = |password_incorrect: bool, unavailable: bool| {
+        JsonMap::from([
+            ("passwordIncorrect".to_string(), Value::String(password_incorrect.to_string())),
+            ("repoUnavailable".to_string(), Value::String(unavailable.to_string())),
+        ])
+    };
+    let repo = match open_repository(ctx).await? {
+        Opened::Open(repo) => repo,
+        Opened::NoKey | Opened::NoRepository => return Ok(flags(false, true)),
+        Opened::WrongKey => return Ok(flags(true, false)),
+    };
+    let r = kanister_agent::check::check(&repo, false).await.map_err(data_err(ctx))?;
+    if !r.ok {
+        let shown: Vec<String> = r.errors.iter().take(5).map(|p| format!("{}: {}", p.object, p.problem)).collect();
+        return Err(Error::Data {
+            function: ctx.function(),
+            message: format!(
+                "the repository is damaged ({} problem(s)): {}; run `kanister-agent check` on it for the whole list",
+                r.errors.len(),
+                shown.join("; ")
+            ),
+        });
+    }
+    let mut out = flags(false, false);
+    out.insert("snapshots".into(), Value::from(r.snapshots));
+    Ok(out)
 }

@@ -105,6 +105,23 @@ pub enum Error {
         /// The tag.
         tag: String,
     },
+    /// The Profile's repository could not be opened.
+    #[error("{function}: {source}")]
+    Repository {
+        /// The function.
+        function: String,
+        /// The cause.
+        #[source]
+        source: Box<super::repository::Error>,
+    },
+    /// A data function failed in the repository (the message says what and the fix).
+    #[error("{function}: {message}")]
+    Data {
+        /// The function.
+        function: String,
+        /// What went wrong.
+        message: String,
+    },
     /// The function needs the action's Profile.
     #[error("{0}: the action has no profile (the repository's store and key come from it)")]
     NoProfile(String),
@@ -299,6 +316,12 @@ pub async fn run<C: Cluster>(function: &str, ctx: &Context<C>) -> Result<JsonMap
         "BackupData" => super::data::backup_data(ctx).await,
         "RestoreData" => super::data::restore_data(ctx).await,
         "DeleteData" => super::data::delete_data(ctx).await,
+        "BackupDataAll" => super::data::backup_data_all(ctx).await,
+        "RestoreDataAll" => super::data::restore_data_all(ctx).await,
+        "DeleteDataAll" => super::data::delete_data_all(ctx).await,
+        "LocationDelete" => super::data::location_delete(ctx).await,
+        "BackupDataStats" => super::data::backup_data_stats(ctx).await,
+        "CheckRepository" => super::data::check_repository(ctx).await,
         other => Err(Error::Unsupported(other.to_string())),
     }
 }
@@ -348,7 +371,7 @@ async fn kube_exec<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
     exec_one(ctx, request).await
 }
 
-fn words<C: Cluster>(ctx: &Context<C>, name: &str) -> Result<Vec<String>> {
+pub(super) fn words<C: Cluster>(ctx: &Context<C>, name: &str) -> Result<Vec<String>> {
     match ctx.args.get(name) {
         None | Some(Value::Null) => Err(ctx.missing(name)),
         Some(Value::String(s)) => Ok(s.split_whitespace().map(str::to_string).collect()),
