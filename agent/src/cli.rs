@@ -116,9 +116,21 @@ struct BackupArgs {
     /// Tag the snapshot (repeatable); the parent is the latest snapshot with the same tags and path
     #[arg(long = "tag", short = 't', value_name = "K=V")]
     tags: Vec<String>,
+    /// Choose the parent among snapshots carrying these tags (repeatable; they may carry
+    /// others), instead of those with exactly the --tag tags
+    #[arg(long = "match-tag", value_name = "K=V", conflicts_with = "parent")]
+    match_tags: Vec<String>,
     /// Use this snapshot as the parent instead
     #[arg(long)]
     parent: Option<String>,
+    /// Create the repository (default parameters) if the store holds none yet: the first
+    /// backup to a new location, as task pods make it
+    #[arg(long)]
+    create: bool,
+    /// Also print the result as Kanister phase outputs (`###Phase-output###` lines: backupID,
+    /// fileCount, size, phySize), for blueprints and task pods
+    #[arg(long)]
+    phase_output: bool,
     /// Read every file, even those the parent says are unchanged
     #[arg(long)]
     force: bool,
@@ -673,7 +685,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Backup(a) => {
-            let repo = open(g).await?;
+            let repo =
+                if a.create { Repository::at(store(g)?).open_or_init(&repo_key(g)?).await? } else { open(g).await? };
             let tags = parse_tags(&a.tags)
                 .map_err(|e| Error::io(e, std::io::Error::from(std::io::ErrorKind::InvalidInput)))?;
             let remote = !repo.store().to_string().starts_with("file://");
@@ -684,12 +697,29 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(p) = &a.parent {
                 opts.parent = Some(repo.resolve_snapshot(p).await?);
             }
+            if !a.match_tags.is_empty() {
+                opts.parent_tags = Some(
+                    parse_tags(&a.match_tags)
+                        .map_err(|e| Error::io(e, std::io::Error::from(std::io::ErrorKind::InvalidInput)))?,
+                );
+            }
             opts.uploads = a.uploads.unwrap_or(if remote { 4 } else { 2 });
             let progress = Progress::new();
             let status = StatusLine::start(progress.clone(), "read", g.json);
             let stats = crate::tree::backup(&repo, &a.path, &opts, progress).await;
             drop(status);
             let stats = stats?;
+            if a.phase_output {
+                let files = (stats.files_read + stats.files_reused).to_string();
+                for (key, value) in [
+                    ("backupID", stats.snapshot_id.to_string()),
+                    ("fileCount", files),
+                    ("size", stats.bytes_total.to_string()),
+                    ("phySize", stats.bytes_uploaded.to_string()),
+                ] {
+                    println!("{}", crate::kando::output_line(key, &value)?);
+                }
+            }
             if g.json {
                 print_json(&serde_json::to_value(&stats).expect("stats serialize"), false);
             } else {

@@ -83,8 +83,8 @@ impl Error {
             }
             Error::AlreadyInitialized(_) => Some("use the existing repository, or choose another prefix"),
             Error::NoCredential => Some(
-                "set KANISTER_REPO_PASSWORD, or pass --password-file FILE or --key-file FILE \
-                 (env KANISTER_REPO_PASSWORD_FILE / KANISTER_REPO_KEY_FILE; kando also reads KANISTER_REPO_KEY)",
+                "set KANISTER_REPO_PASSWORD (a passphrase) or KANISTER_REPO_KEY (a raw key), or pass \
+                 --password-file FILE or --key-file FILE (env KANISTER_REPO_PASSWORD_FILE / KANISTER_REPO_KEY_FILE)",
             ),
             Error::Format(kanister_repo::Error::WrongKey { .. }) => {
                 Some("use the passphrase or key file the repository was created with")

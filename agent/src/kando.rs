@@ -279,14 +279,9 @@ pub fn output_line(key: &str, value: &str) -> Result<String> {
     Ok(format!("{OUTPUT_MARKER} {}", serde_json::json!({"key": key, "value": value})))
 }
 
-/// The repository key for kando: `KANISTER_REPO_KEY` (raw key material), else the agent's usual
-/// passphrase / key-file variables.
+/// The repository key for kando: the agent's usual chain (key file, passphrase file,
+/// `KANISTER_REPO_KEY`, `KANISTER_REPO_PASSWORD`).
 fn kando_key() -> Result<crate::repository::RepoKey> {
-    if let Ok(k) = std::env::var("KANISTER_REPO_KEY")
-        && !k.is_empty()
-    {
-        return Ok(crate::repository::RepoKey::KeyFile(zeroize::Zeroizing::new(k.into_bytes())));
-    }
     let path = |v: &str| std::env::var_os(v).map(std::path::PathBuf::from);
     let (key_file, password_file) = (path("KANISTER_REPO_KEY_FILE"), path("KANISTER_REPO_PASSWORD_FILE"));
     crate::repository::RepoKey::from_files_or_env(key_file.as_deref(), password_file.as_deref())

@@ -85,7 +85,8 @@ impl std::fmt::Debug for RepoKey {
 
 impl RepoKey {
     /// The key from a raw key file, else a passphrase file (its trailing newline dropped), else
-    /// the passphrase in `KANISTER_REPO_PASSWORD`. Never a default.
+    /// the raw key in `KANISTER_REPO_KEY` (how the coordinator hands a Profile's key to task
+    /// pods, from a Secret), else the passphrase in `KANISTER_REPO_PASSWORD`. Never a default.
     pub fn from_files_or_env(
         key_file: Option<&std::path::Path>,
         password_file: Option<&std::path::Path>,
@@ -102,6 +103,11 @@ impl RepoKey {
                 b.pop();
             }
             return Ok(RepoKey::Passphrase(b));
+        }
+        if let Ok(k) = std::env::var("KANISTER_REPO_KEY")
+            && !k.is_empty()
+        {
+            return Ok(RepoKey::KeyFile(Zeroizing::new(k.into_bytes())));
         }
         match std::env::var("KANISTER_REPO_PASSWORD") {
             Ok(p) if !p.is_empty() => Ok(RepoKey::Passphrase(Zeroizing::new(p.into_bytes()))),

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use kanister_coordinator::cluster::local::LocalCluster;
-use kanister_coordinator::cluster::{Cluster, ObjectRef};
+use kanister_coordinator::cluster::{Cluster, EnvSource, ObjectRef};
 use kanister_coordinator::crd::{ActionSet, State};
 use kanister_coordinator::engine::agent::AgentClientConfig;
 use kanister_coordinator::engine::{Engine, EngineConfig, Outcome};
@@ -131,6 +131,19 @@ actions:
         backupArtifactPrefix: unused/prefix
         backupID: "{{ .ArtifactsIn.files.KeyValue.backupID }}"
         statsMode: raw-data
+  copyVolume:
+    outputArtifacts:
+      files:
+        keyValue:
+          backupID: "{{ .Phases.copy.Output.backupID }}"
+          backupTag: "{{ .Phases.copy.Output.backupTag }}"
+    phases:
+    - func: CopyVolumeData
+      name: copy
+      args:
+        namespace: app
+        volume: data-pvc
+        dataArtifactPrefix: unused/prefix
   check:
     phases:
     - func: CheckRepository
@@ -166,6 +179,11 @@ fn world_of(agents: &[(&str, &Agent)]) -> (Arc<LocalCluster>, Engine<LocalCluste
     for (pod, agent) in agents {
         c = c.with_agent("app", pod, agent.endpoint.clone());
     }
+    world_with(c)
+}
+
+/// `c` with the Profile (on SeaweedFS, under a fresh prefix) and the blueprint loaded.
+fn world_with(c: LocalCluster) -> (Arc<LocalCluster>, Engine<LocalCluster>) {
     let objects = format!(
         r#"
 apiVersion: v1
@@ -463,6 +481,83 @@ async fn all_variants_stats_checks_and_incremental_backups() {
     assert_eq!(output(&again, 0)["alreadyAbsent"].as_array().map(Vec::len), Some(2));
     a0.stop().await;
     a1.stop().await;
+}
+
+/// `CopyVolumeData`: a task pod running the agent CLI mounts the PVC (on the local cluster, a
+/// registered directory) and backs it up; store credentials and the repository key reach it
+/// through the environment from Secrets, never its command line. A second copy is incremental
+/// (its parent is the first), and the backup restores through `RestoreData` to an equal tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copy_volume_data_backs_up_a_pvc_from_a_task_pod() {
+    let agent = Agent::start(TOKEN).await;
+    let volume = tempfile::tempdir().unwrap();
+    let v = volume.path();
+    std::fs::create_dir_all(v.join("pgdata/base")).unwrap();
+    for i in 0..12 {
+        std::fs::write(v.join(format!("pgdata/base/{i}")), format!("page {i} ").repeat(2000 + i)).unwrap();
+    }
+    std::os::unix::fs::symlink("base/0", v.join("pgdata/first")).unwrap();
+    let before = tree(v);
+    let (_bin, path) = support::tools_path();
+    let mut c = LocalCluster::new().with_agent("app", "app-0", agent.endpoint.clone()).with_env("PATH", path);
+    c = c.with_volume("app", "data-pvc", v);
+    let (cluster, engine) = world_with(c);
+
+    let first = run(&cluster, &engine, "copy-1", "copyVolume", json!({}), json!({})).await;
+    completed(&first);
+    let out = output(&first, 0);
+    assert_eq!(out["fileCount"].as_str(), Some("12"), "{out:?}");
+    let size: u64 = out["size"].as_str().unwrap().parse().unwrap();
+    assert!(size > 12 * 2000 * 6, "{out:?}");
+    assert_eq!(out["backupRoot"], "/mnt/vol_data/data-pvc", "{out:?}");
+    let id1 = out["backupID"].as_str().unwrap().to_string();
+
+    // The task pod's command holds no secret; credentials came from Secrets in its namespace.
+    let s3_secret = infra_var("KANISTER_TEST_S3_SECRET_KEY");
+    let pods = cluster.pods();
+    assert_eq!(pods.len(), 1);
+    let spec = &pods[0].spec;
+    assert_eq!(spec.volumes.get("data-pvc").map(String::as_str), Some("/mnt/vol_data/data-pvc"));
+    assert!(spec.containers.iter().all(|c| !c.command.iter().any(|a| a.contains(&s3_secret))), "{spec:?}");
+    for name in ["AWS_SECRET_ACCESS_KEY", "KANISTER_REPO_KEY"] {
+        let var = spec.env.iter().find(|e| e.name == name).unwrap_or_else(|| panic!("no {name} in {spec:?}"));
+        assert!(matches!(var.source, EnvSource::SecretKey { .. }), "{name} is not from a Secret: {var:?}");
+    }
+
+    // Change one file: the second copy has the first as its parent.
+    std::fs::write(v.join("pgdata/base/3"), "changed\n").unwrap();
+    let changed = tree(v);
+    let second = run(&cluster, &engine, "copy-2", "copyVolume", json!({}), json!({})).await;
+    completed(&second);
+    let id2 = output(&second, 0)["backupID"].as_str().unwrap().to_string();
+    let store_secrets: std::collections::BTreeSet<_> = cluster
+        .pods()
+        .iter()
+        .flat_map(|p| p.spec.env.iter())
+        .filter_map(|e| match &e.source {
+            EnvSource::SecretKey { secret, .. } if secret.starts_with("kanister-store-") => Some(secret.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(store_secrets.len(), 1, "the same credentials made more than one Secret: {store_secrets:?}");
+    let snaps = snapshots(&cluster).await;
+    assert_eq!(snaps[&id2].as_deref(), Some(id1.as_str()), "{snaps:?}");
+
+    let artifacts =
+        json!({"files": serde_json::to_value(&second.status.as_ref().unwrap().actions[0].artifacts["files"]).unwrap()});
+    let target = tempfile::tempdir().unwrap();
+    let opts = json!({"target": target.path().display().to_string()});
+    completed(&run(&cluster, &engine, "copy-restore", "restore", opts, artifacts).await);
+    assert_eq!(tree(target.path()), changed, "the restored volume differs");
+    assert_ne!(changed, before);
+
+    // A PVC the cluster does not have fails the phase clearly.
+    let missing = LocalCluster::new().with_env("PATH", support::tools_path().1);
+    let (cluster, engine) = world_with(missing);
+    let failed = run(&cluster, &engine, "copy-missing", "copyVolume", json!({}), json!({})).await;
+    let message = failed.status.as_ref().unwrap().error.as_ref().unwrap().message.clone();
+    assert!(message.contains("data-pvc"), "{message}");
+    agent.stop().await;
 }
 
 fn base64_of(s: &str) -> String {

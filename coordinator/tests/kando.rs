@@ -12,7 +12,6 @@
 //! Needs the test infrastructure (`eval "$(bash tests/infra.sh env)"`): SeaweedFS S3 with its
 //! filer on 127.0.0.1:8888, MariaDB and PostgreSQL. Fails without them.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -22,6 +21,9 @@ use kanister_coordinator::cluster::{Cluster, EnvSource};
 use kanister_coordinator::crd::{ActionSet, State};
 use kanister_coordinator::engine::{Engine, EngineConfig, Outcome, repokey};
 use serde_json::{Value, json};
+
+mod support;
+use support::{ArgvScan, agent_binary};
 
 const PROFILE: &str = r#"'{{ toJson .Profile }}'"#;
 
@@ -158,31 +160,6 @@ fn unique_name(tag: &str) -> String {
     format!("kando_{tag}_{}_{}_{nanos:x}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
-/// The agent binary of this workspace, built when missing.
-fn agent_binary() -> PathBuf {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| manifest.join("../target"), PathBuf::from);
-    let bin = target.join("debug/kanister-agent");
-    if !bin.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", "kanister-agent"])
-            .current_dir(&manifest)
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "cargo build -p kanister-agent failed");
-    }
-    assert!(bin.exists(), "no agent binary at {}", bin.display());
-    bin
-}
-
-/// A directory holding `kando` (a symlink to the agent), and the PATH that puts it first.
-fn kando_path() -> (tempfile::TempDir, String) {
-    let dir = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(agent_binary(), dir.path().join("kando")).unwrap();
-    let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
-    (dir, path)
-}
-
 struct World {
     cluster: Arc<LocalCluster>,
     engine: Engine<LocalCluster>,
@@ -191,7 +168,7 @@ struct World {
 }
 
 fn world() -> World {
-    let (bin, path) = kando_path();
+    let (bin, path) = support::tools_path();
     let prefix = unique_name("repo");
     let c = LocalCluster::new().with_env("PATH", path);
     let objects = format!(
@@ -390,7 +367,7 @@ async fn mysqldump_through_kando_backs_up_restores_dedups_and_deletes() {
     );
     let before = mysql_fingerprint(&db.0);
     assert!(before.starts_with("20000\t"), "{before}");
-    let scan = ArgvScan::start(w.cluster.clone());
+    let scan = ArgvScan::start(w.cluster.clone(), "s3-profile", Vec::new());
 
     let backup = w.run("my-backup-1", "mysqlBackup", "mysql", json!({"database": db.0, "tag": "one"}), json!({})).await;
     let path = artifact_path(&backup);
@@ -448,46 +425,6 @@ async fn mysqldump_through_kando_backs_up_restores_dedups_and_deletes() {
     }
     for e in w.cluster.events() {
         assert!(!e.note.contains(&key) && !e.note.contains(&s3_secret), "a secret in event {e:?}");
-    }
-}
-
-/// Scans `/proc/*/cmdline` while a test runs for the Profile's repository key (once the
-/// coordinator created it).
-struct ArgvScan {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<(usize, Vec<String>)>,
-}
-
-impl ArgvScan {
-    fn start(cluster: Arc<LocalCluster>) -> Self {
-        let (stop, mut stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            let name = format!("{}s3-profile", repokey::SECRET_PREFIX);
-            let (mut scanned, mut found) = (0, Vec::new());
-            loop {
-                if let Ok(data) = cluster.secret("kanister", &name).await {
-                    let key = String::from_utf8_lossy(&data.data[repokey::SECRET_KEY]).into_owned();
-                    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-                        let Ok(argv) = std::fs::read(entry.path().join("cmdline")) else { continue };
-                        scanned += 1;
-                        let argv = String::from_utf8_lossy(&argv).replace('\0', " ");
-                        if argv.contains(&key) {
-                            found.push(argv);
-                        }
-                    }
-                }
-                tokio::select! {
-                    _ = &mut stopped => return (scanned, found),
-                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
-                }
-            }
-        });
-        ArgvScan { stop, task }
-    }
-
-    async fn stop(self) -> (usize, Vec<String>) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap()
     }
 }
 

@@ -80,7 +80,10 @@ async fn find_parent(repo: &Repository, opts: &BackupOptions, key: &str) -> Resu
         let Ok(s) = s else { continue };
         if let Root::Tree { path, dir } = &s.root
             && path == key
-            && s.tags == opts.tags
+            && match &opts.parent_tags {
+                Some(wanted) => crate::repository::has_tags(&s, wanted),
+                None => s.tags == opts.tags,
+            }
             && best.as_ref().is_none_or(|(t, _, _)| s.time > *t)
         {
             best = Some((s.time.clone(), id, dir.clone()));

@@ -35,8 +35,11 @@ pub struct BackupOptions {
     pub tags: BTreeMap<String, String>,
     /// Host recorded in the snapshot.
     pub hostname: String,
-    /// Parent snapshot; by default the latest with the same tags and path.
+    /// Parent snapshot; by default the latest with the same path and [`Self::parent_tags`].
     pub parent: Option<SnapshotId>,
+    /// The tags a parent must carry (it may carry others); `None`: exactly [`Self::tags`].
+    /// Lets each backup carry a tag of its own and still find its parent.
+    pub parent_tags: Option<BTreeMap<String, String>>,
     /// Read every file even when the parent says it is unchanged.
     pub force: bool,
     /// CPU workers.
@@ -51,6 +54,7 @@ impl Default for BackupOptions {
             tags: BTreeMap::new(),
             hostname: crate::repository::hostname(),
             parent: None,
+            parent_tags: None,
             force: false,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             uploads: 2,

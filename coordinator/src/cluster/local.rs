@@ -215,6 +215,7 @@ pub struct LocalCluster {
     scales: Mutex<Vec<(ObjectRef, i32)>>,
     conflicts: AtomicUsize,
     agents: Mutex<HashMap<(String, String), String>>,
+    volumes: Mutex<HashMap<(String, String), PathBuf>>,
     status_writes: Mutex<Vec<(String, String, Value)>>,
 }
 
@@ -288,6 +289,27 @@ fn random_suffix() -> String {
 }
 
 impl LocalCluster {
+    /// Registers PVC `namespace/pvc` as the host directory `dir`. Local processes cannot mount
+    /// anything, so a task pod that mounts the PVC at a path runs with every argument that is
+    /// (or starts with) that mount path rewritten to `dir`. A task pod mounting an unregistered
+    /// PVC is refused, as the kubelet would not start it.
+    pub fn with_volume(self, namespace: &str, pvc: &str, dir: impl Into<PathBuf>) -> Self {
+        lock(&self.volumes).insert((namespace.into(), pvc.into()), dir.into());
+        self
+    }
+
+    /// The task pod's mount paths and the host directories standing for them.
+    fn mounts(&self, pod: &TaskPod) -> Result<Vec<(String, PathBuf)>> {
+        let volumes = lock(&self.volumes);
+        pod.volumes
+            .iter()
+            .map(|(pvc, mount)| match volumes.get(&(pod.namespace.clone(), pvc.clone())) {
+                Some(dir) => Ok((mount.trim_end_matches('/').to_string(), dir.clone())),
+                None => Err(Error::NotFound(ObjectRef::new("PersistentVolumeClaim", &pod.namespace, pvc))),
+            })
+            .collect()
+    }
+
     /// Registers the agent sidecar of pod `namespace/pod`: its gRPC endpoint
     /// (`http://127.0.0.1:port`), as [`Cluster::agent_endpoint`] answers it.
     pub fn with_agent(self, namespace: &str, pod: &str, endpoint: impl Into<String>) -> Self {
@@ -317,6 +339,7 @@ impl LocalCluster {
             scales: Mutex::new(Vec::new()),
             conflicts: AtomicUsize::new(0),
             agents: Mutex::new(HashMap::new()),
+            volumes: Mutex::new(HashMap::new()),
             status_writes: Mutex::new(Vec::new()),
         }
     }
@@ -662,8 +685,18 @@ impl Cluster for LocalCluster {
             plan.push((init, c.clone(), state));
         }
         let env = self.pod_env(pod).await?;
+        let mounts = self.mounts(pod)?;
         let mut commands = Vec::new();
-        for (init, c, state) in plan {
+        for (init, mut c, state) in plan {
+            for arg in &mut c.command {
+                for (mount, dir) in &mounts {
+                    if let Some(rest) = arg.strip_prefix(mount.as_str())
+                        && (rest.is_empty() || rest.starts_with('/'))
+                    {
+                        *arg = format!("{}{rest}", dir.display());
+                    }
+                }
+            }
             let what = format!("container {} of pod {}/{name}", c.name, pod.namespace);
             let command = self.command(&c.command, &what).map(|mut cmd| {
                 cmd.envs(env.iter().map(|(k, v)| (k, v)));

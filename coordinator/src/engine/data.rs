@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use super::functions::TransferProgress;
 use super::functions::{Context, Error, Result};
-use crate::cluster::Cluster;
+use crate::cluster::{self, Cluster, Container, EnvSource, EnvVar};
 use crate::crd::JsonMap;
 
 /// The agent endpoint of the function's pod (`namespace`, `pod` arguments) and the repository
@@ -645,5 +645,129 @@ pub(super) async fn check_repository<C: Cluster>(ctx: &Context<C>) -> Result<Jso
     }
     let mut out = flags(false, false);
     out.insert("snapshots".into(), Value::from(r.snapshots));
+    Ok(out)
+}
+
+/// The snapshot tag naming the PVC (`namespace/name`) `CopyVolumeData` backed up.
+const VOLUME_TAG: &str = "kanister.io/volume";
+/// Prefix of the Secrets holding a Profile's store credentials for task pods.
+pub const STORE_SECRET_PREFIX: &str = "kanister-store-";
+
+/// Whether a store setting is a credential (kept in a Secret, never in a pod spec).
+fn is_credential(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["key", "secret", "token", "password", "sas"].iter().any(|w| k.contains(w))
+}
+
+/// The environment of a task pod that opens the Profile's repository with the agent CLI: the
+/// store URL and its plain settings as values (`KANISTER_STORE`, `KANISTER_STORE_OPTIONS`),
+/// the credentials (`AWS_*`, `AZURE_*`, `GOOGLE_*`, read by the stores) as `secretKeyRef`s to a
+/// Secret the coordinator writes into the pod's namespace. The repository key comes with
+/// [`Context::task_pod`] ([`super::repokey`]).
+///
+/// The Secret is named after its contents (`kanister-store-<profile namespace>-<profile>-<hash>`)
+/// and never changed once created: rotated Profile credentials make a new one, and the
+/// coordinator needs no right to modify Secrets (RBAC: `get`, `create`).
+async fn repository_env<C: Cluster>(ctx: &Context<C>, namespace: &str) -> Result<Vec<EnvVar>> {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let (Some(profile_ref), Some(profile)) = (&ctx.profile, &ctx.params.profile) else {
+        return Err(Error::NoProfile(ctx.function()));
+    };
+    let r = super::agent::repository_ref(profile, zeroize::Zeroizing::new(Vec::new()))
+        .map_err(|e| Error::Data { function: ctx.function(), message: e.to_string() })?;
+    let mut env = vec![EnvVar { name: "KANISTER_STORE".into(), source: EnvSource::Value(r.store_url) }];
+    let (secret, plain): (BTreeMap<String, String>, BTreeMap<String, String>) =
+        r.store_options.into_iter().partition(|(k, _)| is_credential(k));
+    if !plain.is_empty() {
+        let joined: Vec<String> = plain.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.push(EnvVar { name: "KANISTER_STORE_OPTIONS".into(), source: EnvSource::Value(joined.join(",")) });
+    }
+    if secret.is_empty() {
+        return Ok(env);
+    }
+    let data: BTreeMap<String, String> = secret
+        .iter()
+        .map(|(k, v)| (k.to_ascii_uppercase(), base64::engine::general_purpose::STANDARD.encode(v)))
+        .collect();
+    let mut digest = sha2::Sha256::new();
+    for (k, v) in &data {
+        digest.update(format!("{k}={v}\n"));
+    }
+    let hash = hex::encode(&digest.finalize()[..5]);
+    let name = format!("{STORE_SECRET_PREFIX}{}-{}-{hash}", profile_ref.namespace, profile_ref.name);
+    if let Err(cluster::Error::NotFound(_)) = ctx.cluster.secret(namespace, &name).await {
+        let object = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {"app.kubernetes.io/managed-by": "kanister", "kanister.io/profile": profile_ref.name},
+            },
+            "data": data,
+        });
+        if let Err(e) = ctx.cluster.apply(object, namespace).await {
+            // Another run may have created it in the meantime: then it holds the same data.
+            if ctx.cluster.secret(namespace, &name).await.is_err() {
+                return Err(e.into());
+            }
+        }
+    }
+    for k in data.keys() {
+        env.push(EnvVar { name: k.clone(), source: EnvSource::SecretKey { secret: name.clone(), key: k.clone() } });
+    }
+    Ok(env)
+}
+
+/// Upstream's `CopyVolumeData`: a task pod of the tools image mounts the PVC and backs it up
+/// with the agent CLI, incrementally from the latest backup of the same PVC.
+pub(super) async fn copy_volume_data<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
+    let namespace = ctx.namespace()?;
+    let pvc = non_empty(ctx, "volume", "the name of a PersistentVolumeClaim")?;
+    let mount = ctx.opt_str("mountPath")?.filter(|s| !s.is_empty()).unwrap_or_else(|| format!("/mnt/vol_data/{pvc}"));
+    let image = ctx.opt_str("image")?.filter(|s| !s.is_empty()).unwrap_or_else(|| ctx.tools_image.clone());
+    let volume = format!("{VOLUME_TAG}={namespace}/{pvc}");
+    let command: Vec<String> = [
+        "kanister-agent",
+        "backup",
+        &mount,
+        "--create",
+        "--tag",
+        &volume,
+        "--tag",
+        &format!("{BACKUP_TAG}={}", ctx.op_id),
+        "--match-tag",
+        &volume,
+        "--phase-output",
+    ]
+    .map(String::from)
+    .into();
+    let container = Container { name: "container".into(), image, command };
+    let mut pod = ctx.task_pod("copy-vol-data-", vec![container]).await?;
+    pod.volumes = BTreeMap::from([(pvc.clone(), mount.clone())]);
+    pod.env.extend(repository_env(ctx, &namespace).await?);
+    let mut out = super::functions::run_pod(ctx, pod, "container", true).await?;
+    for key in ["backupID", "fileCount", "size", "phySize"] {
+        if !out.contains_key(key) {
+            return Err(Error::Data {
+                function: ctx.function(),
+                message: format!(
+                    "the agent in the task pod reported no {key}: is {} the tools image?",
+                    ctx.tools_image
+                ),
+            });
+        }
+    }
+    let location = ctx
+        .params
+        .profile
+        .as_ref()
+        .map(|p| format!("{}/{}", p.location.bucket, p.location.prefix.trim_matches('/')))
+        .unwrap_or_default();
+    out.insert("backupRoot".into(), Value::String(mount));
+    out.insert("backupArtifactLocation".into(), Value::String(location));
+    out.insert("backupTag".into(), Value::String(ctx.op_id.clone()));
     Ok(out)
 }

@@ -184,6 +184,8 @@ pub struct Context<C> {
     pub agent: super::agent::AgentClientConfig,
     /// The id of an agent operation this phase starts (stable for the phase of this ActionSet).
     pub op_id: String,
+    /// Image of task pods that run the agent ([`super::EngineConfig::tools_image`]).
+    pub tools_image: String,
     /// Where the function reports byte counts while it runs, if anywhere.
     pub progress: Option<tokio::sync::watch::Sender<Option<TransferProgress>>>,
 }
@@ -322,6 +324,7 @@ pub async fn run<C: Cluster>(function: &str, ctx: &Context<C>) -> Result<JsonMap
         "LocationDelete" => super::data::location_delete(ctx).await,
         "BackupDataStats" => super::data::backup_data_stats(ctx).await,
         "CheckRepository" => super::data::check_repository(ctx).await,
+        "CopyVolumeData" => super::data::copy_volume_data(ctx).await,
         other => Err(Error::Unsupported(other.to_string())),
     }
 }
@@ -413,7 +416,12 @@ async fn kube_exec_all<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
 
 /// Creates a pod, streams the log of `container` through the output parser, waits for that
 /// container to end and returns the outputs. The engine deletes the pod afterwards.
-async fn run_pod<C: Cluster>(ctx: &Context<C>, pod: TaskPod, container: &str, fail_on_error: bool) -> Result<JsonMap> {
+pub(super) async fn run_pod<C: Cluster>(
+    ctx: &Context<C>,
+    pod: TaskPod,
+    container: &str,
+    fail_on_error: bool,
+) -> Result<JsonMap> {
     let cluster = &ctx.cluster;
     let name = cluster.create_pod(&pod).await?;
     ctx.pods.lock().unwrap_or_else(|e| e.into_inner()).push((pod.namespace.clone(), name.clone()));
@@ -440,7 +448,7 @@ async fn run_pod<C: Cluster>(ctx: &Context<C>, pod: TaskPod, container: &str, fa
 }
 
 impl<C: Cluster> Context<C> {
-    async fn task_pod(&self, generate_name: &str, containers: Vec<Container>) -> Result<TaskPod> {
+    pub(super) async fn task_pod(&self, generate_name: &str, containers: Vec<Container>) -> Result<TaskPod> {
         let namespace = self.namespace()?;
         // Kubernetes has no owners across namespaces: its garbage collector would treat the
         // reference as dangling and delete a running pod. Pods elsewhere are cleaned up by the

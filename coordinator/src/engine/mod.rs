@@ -134,7 +134,13 @@ pub struct EngineConfig {
     pub agent: agent::AgentClientConfig,
     /// The shortest time between two progress writes of a running phase.
     pub progress_interval: Duration,
+    /// Image of task pods that run the agent (`CopyVolumeData`) when the phase names none:
+    /// the kanister-tools image.
+    pub tools_image: String,
 }
+
+/// The default [`EngineConfig::tools_image`]: the tools image of this release.
+pub const DEFAULT_TOOLS_IMAGE: &str = concat!("ghcr.io/kanister-rs/kanister-tools:", env!("CARGO_PKG_VERSION"));
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -147,6 +153,7 @@ impl Default for EngineConfig {
             log_tail_lines: 10,
             agent: agent::AgentClientConfig::default(),
             progress_interval: Duration::from_secs(1),
+            tools_image: DEFAULT_TOOLS_IMAGE.into(),
         }
     }
 }
@@ -976,6 +983,7 @@ impl<C: Cluster> Run<C> {
                 pods,
                 profile: self.actionset.spec.actions[i].profile.clone(),
                 agent: self.config().agent.clone(),
+                tools_image: self.config().tools_image.clone(),
                 op_id: format!(
                     "{}/{}/{}/{action}/{}",
                     self.namespace(),

@@ -1,7 +1,16 @@
-//! An in-process agent sidecar for coordinator tests: `kanister_agent::service::serve` on
-//! 127.0.0.1:0, with a bearer token.
+//! Shared by the coordinator's end-to-end tests: an in-process agent sidecar
+//! (`kanister_agent::service::serve` on 127.0.0.1:0, with a bearer token), the agent binary for
+//! task pods, and a scan of every process's argv for secrets.
 
+// Each test crate uses what it needs of this module.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use kanister_coordinator::cluster::Cluster;
+use kanister_coordinator::cluster::local::LocalCluster;
 
 use kanister_agent::service::{self, ServeConfig};
 use zeroize::Zeroizing;
@@ -40,5 +49,79 @@ impl Agent {
             .expect("the agent stops in time")
             .unwrap()
             .expect("the agent ends cleanly");
+    }
+}
+
+/// The agent binary of this workspace, built when missing.
+pub fn agent_binary() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| manifest.join("../target"), PathBuf::from);
+    let bin = target.join("debug/kanister-agent");
+    if !bin.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-p", "kanister-agent"])
+            .current_dir(&manifest)
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "cargo build -p kanister-agent failed");
+    }
+    assert!(bin.exists(), "no agent binary at {}", bin.display());
+    bin
+}
+
+/// A directory holding the agent as `kanister-agent` and `kando` (what the tools image has on
+/// its PATH), and the PATH that puts it first.
+pub fn tools_path() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["kando", "kanister-agent"] {
+        std::os::unix::fs::symlink(agent_binary(), dir.path().join(name)).unwrap();
+    }
+    let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
+    (dir, path)
+}
+
+/// Scans `/proc/*/cmdline` every 10 ms while a test runs for secret values: the fixed ones
+/// given, and the repository key of Profile `kanister/<profile>` once the coordinator has
+/// created it.
+pub struct ArgvScan {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl ArgvScan {
+    /// Starts scanning.
+    pub fn start(cluster: Arc<LocalCluster>, profile: &str, secrets: Vec<String>) -> Self {
+        use kanister_coordinator::engine::repokey;
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let name = format!("{}{profile}", repokey::SECRET_PREFIX);
+        assert!(secrets.iter().all(|s| s.len() >= 6), "secrets to look for must not be trivially short");
+        let task = tokio::spawn(async move {
+            let (mut scanned, mut found) = (0, Vec::new());
+            loop {
+                let mut wanted = secrets.clone();
+                if let Ok(data) = cluster.secret("kanister", &name).await {
+                    wanted.push(String::from_utf8_lossy(&data.data[repokey::SECRET_KEY]).into_owned());
+                }
+                for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                    let Ok(argv) = std::fs::read(entry.path().join("cmdline")) else { continue };
+                    scanned += 1;
+                    let argv = String::from_utf8_lossy(&argv).replace('\0', " ");
+                    if wanted.iter().any(|s| argv.contains(s.as_str())) {
+                        found.push(argv);
+                    }
+                }
+                tokio::select! {
+                    _ = &mut stopped => return (scanned, found),
+                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                }
+            }
+        });
+        ArgvScan { stop, task }
+    }
+
+    /// Stops scanning: how many argv were read, and those holding a secret.
+    pub async fn stop(self) -> (usize, Vec<String>) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap()
     }
 }
