@@ -67,14 +67,31 @@ thread_local! {
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
-fn compress(data: &[u8], level: i32) -> Result<Vec<u8>> {
+/// Compresses `data` into `out` after its current contents; returns the compressed length, or
+/// `None` when compression would not shrink it (then `out` is left as it was).
+fn compress_into(data: &[u8], level: i32, out: &mut Vec<u8>) -> Result<Option<usize>> {
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.as_ref().is_none_or(|(l, _)| *l != level) {
             *slot = Some((level, zstd::bulk::Compressor::new(level).map_err(Error::Compress)?));
         }
         let (_, c) = slot.as_mut().expect("set above");
-        c.compress(data).map_err(Error::Compress)
+        let at = out.len();
+        // Room for anything shorter than the input; a result that does not fit did not shrink.
+        out.reserve(data.len());
+        let mut cursor = std::io::Cursor::new(std::mem::take(out));
+        cursor.set_position(at as u64);
+        let r = c.compress_to_buffer(data, &mut cursor);
+        *out = cursor.into_inner();
+        match r {
+            Ok(n) if n < data.len() => Ok(Some(n)),
+            // No shrink, or no room for a result that would not have shrunk (or any other
+            // compressor failure): the chunk is stored raw, which is always correct.
+            _ => {
+                out.truncate(at);
+                Ok(None)
+            }
+        }
     })
 }
 
@@ -89,17 +106,18 @@ fn decompress(id: &BlobId, data: &[u8], raw_len: usize) -> Result<Vec<u8>> {
     })
 }
 
-/// Compresses (when it helps) and seals a chunk whose id is already known.
+/// Compresses (when it helps) and seals a chunk whose id is already known. One allocation: the
+/// chunk is compressed straight into the buffer it is sealed in.
 pub fn encode(keys: &Keys, kind: BlobKind, id: BlobId, data: &[u8], level: i32) -> Result<EncodedBlob> {
-    let compressed = compress(data, level)?;
-    let (flag, payload) =
-        if compressed.len() < data.len() { (FLAG_ZSTD, compressed.as_slice()) } else { (FLAG_RAW, data) };
-    let mut buf = Vec::with_capacity(NONCE_LEN + 1 + payload.len() + crate::crypto::TAG_LEN);
-    buf.resize(NONCE_LEN, 0);
-    buf.push(flag);
-    buf.extend_from_slice(payload);
-    keys.data_key.seal_in_place(&aad(kind, &id), &mut buf);
     let raw_len = u32::try_from(data.len()).map_err(|_| Error::Invalid("a blob is larger than 4 GiB".into()))?;
+    let mut buf = Vec::with_capacity(NONCE_LEN + 1 + data.len() + crate::crypto::TAG_LEN);
+    buf.resize(NONCE_LEN, 0);
+    buf.push(FLAG_ZSTD);
+    if compress_into(data, level, &mut buf)?.is_none() {
+        buf[NONCE_LEN] = FLAG_RAW;
+        buf.extend_from_slice(data);
+    }
+    keys.data_key.seal_in_place(&aad(kind, &id), &mut buf);
     Ok(EncodedBlob { id, kind, raw_len, bytes: buf })
 }
 

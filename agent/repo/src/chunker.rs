@@ -5,7 +5,9 @@
 
 use std::io::Read;
 
-use fastcdc::v2020::{Normalization, StreamCDC};
+use std::borrow::Cow;
+
+use fastcdc::v2020::{Normalization, cut_gear, get_gear_with_seed, select_masks};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -60,10 +62,80 @@ impl ChunkerParams {
     }
 }
 
-/// Splits a reader into content-defined chunks. Reads every byte; holds at most `max_size`
-/// bytes of the stream plus the chunk being returned.
+/// The cut-point search of a repository: FastCDC v2020 masks and seeded gear tables, computed
+/// once and shared by every file and stream of a backup.
+#[derive(Clone)]
+pub struct Cutter {
+    params: ChunkerParams,
+    mask_s: u64,
+    mask_l: u64,
+    gear: Cow<'static, [u64]>,
+    gear_ls: Cow<'static, [u64]>,
+}
+
+impl std::fmt::Debug for Cutter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cutter").field("params", &self.params).finish_non_exhaustive()
+    }
+}
+
+impl Cutter {
+    /// The cutter of a repository's parameters and seed.
+    pub fn new(params: ChunkerParams, seed: u64) -> Self {
+        let (mask_s, mask_l) = select_masks(params.avg_size as usize, Normalization::Level1);
+        let (gear, gear_ls) = get_gear_with_seed(seed);
+        Cutter { params, mask_s, mask_l, gear, gear_ls }
+    }
+
+    /// The chunk size bounds.
+    pub fn params(&self) -> ChunkerParams {
+        self.params
+    }
+
+    /// The length of the chunk that starts `window`. `window` must hold at least `max_size`
+    /// bytes, or everything up to the end of the data: the cut depends on nothing else.
+    pub fn cut(&self, window: &[u8]) -> usize {
+        let p = self.params;
+        let (_, n) = cut_gear(
+            window,
+            p.min_size as usize,
+            p.avg_size as usize,
+            p.max_size as usize,
+            self.mask_s,
+            self.mask_l,
+            self.mask_s << 1,
+            self.mask_l << 1,
+            &self.gear,
+            &self.gear_ls,
+        );
+        n
+    }
+
+    /// The chunks of data held whole in memory, as slices of it (no copy). Cut exactly where a
+    /// [`Chunker`] over the same bytes cuts.
+    pub fn chunks<'a>(&'a self, data: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let mut rest = data;
+        std::iter::from_fn(move || {
+            if rest.is_empty() {
+                return None;
+            }
+            let (chunk, tail) = rest.split_at(self.cut(rest));
+            rest = tail;
+            Some(chunk)
+        })
+    }
+}
+
+/// Splits a reader into content-defined chunks. Reads every byte; holds one buffer of
+/// `8 * max_size` bytes (2 MiB by default), filled by large reads, and copies each chunk out of it
+/// once.
 pub struct Chunker<R: Read> {
-    inner: StreamCDC<R>,
+    cutter: Cutter,
+    source: R,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    eof: bool,
 }
 
 impl<R: Read> std::fmt::Debug for Chunker<R> {
@@ -75,16 +147,32 @@ impl<R: Read> std::fmt::Debug for Chunker<R> {
 impl<R: Read> Chunker<R> {
     /// A chunker over `source` with the repository's parameters and seed.
     pub fn new(source: R, params: ChunkerParams, seed: u64) -> Self {
-        Chunker {
-            inner: StreamCDC::with_level_and_seed(
-                source,
-                params.min_size as usize,
-                params.avg_size as usize,
-                params.max_size as usize,
-                Normalization::Level1,
-                seed,
-            ),
+        Chunker::with_cutter(source, Cutter::new(params, seed))
+    }
+
+    /// A chunker over `source` with a cutter already made.
+    pub fn with_cutter(source: R, cutter: Cutter) -> Self {
+        let size = cutter.params.max_size as usize * 8;
+        Chunker { cutter, source, buf: vec![0; size], start: 0, end: 0, eof: false }
+    }
+
+    /// Makes sure `max_size` bytes (or all that is left) lie after `start`.
+    fn fill(&mut self) -> std::io::Result<()> {
+        let max = self.cutter.params.max_size as usize;
+        while !self.eof && self.end - self.start < max {
+            if self.buf.len() - self.end < max {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            match self.source.read(&mut self.buf[self.end..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
+        Ok(())
     }
 }
 
@@ -92,12 +180,17 @@ impl<R: Read> Iterator for Chunker<R> {
     type Item = Result<Vec<u8>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        match self.inner.next()? {
-            Ok(c) => Some(Ok(c.data)),
-            Err(fastcdc::v2020::Error::IoError(e)) => Some(Err(Error::Read(e))),
-            Err(fastcdc::v2020::Error::Empty) => None,
-            Err(fastcdc::v2020::Error::Other(s)) => Some(Err(Error::Read(std::io::Error::other(s)))),
+        if let Err(e) = self.fill() {
+            return Some(Err(Error::Read(e)));
         }
+        let window = &self.buf[self.start..self.end];
+        if window.is_empty() {
+            return None;
+        }
+        let n = self.cutter.cut(window);
+        let chunk = window[..n].to_vec();
+        self.start += n;
+        Some(Ok(chunk))
     }
 }
 
@@ -114,8 +207,42 @@ mod tests {
         Chunker::new(data, small(), seed).collect::<Result<Vec<_>>>().unwrap()
     }
 
+    /// A reader returning at most `step` bytes per read, to exercise refills.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.len().min(self.1).min(out.len());
+            out[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Repositories written before this chunker was ours were cut by fastcdc's
+        /// `StreamCDC`: the cuts must stay exactly the same, or old backups stop deduplicating.
+        /// In-memory chunking cuts the same way.
+        #[test]
+        fn cuts_exactly_where_fastcdc_stream_cdc_cuts(
+            data in proptest::collection::vec(any::<u8>(), 0..60_000),
+            text in any::<bool>(),
+            seed in any::<u64>(),
+            step in 1usize..9000,
+        ) {
+            let data: Vec<u8> = if text { data.iter().map(|b| b"abc \n"[*b as usize % 5]).collect() } else { data };
+            let p = small();
+            let theirs: Vec<Vec<u8>> = fastcdc::v2020::StreamCDC::with_level_and_seed(
+                data.as_slice(), p.min_size as usize, p.avg_size as usize, p.max_size as usize, Normalization::Level1, seed,
+            ).map(|c| c.unwrap().data).collect();
+            let ours: Vec<Vec<u8>> = Chunker::new(Trickle(&data, step), p, seed).map(|c| c.unwrap()).collect();
+            prop_assert_eq!(&ours, &theirs);
+            let cutter = Cutter::new(p, seed);
+            let slices: Vec<Vec<u8>> = cutter.chunks(&data).map(<[u8]>::to_vec).collect();
+            prop_assert_eq!(&slices, &theirs);
+        }
 
         #[test]
         fn concatenation_is_identity_and_sizes_in_bounds(data in proptest::collection::vec(any::<u8>(), 0..40_000), seed in any::<u64>()) {
