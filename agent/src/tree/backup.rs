@@ -1,28 +1,35 @@
 //! Backing up a directory tree.
 //!
-//! The walk is depth first in name order. Non-directory entries of a directory are processed
-//! in runs: small files are read, chunked, hashed, compressed and sealed on the blocking pool,
-//! several at once, and their results taken in order; a large file is streamed through the
-//! chunk pipeline on its own. Each finished directory listing is cut into parts of about
-//! 1 MiB and stored as tree blobs; the parent directory records their ids.
+//! Two halves joined by an ordered, bounded stream:
+//! - the **walk** goes depth first in name order: it lists each directory (`lstat` of every
+//!   entry), reads the parent snapshot's listing of it, and decides for each entry whether it
+//!   is ready (symlinks, devices, files unchanged since the parent), to be read, or another name
+//!   of an inode met before. It emits `Enter` / `Leave` for directories and, in between, batches
+//!   of entries (up to about 1 MiB of files to read, so a thread hand-off costs little);
+//! - batches are read, chunked, hashed, compressed and sealed on the blocking pool, at most
+//!   `workers` at once and several batches ahead, across directory boundaries, so the cores
+//!   never wait for one directory to finish before the next starts;
+//! - the **sink** takes the results in walk order, adds new blobs to the packer, streams large
+//!   files through the chunk pipeline itself, and cuts each finished directory listing into
+//!   parts of about 1 MiB stored as tree blobs; the parent directory records their ids.
 //!
 //! A file whose size or mtime changes while it is read is read again (twice at most) and then
 //! recorded as it was read last, flagged `changed_during_backup`. A file or directory that
 //! cannot be read is listed in the result's `errors` and the snapshot is marked partial.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::Metadata;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures::StreamExt;
 use kanister_repo::blob::{BlobKind, EncodedBlob};
-use kanister_repo::chunker::{Chunker, ChunkerParams};
+use kanister_repo::chunker::{Chunker, Cutter};
 use kanister_repo::snapshot::{Root, Snapshot, SnapshotStats};
 use kanister_repo::tree::{Node, NodeKind, PART_TARGET, approx_size, encode_part};
 use kanister_repo::{BlobId, Keys, SnapshotId};
@@ -35,8 +42,10 @@ use crate::repository::{BackupMarker, Repository};
 
 /// Files up to this size are read whole by one worker; larger ones are streamed.
 const SMALL_FILE: u64 = 4 << 20;
-/// Entries processed per run (bounds memory for huge directories).
-const RUN: usize = 256;
+/// A batch of entries handed to one worker ends after this many bytes of files to read...
+const BATCH_BYTES: u64 = 1 << 20;
+/// ...or this many entries.
+const BATCH_ENTRIES: usize = 64;
 /// Attempts at reading a file that keeps changing.
 const ATTEMPTS: usize = 3;
 /// At most this many paths are kept in `errors` / `changed`.
@@ -164,21 +173,6 @@ fn base_node(name: &[u8], meta: &Metadata) -> Option<Node> {
     })
 }
 
-/// The shared state of one backup.
-struct Walker<'r> {
-    repo: &'r Repository,
-    keys: Keys,
-    dedup: Dedup,
-    level: i32,
-    params: ChunkerParams,
-    workers: usize,
-    force: bool,
-    progress: Arc<Progress>,
-    packer: Packer<'r>,
-    hardlinks: HashMap<(u64, u64), Vec<BlobId>>,
-    stats: Counters,
-}
-
 #[derive(Default)]
 struct Counters {
     files_read: u64,
@@ -201,6 +195,23 @@ impl Counters {
             self.errors.push(e);
         }
     }
+
+    /// Adds the counts of the other half of the backup.
+    fn merge(&mut self, o: Counters) {
+        self.files_read += o.files_read;
+        self.files_reused += o.files_reused;
+        self.files_new += o.files_new;
+        self.dirs += o.dirs;
+        self.bytes_total += o.bytes_total;
+        self.bytes_new += o.bytes_new;
+        self.error_count += o.error_count;
+        for (mine, theirs) in
+            [(&mut self.errors, o.errors), (&mut self.changed, o.changed), (&mut self.warnings, o.warnings)]
+        {
+            let room = MAX_LISTED.saturating_sub(mine.len());
+            mine.extend(theirs.into_iter().take(room));
+        }
+    }
 }
 
 /// A directory listing being cut into parts.
@@ -212,43 +223,43 @@ struct PartBuilder {
 }
 
 impl PartBuilder {
-    async fn push(&mut self, node: Node, w: &mut Walker<'_>) -> Result<()> {
+    async fn push(&mut self, node: Node, sink: &mut Sink<'_>) -> Result<()> {
         let n = approx_size(&node);
         if self.size + n > PART_TARGET && !self.nodes.is_empty() {
-            self.flush(w).await?;
+            self.flush(sink).await?;
         }
         self.size += n;
         self.nodes.push(node);
         Ok(())
     }
 
-    async fn flush(&mut self, w: &mut Walker<'_>) -> Result<()> {
+    async fn flush(&mut self, sink: &mut Sink<'_>) -> Result<()> {
         let bytes = encode_part(&self.nodes);
         self.nodes.clear();
         self.size = 0;
-        let (id, blob) = process_chunk(&w.keys, &w.dedup, BlobKind::Tree, w.level, &bytes)?;
+        let (id, blob) = process_chunk(&sink.keys, &sink.dedup, BlobKind::Tree, sink.level, &bytes)?;
         if let Some(b) = blob {
-            w.packer.add(b, &w.progress).await?;
+            sink.packer.add(b, &sink.progress).await?;
         }
         self.parts.push(id);
         Ok(())
     }
 
-    async fn finish(mut self, w: &mut Walker<'_>) -> Result<Vec<BlobId>> {
+    async fn finish(mut self, sink: &mut Sink<'_>) -> Result<Vec<BlobId>> {
         if !self.nodes.is_empty() {
-            self.flush(w).await?;
+            self.flush(sink).await?;
         }
         Ok(self.parts)
     }
 }
 
-/// A directory on the walk's current path.
+/// The parent snapshot's listing of a directory, by name; shared by the walk (to find
+/// unchanged files) and the sink (to find unchanged listings).
+type ParentListing = Arc<HashMap<Vec<u8>, Node>>;
+
+/// A directory the sink is building the listing of.
 struct Frame {
-    abs: PathBuf,
-    rel: String,
-    entries: Vec<Entry>,
-    pos: usize,
-    parent: HashMap<Vec<u8>, Node>,
+    parent: ParentListing,
     /// The parent snapshot's listing parts of this directory.
     parent_parts: Vec<BlobId>,
     /// Every node so far equals the parent's node of the same name.
@@ -260,47 +271,56 @@ struct Frame {
 }
 
 impl Frame {
-    fn new(
-        abs: PathBuf,
-        rel: String,
-        entries: Vec<Entry>,
-        parent: HashMap<Vec<u8>, Node>,
-        parent_parts: Vec<BlobId>,
-        node: Node,
-    ) -> Self {
+    fn new(parent: ParentListing, parent_parts: Vec<BlobId>, node: Node) -> Self {
         let same = !parent_parts.is_empty() || parent.is_empty();
-        Frame { abs, rel, entries, pos: 0, parent, parent_parts, same, count: 0, builder: PartBuilder::default(), node }
+        Frame { parent, parent_parts, same, count: 0, builder: PartBuilder::default(), node }
     }
 
     /// Adds a node to the listing, noting whether the listing still equals the parent's.
-    async fn push(&mut self, node: Node, w: &mut Walker<'_>) -> Result<()> {
+    async fn push(&mut self, node: Node, sink: &mut Sink<'_>) -> Result<()> {
         self.same = self.same && self.parent.get(&node.name) == Some(&node);
         self.count += 1;
-        self.builder.push(node, w).await
+        self.builder.push(node, sink).await
     }
 
     /// The listing's parts: the parent's own when nothing differs (no encoding, no hashing),
     /// else the parts just built.
-    async fn finish(self, w: &mut Walker<'_>) -> Result<Vec<BlobId>> {
+    async fn finish(self, sink: &mut Sink<'_>) -> Result<Vec<BlobId>> {
         if self.same && self.count == self.parent.len() && !self.parent_parts.is_empty() {
             return Ok(self.parent_parts);
         }
-        self.builder.finish(w).await
+        self.builder.finish(sink).await
     }
 }
 
+/// An inode with several names: (device, inode).
+type LinkKey = (u64, u64);
+
 /// How one non-directory entry will be handled.
 enum Job {
-    /// Already complete (symlinks, FIFOs, devices, unchanged files).
-    Ready(Node),
-    /// Read whole on the blocking pool.
+    /// Already complete (symlinks, FIFOs, devices, unchanged files); the key when it is the
+    /// first name of a hard-linked file.
+    Ready(Node, Option<LinkKey>),
+    /// Read whole by a worker.
     Small(Node, PathBuf, String),
-    /// Streamed by the walker itself.
+    /// Streamed by the sink itself.
     Large(Node, PathBuf, String),
     /// Another name of an inode met earlier in this backup.
-    Link(Node, (u64, u64)),
+    Link(Node, LinkKey),
     /// Left out, with the reason.
     Skip(String),
+    /// A file a worker read (what `Small` becomes).
+    Read(Node, String, std::io::Result<Box<FileRead>>),
+}
+
+/// What the walk emits, in depth-first order.
+enum Step {
+    /// A directory whose entries follow, up to the matching `Leave`.
+    Enter { node: Node, parent: ParentListing, parent_parts: Vec<BlobId> },
+    /// The end of the directory entered last.
+    Leave,
+    /// Entries of the current directory, in name order.
+    Jobs(Vec<Job>),
 }
 
 /// The outcome of reading one file.
@@ -321,45 +341,81 @@ fn unchanged(a: &Metadata, b: &Metadata) -> bool {
     a.len() == b.len() && a.mtime() == b.mtime() && a.mtime_nsec() == b.mtime_nsec() && a.ino() == b.ino()
 }
 
-/// Reads a small file whole: chunks, ids, new blobs. Runs on the blocking pool.
-fn read_small(
-    path: &Path,
-    keys: &Keys,
-    dedup: &Dedup,
+/// What the workers need to turn file contents into blobs.
+#[derive(Clone)]
+struct Encoder {
+    keys: Keys,
+    dedup: Dedup,
     level: i32,
-    params: ChunkerParams,
-    progress: &Progress,
-) -> std::io::Result<FileRead> {
-    let mut out = FileRead { ids: vec![], blobs: vec![], new_bytes: 0, size: 0, meta: None, changed: false };
-    for attempt in 0..ATTEMPTS {
-        let f = open_nofollow(path)?;
-        let before = f.metadata()?;
-        let mut ids = Vec::new();
-        let mut size = 0u64;
-        for chunk in Chunker::new(&f, params, keys.chunker_seed) {
-            let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()))?;
-            size += chunk.len() as u64;
-            Progress::add(&progress.bytes_read, chunk.len() as u64);
-            let (id, blob) = process_chunk(keys, dedup, BlobKind::Data, level, &chunk)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            if let Some(b) = blob {
-                out.new_bytes += chunk.len() as u64;
-                // Every claimed blob must be stored, even from an attempt that is retried.
-                out.blobs.push(b);
+    cutter: Cutter,
+    progress: Arc<Progress>,
+}
+
+thread_local! {
+    /// A worker's buffer for whole small files, reused from file to file.
+    static FILE_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Reads a small file whole: chunks, ids, new blobs. Runs on a worker.
+fn read_small(path: &Path, e: &Encoder) -> std::io::Result<FileRead> {
+    FILE_BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        let mut out = FileRead { ids: vec![], blobs: vec![], new_bytes: 0, size: 0, meta: None, changed: false };
+        for attempt in 0..ATTEMPTS {
+            let mut f = open_nofollow(path)?;
+            let before = f.metadata()?;
+            buf.clear();
+            buf.reserve(before.len() as usize + 1);
+            f.read_to_end(&mut buf)?;
+            Progress::add(&e.progress.bytes_read, buf.len() as u64);
+            let mut ids = Vec::new();
+            for chunk in e.cutter.chunks(&buf) {
+                let (id, blob) = process_chunk(&e.keys, &e.dedup, BlobKind::Data, e.level, chunk)
+                    .map_err(|err| std::io::Error::other(err.to_string()))?;
+                if let Some(b) = blob {
+                    out.new_bytes += chunk.len() as u64;
+                    // Every claimed blob must be stored, even from an attempt that is retried.
+                    out.blobs.push(b);
+                }
+                ids.push(id);
             }
-            ids.push(id);
+            let after = f.metadata()?;
+            out.ids = ids;
+            out.size = buf.len() as u64;
+            out.meta = Some(after.clone());
+            if unchanged(&before, &after) && out.size == after.len() {
+                return Ok(out);
+            }
+            tracing::debug!(path = %path.display(), attempt, "file changed while read; reading it again");
         }
-        let after = f.metadata()?;
-        out.ids = ids;
-        out.size = size;
-        out.meta = Some(after.clone());
-        if unchanged(&before, &after) && size == after.len() {
-            return Ok(out);
+        out.changed = true;
+        // Do not keep a large buffer around for the next, probably small, files.
+        if buf.capacity() > 2 * SMALL_FILE as usize {
+            *buf = Vec::new();
         }
-        tracing::debug!(path = %path.display(), attempt, "file changed while read; reading it again");
+        Ok(out)
+    })
+}
+
+/// Reads the files of a batch on the blocking pool, at most `workers` batches at once.
+async fn read_batch(jobs: Vec<Job>, encoder: Encoder, slots: Arc<tokio::sync::Semaphore>) -> Result<Vec<Job>> {
+    if !jobs.iter().any(|j| matches!(j, Job::Small(..))) {
+        return Ok(jobs);
     }
-    out.changed = true;
-    Ok(out)
+    let _slot = slots.acquire_owned().await.expect("semaphore never closed");
+    tokio::task::spawn_blocking(move || {
+        jobs.into_iter()
+            .map(|job| match job {
+                Job::Small(node, abs, rel) => {
+                    let r = read_small(&abs, &encoder).map(Box::new);
+                    Job::Read(node, rel, r)
+                }
+                other => other,
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| Error::Task(e.to_string()))
 }
 
 async fn run(
@@ -375,23 +431,39 @@ async fn run(
     let parent = find_parent(repo, opts, &key).await?;
     let (dedup, _, recovery_bytes) = crate::packer::prepare(repo).await?;
     let config = repo.config().clone();
-    let mut w = Walker {
-        repo,
+    let workers = opts.workers.max(1);
+    let encoder = Encoder {
         keys: repo.keys().clone(),
-        dedup,
+        dedup: dedup.clone(),
         level: config.compression_level,
-        params: config.chunker,
-        workers: opts.workers.max(1),
-        force: opts.force,
+        cutter: Cutter::new(config.chunker, repo.keys().chunker_seed),
+        progress: progress.clone(),
+    };
+    let mut sink = Sink {
+        keys: repo.keys().clone(),
+        dedup: dedup.clone(),
+        level: config.compression_level,
+        encoder: encoder.clone(),
+        workers,
         progress: progress.clone(),
         packer: Packer::new(repo, opts.uploads.max(1), config.pack_size as usize),
         hardlinks: HashMap::new(),
         stats: Counters::default(),
     };
 
+    let walk_stats = Mutex::new(Counters::default());
+    let mut walk = Walk {
+        repo,
+        dedup,
+        force: opts.force,
+        stack: Vec::new(),
+        reserved: HashSet::new(),
+        stats: &walk_stats,
+        first: None,
+    };
     let root_node = base_node(b"", &root_meta).expect("a directory is a node");
     let parent_listing = match &parent {
-        Some((_, dir)) => w.parent_listing(dir).await,
+        Some((_, dir)) => walk.parent_listing(dir).await,
         None => HashMap::new(),
     };
     let (entries, errs) = tokio::task::spawn_blocking({
@@ -401,74 +473,66 @@ async fn run(
     .await
     .map_err(|e| Error::Task(e.to_string()))?
     .map_err(|e| Error::io(format!("cannot list {}", path.display()), e))?;
-    errs.into_iter().for_each(|e| w.stats.error(e));
+    errs.into_iter().for_each(|e| walk.stats().error(e));
+    let parent_listing = Arc::new(parent_listing);
     let parent_parts = parent.as_ref().map(|(_, d)| d.subtree.clone()).unwrap_or_default();
-    let mut stack =
-        vec![Frame::new(path.to_path_buf(), String::new(), entries, parent_listing, parent_parts, root_node)];
+    walk.stack.push(WalkFrame {
+        abs: path.to_path_buf(),
+        rel: String::new(),
+        entries,
+        pos: 0,
+        parent: parent_listing.clone(),
+    });
+    walk.first = Some(Step::Enter { node: root_node, parent: parent_listing, parent_parts });
 
-    let root = loop {
-        let top = stack.last_mut().expect("the loop ends when the stack empties");
-        if top.pos >= top.entries.len() {
-            let mut frame = stack.pop().expect("not empty");
-            let mut node = std::mem::replace(&mut frame.node, base_node(b"", &root_meta).expect("a directory"));
-            node.subtree = frame.finish(&mut w).await?;
-            w.stats.dirs += 1;
-            match stack.last_mut() {
-                None => break node,
-                Some(p) => p.push(node, &mut w).await?,
+    // Batches are read `workers` at once and up to `4 * workers` steps ahead of the sink.
+    let slots = Arc::new(tokio::sync::Semaphore::new(workers));
+    let steps = futures::stream::unfold(walk, |mut walk| async move {
+        let step = walk.next().await?;
+        Some((step, walk))
+    })
+    .map(|step| {
+        let (encoder, slots) = (encoder.clone(), slots.clone());
+        async move {
+            match step {
+                Step::Jobs(jobs) => read_batch(jobs, encoder, slots).await.map(Step::Jobs),
+                other => Ok(other),
             }
-            continue;
         }
-        if top.entries[top.pos].meta.is_dir() {
-            let e = &top.entries[top.pos];
-            top.pos += 1;
-            let abs = top.abs.join(OsStr::from_bytes(&e.name));
-            let rel = join_rel(&top.rel, &e.name);
-            let node = base_node(&e.name, &e.meta).expect("a directory is a node");
-            let parent_dir = top.parent.get(&e.name).filter(|n| n.kind == NodeKind::Dir).cloned();
-            let listed = tokio::task::spawn_blocking({
-                let (abs, rel) = (abs.clone(), rel.clone());
-                move || list_dir(&abs, &rel)
-            })
-            .await
-            .map_err(|e| Error::Task(e.to_string()))?;
-            match listed {
-                Ok((entries, errs)) => {
-                    errs.into_iter().for_each(|e| w.stats.error(e));
-                    let parent = match &parent_dir {
-                        Some(d) => w.parent_listing(d).await,
-                        None => HashMap::new(),
-                    };
-                    let parent_parts = parent_dir.map(|d| d.subtree).unwrap_or_default();
-                    stack.push(Frame::new(abs, rel, entries, parent, parent_parts, node));
-                }
-                Err(err) => {
-                    w.stats.error(format!("{rel}: {err}"));
-                    w.stats.dirs += 1;
-                    let top = stack.last_mut().expect("not empty");
-                    top.push(node, &mut w).await?;
+    })
+    .buffered(workers * 4);
+    let mut frames: Vec<Frame> = Vec::new();
+    let mut root = None;
+    let mut steps = Box::pin(steps);
+    while let Some(step) = steps.next().await {
+        match step? {
+            Step::Enter { node, parent, parent_parts } => frames.push(Frame::new(parent, parent_parts, node)),
+            Step::Leave => {
+                let mut frame = frames.pop().expect("a Leave follows its Enter");
+                let mut node = std::mem::replace(&mut frame.node, base_node(b"", &root_meta).expect("a directory"));
+                node.subtree = frame.finish(&mut sink).await?;
+                sink.stats.dirs += 1;
+                match frames.last_mut() {
+                    None => root = Some(node),
+                    Some(p) => p.push(node, &mut sink).await?,
                 }
             }
-            continue;
+            Step::Jobs(jobs) => {
+                for job in jobs {
+                    if let Some(node) = sink.take(job).await? {
+                        frames.last_mut().expect("jobs come inside a directory").push(node, &mut sink).await?;
+                    }
+                }
+            }
         }
-        // A run of non-directories.
-        let start = top.pos;
-        let end = (start..top.entries.len().min(start + RUN))
-            .find(|&i| top.entries[i].meta.is_dir())
-            .unwrap_or(top.entries.len().min(start + RUN));
-        top.pos = end;
-        let jobs: Vec<Job> =
-            (start..end).map(|i| w.classify(&top.entries[i], &top.abs, &top.rel, &top.parent)).collect();
-        let nodes = w.run_jobs(jobs).await?;
-        let top = stack.last_mut().expect("not empty");
-        for n in nodes {
-            top.push(n, &mut w).await?;
-        }
-    };
+    }
+    drop(steps);
+    let root = root.expect("the walk leaves the top directory last");
 
-    w.packer.finish(&progress).await?;
-    let bytes_uploaded = recovery_bytes + w.packer.bytes_uploaded;
-    let s = w.stats;
+    sink.packer.finish(&progress).await?;
+    let bytes_uploaded = recovery_bytes + sink.packer.bytes_uploaded;
+    let mut s = sink.stats;
+    s.merge(walk_stats.into_inner().unwrap_or_else(|e| e.into_inner()));
     let duration = started.elapsed().as_secs_f64();
     let bytes_read = progress.bytes_read.load(std::sync::atomic::Ordering::Relaxed);
     let mut snap = Snapshot {
@@ -494,10 +558,10 @@ async fn run(
         program: format!("kanister-agent {}", env!("CARGO_PKG_VERSION")),
         parent: parent.as_ref().map(|(id, _)| *id),
     };
-    let (_, probe) = snap.encode(&w.keys);
+    let (_, probe) = snap.encode(&sink.keys);
     snap.stats.bytes_uploaded += probe.len() as u64;
     let (snapshot_id, _) = repo.write_snapshot(&snap).await?;
-    w.packer.delete_interim().await;
+    sink.packer.delete_interim().await;
     Ok(BackupStats {
         snapshot_id,
         parent: snap.parent,
@@ -517,7 +581,33 @@ async fn run(
     })
 }
 
-impl Walker<'_> {
+/// A directory the walk is going through.
+struct WalkFrame {
+    abs: PathBuf,
+    rel: String,
+    entries: Vec<Entry>,
+    pos: usize,
+    parent: ParentListing,
+}
+
+/// The walk: lists directories and classifies their entries, in depth-first name order.
+struct Walk<'r> {
+    repo: &'r Repository,
+    dedup: Dedup,
+    force: bool,
+    stack: Vec<WalkFrame>,
+    /// Inodes with several names met so far: later names link to the first.
+    reserved: HashSet<LinkKey>,
+    stats: &'r Mutex<Counters>,
+    /// The top directory's `Enter`, emitted first.
+    first: Option<Step>,
+}
+
+impl Walk<'_> {
+    fn stats(&self) -> std::sync::MutexGuard<'_, Counters> {
+        self.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The parent snapshot's listing of a directory, by name. Unreadable parents are ignored:
     /// everything is then read again, which is slower but never wrong.
     async fn parent_listing(&self, dir: &Node) -> HashMap<Vec<u8>, Node> {
@@ -530,34 +620,111 @@ impl Walker<'_> {
         }
     }
 
-    fn classify(&mut self, e: &Entry, dir: &Path, rel: &str, parent: &HashMap<Vec<u8>, Node>) -> Job {
-        let rel = join_rel(rel, &e.name);
-        let abs = dir.join(OsStr::from_bytes(&e.name));
-        let Some(mut node) = base_node(&e.name, &e.meta) else {
+    /// The next step, or `None` once the top directory is left.
+    async fn next(&mut self) -> Option<Step> {
+        if let Some(first) = self.first.take() {
+            return Some(first);
+        }
+        let top = self.stack.last_mut()?;
+        if top.pos >= top.entries.len() {
+            self.stack.pop();
+            return Some(Step::Leave);
+        }
+        if top.entries[top.pos].meta.is_dir() {
+            let e = &top.entries[top.pos];
+            top.pos += 1;
+            let abs = top.abs.join(OsStr::from_bytes(&e.name));
+            let rel = join_rel(&top.rel, &e.name);
+            let node = base_node(&e.name, &e.meta).expect("a directory is a node");
+            let parent_dir = top.parent.get(&e.name).filter(|n| n.kind == NodeKind::Dir).cloned();
+            let listed = tokio::task::spawn_blocking({
+                let (abs, rel) = (abs.clone(), rel.clone());
+                move || list_dir(&abs, &rel)
+            })
+            .await;
+            let listed = match listed {
+                Ok(l) => l,
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            return Some(match listed {
+                Ok((entries, errs)) => {
+                    errs.into_iter().for_each(|e| self.stats().error(e));
+                    let parent = Arc::new(match &parent_dir {
+                        Some(d) => self.parent_listing(d).await,
+                        None => HashMap::new(),
+                    });
+                    let parent_parts = parent_dir.map(|d| d.subtree).unwrap_or_default();
+                    self.stack.push(WalkFrame { abs, rel, entries, pos: 0, parent: parent.clone() });
+                    Step::Enter { node, parent, parent_parts }
+                }
+                Err(err) => {
+                    let mut stats = self.stats();
+                    stats.error(format!("{rel}: {err}"));
+                    stats.dirs += 1;
+                    Step::Jobs(vec![Job::Ready(node, None)])
+                }
+            });
+        }
+        // A batch of non-directories.
+        let mut jobs = Vec::new();
+        let mut bytes = 0u64;
+        loop {
+            let top = self.stack.last_mut().expect("checked above");
+            if top.pos >= top.entries.len()
+                || top.entries[top.pos].meta.is_dir()
+                || jobs.len() >= BATCH_ENTRIES
+                || bytes >= BATCH_BYTES
+            {
+                break;
+            }
+            let e = &top.entries[top.pos];
+            let (name, meta, abs, rel, parent) =
+                (e.name.clone(), e.meta.clone(), top.abs.clone(), top.rel.clone(), top.parent.clone());
+            top.pos += 1;
+            let job = self.classify(name, meta, &abs, &rel, &parent);
+            if let Job::Small(n, ..) = &job {
+                bytes += n.size;
+            }
+            jobs.push(job);
+        }
+        Some(Step::Jobs(jobs))
+    }
+
+    fn classify(
+        &mut self,
+        name: Vec<u8>,
+        meta: Metadata,
+        dir: &Path,
+        rel: &str,
+        parent: &HashMap<Vec<u8>, Node>,
+    ) -> Job {
+        let rel = join_rel(rel, &name);
+        let abs = dir.join(OsStr::from_bytes(&name));
+        let Some(mut node) = base_node(&name, &meta) else {
             return Job::Skip(format!("{rel}: sockets are not backed up"));
         };
         match node.kind {
             NodeKind::Symlink => match std::fs::read_link(&abs) {
                 Ok(t) => {
                     node.target = Some(t.as_os_str().as_bytes().to_vec());
-                    Job::Ready(node)
+                    Job::Ready(node, None)
                 }
                 Err(err) => {
-                    self.stats.error(format!("{rel}: {err}"));
+                    self.stats().error(format!("{rel}: {err}"));
                     Job::Skip(String::new())
                 }
             },
             NodeKind::File => {
-                let key = (e.meta.dev(), e.meta.ino());
-                if e.meta.nlink() > 1 {
-                    node.link_id = Some(e.meta.ino());
-                    if self.hardlinks.contains_key(&key) {
+                let key = (meta.dev(), meta.ino());
+                let mut link = None;
+                if meta.nlink() > 1 {
+                    node.link_id = Some(meta.ino());
+                    if !self.reserved.insert(key) {
                         return Job::Link(node, key);
                     }
-                    // Reserve: later names of this inode in the same run link to this one.
-                    self.hardlinks.insert(key, Vec::new());
+                    link = Some(key);
                 }
-                let prev = parent.get(&e.name);
+                let prev = parent.get(&name);
                 let same = prev.is_some_and(|p| {
                     p.kind == NodeKind::File
                         && p.size == node.size
@@ -569,89 +736,86 @@ impl Walker<'_> {
                 });
                 if same && !self.force {
                     node.content = prev.expect("checked").content.clone();
-                    if node.link_id.is_some() {
-                        self.hardlinks.insert(key, node.content.clone());
-                    }
-                    self.stats.files_reused += 1;
-                    return Job::Ready(node);
+                    self.stats().files_reused += 1;
+                    return Job::Ready(node, link);
                 }
                 if prev.is_none() {
-                    self.stats.files_new += 1;
+                    self.stats().files_new += 1;
                 }
                 if node.size <= SMALL_FILE { Job::Small(node, abs, rel) } else { Job::Large(node, abs, rel) }
             }
-            _ => Job::Ready(node),
+            _ => Job::Ready(node, None),
         }
     }
+}
 
-    /// Processes a run of jobs (several small files at once), returns the nodes in order.
-    async fn run_jobs(&mut self, jobs: Vec<Job>) -> Result<Vec<Node>> {
-        let (keys, dedup, level, params, progress) =
-            (self.keys.clone(), self.dedup.clone(), self.level, self.params, self.progress.clone());
-        let results = futures::stream::iter(jobs)
-            .map(|job| {
-                let (keys, dedup, progress) = (keys.clone(), dedup.clone(), progress.clone());
-                async move {
-                    match job {
-                        Job::Small(node, abs, rel) => {
-                            let r = tokio::task::spawn_blocking(move || {
-                                read_small(&abs, &keys, &dedup, level, params, &progress)
-                            })
-                            .await
-                            .map_err(|e| Error::Task(e.to_string()))?;
-                            Ok::<_, Error>((Job::Ready(node), Some((rel, r))))
-                        }
-                        other => Ok((other, None)),
+/// The sink: takes the walk's results in order and stores what is new.
+struct Sink<'r> {
+    keys: Keys,
+    dedup: Dedup,
+    level: i32,
+    encoder: Encoder,
+    workers: usize,
+    progress: Arc<Progress>,
+    packer: Packer<'r>,
+    /// Content of the first name of each hard-linked inode.
+    hardlinks: HashMap<LinkKey, Vec<BlobId>>,
+    stats: Counters,
+}
+
+impl Sink<'_> {
+    /// Finishes one entry: the node to list, if any.
+    async fn take(&mut self, job: Job) -> Result<Option<Node>> {
+        Ok(match job {
+            Job::Read(mut node, rel, read) => match read {
+                Ok(fr) => {
+                    for b in fr.blobs {
+                        self.packer.add(b, &self.progress).await?;
                     }
+                    self.file_done(&mut node, fr.ids, fr.size, fr.meta.as_ref(), fr.new_bytes, fr.changed, &rel);
+                    Some(node)
                 }
-            })
-            .buffered(self.workers * 2);
-        let mut results = std::pin::pin!(results);
-        let mut nodes = Vec::new();
-        while let Some(r) = results.next().await {
-            let (job, read) = r?;
-            match (job, read) {
-                (Job::Ready(mut node), Some((rel, read))) => match read {
-                    Ok(fr) => {
-                        for b in fr.blobs {
-                            self.packer.add(b, &self.progress).await?;
-                        }
-                        self.file_done(&mut node, fr.ids, fr.size, fr.meta.as_ref(), fr.new_bytes, fr.changed, &rel);
-                        nodes.push(node);
-                    }
-                    Err(err) => self.stats.error(format!("{rel}: {err}")),
-                },
-                (Job::Ready(node), None) => {
-                    if node.kind == NodeKind::File {
-                        self.stats.bytes_total += node.size;
-                    }
-                    nodes.push(node)
+                Err(err) => {
+                    self.stats.error(format!("{rel}: {err}"));
+                    None
                 }
-                (Job::Large(mut node, abs, rel), _) => match self.read_large(&abs).await {
-                    Ok(fr) => {
-                        self.file_done(&mut node, fr.ids, fr.size, fr.meta.as_ref(), fr.new_bytes, fr.changed, &rel);
-                        nodes.push(node);
-                    }
-                    Err(Error::Io { source, .. }) => self.stats.error(format!("{rel}: {source}")),
-                    Err(e) => return Err(e),
-                },
-                (Job::Link(mut node, key), _) => {
-                    // The first name was taken earlier in order; an unreadable first name
-                    // leaves no content to link to, and this name is then read itself.
-                    node.content = self.hardlinks.get(&key).cloned().unwrap_or_default();
-                    node.size = if node.content.is_empty() { 0 } else { node.size };
+            },
+            Job::Ready(node, link) => {
+                if node.kind == NodeKind::File {
                     self.stats.bytes_total += node.size;
-                    nodes.push(node);
                 }
-                (Job::Skip(why), _) => {
-                    if !why.is_empty() {
-                        self.stats.warnings.push(why);
-                    }
+                if let Some(key) = link {
+                    self.hardlinks.insert(key, node.content.clone());
                 }
-                (Job::Small(..), _) => unreachable!("small jobs come back as ready"),
+                Some(node)
             }
-        }
-        Ok(nodes)
+            Job::Large(mut node, abs, rel) => match self.read_large(&abs).await {
+                Ok(fr) => {
+                    self.file_done(&mut node, fr.ids, fr.size, fr.meta.as_ref(), fr.new_bytes, fr.changed, &rel);
+                    Some(node)
+                }
+                Err(Error::Io { source, .. }) => {
+                    self.stats.error(format!("{rel}: {source}"));
+                    None
+                }
+                Err(e) => return Err(e),
+            },
+            Job::Link(mut node, key) => {
+                // The first name came earlier in order; an unreadable first name leaves no
+                // content to link to, and this name is then recorded empty.
+                node.content = self.hardlinks.get(&key).cloned().unwrap_or_default();
+                node.size = if node.content.is_empty() { 0 } else { node.size };
+                self.stats.bytes_total += node.size;
+                Some(node)
+            }
+            Job::Skip(why) => {
+                if !why.is_empty() {
+                    self.stats.warnings.push(why);
+                }
+                None
+            }
+            Job::Small(..) => unreachable!("workers turn small files into reads"),
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -709,9 +873,9 @@ impl Walker<'_> {
     /// the bytes read and the new bytes.
     async fn store_reader(&mut self, reader: Box<dyn Read + Send>) -> Result<(Vec<BlobId>, u64, u64)> {
         let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(self.workers * 4);
-        let (params, seed, progress) = (self.params, self.keys.chunker_seed, self.progress.clone());
+        let (cutter, progress) = (self.encoder.cutter.clone(), self.progress.clone());
         let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            for chunk in Chunker::new(reader, params, seed) {
+            for chunk in Chunker::with_cutter(reader, cutter) {
                 let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()))?;
                 Progress::add(&progress.bytes_read, chunk.len() as u64);
                 if tx.blocking_send(chunk).is_err() {
