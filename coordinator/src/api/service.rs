@@ -72,7 +72,17 @@ pub fn to_proto(a: &ActionSet) -> pb::ActionSet {
         creation_time: a.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default(),
         last_transition_time: progress.last_transition_time.map(|t| t.0.to_string()).unwrap_or_default(),
         actionset_json: serde_json::to_string(a).unwrap_or_default(),
+        events: Vec::new(),
+        events_error: String::new(),
     }
+}
+
+fn event_to_proto(e: cluster::ObservedEvent) -> pb::Event {
+    let type_ = match e.type_ {
+        cluster::EventType::Normal => "Normal",
+        cluster::EventType::Warning => "Warning",
+    };
+    pb::Event { r#type: type_.into(), reason: e.reason, message: e.note, time: e.time, count: e.count }
 }
 
 fn not_found_or(e: cluster::Error, message: impl FnOnce() -> String) -> Error {
@@ -455,7 +465,16 @@ impl<C: Cluster> pb::coordinator_service_server::CoordinatorService for Coordina
     }
 
     async fn get_action_set(&self, request: Request<pb::ActionSetRef>) -> Result<Response<pb::ActionSet>, Status> {
-        Ok(Response::new(to_proto(&self.get(request.get_ref()).await?)))
+        let a = self.get(request.get_ref()).await?;
+        let mut out = to_proto(&a);
+        match self.cluster.events(&a).await {
+            Ok(events) => out.events = events.into_iter().map(event_to_proto).collect(),
+            Err(e) => {
+                tracing::warn!(actionset = %out.name, namespace = %out.namespace, error = %e, "cannot read events");
+                out.events_error = e.to_string();
+            }
+        }
+        Ok(Response::new(out))
     }
 
     async fn list_action_sets(

@@ -100,7 +100,7 @@ pub enum Command {
     /// List ActionSets.
     #[command(subcommand)]
     Get(GetCommand),
-    /// Show an ActionSet: phases, outputs, artifacts, errors.
+    /// Show an ActionSet: phases, outputs, artifacts, errors, events.
     #[command(subcommand)]
     Describe(DescribeCommand),
     /// Follow an ActionSet until it ends, reconnecting after a dropped connection.

@@ -106,7 +106,56 @@ pub fn describe(a: &pb::ActionSet, parsed: &ActionSet, out: &mut dyn Write) -> R
             }
         }
     }
+    events(a, out)
+}
+
+/// The Events section of `describe`, as `kubectl describe` prints it.
+fn events(a: &pb::ActionSet, out: &mut dyn Write) -> Result<()> {
+    if !a.events_error.is_empty() {
+        writeln!(out, "Events:      unavailable: {}", a.events_error)?;
+        return Ok(());
+    }
+    if a.events.is_empty() {
+        writeln!(out, "Events:      <none>")?;
+        return Ok(());
+    }
+    writeln!(out, "Events:")?;
+    let rows: Vec<Vec<String>> = a
+        .events
+        .iter()
+        .map(|e| {
+            let time = if e.count > 1 { format!("{} (x{})", dash(&e.time), e.count) } else { dash(&e.time) };
+            vec![e.r#type.clone(), e.reason.clone(), time, e.message.clone()]
+        })
+        .collect();
+    let mut table = Vec::new();
+    columns(&["TYPE", "REASON", "TIME", "MESSAGE"], &rows, &mut table)?;
+    for line in String::from_utf8_lossy(&table).lines() {
+        writeln!(out, "  {line}")?;
+    }
     Ok(())
+}
+
+/// Prints `rows` under `header` in columns two spaces apart.
+fn columns(header: &[&str], rows: &[Vec<String>], out: &mut dyn Write) -> Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string()
+    };
+    writeln!(out, "{}", line(header.to_vec()))?;
+    for r in rows {
+        writeln!(out, "{}", line(r.iter().map(String::as_str).collect()))?;
+    }
+    Ok(())
+}
+
+fn dash(s: &str) -> String {
+    if s.is_empty() { "-".into() } else { s.to_string() }
 }
 
 /// `kanctl snapshots`.
