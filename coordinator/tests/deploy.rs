@@ -434,7 +434,7 @@ fn table(entries: &[(&str, &str, &[&str])]) -> BTreeMap<(String, String), BTreeS
 }
 
 /// What the coordinator calls where ActionSets live (controller.rs, cluster/kube.rs,
-/// kube-runtime's event Recorder).
+/// kube-runtime's event Recorder; events are listed back for `kanctl describe`).
 const CONTROLLER_RULES: &[(&str, &str, &[&str])] = &[
     ("cr.kanister.io", "actionsets", &["get", "list", "watch"]),
     ("cr.kanister.io", "actionsets/status", &["update"]),
@@ -443,7 +443,7 @@ const CONTROLLER_RULES: &[(&str, &str, &[&str])] = &[
     ("cr.kanister.io", "profiles", &["get"]),
     ("", "secrets", &["get", "create"]),
     ("", "configmaps", &["get"]),
-    ("events.k8s.io", "events", &["create", "patch"]),
+    ("events.k8s.io", "events", &["create", "patch", "list"]),
     ("", "pods", &["get", "list", "watch", "create", "delete"]),
     ("", "pods/log", &["get"]),
 ];

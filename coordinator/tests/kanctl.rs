@@ -2,7 +2,8 @@
 //! - every `create actionset` flag mapped into the ActionSet (table-driven, against YAML);
 //! - upstream's generated names;
 //! - bad input: one clear message each;
-//! - `watch` surviving a restart of the API server mid-action.
+//! - `watch` surviving a restart of the API server mid-action;
+//! - `describe` showing the ActionSet's events.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -643,6 +644,79 @@ async fn watch_survives_a_restart_of_the_api_server() {
     let (r, out, err) = kanctl(addr, None, &["watch", "backup-cncl1"]).await;
     assert_eq!(r.unwrap(), Outcome::Cancelled, "{out}{err}");
     assert_eq!(Outcome::Cancelled.exit_code(), 4);
+    server.stop().await;
+}
+
+/// The `(type, reason, message)` rows of the Events section of `kanctl describe`.
+fn event_rows(described: &str) -> Vec<(String, String, String)> {
+    described
+        .lines()
+        .skip_while(|l| !l.starts_with("Events:"))
+        .skip(2)
+        .map(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            (cells[0].to_string(), cells[1].to_string(), cells[3..].join(" "))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn describe_shows_the_events_of_that_actionset() {
+    let (_cluster, api) = local();
+    let server = Server::start(api, None, None).await;
+    let addr = server.addr;
+    let create = |name: &'static str, sleep: &'static str| async move {
+        let option = format!("sleep={sleep}");
+        let args = ["create", "actionset", "-a", "backup", "-b", "demo", "-t", "db/app", "--name", name, "-o", &option];
+        let (r, out, err) = kanctl(addr, None, &[&args[..], &["--wait"]].concat()).await;
+        (r.unwrap(), format!("{out}{err}"))
+    };
+    let (outcome, out) = create("backup-good1", "0").await;
+    assert_eq!(outcome, Outcome::Success, "{out}");
+    let (outcome, out) = create("backup-bad01", "notanumber").await;
+    assert_eq!(outcome, Outcome::Failed, "{out}");
+
+    let (r, good, _) = kanctl(addr, None, &["describe", "actionset", "backup-good1"]).await;
+    r.unwrap();
+    let rows = event_rows(&good);
+    let reasons: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+    assert_eq!(reasons, ["StartedAction", "StartedPhase", "EndedPhase", "ActionSetComplete"], "{good}");
+    assert!(rows.iter().all(|r| r.0 == "Normal"), "{good}");
+    assert_eq!(rows[0].2, "Executing actionset backup-good1", "{good}");
+    assert_eq!(rows[1].2, "Executing phase say", "{good}");
+    assert!(!good.contains("backup-bad01"), "another ActionSet's events: {good}");
+
+    let (r, bad, _) = kanctl(addr, None, &["describe", "actionset", "backup-bad01"]).await;
+    r.unwrap();
+    let rows = event_rows(&bad);
+    let warnings: Vec<&str> = rows.iter().filter(|r| r.0 == "Warning").map(|r| r.1.as_str()).collect();
+    assert_eq!(warnings, ["PhaseFailed", "ActionSetFailed"], "{bad}");
+    assert_eq!(rows.first().map(|r| r.1.as_str()), Some("StartedAction"), "{bad}");
+    assert!(rows.iter().any(|r| r.1 == "PhaseFailed" && r.2.contains("say")), "{bad}");
+
+    // Over gRPC: GetActionSet carries the events; ListActionSets does not (kept cheap).
+    let mut client = kanister_proto::coordinator::v1::coordinator_service_client::CoordinatorServiceClient::connect(
+        format!("http://{addr}"),
+    )
+    .await
+    .unwrap();
+    let got = client
+        .get_action_set(kanister_proto::coordinator::v1::ActionSetRef {
+            namespace: "kanister".into(),
+            name: "backup-good1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.events.len(), 4);
+    assert!(got.events_error.is_empty());
+    assert!(got.events.iter().all(|e| e.count == 1 && e.time.ends_with('Z')), "{:?}", got.events);
+    let listed = client
+        .list_action_sets(kanister_proto::coordinator::v1::ListActionSetsRequest { namespace: "kanister".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.actionsets.iter().all(|a| a.events.is_empty()));
     server.stop().await;
 }
 

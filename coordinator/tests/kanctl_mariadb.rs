@@ -2,14 +2,21 @@
 //! `LocalCluster` with the real MariaDB and SeaweedFS of the test infrastructure:
 //! `create profile s3compliant` (probe write/read/delete), `create actionset --action backup`
 //! with the StatefulSet, Profile and Secret of the story, `get actionsets` showing it complete
-//! with the `mysqlCloudDump` artifact, the data dropped, `--action restore --from` bringing the
-//! rows back, and `--action delete --from` removing the dump from the bucket.
+//! with the `mysqlCloudDump` artifact, `describe` with its events, `snapshots` listing the dump in
+//! the Profile's repository tied to the ActionSet, the data dropped, `--action restore --from`
+//! bringing the rows back, and `--action delete --from` removing the snapshot.
 //!
-//! The blueprint's phases run `mysqldump`/`mysql` through `KubeExec` (local processes) and move
-//! the dump to and from the Profile's bucket with `curl --aws-sigv4`, the credentials coming
-//! from the Profile (written to a private temporary curl config, never on a command line).
+//! The blueprint has the shape of upstream's `examples/mysql/mysql-blueprint.yaml`: `KubeTask`
+//! phases pipe `mysqldump | gzip | kando location push --profile '{{ toJson .Profile }}'` and
+//! report the path with `kando output s3path`; restore pulls it back through `gunzip | mysql`;
+//! delete runs `kando location delete` in the namespace of `--namespacetargets`. `kando` is the
+//! agent binary on the local cluster's PATH ([`support::tools_path`]). Differences from
+//! upstream, for a MariaDB shared with other tests: the dump holds only the test's database
+//! (`--databases`, not `--all-databases`), the server's address comes from the Secret (upstream
+//! connects to the Service named by the instance label, which resolves only in a cluster) and
+//! the password goes through `MYSQL_PWD` rather than mysqldump's argv.
 //!
-//! Needs `KANISTER_TEST_MYSQL_SOCKET` and `KANISTER_TEST_S3_*` (`eval "$(bash tests/infra.sh
+//! Needs `KANISTER_TEST_MYSQL_*` and `KANISTER_TEST_S3_*` (`eval "$(bash tests/infra.sh
 //! env)"`); fails without them.
 
 use std::net::SocketAddr;
@@ -18,9 +25,13 @@ use std::time::Duration;
 
 use clap::Parser as _;
 use kanister_coordinator::api::{CoordinatorApi, ServeConfig, serve};
+use kanister_coordinator::cluster::Cluster as _;
 use kanister_coordinator::cluster::local::LocalCluster;
-use kanister_coordinator::engine::{Engine, EngineConfig};
+use kanister_coordinator::engine::{Engine, EngineConfig, repokey};
 use kanister_coordinator::kanctl::{self, Cli, Error, Io, Outcome};
+use serde_json::Value;
+
+mod support;
 
 fn infra_var(name: &str) -> String {
     match std::env::var(name) {
@@ -38,13 +49,7 @@ fn unique(tag: &str) -> String {
     format!("{tag}_{}_{nanos:x}", std::process::id())
 }
 
-/// Defines `s3 KEY [curl args]` in a phase: curl against the Profile's bucket, signed with the
-/// Profile's key pair read from a private config file.
-const S3: &str = r#"cfg=$(mktemp); tmp=$(mktemp); trap 'rm -f "$cfg" "$tmp"' EXIT
-          printf 'user = "%s:%s"\n' '{{ .Profile.Credential.KeyPair.ID }}' '{{ .Profile.Credential.KeyPair.Secret }}' > "$cfg"
-          s3() { url='{{ .Profile.Location.Endpoint }}/{{ .Profile.Location.Bucket }}/'"$1"; shift; curl -sSf -K "$cfg" --aws-sigv4 'aws:amz:{{ .Profile.Location.Region }}:s3' "$@" "$url"; }
-          MYSQL="--no-defaults -u{{ index .Secrets.mysql.Data "username" | toString }} -S{{ index .Secrets.mysql.Data "socket" | toString }}""#;
-
+/// Upstream's mysql-blueprint, with the differences named in the module doc.
 const BLUEPRINT: &str = r#"
 apiVersion: cr.kanister.io/v1alpha1
 kind: Blueprint
@@ -56,62 +61,71 @@ actions:
         keyValue:
           s3path: "{{ .Phases.dumpToObjectStore.Output.s3path }}"
     phases:
-    - func: KubeExec
+    - func: KubeTask
       name: dumpToObjectStore
       args:
+        image: ghcr.io/kanisterio/mysql-sidecar:0.117.0
         namespace: "{{ .StatefulSet.Namespace }}"
-        pod: "{{ index .StatefulSet.Pods 0 }}"
-        container: mysql
         command:
-        - sh
-        - -ec
+        - bash
+        - -o
+        - errexit
+        - -o
+        - pipefail
+        - -c
         - |
-          @S3@
-          path='{{ .Profile.Location.Prefix }}/mysql-backups/{{ .StatefulSet.Namespace }}/{{ .StatefulSet.Name }}/'"$(date +%s%N)"'/dump.sql'
-          mysqldump $MYSQL --single-transaction '{{ .Options.database }}' > "$tmp"
-          s3 "$path" -T "$tmp"
-          printf '###Phase-output###: {"key":"s3path","value":"%s"}\n' "$path"
+          s3_path="/mysql-backups/{{ .StatefulSet.Namespace }}/{{ index .Object.metadata.labels "app.kubernetes.io/instance" }}/{{ toDate "2006-01-02T15:04:05.999999999Z07:00" .Time | date "2006-01-02T15-04-05" }}/dump.sql.gz"
+          export MYSQL_PWD='{{ index .Secrets.mysql.Data "mysql-root-password" | toString }}'
+          mysqldump --no-defaults -u root -h '{{ index .Secrets.mysql.Data "host" | toString }}' -P '{{ index .Secrets.mysql.Data "port" | toString }}' --single-transaction --databases '{{ .Options.database }}' | gzip - | kando location push --profile '{{ toJson .Profile }}' --path "${s3_path}" -
+          kando output s3path "${s3_path}"
   restore:
-    inputArtifactNames: [mysqlCloudDump]
+    inputArtifactNames:
+    - mysqlCloudDump
     phases:
-    - func: KubeExec
-      name: restoreFromObjectStore
+    - func: KubeTask
+      name: restoreFromBlobStore
       args:
+        image: ghcr.io/kanisterio/mysql-sidecar:0.117.0
         namespace: "{{ .StatefulSet.Namespace }}"
-        pod: "{{ index .StatefulSet.Pods 0 }}"
-        container: mysql
         command:
-        - sh
-        - -ec
+        - bash
+        - -o
+        - errexit
+        - -o
+        - pipefail
+        - -c
         - |
-          @S3@
-          s3 '{{ .ArtifactsIn.mysqlCloudDump.KeyValue.s3path }}' -o "$tmp"
-          mysql $MYSQL -e 'CREATE DATABASE IF NOT EXISTS {{ .Options.database }}'
-          mysql $MYSQL '{{ .Options.database }}' < "$tmp"
+          s3_path="{{ .ArtifactsIn.mysqlCloudDump.KeyValue.s3path }}"
+          export MYSQL_PWD='{{ index .Secrets.mysql.Data "mysql-root-password" | toString }}'
+          kando location pull --profile '{{ toJson .Profile }}' --path "${s3_path}" - | gunzip | mysql --no-defaults -u root -h '{{ index .Secrets.mysql.Data "host" | toString }}' -P '{{ index .Secrets.mysql.Data "port" | toString }}'
   delete:
-    inputArtifactNames: [mysqlCloudDump]
+    inputArtifactNames:
+    - mysqlCloudDump
     phases:
-    - func: KubeExec
-      name: deleteFromObjectStore
+    - func: KubeTask
+      name: deleteFromBlobStore
       args:
-        namespace: "{{ .StatefulSet.Namespace }}"
-        pod: "{{ index .StatefulSet.Pods 0 }}"
-        container: mysql
+        image: ghcr.io/kanisterio/mysql-sidecar:0.117.0
+        namespace: "{{ .Namespace.Name }}"
         command:
-        - sh
-        - -ec
+        - bash
+        - -o
+        - errexit
+        - -o
+        - pipefail
+        - -c
         - |
-          @S3@
-          s3 '{{ .ArtifactsIn.mysqlCloudDump.KeyValue.s3path }}' -X DELETE
+          s3_path="{{ .ArtifactsIn.mysqlCloudDump.KeyValue.s3path }}"
+          kando location delete --profile '{{ toJson .Profile }}' --path "${s3_path}"
 "#;
 
 fn world() -> String {
-    let socket = infra_var("KANISTER_TEST_MYSQL_SOCKET");
+    let port = infra_var("KANISTER_TEST_MYSQL_PORT");
     format!(
         r#"
 apiVersion: apps/v1
 kind: StatefulSet
-metadata: {{name: mysql-release, namespace: mysql-test}}
+metadata: {{name: mysql-release, namespace: mysql-test, labels: {{app.kubernetes.io/instance: mysql-release}}}}
 spec: {{replicas: 1, selector: {{matchLabels: {{app: mysql}}}}}}
 ---
 apiVersion: v1
@@ -122,7 +136,7 @@ spec: {{containers: [{{name: mysql, image: "mysql:8"}}]}}
 apiVersion: v1
 kind: Secret
 metadata: {{name: mysql-release, namespace: mysql-test}}
-stringData: {{username: root, socket: "{socket}"}}
+stringData: {{mysql-root-password: "", host: 127.0.0.1, port: "{port}"}}
 "#
     )
 }
@@ -154,28 +168,6 @@ async fn fingerprint(db: &str) -> String {
         .await
 }
 
-/// The HTTP status of a HEAD on an object of the test bucket.
-fn head(key: &str, dir: &std::path::Path) -> String {
-    let cfg = dir.join("curl.cfg");
-    std::fs::write(
-        &cfg,
-        format!(
-            "user = \"{}:{}\"\n",
-            infra_var("KANISTER_TEST_S3_ACCESS_KEY"),
-            infra_var("KANISTER_TEST_S3_SECRET_KEY")
-        ),
-    )
-    .unwrap();
-    let url = format!("{}/{}/{key}", infra_var("KANISTER_TEST_S3_ENDPOINT"), infra_var("KANISTER_TEST_S3_BUCKET"));
-    let out = std::process::Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-I", "--aws-sigv4", "aws:amz:us-east-1:s3", "-K"])
-        .arg(&cfg)
-        .arg(url)
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap()
-}
-
 async fn kanctl(addr: SocketAddr, args: &[&str]) -> (Result<Outcome, Error>, String, String) {
     let address = format!("http://{addr}");
     let mut argv = vec!["kanctl", "--coordinator", &address, "--config", "/dev/null"];
@@ -186,7 +178,14 @@ async fn kanctl(addr: SocketAddr, args: &[&str]) -> (Result<Outcome, Error>, Str
     (r, String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap())
 }
 
-#[tokio::test]
+/// `kanctl snapshots --profile mysql-test/s3-profile -o json`.
+async fn snapshots_json(addr: SocketAddr) -> Value {
+    let (r, out, _) = kanctl(addr, &["snapshots", "--profile", "mysql-test/s3-profile", "-o", "json"]).await;
+    assert_eq!(r.unwrap(), Outcome::Success, "{out}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_seed_story_through_kanctl() {
     let db = Database(unique("kctl"));
     sql(
@@ -202,11 +201,17 @@ async fn the_seed_story_through_kanctl() {
     .await;
     let before = fingerprint(&db.0).await;
 
-    let cluster = Arc::new(LocalCluster::new());
+    // `kando` (the agent binary) on the PATH of the task pods' commands.
+    let (_bin, path) = support::tools_path();
+    let cluster = Arc::new(LocalCluster::new().with_env("PATH", path));
     cluster.load_yaml(&world(), "world").unwrap();
-    cluster.load_yaml(&BLUEPRINT.replace("@S3@", S3), "blueprint").unwrap();
-    let engine =
-        Engine::new(cluster.clone(), EngineConfig { watch_interval: Duration::from_millis(100), ..Default::default() });
+    cluster.load_yaml(BLUEPRINT, "blueprint").unwrap();
+    let config = EngineConfig {
+        watch_interval: Duration::from_millis(100),
+        poll_interval: Duration::from_millis(50),
+        ..Default::default()
+    };
+    let engine = Engine::new(cluster.clone(), config);
     let api = CoordinatorApi::new(cluster.clone()).with_engine(engine).with_poll_interval(Duration::from_millis(50));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -220,7 +225,7 @@ async fn the_seed_story_through_kanctl() {
     let (r, out, _) = kanctl(addr, &["validate", "blueprint", "mysql-blueprint"]).await;
     assert_eq!(r.unwrap(), Outcome::Success, "{out}");
     let file = tmp.path().join("bp.yaml");
-    std::fs::write(&file, BLUEPRINT.replace("@S3@", S3)).unwrap();
+    std::fs::write(&file, BLUEPRINT).unwrap();
     let (r, out, _) = kanctl(addr, &["validate", "blueprint", "-f", file.to_str().unwrap()]).await;
     assert_eq!(r.unwrap(), Outcome::Success, "{out}");
 
@@ -273,6 +278,15 @@ async fn the_seed_story_through_kanctl() {
     let (r, out, _) = kanctl(addr, &["validate", "profile", "s3-profile", "-n", "mysql-test"]).await;
     assert_eq!(r.unwrap(), Outcome::Success, "{out}");
 
+    // Nothing backed up yet: the Profile has no repository key.
+    let (r, out, _) = kanctl(addr, &["snapshots", "--profile", "mysql-test/s3-profile"]).await;
+    assert_eq!(r.unwrap(), Outcome::Success, "{out}");
+    assert!(
+        out.contains("no snapshots: profile mysql-test/s3-profile has no repository key yet")
+            && out.contains("nothing was backed up through it"),
+        "{out}"
+    );
+
     // Backup.
     let option = format!("database={}", db.0);
     let (r, out, err) = kanctl(
@@ -312,19 +326,51 @@ async fn the_seed_story_through_kanctl() {
     assert!(row.contains("complete") && row.contains("mysqlCloudDump") && row.contains("100"), "{out}");
     let (r, out, _) = kanctl(addr, &["get", "actionsets", &backup, "-o", "json"]).await;
     r.unwrap();
-    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let json: Value = serde_json::from_str(&out).unwrap();
     let s3path = json[0]["status"]["actions"][0]["artifacts"]["mysqlCloudDump"]["keyValue"]["s3path"]
         .as_str()
         .unwrap_or_else(|| panic!("{out}"))
         .to_string();
-    assert!(s3path.starts_with(&format!("{prefix}/mysql-backups/mysql-test/mysql-release/")), "{s3path}");
-    assert_eq!(head(&s3path, tmp.path()), "200", "the dump is not in the bucket");
-    let (r, out, _) = kanctl(addr, &["describe", "actionset", &backup]).await;
+    let dated =
+        regex::Regex::new(r"^/mysql-backups/mysql-test/mysql-release/\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d/dump\.sql\.gz$");
+    assert!(dated.unwrap().is_match(&s3path), "{s3path}");
+
+    // describe: phases, the artifact and the events of this ActionSet, in order.
+    let (r, described, _) = kanctl(addr, &["describe", "actionset", &backup]).await;
     r.unwrap();
-    assert!(out.contains("dumpToObjectStore") && out.contains(&s3path), "{out}");
-    let (r, out, _) = kanctl(addr, &["snapshots", "--profile", "mysql-test/s3-profile"]).await;
+    assert!(described.contains("dumpToObjectStore") && described.contains(&s3path), "{described}");
+    let events: Vec<&str> =
+        described.lines().skip_while(|l| !l.starts_with("Events:")).skip(2).map(str::trim).collect();
+    let reasons: Vec<&str> = events.iter().filter_map(|l| l.split_whitespace().nth(1)).collect();
+    assert_eq!(reasons, ["StartedAction", "StartedPhase", "EndedPhase", "ActionSetComplete"], "{described}");
+    assert!(events.iter().all(|l| l.starts_with("Normal")), "{described}");
+    assert!(events[1].ends_with("Executing phase dumpToObjectStore"), "{described}");
+
+    // The repository holds the dump, tied to the backup ActionSet and its artifact.
+    let listed = snapshots_json(addr).await;
+    assert_eq!(listed["state"], "open", "{listed}");
+    assert_eq!(listed["location"], format!("s3://{bucket}/{prefix}"), "{listed}");
+    let snaps = listed["snapshots"].as_array().unwrap();
+    assert_eq!(snaps.len(), 1, "{listed}");
+    let snap = &snaps[0];
+    assert_eq!((snap["kind"].as_str(), snap["path"].as_str()), (Some("kando"), Some(s3path.as_str())), "{snap}");
+    assert_eq!(snap["tags"]["kando.path"], s3path.as_str(), "{snap}");
+    assert_eq!(snap["actionSet"]["name"], backup.as_str(), "{snap}");
+    assert_eq!(snap["actionSet"]["namespace"], "kanister", "{snap}");
+    assert_eq!(snap["actionSet"]["action"], "backup", "{snap}");
+    assert_eq!(snap["actionSet"]["object"], "statefulset mysql-test/mysql-release", "{snap}");
+    assert_eq!(snap["artifact"]["name"], "mysqlCloudDump", "{snap}");
+    assert_eq!(snap["artifact"]["keyValue"]["s3path"], s3path.as_str(), "{snap}");
+    let (logical, stored) = (snap["logicalBytes"].as_u64().unwrap(), snap["storedBytes"].as_u64().unwrap());
+    assert!(logical > 1000 && stored > 0, "{snap}");
+    let short = snap["shortId"].as_str().unwrap().to_string();
+    let (r, table, _) = kanctl(addr, &["snapshots", "-p", "s3-profile", "-n", "mysql-test"]).await;
     r.unwrap();
-    assert!(out.contains(&backup) && out.contains("mysqlCloudDump") && out.contains(&s3path), "{out}");
+    let row = table.lines().find(|l| l.starts_with(&short)).unwrap_or_else(|| panic!("{table}"));
+    for cell in ["kando", &format!("kanister/{backup}"), "mysqlCloudDump", &format!("kando.path={s3path}")] {
+        assert!(row.contains(cell), "{cell:?} missing: {table}");
+    }
+    assert!(table.starts_with("ID"), "{table}");
 
     // Drop the data, restore from the backup.
     sql("", &format!("DROP DATABASE {}", db.0)).await;
@@ -334,10 +380,31 @@ async fn the_seed_story_through_kanctl() {
     assert!(out.contains(&format!("actionset restore-{backup}-")), "{out}");
     assert_eq!(fingerprint(&db.0).await, before, "the restored rows differ");
 
-    // Delete the backup.
-    let (r, out, err) = kanctl(addr, &["create", "actionset", "--action", "delete", "--from", &backup, "--wait"]).await;
+    // Delete the backup (upstream runs the delete in a namespace: --namespacetargets).
+    let (r, out, err) = kanctl(
+        addr,
+        &["create", "actionset", "--action", "delete", "--from", &backup, "--namespacetargets", "kanister", "--wait"],
+    )
+    .await;
     assert_eq!(r.unwrap(), Outcome::Success, "{out}{err}");
-    assert_eq!(head(&s3path, tmp.path()), "404", "the dump is still in the bucket");
+    let listed = snapshots_json(addr).await;
+    assert_eq!(listed["state"], "open", "{listed}");
+    assert_eq!(listed["snapshots"], Value::Array(Vec::new()), "the snapshot is still in the repository: {listed}");
+    let (r, out, _) = kanctl(addr, &["snapshots", "--profile", "mysql-test/s3-profile"]).await;
+    r.unwrap();
+    assert_eq!(out.trim(), format!("no snapshots: the repository at s3://{bucket}/{prefix} is empty"));
+
+    // The repository key and the S3 secret key appear in no answer (describe, snapshots) and
+    // no event.
+    let key = cluster.secret("mysql-test", &format!("{}s3-profile", repokey::SECRET_PREFIX)).await.unwrap();
+    let key = String::from_utf8(key.data[repokey::SECRET_KEY].clone()).unwrap();
+    assert_eq!(key.len(), 64);
+    for text in [&described, &table, &listed.to_string()] {
+        assert!(!text.contains(&key) && !text.contains(&secret), "a secret in {text}");
+    }
+    for e in cluster.events() {
+        assert!(!e.note.contains(&key) && !e.note.contains(&secret), "a secret in event {e:?}");
+    }
 
     let _ = stop.send(());
     server.await.unwrap().unwrap();

@@ -224,6 +224,66 @@ async fn events_are_created_through_the_events_api() {
 }
 
 #[tokio::test]
+async fn events_are_read_back_by_regarding_oldest_first() {
+    let (cluster, mut server) = setup();
+    let client = tokio::spawn(async move {
+        let actionset: ActionSet = serde_json::from_value(actionset_json("5")).unwrap();
+        cluster.events(&actionset).await
+    });
+    let event = |name: &str, type_: &str, reason: &str, note: &str, time: &str| {
+        json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": name, "namespace": "kanister"},
+            "eventTime": time, "type": type_, "reason": reason, "note": note,
+            "reportingController": "kanister-coordinator", "reportingInstance": "c-0", "action": "Run",
+            "regarding": {"kind": "ActionSet", "name": "backup-1", "namespace": "kanister", "uid": "u-1"},
+        })
+    };
+    // Listed out of order; the repeated one aggregated into a series.
+    let mut repeated = event("e2", "Warning", "PhaseFailed", "phase dump failed", "2025-01-01T10:00:02.000000Z");
+    repeated["series"] = json!({"count": 3, "lastObservedTime": "2025-01-01T10:00:09.000000Z"});
+    let list = json!({
+        "apiVersion": "events.k8s.io/v1", "kind": "EventList", "metadata": {},
+        "items": [repeated, event("e1", "Normal", "StartedAction", "Executing actionset backup-1", "2025-01-01T10:00:01.000000Z")],
+    });
+    expect(
+        &mut server,
+        "GET",
+        "/apis/events.k8s.io/v1/namespaces/kanister/events?&fieldSelector=regarding.kind%3DActionSet%2Cregarding.name%3Dbackup-1%2Cregarding.uid%3Du-1",
+        200,
+        list,
+    )
+    .await;
+    let events = client.await.unwrap().unwrap();
+    let got: Vec<(EventType, &str, &str, &str, i32)> =
+        events.iter().map(|e| (e.type_, e.reason.as_str(), e.note.as_str(), e.time.as_str(), e.count)).collect();
+    assert_eq!(
+        got,
+        [
+            (EventType::Normal, "StartedAction", "Executing actionset backup-1", "2025-01-01T10:00:01Z", 1),
+            (EventType::Warning, "PhaseFailed", "phase dump failed", "2025-01-01T10:00:09Z", 3),
+        ]
+    );
+
+    // Not allowed to list events: an error the caller can show, not a panic.
+    let (cluster, mut server) = setup();
+    let client = tokio::spawn(async move {
+        let actionset: ActionSet = serde_json::from_value(actionset_json("5")).unwrap();
+        cluster.events(&actionset).await
+    });
+    let (request, send) = server.next_request().await.expect("events listed");
+    assert!(request.uri().path().ends_with("/namespaces/kanister/events"));
+    send.send_response(
+        Response::builder()
+            .status(403)
+            .body(Body::from(serde_json::to_vec(&api_status(403, "Forbidden")).unwrap()))
+            .unwrap(),
+    );
+    let e = client.await.unwrap().unwrap_err();
+    assert!(e.to_string().contains("Forbidden"), "{e}");
+}
+
+#[tokio::test]
 async fn get_reads_a_known_kind_from_its_api_group() {
     let (cluster, mut server) = setup();
     let client = tokio::spawn(async move {

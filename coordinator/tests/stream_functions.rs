@@ -254,6 +254,19 @@ async fn backup_stream_and_restore_stream_through_the_agent_sidecar() {
         assert!(!text.contains(&secret), "a secret in the status");
     }
 
+    // The coordinator's ListSnapshots finds the stream in the repository, tied to this
+    // ActionSet, its phase (by the backup tag) and its artifact.
+    use kanister_proto::coordinator::v1::{self as pb, coordinator_service_server::CoordinatorService as _};
+    let api = kanister_coordinator::api::CoordinatorApi::new(cluster.clone());
+    let request = pb::ListSnapshotsRequest { namespace: "kanister".into(), name: "s3-profile".into() };
+    let listed = api.list_snapshots(tonic::Request::new(request)).await.unwrap().into_inner();
+    assert_eq!(listed.state(), pb::RepositoryState::Open);
+    let snap = listed.snapshots.iter().find(|s| s.id.starts_with(&backup_id)).expect("the backup is listed");
+    assert_eq!((snap.kind.as_str(), snap.logical_bytes), ("stream", size), "{snap:?}");
+    assert_eq!((snap.actionset_name.as_str(), snap.phase.as_str()), ("stream-backup", "dump"), "{snap:?}");
+    assert_eq!((snap.artifact.as_str(), snap.key_values["backupID"].as_str()), ("dump", backup_id.as_str()));
+    assert_eq!(snap.tags["database"], db.0, "{snap:?}");
+
     mysql("", &format!("DROP DATABASE {}", db.0));
     let artifacts = json!({"dump": serde_json::to_value(artifact).unwrap()});
     run(&cluster, &engine, "stream-restore", "restore", json!({}), artifacts).await;

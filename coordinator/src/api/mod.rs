@@ -5,6 +5,8 @@
 //!   the source of truth: the API creates, patches (`spec.cancel`) and deletes it, and derives
 //!   every answer (watch included) from what the cluster holds.
 //! - [`probe`]: the Profile check that writes, reads and deletes a probe object.
+//! - [`snapshots`]: `ListSnapshots`' answer from what the Profile's repository holds, tied
+//!   back to the ActionSets and artifacts that produced it.
 //! - [`serve`]: the server, with optional TLS and a bearer token, until a shutdown future.
 //!
 //! With a [`crate::engine::Engine`] attached ([`CoordinatorApi::with_engine`]) the API also
@@ -21,6 +23,7 @@
 
 pub mod probe;
 pub mod service;
+pub mod snapshots;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -48,6 +51,9 @@ pub enum Error {
     /// The object exists already.
     #[error("{0}")]
     AlreadyExists(String),
+    /// Something the call needs (a Profile's store) failed; a retry may help.
+    #[error("{0}")]
+    Unavailable(String),
     /// The cluster failed.
     #[error("cluster request failed: {0}")]
     Cluster(#[from] crate::cluster::Error),
@@ -61,6 +67,7 @@ impl From<Error> for tonic::Status {
             Error::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
             Error::NotFound(m) => tonic::Status::not_found(m),
             Error::AlreadyExists(m) => tonic::Status::already_exists(m),
+            Error::Unavailable(m) => tonic::Status::unavailable(m),
             Error::Cluster(C::NotFound(o)) => tonic::Status::not_found(format!("{o} not found")),
             Error::Cluster(C::Rejected { object, message }) if message.contains("already exists") => {
                 tonic::Status::already_exists(format!("{object} already exists"))
@@ -96,6 +103,21 @@ pub enum ServeError {
     /// The TLS certificate or key is unusable, or the server failed.
     #[error("the coordinator API server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+}
+
+/// An error and its causes, `a: b: c` (each cause once).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(c) = source {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        source = c.source();
+    }
+    s
 }
 
 /// Compares two byte strings in time independent of where they differ.

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::{Error, Result, probe};
 use crate::cluster::{self, Cluster, ObjectRef, get_typed};
-use crate::crd::{ActionSet, Blueprint, GROUP, Profile, ProfileSpec, State, VERSION};
+use crate::crd::{ActionSet, Blueprint, GROUP, ObjectReference, Profile, ProfileSpec, State, VERSION};
 use crate::engine::Engine;
 
 /// The `CoordinatorService`. Cheap to clone.
@@ -72,7 +72,17 @@ pub fn to_proto(a: &ActionSet) -> pb::ActionSet {
         creation_time: a.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default(),
         last_transition_time: progress.last_transition_time.map(|t| t.0.to_string()).unwrap_or_default(),
         actionset_json: serde_json::to_string(a).unwrap_or_default(),
+        events: Vec::new(),
+        events_error: String::new(),
     }
+}
+
+fn event_to_proto(e: cluster::ObservedEvent) -> pb::Event {
+    let type_ = match e.type_ {
+        cluster::EventType::Normal => "Normal",
+        cluster::EventType::Warning => "Warning",
+    };
+    pb::Event { r#type: type_.into(), reason: e.reason, message: e.note, time: e.time, count: e.count }
 }
 
 fn not_found_or(e: cluster::Error, message: impl FnOnce() -> String) -> Error {
@@ -401,45 +411,123 @@ impl<C: Cluster> CoordinatorApi<C> {
             .collect())
     }
 
-    async fn list_snapshots(&self, ns: &str, name: &str) -> Result<Vec<pb::Snapshot>> {
+    async fn list_snapshots(&self, ns: &str, name: &str) -> Result<pb::ListSnapshotsResponse> {
+        use crate::engine::repository::{self, Opened};
+        use pb::RepositoryState;
+        if ns.is_empty() || name.is_empty() {
+            return Err(Error::InvalidArgument(
+                "the profile's namespace and name are required: set --profile namespace/name".into(),
+            ));
+        }
+        let who = format!("{ns}/{name}");
         self.cluster.get(&ObjectRef::new("Profile", ns, name)).await.map_err(|e| match e {
-            cluster::Error::NotFound(_) => Error::NotFound(format!("profile {ns}/{name} not found: fix --profile")),
+            cluster::Error::NotFound(_) => {
+                Error::NotFound(format!("profile {who} not found: fix --profile (kanctl create profile makes one)"))
+            }
             other => Error::Cluster(other),
         })?;
-        let mut out = Vec::new();
-        for a in self.cluster.list_actionsets("").await? {
-            let Some(status) = &a.status else { continue };
-            if status.state != State::Complete {
-                continue;
+        let r = ObjectReference { namespace: ns.into(), name: name.into(), ..Default::default() };
+        let params = crate::engine::params::profile(&*self.cluster, &r).await.map_err(|e| {
+            Error::FailedPrecondition(format!(
+                "{}: fix the Profile's credential (kanctl validate profile {name} -n {ns})",
+                super::error_chain(&e)
+            ))
+        })?;
+        let location = crate::engine::agent::repository_ref(&params, zeroize::Zeroizing::new(Vec::new()))
+            .map(|r| r.store_url)
+            .map_err(|e| Error::FailedPrecondition(format!("profile {who}: {}", super::error_chain(&e))))?;
+        let key_secret = format!("{ns}/{}", crate::engine::repokey::secret_name(&r, ns));
+        let empty = |state: RepositoryState, message: String| pb::ListSnapshotsResponse {
+            snapshots: Vec::new(),
+            state: state.into(),
+            message,
+            location: location.clone(),
+        };
+        let repo = match repository::open(&*self.cluster, &r, &params).await {
+            Ok(Opened::Open(repo)) => repo,
+            Ok(Opened::NoKey) => {
+                return Ok(empty(
+                    RepositoryState::NoKey,
+                    format!(
+                        "profile {who} has no repository key yet (Secret {key_secret}): nothing was backed up \
+                         through it"
+                    ),
+                ));
             }
-            for (spec, st) in a.spec.actions.iter().zip(&status.actions) {
-                let Some(p) = &spec.profile else { continue };
-                if p.name != name || (!p.namespace.is_empty() && p.namespace != ns) {
-                    continue;
-                }
-                for (artifact, art) in &st.artifacts {
-                    out.push(pb::Snapshot {
-                        actionset_namespace: a.metadata.namespace.clone().unwrap_or_default(),
-                        actionset_name: a.metadata.name.clone().unwrap_or_default(),
-                        action: spec.name.clone(),
-                        object: format!("{} {}/{}", spec.object.kind, spec.object.namespace, spec.object.name),
-                        blueprint: spec.blueprint.clone(),
-                        artifact: artifact.clone(),
-                        key_values: art.key_value.clone().into_iter().collect(),
-                        kopia_snapshot: art.kopia_snapshot.clone(),
-                        completion_time: status
-                            .progress
-                            .as_ref()
-                            .and_then(|p| p.last_transition_time.as_ref())
-                            .map(|t| t.0.to_string())
-                            .unwrap_or_default(),
-                        size_bytes: status.progress.as_ref().map_or(0, |p| p.size_uploaded_b),
-                    });
-                }
+            Ok(Opened::NoRepository) => {
+                return Ok(empty(
+                    RepositoryState::NoRepository,
+                    format!(
+                        "the location of profile {who} ({location}) holds no repository: nothing was backed up \
+                         there yet, or the Profile's bucket or prefix changed since the backups"
+                    ),
+                ));
+            }
+            Ok(Opened::WrongKey) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "the repository at {location} does not open with the key of profile {who} (Secret \
+                     {key_secret}): the Secret was replaced, or the location holds another Profile's repository; \
+                     restore the Secret the backups were made with, or give the Profile its own bucket or prefix"
+                )));
+            }
+            Err(e @ repository::Error::Profile(_)) => {
+                return Err(Error::FailedPrecondition(format!("profile {who}: {}", super::error_chain(&e))));
+            }
+            Err(e) => {
+                return Err(Error::Unavailable(format!(
+                    "cannot read the repository of profile {who} at {location}: {}",
+                    super::error_chain(&e)
+                )));
+            }
+        };
+        let listed: Vec<super::snapshots::Listed> = repo
+            .snapshots()
+            .await
+            .map_err(|e| {
+                Error::Unavailable(format!(
+                    "cannot list the snapshots of profile {who} at {location}: {}",
+                    super::error_chain(&e)
+                ))
+            })?
+            .into_iter()
+            .map(|(id, s)| (id, s.map_err(|e| super::error_chain(&e))))
+            .collect();
+        let actionsets = self.actionsets_for(ns, &listed).await;
+        let snapshots = super::snapshots::describe(listed, &r, &actionsets);
+        Ok(pb::ListSnapshotsResponse {
+            snapshots,
+            state: RepositoryState::Open.into(),
+            message: String::new(),
+            location,
+        })
+    }
+
+    /// The ActionSets that may have made `listed`: all of them when the coordinator may list
+    /// every namespace, else those of the Profile's namespace and of the namespaces the
+    /// snapshots' backup tags name. Best effort: ActionSets that cannot be read leave their
+    /// snapshots untied, never fail the listing.
+    async fn actionsets_for(&self, profile_namespace: &str, listed: &[super::snapshots::Listed]) -> Vec<ActionSet> {
+        use crate::engine::repository::tags;
+        match self.cluster.list_actionsets("").await {
+            Ok(all) => return all,
+            Err(e) => tracing::debug!(error = %e, "cannot list the ActionSets of every namespace"),
+        }
+        let mut namespaces = std::collections::BTreeSet::from([profile_namespace.to_string()]);
+        for (_, s) in listed {
+            if let Ok(s) = s
+                && let Some((ns, _)) = s.tags.get(tags::BACKUP).and_then(|t| t.split_once('/'))
+            {
+                namespaces.insert(ns.to_string());
             }
         }
-        out.sort_by(|a, b| b.completion_time.cmp(&a.completion_time));
-        Ok(out)
+        let mut out = Vec::new();
+        for ns in namespaces {
+            match self.cluster.list_actionsets(&ns).await {
+                Ok(list) => out.extend(list),
+                Err(e) => tracing::debug!(namespace = %ns, error = %e, "cannot list ActionSets"),
+            }
+        }
+        out
     }
 }
 
@@ -455,7 +543,16 @@ impl<C: Cluster> pb::coordinator_service_server::CoordinatorService for Coordina
     }
 
     async fn get_action_set(&self, request: Request<pb::ActionSetRef>) -> Result<Response<pb::ActionSet>, Status> {
-        Ok(Response::new(to_proto(&self.get(request.get_ref()).await?)))
+        let a = self.get(request.get_ref()).await?;
+        let mut out = to_proto(&a);
+        match self.cluster.events(&a).await {
+            Ok(events) => out.events = events.into_iter().map(event_to_proto).collect(),
+            Err(e) => {
+                tracing::warn!(actionset = %out.name, namespace = %out.namespace, error = %e, "cannot read events");
+                out.events_error = e.to_string();
+            }
+        }
+        Ok(Response::new(out))
     }
 
     async fn list_action_sets(
@@ -587,7 +684,6 @@ impl<C: Cluster> pb::coordinator_service_server::CoordinatorService for Coordina
         request: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
         let r = request.into_inner();
-        let snapshots = CoordinatorApi::list_snapshots(self, &r.namespace, &r.name).await?;
-        Ok(Response::new(pb::ListSnapshotsResponse { snapshots }))
+        Ok(Response::new(CoordinatorApi::list_snapshots(self, &r.namespace, &r.name).await?))
     }
 }

@@ -5,7 +5,8 @@
 //! - `exec` uses the pod `exec` subresource over a websocket upgrade.
 //! - The ActionSet status is written with `PUT .../actionsets/{name}/status` carrying the
 //!   `resourceVersion` read before (optimistic concurrency: a stale write gets 409).
-//! - Events go through `kube::runtime::events::Recorder` (the `events.k8s.io/v1` API).
+//! - Events go through `kube::runtime::events::Recorder` (the `events.k8s.io/v1` API) and are
+//!   read back from the same API, selected by `regarding` (kind, name, UID).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,8 +24,8 @@ use tokio::io::AsyncReadExt as _;
 use tokio::sync::mpsc;
 
 use super::{
-    Chunk, Cluster, Error, Event, EventType, ExecRequest, ExitStatus, ObjectRef, Result, SecretData, Stream, TaskPod,
-    kind_key,
+    Chunk, Cluster, Error, Event, EventType, ExecRequest, ExitStatus, ObjectRef, ObservedEvent, Result, SecretData,
+    Stream, TaskPod, kind_key,
 };
 use crate::cluster::local::merge_patch;
 use crate::crd::{ActionSet, ActionSetStatus};
@@ -457,6 +458,43 @@ impl Cluster for KubeCluster {
         if let Err(e) = self.recorder.publish(&ev, &regarding.object_ref(&())).await {
             tracing::warn!(error = %e, "failed to publish event");
         }
+    }
+
+    async fn events(&self, regarding: &ActionSet) -> Result<Vec<ObservedEvent>> {
+        use k8s_openapi::api::events::v1::Event as K8sEvent;
+        let namespace = regarding.metadata.namespace.clone().unwrap_or_default();
+        let name = regarding.metadata.name.clone().unwrap_or_default();
+        let mut fields = format!("regarding.kind=ActionSet,regarding.name={name}");
+        if let Some(uid) = regarding.metadata.uid.as_deref().filter(|u| !u.is_empty()) {
+            fields.push_str(&format!(",regarding.uid={uid}"));
+        }
+        let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), &namespace);
+        let object = ObjectRef { api_version: "events.k8s.io/v1".into(), ..ObjectRef::new("Event", &namespace, "") };
+        let list = api
+            .list(&ListParams::default().fields(&fields))
+            .await
+            .map_err(map_err(&object, &format!("list the events of actionset {namespace}/{name}")))?;
+        // When it last happened: the series' last observation, else the event's own time.
+        let last = |e: &K8sEvent| {
+            e.series
+                .as_ref()
+                .map(|s| s.last_observed_time.0)
+                .or(e.event_time.as_ref().map(|t| t.0))
+                .or(e.deprecated_last_timestamp.as_ref().map(|t| t.0))
+                .or(e.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        };
+        let mut items = list.items;
+        items.sort_by_key(|e| last(e));
+        Ok(items
+            .iter()
+            .map(|e| ObservedEvent {
+                type_: if e.type_.as_deref() == Some("Warning") { EventType::Warning } else { EventType::Normal },
+                reason: e.reason.clone().unwrap_or_default(),
+                note: e.note.clone().unwrap_or_default(),
+                time: last(e).map(|t| t.to_string()).unwrap_or_default(),
+                count: e.series.as_ref().map(|s| s.count).or(e.deprecated_count).unwrap_or(1).max(1),
+            })
+            .collect())
     }
 
     async fn list_actionsets(&self, namespace: &str) -> Result<Vec<ActionSet>> {

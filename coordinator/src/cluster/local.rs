@@ -35,8 +35,8 @@ use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    Chunk, Cluster, Container, EnvSource, Error, Event, EventType, ExecRequest, ExitStatus, ObjectRef, Result,
-    SecretData, Stream, TaskPod, kind_key,
+    Chunk, Cluster, Container, EnvSource, Error, Event, EventType, ExecRequest, ExitStatus, ObjectRef, ObservedEvent,
+    Result, SecretData, Stream, TaskPod, kind_key,
 };
 use crate::crd::{ActionSet, ActionSetStatus};
 
@@ -91,6 +91,12 @@ pub struct RecordedEvent {
     pub reason: String,
     /// Message.
     pub note: String,
+    /// UID of the ActionSet (empty when it had none).
+    #[serde(default)]
+    pub uid: String,
+    /// RFC 3339: when it was recorded.
+    #[serde(default)]
+    pub time: String,
 }
 
 /// A recorded exec.
@@ -858,8 +864,28 @@ impl Cluster for LocalCluster {
             type_: type_.into(),
             reason: event.reason,
             note: event.note,
+            uid: regarding.metadata.uid.clone().unwrap_or_default(),
+            time: k8s_openapi::jiff::Timestamp::now().to_string(),
         });
         self.save(&state);
+    }
+
+    async fn events(&self, regarding: &ActionSet) -> Result<Vec<ObservedEvent>> {
+        let (namespace, name) = (regarding.metadata.namespace.as_deref(), regarding.metadata.name.as_deref());
+        let uid = regarding.metadata.uid.as_deref().unwrap_or_default();
+        Ok(lock(&self.state)
+            .events
+            .iter()
+            .filter(|e| Some(e.namespace.as_str()) == namespace && Some(e.name.as_str()) == name)
+            .filter(|e| uid.is_empty() || e.uid.is_empty() || e.uid == uid)
+            .map(|e| ObservedEvent {
+                type_: if e.type_ == "Warning" { EventType::Warning } else { EventType::Normal },
+                reason: e.reason.clone(),
+                note: e.note.clone(),
+                time: e.time.clone(),
+                count: 1,
+            })
+            .collect())
     }
 
     async fn list_actionsets(&self, namespace: &str) -> Result<Vec<ActionSet>> {

@@ -307,10 +307,26 @@ pub struct Event {
     pub action: String,
 }
 
+/// An event as read back from the cluster (what `kubectl describe` lists).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedEvent {
+    /// Normal or Warning.
+    pub type_: EventType,
+    /// Short CamelCase reason.
+    pub reason: String,
+    /// Human-readable message.
+    pub note: String,
+    /// RFC 3339: when it last happened; empty when unknown.
+    pub time: String,
+    /// How many times it happened (repeats aggregated into one event); at least 1.
+    pub count: i32,
+}
+
 /// Access to a Kubernetes cluster, as the phase engine and the functions need it.
 ///
 /// # Guarantees
-/// - Reads (`get`, `list`, `secret`, `pod_logs`) have no side effect and may be retried freely.
+/// - Reads (`get`, `list`, `secret`, `pod_logs`, `events`) have no side effect and may be
+///   retried freely.
 /// - `delete` and `delete_pod` are idempotent: deleting what is already gone succeeds.
 /// - `scale` is idempotent (it sets a replica count, it does not add to it).
 /// - `replace_actionset_status` writes the whole status through the status subresource with
@@ -410,6 +426,11 @@ pub trait Cluster: Send + Sync + 'static {
     /// Records an event about an object (best effort). `regarding` carries the object's UID when
     /// known.
     fn record_event(&self, regarding: &ActionSet, event: Event) -> impl Future<Output = ()> + Send;
+
+    /// Lists the events recorded about an ActionSet, oldest first. When `regarding` carries
+    /// its UID, events about an earlier ActionSet of the same name are left out. Events expire,
+    /// so the list may miss old ones.
+    fn events(&self, regarding: &ActionSet) -> impl Future<Output = Result<Vec<ObservedEvent>>> + Send;
 
     /// Lists ActionSets in `namespace` (all namespaces when empty).
     fn list_actionsets(&self, namespace: &str) -> impl Future<Output = Result<Vec<ActionSet>>> + Send;

@@ -116,10 +116,12 @@ pub(super) async fn backup_stream<C: Cluster>(ctx: &Context<C>) -> Result<JsonMa
     let mut tags: std::collections::HashMap<String, String> = ctx.opt_string_map("tags")?.into_iter().collect();
     let (pod, mut client, repository) = agent_target(ctx).await?;
     let agent_err = |source| Error::Agent { function: ctx.function(), pod: pod.clone(), source };
-    tags.entry("kanister.io/pod".into()).or_insert_with(|| pod.clone());
+    tags.entry(POD_TAG.into()).or_insert_with(|| pod.clone());
     if let Some(container) = ctx.opt_str("container")? {
-        tags.entry("kanister.io/container".into()).or_insert(container);
+        tags.entry(CONTAINER_TAG.into()).or_insert(container);
     }
+    // Ties the snapshot to its ActionSet and phase (`kanctl snapshots`).
+    tags.entry(BACKUP_TAG.into()).or_insert_with(|| ctx.op_id.clone());
     let request = pb::BackupStreamRequest {
         op_id: ctx.op_id.clone(),
         repository: Some(repository),
@@ -163,12 +165,7 @@ pub(super) async fn restore_stream<C: Cluster>(ctx: &Context<C>) -> Result<JsonM
     Ok(JsonMap::new())
 }
 
-/// The snapshot tag `BackupData` records its `backupTag` in.
-const BACKUP_TAG: &str = "kanister.io/backup-tag";
-/// The snapshot tag naming the pod (`namespace/name`) a tree backup was made in.
-const POD_TAG: &str = "kanister.io/pod";
-/// The snapshot tag naming the container whose view of the volume was backed up.
-const CONTAINER_TAG: &str = "kanister.io/container";
+use super::repository::tags::{BACKUP as BACKUP_TAG, CONTAINER as CONTAINER_TAG, POD as POD_TAG, VOLUME as VOLUME_TAG};
 
 /// What one pod's tree backup produced.
 struct TreeBackup {
@@ -648,8 +645,6 @@ pub(super) async fn check_repository<C: Cluster>(ctx: &Context<C>) -> Result<Jso
     Ok(out)
 }
 
-/// The snapshot tag naming the PVC (`namespace/name`) `CopyVolumeData` backed up.
-const VOLUME_TAG: &str = "kanister.io/volume";
 /// Prefix of the Secrets holding a Profile's store credentials for task pods.
 pub const STORE_SECRET_PREFIX: &str = "kanister-store-";
 

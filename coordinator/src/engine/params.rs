@@ -150,7 +150,8 @@ async fn config_map<C: Cluster>(cluster: &C, r: &ObjectReference) -> Result<Conf
     Ok(ConfigMapParams { name: r.name.clone(), namespace: r.namespace.clone(), data })
 }
 
-async fn profile<C: Cluster>(cluster: &C, r: &ObjectReference) -> Result<ProfileParams> {
+/// `.Profile`: the Profile `r` with its credentials read from their Secret.
+pub async fn profile<C: Cluster>(cluster: &C, r: &ObjectReference) -> Result<ProfileParams> {
     let object = ObjectRef {
         api_version: format!("{}/{}", crate::crd::GROUP, crate::crd::VERSION),
         ..ObjectRef::new("Profile", &r.namespace, &r.name)

@@ -16,6 +16,23 @@ use crate::cluster::Cluster;
 use crate::crd::ObjectReference;
 use crate::render::params::ProfileParams;
 
+/// The snapshot tags the coordinator's data functions write: what produced a snapshot.
+pub mod tags {
+    /// The operation id of the phase that made the snapshot, `namespace/name/uid/action/phase`
+    /// of its ActionSet (`BackupStream`, `BackupData`, `CopyVolumeData`; `BackupDataAll` appends
+    /// `/pod`). `BackupData` reports it as its `backupTag` output, and `RestoreData` and
+    /// `DeleteData` find snapshots by it.
+    pub const BACKUP: &str = "kanister.io/backup-tag";
+    /// The pod (`namespace/name`) whose agent made the snapshot.
+    pub const POD: &str = "kanister.io/pod";
+    /// The container whose view of the volume (or whose command's output) was backed up.
+    pub const CONTAINER: &str = "kanister.io/container";
+    /// The PVC (`namespace/name`) `CopyVolumeData` backed up.
+    pub const VOLUME: &str = "kanister.io/volume";
+    /// The path `kando location push` stored the stream at.
+    pub const KANDO_PATH: &str = kanister_agent::kando::PATH_TAG;
+}
+
 /// Why a Profile's repository could not be opened. Messages carry no secret.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -100,7 +100,7 @@ pub enum Command {
     /// List ActionSets.
     #[command(subcommand)]
     Get(GetCommand),
-    /// Show an ActionSet: phases, outputs, artifacts, errors.
+    /// Show an ActionSet: phases, outputs, artifacts, errors, events.
     #[command(subcommand)]
     Describe(DescribeCommand),
     /// Follow an ActionSet until it ends, reconnecting after a dropped connection.
@@ -110,7 +110,8 @@ pub enum Command {
     /// Delete an ActionSet.
     #[command(subcommand)]
     Delete(DeleteCommand),
-    /// List the backups recorded for a Profile.
+    /// List what a Profile's repository holds: each snapshot with its time, kind, sizes, tags
+    /// and the ActionSet and artifact that produced it.
     Snapshots(SnapshotsArgs),
 }
 
@@ -213,6 +214,9 @@ pub struct SnapshotsArgs {
     /// Namespace of the Profile when --profile has none.
     #[arg(short = 'n', long, env = "KANCTL_NAMESPACE", default_value = "kanister")]
     pub namespace: String,
+    /// Output format.
+    #[arg(short = 'o', long, value_parser = ["table", "json", "yaml"], default_value = "table")]
+    pub output: String,
 }
 
 /// How a command ended.
@@ -375,14 +379,20 @@ pub async fn run(cli: Cli, env_token: Option<String>, io: &mut Io<'_>) -> Result
                 Some((ns, n)) => (ns.to_string(), n.to_string()),
                 None => (s.namespace.clone(), s.profile.clone()),
             };
-            let list = conn
-                .connect()
-                .await?
-                .list_snapshots(pb::ListSnapshotsRequest { namespace, name })
-                .await?
-                .into_inner()
-                .snapshots;
-            output::snapshots(&list, io.out)?;
+            let profile = format!("{namespace}/{name}");
+            let list =
+                conn.connect().await?.list_snapshots(pb::ListSnapshotsRequest { namespace, name }).await?.into_inner();
+            match s.output.as_str() {
+                "json" => {
+                    let v = output::snapshots_value(&profile, &list);
+                    writeln!(io.out, "{}", serde_json::to_string_pretty(&v).unwrap_or_default())?;
+                }
+                "yaml" => {
+                    let v = output::snapshots_value(&profile, &list);
+                    write!(io.out, "{}", serde_norway::to_string(&v).unwrap_or_default())?;
+                }
+                _ => output::snapshots(&list, io.out)?,
+            }
             Ok(Outcome::Success)
         }
     }

@@ -106,34 +106,160 @@ pub fn describe(a: &pb::ActionSet, parsed: &ActionSet, out: &mut dyn Write) -> R
             }
         }
     }
+    events(a, out)
+}
+
+/// The Events section of `describe`, as `kubectl describe` prints it.
+fn events(a: &pb::ActionSet, out: &mut dyn Write) -> Result<()> {
+    if !a.events_error.is_empty() {
+        writeln!(out, "Events:      unavailable: {}", a.events_error)?;
+        return Ok(());
+    }
+    if a.events.is_empty() {
+        writeln!(out, "Events:      <none>")?;
+        return Ok(());
+    }
+    writeln!(out, "Events:")?;
+    let rows: Vec<Vec<String>> = a
+        .events
+        .iter()
+        .map(|e| {
+            let time = if e.count > 1 { format!("{} (x{})", dash(&e.time), e.count) } else { dash(&e.time) };
+            vec![e.r#type.clone(), e.reason.clone(), time, e.message.clone()]
+        })
+        .collect();
+    let mut table = Vec::new();
+    columns(&["TYPE", "REASON", "TIME", "MESSAGE"], &rows, &mut table)?;
+    for line in String::from_utf8_lossy(&table).lines() {
+        writeln!(out, "  {line}")?;
+    }
     Ok(())
 }
 
-/// `kanctl snapshots`.
-pub fn snapshots(list: &[pb::Snapshot], out: &mut dyn Write) -> Result<()> {
-    if list.is_empty() {
-        writeln!(out, "no backups recorded for this profile")?;
-        return Ok(());
-    }
-    for s in list {
-        writeln!(
-            out,
-            "{}/{}  action={} object={} artifact={} time={} size={}",
-            s.actionset_namespace,
-            s.actionset_name,
-            s.action,
-            s.object,
-            s.artifact,
-            s.completion_time,
-            bytes(s.size_bytes)
-        )?;
-        let mut kv: Vec<_> = s.key_values.iter().collect();
-        kv.sort();
-        for (k, v) in kv {
-            writeln!(out, "    {k}: {v}")?;
+/// Prints `rows` under `header` in columns two spaces apart.
+fn columns(header: &[&str], rows: &[Vec<String>], out: &mut dyn Write) -> Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
         }
     }
+    let line = |cells: Vec<&str>| {
+        cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string()
+    };
+    writeln!(out, "{}", line(header.to_vec()))?;
+    for r in rows {
+        writeln!(out, "{}", line(r.iter().map(String::as_str).collect()))?;
+    }
     Ok(())
+}
+
+fn sorted_pairs(m: &std::collections::HashMap<String, String>) -> Vec<(&String, &String)> {
+    let mut v: Vec<_> = m.iter().collect();
+    v.sort();
+    v
+}
+
+fn dash(s: &str) -> String {
+    if s.is_empty() { "-".into() } else { s.to_string() }
+}
+
+/// `kanctl snapshots`: a table of what the repository holds, or what the location holds instead.
+pub fn snapshots(list: &pb::ListSnapshotsResponse, out: &mut dyn Write) -> Result<()> {
+    if list.state() != pb::RepositoryState::Open {
+        writeln!(out, "no snapshots: {}", list.message)?;
+        return Ok(());
+    }
+    if list.snapshots.is_empty() {
+        writeln!(out, "no snapshots: the repository at {} is empty", list.location)?;
+        return Ok(());
+    }
+    let header = ["ID", "TIME", "KIND", "SIZE", "STORED", "ACTIONSET", "ARTIFACT", "TAGS"];
+    let rows: Vec<Vec<String>> = list
+        .snapshots
+        .iter()
+        .filter(|s| s.error.is_empty())
+        .map(|s| {
+            let actionset = if s.actionset_name.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{}/{}", s.actionset_namespace, s.actionset_name)
+            };
+            let tags: Vec<String> = sorted_pairs(&s.tags).into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+            vec![
+                s.short_id.clone(),
+                // Seconds are enough in a table; -o json has the whole time.
+                match s.time.get(..19) {
+                    Some(t) if s.time.ends_with('Z') => format!("{t}Z"),
+                    _ => s.time.clone(),
+                },
+                s.kind.clone(),
+                bytes(i64::try_from(s.logical_bytes).unwrap_or(i64::MAX)),
+                bytes(i64::try_from(s.stored_bytes).unwrap_or(i64::MAX)),
+                actionset,
+                dash(&s.artifact),
+                dash(&tags.join(",")),
+            ]
+        })
+        .collect();
+    columns(&header, &rows, out)?;
+    for s in list.snapshots.iter().filter(|s| !s.error.is_empty()) {
+        writeln!(out, "snapshot {} cannot be read: {}", s.short_id, s.error)?;
+    }
+    Ok(())
+}
+
+/// `kanctl snapshots -o json|yaml`: the Profile, what its location holds and every snapshot.
+pub fn snapshots_value(profile: &str, list: &pb::ListSnapshotsResponse) -> serde_json::Value {
+    use serde_json::{Value, json};
+    let state = match list.state() {
+        pb::RepositoryState::Open => "open",
+        pb::RepositoryState::NoKey => "noKey",
+        pb::RepositoryState::NoRepository => "noRepository",
+        pb::RepositoryState::Unspecified => "unknown",
+    };
+    let map = |m: &std::collections::HashMap<String, String>| -> Value {
+        Value::Object(sorted_pairs(m).into_iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())
+    };
+    let snapshots: Vec<Value> = list
+        .snapshots
+        .iter()
+        .map(|s| {
+            let mut v = json!({
+                "id": s.id, "shortId": s.short_id, "time": s.time, "kind": s.kind, "path": s.path,
+                "hostname": s.hostname, "logicalBytes": s.logical_bytes, "storedBytes": s.stored_bytes,
+                "tags": map(&s.tags),
+            });
+            if !s.actionset_name.is_empty() {
+                let mut a = json!({"namespace": s.actionset_namespace, "name": s.actionset_name, "action": s.action});
+                for (k, v) in [
+                    ("phase", &s.phase),
+                    ("object", &s.object),
+                    ("blueprint", &s.blueprint),
+                    ("completionTime", &s.completion_time),
+                ] {
+                    if !v.is_empty() {
+                        a[k] = Value::String(v.clone());
+                    }
+                }
+                v["actionSet"] = a;
+            }
+            if !s.artifact.is_empty() {
+                v["artifact"] = json!({"name": s.artifact, "keyValue": map(&s.key_values)});
+            }
+            if !s.error.is_empty() {
+                v["error"] = Value::String(s.error.clone());
+            }
+            v
+        })
+        .collect();
+    json!({
+        "profile": profile,
+        "location": list.location,
+        "state": state,
+        "message": list.message,
+        "snapshots": snapshots,
+    })
 }
 
 /// The live progress line: state, phase, percent, bytes, rate and ETA.
