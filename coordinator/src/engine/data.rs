@@ -1,7 +1,8 @@
 //! The data functions, served by agents: the pod's agent sidecar over gRPC ([`super::agent`]).
 //!
 //! `BackupStream` / `RestoreStream` run a dump / restore command in the sidecar and stream it
-//! through the repository. `BackupData` backs up `includePath` as the pod's agent sees it (agent
+//! through the repository; their `env` argument adds variables to the command's environment
+//! (the way to give it a password: never in `command`). `BackupData` backs up `includePath` as the pod's agent sees it (agent
 //! `BackupPaths`), `RestoreData` restores a tree snapshot (by `backupIdentifier`, or the latest
 //! one carrying `backupTag`) into `restorePath` (`RestorePaths`), `DeleteData` forgets snapshots
 //! (`Forget`) and with `reclaimSpace` prunes the repository (`Prune`). `backupArtifactPrefix`,
@@ -103,12 +104,20 @@ fn report<C>(ctx: &Context<C>, p: &kanister_proto::agent::v1::Progress, backup: 
     }));
 }
 
+/// The command of `BackupStream` / `RestoreStream`: `command` (argv, no shell unless it names
+/// one) and `env`, variables added to its environment in the sidecar. Passwords belong in
+/// `env` (`MYSQL_PWD`, `PGPASSWORD`): they travel inside the gRPC request and reach the
+/// command's environment only, never a command line, a status, an event or a log.
 fn command_spec<C: Cluster>(ctx: &Context<C>) -> Result<kanister_proto::agent::v1::CommandSpec> {
     let argv = ctx.command("command")?;
     if argv.is_empty() {
         return Err(ctx.invalid("command", "a non-empty list of strings"));
     }
-    Ok(kanister_proto::agent::v1::CommandSpec { argv, env: Default::default() })
+    let env = ctx.opt_string_map("env")?;
+    if env.keys().any(|k| k.is_empty() || k.contains(['=', '\0'])) {
+        return Err(ctx.invalid("env", "a map of environment variable names (no '=') to values"));
+    }
+    Ok(kanister_proto::agent::v1::CommandSpec { argv, env: env.into_iter().collect() })
 }
 
 pub(super) async fn backup_stream<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
