@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use super::functions::TransferProgress;
 use super::functions::{Context, Error, Result};
-use crate::cluster::{self, Cluster, Container, EnvSource, EnvVar};
+use crate::cluster::{Cluster, Container, EnvSource, EnvVar};
 use crate::crd::JsonMap;
 
 /// The agent endpoint of the function's pod (`namespace`, `pod` arguments) and the repository
@@ -678,9 +678,7 @@ fn is_credential(key: &str) -> bool {
 /// and never changed once created: rotated Profile credentials make a new one, and the
 /// coordinator needs no right to modify Secrets (RBAC: `get`, `create`).
 async fn repository_env<C: Cluster>(ctx: &Context<C>, namespace: &str) -> Result<Vec<EnvVar>> {
-    use base64::Engine as _;
-    use sha2::Digest as _;
-    let (Some(profile_ref), Some(profile)) = (&ctx.profile, &ctx.params.profile) else {
+    let Some(profile) = &ctx.params.profile else {
         return Err(Error::NoProfile(ctx.function()));
     };
     let r = super::agent::repository_ref(profile, zeroize::Zeroizing::new(Vec::new()))
@@ -695,35 +693,9 @@ async fn repository_env<C: Cluster>(ctx: &Context<C>, namespace: &str) -> Result
     if secret.is_empty() {
         return Ok(env);
     }
-    let data: BTreeMap<String, String> = secret
-        .iter()
-        .map(|(k, v)| (k.to_ascii_uppercase(), base64::engine::general_purpose::STANDARD.encode(v)))
-        .collect();
-    let mut digest = sha2::Sha256::new();
-    for (k, v) in &data {
-        digest.update(format!("{k}={v}\n"));
-    }
-    let hash = hex::encode(&digest.finalize()[..5]);
-    let name = format!("{STORE_SECRET_PREFIX}{}-{}-{hash}", profile_ref.namespace, profile_ref.name);
-    if let Err(cluster::Error::NotFound(_)) = ctx.cluster.secret(namespace, &name).await {
-        let object = serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "type": "Opaque",
-            "metadata": {
-                "name": name,
-                "namespace": namespace,
-                "labels": {"app.kubernetes.io/managed-by": "kanister", "kanister.io/profile": profile_ref.name},
-            },
-            "data": data,
-        });
-        if let Err(e) = ctx.cluster.apply(object, namespace).await {
-            // Another run may have created it in the meantime: then it holds the same data.
-            if ctx.cluster.secret(namespace, &name).await.is_err() {
-                return Err(e.into());
-            }
-        }
-    }
+    let data: BTreeMap<String, Vec<u8>> =
+        secret.into_iter().map(|(k, v)| (k.to_ascii_uppercase(), v.into_bytes())).collect();
+    let name = ctx.content_secret(namespace, STORE_SECRET_PREFIX, &data).await?;
     for k in data.keys() {
         env.push(EnvVar { name: k.clone(), source: EnvSource::SecretKey { secret: name.clone(), key: k.clone() } });
     }
