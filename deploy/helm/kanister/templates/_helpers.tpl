@@ -157,3 +157,13 @@ engine/functions.rs and cluster/kube.rs):
 {{ toYaml . }}
 {{- end }}
 {{- end }}
+
+{{/*
+Whether the coordinator mounts a Secret for its agent client (token, CA, client certificate):
+non-empty when it does.
+*/}}
+{{- define "kanister.coordinator.agentSecrets" -}}
+{{- if or .Values.agent.token.secretName .Values.coordinator.agentClient.caSecretName .Values.coordinator.agentClient.clientCertSecretName -}}
+true
+{{- end -}}
+{{- end }}
