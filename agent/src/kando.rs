@@ -15,6 +15,20 @@
 //! environment (`KANISTER_REPO_KEY`, the raw key from the Secret the coordinator keeps per
 //! Profile, or the agent's usual `KANISTER_REPO_PASSWORD` / key-file variables), never from
 //! an argument.
+//!
+//! # Credentials by reference
+//! Upstream's `--profile '{{ toJson .Profile }}'` puts the store's secret key on kando's
+//! command line, where every process of the node can read it (`/proc/*/cmdline`). In the
+//! arguments of functions whose pod the coordinator creates (`KubeTask`, `PrepareData`,
+//! `MultiContainerRun`), the coordinator therefore renders `toJson .Profile` with the
+//! credential's secret values left out (`KeyPair.Secret` empty, `Secret` without `data`) and a
+//! reference added, `"Credential": {..., "FromEnv": "KANISTER_PROFILE_CREDENTIAL"}`; the task
+//! pod gets that variable from a Secret in its namespace, holding the whole `Credential` as
+//! upstream renders it. `kando` replaces the credential by the variable's ([`CREDENTIAL_ENV`]);
+//! a reference to an unset variable is an error that says so. Only this `kando` understands
+//! the reference: templates that ask for a value directly (`{{ .Profile.Credential.KeyPair.Secret
+//! }}`) still get it, and `KubeExec` (whose pod's environment cannot be changed) renders the
+//! values as upstream.
 
 use std::collections::BTreeMap;
 
@@ -24,6 +38,10 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::store::{Store, StoreError, StoreOptions};
+
+/// The environment variable holding a Profile's `Credential` (upstream's JSON, with the secret
+/// values) for a `--profile` that references it (`"Credential": {"FromEnv": ...}`).
+pub const CREDENTIAL_ENV: &str = "KANISTER_PROFILE_CREDENTIAL";
 
 /// Tag that addresses a kando push.
 pub const PATH_TAG: &str = "kando.path";
@@ -129,6 +147,10 @@ pub struct GoCredential {
     /// A Kubernetes Secret.
     #[serde(rename = "Secret", default)]
     pub secret: Option<GoSecret>,
+    /// Ours: the environment variable holding the whole credential (with its secret values),
+    /// which then replaces this one ([`GoProfile::parse_with`]).
+    #[serde(rename = "FromEnv", default)]
+    pub from_env: Option<String>,
 }
 
 /// `KeyPair`.
@@ -167,10 +189,31 @@ fn bad_profile(reason: impl Into<String>) -> Error {
 }
 
 impl GoProfile {
-    /// Parses `--profile`.
+    /// Parses `--profile`, resolving a credential reference from the process's environment.
     pub fn parse(json: &str) -> Result<Self> {
-        serde_json::from_str(json)
-            .map_err(|e| bad_profile(format!("not a Profile as `{{{{ toJson .Profile }}}}` renders it: {e}")))
+        Self::parse_with(json, |name| std::env::var(name).ok())
+    }
+
+    /// Parses `--profile`; a credential given by reference (`"FromEnv": VAR`) is replaced by
+    /// the credential JSON `env(VAR)` returns.
+    pub fn parse_with(json: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let mut profile: GoProfile = serde_json::from_str(json)
+            .map_err(|e| bad_profile(format!("not a Profile as `{{{{ toJson .Profile }}}}` renders it: {e}")))?;
+        let reference = profile.credential.as_ref().and_then(|c| c.from_env.clone()).filter(|v| !v.is_empty());
+        if let Some(var) = reference {
+            let text = env(&var).filter(|t| !t.is_empty()).ok_or_else(|| {
+                bad_profile(format!(
+                    "its credential is a reference to the environment variable {var}, which is not set: the \
+                     coordinator sets it in the task pods it creates (KubeTask, PrepareData, MultiContainerRun) \
+                     from a Secret; elsewhere render the Profile with its values"
+                ))
+            })?;
+            let credential: GoCredential = serde_json::from_str(&text).map_err(|e| {
+                bad_profile(format!("the environment variable {var} does not hold a Profile credential as JSON: {e}"))
+            })?;
+            profile.credential = Some(GoCredential { from_env: None, ..credential });
+        }
+        Ok(profile)
     }
 
     fn secret_value(&self, keys: &[&str]) -> Option<String> {
@@ -405,5 +448,31 @@ mod tests {
         let err = GoProfile::parse(r#"{"Location":{"type":"kopia"}}"#).unwrap().store().unwrap_err().to_string();
         assert!(err.contains("not supported"), "{err}");
         assert!(GoProfile::parse("{}").is_err());
+    }
+
+    #[test]
+    fn credentials_by_reference_come_from_the_environment() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let referenced = r#"{"Location":{"type":"s3Compliant","bucket":"b","endpoint":"http://minio:9000","prefix":"p","region":""},
+            "Credential":{"Type":"keyPair","KeyPair":{"ID":"AK","Secret":""},"Secret":null,"KopiaServerSecret":null,
+            "FromEnv":"KANISTER_PROFILE_CREDENTIAL"},"SkipSSLVerify":false}"#;
+        let value =
+            r#"{"Type":"keyPair","KeyPair":{"ID":"AK","Secret":"SK-from-env"},"Secret":null,"KopiaServerSecret":null}"#;
+        let env = |name: &str| (name == CREDENTIAL_ENV).then(|| value.to_string());
+        let p = GoProfile::parse_with(referenced, env).unwrap();
+        assert_eq!(p.key_pair().map(|kp| kp.secret.as_str()), Some("SK-from-env"));
+        assert!(p.credential.as_ref().unwrap().from_env.is_none());
+        assert_eq!(p.store().unwrap().to_string(), "s3://b/p");
+        // Unset, or set to something else: clear errors naming the variable.
+        let err = GoProfile::parse_with(referenced, |_| None).unwrap_err().to_string();
+        assert!(err.contains(CREDENTIAL_ENV) && err.contains("not set"), "{err}");
+        let err = GoProfile::parse_with(referenced, |_| Some("nope".into())).unwrap_err().to_string();
+        assert!(err.contains(CREDENTIAL_ENV), "{err}");
+        // Secret credentials by reference too: the data comes from the variable.
+        let secret = r#"{"Location":{"type":"s3Compliant","bucket":"b","prefix":"p"},
+            "Credential":{"Type":"secret","KeyPair":null,"Secret":{"metadata":{"name":"s"}},"FromEnv":"V"}}"#;
+        let full = r#"{"Type":"secret","Secret":{"metadata":{"name":"s"},"data":{"aws_access_key_id":"QUs=","aws_secret_access_key":"U0s="}}}"#;
+        let p = GoProfile::parse_with(secret, |n| (n == "V").then(|| full.to_string())).unwrap();
+        assert_eq!(p.secret_value(&["aws_secret_access_key"]).as_deref(), Some("SK"));
     }
 }

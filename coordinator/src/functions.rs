@@ -52,9 +52,10 @@ pub const FUNCTIONS: &[FunctionSpec] = &[
         ["namespace", "backupArtifactPrefix", "backupID"],
         ["image", "statsMode", "encryptionKey", "podOverride", "podAnnotations", "podLabels"]
     ),
-    // Ours: the pod's agent sidecar runs `command` and backs up its stdout. Outputs `backupID`,
-    // `size` (bytes read), `phySize` (bytes uploaded).
-    f!("BackupStream", ["namespace", "pod", "command"], ["container", "tags"]),
+    // Ours: the pod's agent sidecar runs `command` (with `env` added to its environment: the
+    // place for passwords) and backs up its stdout. Outputs `backupID`, `size` (bytes read),
+    // `phySize` (bytes uploaded).
+    f!("BackupStream", ["namespace", "pod", "command"], ["container", "tags", "env"]),
     f!(
         "CheckRepository",
         ["backupArtifactPrefix"],
@@ -186,8 +187,9 @@ pub const FUNCTIONS: &[FunctionSpec] = &[
             "region"
         ]
     ),
-    // Ours: the pod's agent sidecar feeds snapshot `backupID` to `command`'s stdin.
-    f!("RestoreStream", ["namespace", "pod", "command", "backupID"], []),
+    // Ours: the pod's agent sidecar feeds snapshot `backupID` to `command`'s stdin (`env` as
+    // for BackupStream).
+    f!("RestoreStream", ["namespace", "pod", "command", "backupID"], ["container", "env"]),
     f!("ScaleWorkload", ["replicas"], ["namespace", "name", "kind", "waitForReady"]),
     f!("Wait", ["timeout", "conditions"], []),
     f!("WaitV2", ["timeout", "conditions"], []),

@@ -7,7 +7,8 @@
 //! - the security contexts, the least-privilege RBAC (the exact rules, derived from what
 //!   `cluster/kube.rs` and `controller.rs` call), no secret value in any manifest;
 //! - the coordinator binary started with the rendered arguments, its probes answered on the
-//!   rendered port; the sidecar's environment variables against the agent's flags;
+//!   rendered port; the sidecar's and the coordinator's environment variables against their
+//!   flags, the agent client's files mounted from Secrets;
 //! - the Dockerfiles (pinned bases, non-root `USER`, no secret in `ENV`/`ARG`, OCI labels, hadolint
 //!   through `KANISTER_TEST_HADOLINT`) and the kind script (shellcheck through
 //!   `KANISTER_TEST_SHELLCHECK`).
@@ -160,6 +161,12 @@ fn value_sets() -> Vec<(&'static str, Value)> {
                 "targetNamespaces": ["mysql-test", "pg-test", "mysql-test"],
                 "rbac": {"extraRules": [{"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["create", "delete"]}]},
                 "agent": {"tls": {"secretName": "agent-tls", "clientCASecretName": "agent-client-ca"}},
+                "coordinator": {"agentClient": {
+                    "caSecretName": "agent-ca",
+                    "tlsDomain": "agent.kanister.svc",
+                    "clientCertSecretName": "coordinator-agent-client",
+                    "connectTimeout": "5s",
+                }},
             }),
         ),
         (
@@ -340,6 +347,9 @@ fn chart_lints_clean_and_lint_catches_a_broken_chart() {
     assert!(err.contains("concurrency"), "{err}");
     let err = try_render(&json!({"coordinatr": {}})).expect_err("typo");
     assert!(err.contains("coordinatr"), "{err}");
+    // A client certificate (or a TLS name) without the agents' CA is refused at render time.
+    let err = try_render(&json!({"coordinator": {"agentClient": {"clientCertSecretName": "c"}}})).expect_err("no CA");
+    assert!(err.contains("caSecretName"), "{err}");
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -578,6 +588,7 @@ fn no_rendered_manifest_contains_a_secret_value() {
         json!({"agent": {"token": CANARY}}),
         json!({"coordinator": {"extraEnv": [{"name": "AWS_SECRET_ACCESS_KEY", "value": CANARY}]}}),
         json!({"coordinator": {"extraEnv": [{"name": "KANISTER_REPO_PASSWORD", "value": CANARY}]}}),
+        json!({"coordinator": {"agentClient": {"token": CANARY}}}),
         json!({"profile": {"secretAccessKey": CANARY}}),
     ] {
         match try_render(&bad) {
@@ -632,6 +643,84 @@ fn sidecar_environment_matches_the_agent_flags() {
     }
 }
 
+/// The coordinator's `KANISTER_*` variables are flags of `kanister-coordinator serve`; the agent
+/// client's token, CA and client certificate are files mounted read-only from the Secrets the
+/// values name (the token's from `agent.token`, in the release namespace).
+#[test]
+fn coordinator_environment_matches_its_flags_and_mounts_the_agent_secrets() {
+    let src: String = ["coordinator/src/bin/coordinator.rs", "coordinator/src/engine/agent.rs"]
+        .iter()
+        .map(|p| read(&root().join(p)))
+        .collect();
+    let expected: [(&str, &[(&str, &str)]); 3] = [
+        ("defaults", &[("KANISTER_AGENT_TOKEN_FILE", "kanister-agent-token")]),
+        (
+            "namespaced",
+            &[
+                ("KANISTER_AGENT_TOKEN_FILE", "kanister-agent-token"),
+                ("KANISTER_AGENT_CA_FILE", "agent-ca"),
+                ("KANISTER_AGENT_CLIENT_CERT", "coordinator-agent-client"),
+                ("KANISTER_AGENT_CLIENT_KEY", "coordinator-agent-client"),
+            ],
+        ),
+        ("cluster-wide", &[]),
+    ];
+    for ((name, values), (want_name, files)) in value_sets().into_iter().zip(expected) {
+        assert_eq!(name, want_name);
+        let r = render(&values);
+        let c = r.coordinator();
+        let env = c["env"].as_array().expect("env");
+        for e in env {
+            let var = e["name"].as_str().unwrap_or_default();
+            if var.starts_with("KANISTER_") {
+                assert!(src.contains(&format!("env = \"{var}\"")), "{name}: the coordinator reads no {var}");
+            }
+        }
+        let value_of = |var: &str| env.iter().find(|e| e["name"] == var).map(|e| e["value"].clone());
+        assert!(value_of("KANISTER_AGENT_CONNECT_TIMEOUT").is_some(), "{name}: no connect timeout");
+        let spec = &r.one("Deployment")["spec"]["template"]["spec"];
+        let mounts = c["volumeMounts"].as_array().cloned().unwrap_or_default();
+        let volumes = spec["volumes"].as_array().cloned().unwrap_or_default();
+        let file_vars: Vec<&str> = env
+            .iter()
+            .filter(|e| e["value"].as_str().is_some_and(|v| v.starts_with("/var/run/kanister/")))
+            .filter_map(|e| e["name"].as_str())
+            .collect();
+        assert_eq!(file_vars, files.iter().map(|(v, _)| *v).collect::<Vec<_>>(), "{name}");
+        for (var, secret) in files {
+            // The file is in a read-only mount of a volume from the Secret, under its item path.
+            let path = value_of(var).and_then(|v| v.as_str().map(str::to_string)).expect("a path");
+            let mount = mounts
+                .iter()
+                .find(|m| path.starts_with(m["mountPath"].as_str().unwrap_or("-")))
+                .unwrap_or_else(|| panic!("{name}: {path} is not mounted"));
+            assert_eq!(mount["readOnly"], true, "{name}: {mount}");
+            let volume = volumes
+                .iter()
+                .find(|v| v["name"] == mount["name"])
+                .unwrap_or_else(|| panic!("{name}: mount {mount} has no volume"));
+            assert_eq!(volume["secret"]["secretName"], *secret, "{name}: {volume}");
+            let file = path.rsplit('/').next().unwrap_or_default();
+            let items = volume["secret"]["items"].as_array().expect("items");
+            assert!(items.iter().any(|i| i["path"] == file), "{name}: {volume} does not provide {file}");
+        }
+        if files.is_empty() {
+            assert!(mounts.is_empty() && volumes.is_empty(), "{name}: mounts without agent-client Secrets");
+        }
+    }
+    // The TLS name and timeout go in as values; the token key follows agent.token.key.
+    let r = render(&value_sets()[1].1);
+    let env = r.coordinator()["env"].as_array().expect("env").clone();
+    assert!(env.contains(&json!({"name": "KANISTER_AGENT_TLS_DOMAIN", "value": "agent.kanister.svc"})));
+    assert!(env.contains(&json!({"name": "KANISTER_AGENT_CONNECT_TIMEOUT", "value": "5s"})));
+    let r = render(&json!({"agent": {"token": {"secretName": "tok", "key": "agent-token"}}}));
+    let volumes = r.one("Deployment")["spec"]["template"]["spec"]["volumes"].clone();
+    assert_eq!(
+        volumes[0]["secret"],
+        json!({"secretName": "tok", "defaultMode": 288, "items": [{"key": "agent-token", "path": "token"}]})
+    );
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
@@ -664,14 +753,35 @@ fn coordinator_starts_with_the_rendered_arguments_and_answers_its_probes() {
          users:\n- name: u\n  user: {token: test}\ncontexts:\n- name: c\n  context: {cluster: c, user: u, namespace: kanister}\n",
     )
     .expect("write kubeconfig");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kanister-coordinator"));
-    cmd.args(&args).env_clear().env("KUBECONFIG", &kubeconfig).env("HOME", tmp.path());
-    for e in c["env"].as_array().expect("env") {
-        if let Some(v) = e["value"].as_str() {
-            cmd.env(e["name"].as_str().expect("name"), v);
+    // The files the rendered environment names (the agent token's mount) live in the temporary
+    // directory instead of /var/run/kanister; first without them: the start fails and says so.
+    let mounted = tmp.path().join("mounted");
+    let command = |with_files: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kanister-coordinator"));
+        cmd.args(&args).env_clear().env("KUBECONFIG", &kubeconfig).env("HOME", tmp.path());
+        for e in c["env"].as_array().expect("env") {
+            if let Some(v) = e["value"].as_str() {
+                let v = match v.strip_prefix("/var/run/kanister/") {
+                    Some(rest) => {
+                        let file = mounted.join(rest);
+                        if with_files {
+                            std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+                            std::fs::write(&file, "agent-token-from-the-secret\n").expect("write");
+                        }
+                        file.display().to_string()
+                    }
+                    None => v.to_string(),
+                };
+                cmd.env(e["name"].as_str().expect("name"), v);
+            }
         }
-    }
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("starts the coordinator");
+        cmd
+    };
+    let out = command(false).output().expect("runs the coordinator");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the coordinator started without its agent token file");
+    assert!(err.contains("agent client's token"), "{err}");
+    let mut child = command(true).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("starts the coordinator");
     let deadline = Instant::now() + Duration::from_secs(20);
     let (mut health, mut ready, mut metrics) = (None, None, None);
     while Instant::now() < deadline {

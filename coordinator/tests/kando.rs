@@ -5,6 +5,13 @@
 //! repository format, encrypted under the Profile's repository key, which the coordinator
 //! creates on first use and hands to the task pods through `KANISTER_REPO_KEY` from its Secret.
 //!
+//! No secret reaches a command line: the database users have passwords, given to the task pods
+//! the upstream way (`podOverride` env `MYSQL_PWD` / `PGPASSWORD` from a `secretKeyRef`), and
+//! `{{ toJson .Profile }}` renders the S3 credential as a reference that kando resolves from
+//! `KANISTER_PROFILE_CREDENTIAL`, which the coordinator gives the task pods from a Secret. While
+//! the tests run, every process's argv is scanned for the passwords, the S3 secret key and the
+//! repository key; none may appear there, nor in a status, an event or the logs.
+//!
 //! `kando` is the agent binary (`cargo build -p kanister-agent`; `cargo test --workspace` builds
 //! it before running tests, and this test builds it when it is missing) behind a symlink named
 //! `kando` on the PATH of the local cluster's commands.
@@ -23,7 +30,8 @@ use kanister_coordinator::engine::{Engine, EngineConfig, Outcome, repokey};
 use serde_json::{Value, json};
 
 mod support;
-use support::{ArgvScan, agent_binary};
+use kanister_agent::kando;
+use support::{ArgvScan, Logs, agent_binary};
 
 const PROFILE: &str = r#"'{{ toJson .Profile }}'"#;
 
@@ -45,6 +53,7 @@ actions:
       args:
         namespace: db
         image: ghcr.io/kanisterio/mysql-sidecar:0.112.0
+        podOverride: @MYSQL_PWD@
         command:
         - bash
         - -o
@@ -53,7 +62,7 @@ actions:
         - |
           path='mysql/{{ .Options.database }}/{{ .Options.tag }}.sql.gz'
           mysqldump --no-defaults -u'{{ index .Secrets.db.Data "username" | toString }}' \
-            -S '{{ index .Secrets.db.Data "socket" | toString }}' \
+            -h '{{ index .Secrets.db.Data "host" | toString }}' -P '{{ index .Secrets.db.Data "port" | toString }}' \
             --single-transaction --skip-dump-date --databases '{{ .Options.database }}' \
             | gzip -n | kando location push --profile @PROFILE@ --path "$path" -
           kando output path "$path"
@@ -65,6 +74,7 @@ actions:
       args:
         namespace: db
         image: ghcr.io/kanisterio/mysql-sidecar:0.112.0
+        podOverride: @MYSQL_PWD@
         command:
         - bash
         - -o
@@ -73,7 +83,7 @@ actions:
         - |
           kando location pull --profile @PROFILE@ --path '{{ .ArtifactsIn.dump.KeyValue.path }}' - \
             | gunzip | mysql --no-defaults -u'{{ index .Secrets.db.Data "username" | toString }}' \
-              -S '{{ index .Secrets.db.Data "socket" | toString }}'
+              -h '{{ index .Secrets.db.Data "host" | toString }}' -P '{{ index .Secrets.db.Data "port" | toString }}'
   pgBackup:
     outputArtifacts:
       dump:
@@ -85,6 +95,7 @@ actions:
       args:
         namespace: db
         image: ghcr.io/kanisterio/postgres-kanister-tools:0.112.0
+        podOverride: @PGPASSWORD@
         command:
         - bash
         - -o
@@ -108,6 +119,7 @@ actions:
       args:
         namespace: db
         image: ghcr.io/kanisterio/postgres-kanister-tools:0.112.0
+        podOverride: @PGPASSWORD@
         command:
         - bash
         - -o
@@ -141,6 +153,17 @@ actions:
         artifact: '{{ .ArtifactsIn.dump.KeyValue.path }}'
 "#
     .replace("@PROFILE@", PROFILE)
+    .replace("@MYSQL_PWD@", &password_override("MYSQL_PWD"))
+    .replace("@PGPASSWORD@", &password_override("PGPASSWORD"))
+}
+
+/// Upstream's way to give a task pod a password: `podOverride` env from the ActionSet's Secret
+/// (in the pod's namespace), as flow-style YAML.
+fn password_override(var: &str) -> String {
+    format!(
+        "{{containers: [{{name: container, env: [{{name: {var}, valueFrom: {{secretKeyRef: \
+         {{name: '{{{{ .Secrets.db.Name }}}}', key: password}}}}}}]}}]}}"
+    )
 }
 
 fn infra_var(name: &str) -> String {
@@ -189,24 +212,11 @@ credential:
     secretField: aws_secret_access_key
     secret: {{apiVersion: v1, kind: secret, name: s3-credentials, namespace: kanister}}
 skipSSLVerify: false
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: mysql, namespace: db}}
-stringData: {{username: root, socket: "{socket}"}}
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: pg, namespace: db}}
-stringData: {{username: postgres, host: "{pg_host}", port: "{pg_port}"}}
 "#,
         id = infra_var("KANISTER_TEST_S3_ACCESS_KEY"),
         secret = infra_var("KANISTER_TEST_S3_SECRET_KEY"),
         bucket = infra_var("KANISTER_TEST_S3_BUCKET"),
         endpoint = infra_var("KANISTER_TEST_S3_ENDPOINT"),
-        socket = infra_var("KANISTER_TEST_MYSQL_SOCKET"),
-        pg_host = infra_var("KANISTER_TEST_PG_HOST"),
-        pg_port = infra_var("KANISTER_TEST_PG_PORT"),
     );
     c.load_yaml(&objects, "world").unwrap();
     c.load_yaml(&blueprint(), "blueprint").unwrap();
@@ -249,6 +259,15 @@ impl World {
         a
     }
 
+    /// Adds the database's Secret `db/<name>` (the ActionSet's `db` Secret).
+    fn db_secret(&self, name: &str, user: &str, password: &str, host: &str, port: &str) {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: db}}\n\
+             stringData: {{username: \"{user}\", password: \"{password}\", host: \"{host}\", port: \"{port}\"}}\n"
+        );
+        self.cluster.load_yaml(&yaml, "db secret").unwrap();
+    }
+
     /// Bytes and object count under `<prefix>/<sub>` in the bucket, through the SeaweedFS filer.
     fn stored(&self, sub: &str) -> (u64, usize) {
         let bucket = infra_var("KANISTER_TEST_S3_BUCKET");
@@ -287,7 +306,8 @@ fn filer_walk(dir: &str) -> (u64, usize) {
     total
 }
 
-/// Runs `kando location pull` at `path` as a task pod would (key from the environment).
+/// Runs `kando location pull` at `path` as a task pod would (key and credential from the
+/// environment).
 fn kando_pull_works(world: &World, key: &str, path: &str) -> bool {
     let profile = json!({
         "Location": {
@@ -297,15 +317,18 @@ fn kando_pull_works(world: &World, key: &str, path: &str) -> bool {
             "prefix": world.prefix,
             "region": "us-east-1",
         },
-        "Credential": {"Type": "keyPair", "KeyPair": {
-            "ID": infra_var("KANISTER_TEST_S3_ACCESS_KEY"),
-            "Secret": infra_var("KANISTER_TEST_S3_SECRET_KEY"),
-        }},
+        "Credential": {"Type": "keyPair", "KeyPair": {"ID": infra_var("KANISTER_TEST_S3_ACCESS_KEY"), "Secret": ""},
+                       "FromEnv": kando::CREDENTIAL_ENV},
         "SkipSSLVerify": false,
     });
+    let credential = json!({"Type": "keyPair", "KeyPair": {
+        "ID": infra_var("KANISTER_TEST_S3_ACCESS_KEY"),
+        "Secret": infra_var("KANISTER_TEST_S3_SECRET_KEY"),
+    }});
     std::process::Command::new(agent_binary())
         .args(["kando", "location", "pull", "--profile", &profile.to_string(), "--path", path, "-"])
         .env("KANISTER_REPO_KEY", key)
+        .env(kando::CREDENTIAL_ENV, credential.to_string())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
@@ -324,6 +347,25 @@ fn artifact_path(a: &ActionSet) -> String {
 
 // ---- MariaDB ----
 
+/// A fresh random password, long enough that finding it anywhere is no accident.
+fn password() -> String {
+    format!("pw-{}", hex::encode(rand::random::<[u8; 12]>()))
+}
+
+/// Runs SQL as root, the text on stdin (so that a password in it is on no command line).
+fn mysql_stdin(sql: &str) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("mysql")
+        .args(["--no-defaults", "-uroot", "-S", &infra_var("KANISTER_TEST_MYSQL_SOCKET")])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("mysql runs");
+    child.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "mysql: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 fn mysql(db: &str, query: &str) -> String {
     let mut cmd = std::process::Command::new("mysql");
     cmd.args(["--no-defaults", "-uroot", "-S", &infra_var("KANISTER_TEST_MYSQL_SOCKET"), "-N", "-B"]);
@@ -335,13 +377,18 @@ fn mysql(db: &str, query: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-struct MysqlDb(String);
+/// A database and a user with a password that owns it; both dropped at the end.
+struct MysqlDb {
+    name: String,
+    user: String,
+}
 
 impl Drop for MysqlDb {
     fn drop(&mut self) {
         if let Ok(socket) = std::env::var("KANISTER_TEST_MYSQL_SOCKET") {
+            let sql = format!("DROP DATABASE IF EXISTS {}; DROP USER IF EXISTS '{}'@'%'", self.name, self.user);
             let _ = std::process::Command::new("mysql")
-                .args(["--no-defaults", "-uroot", "-S", &socket, "-e", &format!("DROP DATABASE IF EXISTS {}", self.0)])
+                .args(["--no-defaults", "-uroot", "-S", &socket, "-e", &sql])
                 .output();
         }
     }
@@ -353,55 +400,63 @@ fn mysql_fingerprint(db: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mysqldump_through_kando_backs_up_restores_dedups_and_deletes() {
+    let logs = Logs::capture();
     let w = world();
-    let db = MysqlDb(unique_name("my"));
-    mysql(
-        "",
-        &format!(
-            "CREATE DATABASE {0}; USE {0};
-             CREATE TABLE orders (id INT PRIMARY KEY, customer VARCHAR(64), amount DECIMAL(10,2), note TEXT);
-             INSERT INTO orders SELECT seq, CONCAT('customer-', seq % 97, IF(seq % 7 = 0, ' \\'q\\'\\n', ' é')),
-                    seq * 1.25, IF(seq % 11 = 0, NULL, REPEAT(MD5(seq), 1 + seq % 5)) FROM seq_1_to_20000;",
-            db.0
-        ),
-    );
-    let before = mysql_fingerprint(&db.0);
+    let db = MysqlDb { name: unique_name("my"), user: unique_name("myu") };
+    let pw = password();
+    mysql_stdin(&format!(
+        "CREATE DATABASE {0}; CREATE USER '{1}'@'%' IDENTIFIED BY '{2}'; GRANT ALL ON {0}.* TO '{1}'@'%'; USE {0};
+         CREATE TABLE orders (id INT PRIMARY KEY, customer VARCHAR(64), amount DECIMAL(10,2), note TEXT);
+         INSERT INTO orders SELECT seq, CONCAT('customer-', seq % 97, IF(seq % 7 = 0, ' \\'q\\'\\n', ' é')),
+                seq * 1.25, IF(seq % 11 = 0, NULL, REPEAT(MD5(seq), 1 + seq % 5)) FROM seq_1_to_20000;",
+        db.name, db.user, pw
+    ));
+    let before = mysql_fingerprint(&db.name);
     assert!(before.starts_with("20000\t"), "{before}");
-    let scan = ArgvScan::start(w.cluster.clone(), "s3-profile", Vec::new());
+    w.db_secret("mysql", &db.user, &pw, "127.0.0.1", &infra_var("KANISTER_TEST_MYSQL_PORT"));
+    let s3_secret = infra_var("KANISTER_TEST_S3_SECRET_KEY");
+    let scan = ArgvScan::start(w.cluster.clone(), "s3-profile", vec![pw.clone(), s3_secret.clone()]);
 
-    let backup = w.run("my-backup-1", "mysqlBackup", "mysql", json!({"database": db.0, "tag": "one"}), json!({})).await;
+    let options = |tag: &str| json!({"database": db.name, "tag": tag});
+    let backup = w.run("my-backup-1", "mysqlBackup", "mysql", options("one"), json!({})).await;
     let path = artifact_path(&backup);
-    assert_eq!(path, format!("mysql/{}/one.sql.gz", db.0));
+    assert_eq!(path, format!("mysql/{}/one.sql.gz", db.name));
     let (first_bytes, _) = w.stored("");
     let (_, snapshots) = w.stored("snapshots");
     assert!(first_bytes > 10_000, "the first backup stored only {first_bytes} bytes");
     assert_eq!(snapshots, 1, "one snapshot after one push");
 
     // The same data again (gzip -n is deterministic): the second backup stores far less.
-    let again = w.run("my-backup-2", "mysqlBackup", "mysql", json!({"database": db.0, "tag": "two"}), json!({})).await;
+    let again = w.run("my-backup-2", "mysqlBackup", "mysql", options("two"), json!({})).await;
     let (second_bytes, _) = w.stored("");
     let added = second_bytes - first_bytes;
     assert!(added * 10 < first_bytes, "the second backup added {added} bytes after {first_bytes}: no dedup");
 
-    // The key went to the task pods through the environment from the coordinator's Secret.
+    // The key, the S3 credential and the password went to the task pods through the
+    // environment from Secrets; their commands hold none of them.
     let key = w.repository_key().await;
     assert_eq!(key.len(), 64);
     let pods = w.cluster.pods();
     assert!(!pods.is_empty());
     for p in &pods {
-        let env = &p.spec.env;
-        assert!(
-            env.iter().any(|e| e.name == "KANISTER_REPO_KEY"
-                && matches!(&e.source, EnvSource::SecretKey { secret, .. } if secret.starts_with(repokey::SECRET_PREFIX))),
-            "{env:?}"
-        );
-        assert!(p.spec.containers.iter().all(|c| !c.command.iter().any(|a| a.contains(&key))));
+        let from_secret = |name: &str, prefix: &str| {
+            p.spec.env.iter().any(|e| {
+                e.name == name && matches!(&e.source, EnvSource::SecretKey { secret, .. } if secret.starts_with(prefix))
+            })
+        };
+        assert!(from_secret("KANISTER_REPO_KEY", repokey::SECRET_PREFIX), "{:?}", p.spec.env);
+        assert!(from_secret(kando::CREDENTIAL_ENV, "kanister-profile-kanister-s3-profile-"), "{:?}", p.spec.env);
+        for secret in [&key, &s3_secret, &pw] {
+            assert!(p.spec.containers.iter().all(|c| !c.command.iter().any(|a| a.contains(secret.as_str()))));
+        }
     }
+    let dump_pod = pods.iter().find(|p| p.spec.generate_name == "kanister-job-").unwrap();
+    assert_eq!(dump_pod.spec.override_env("container")[0]["name"], "MYSQL_PWD");
 
     // Drop the database, restore it from the first artifact.
-    mysql("", &format!("DROP DATABASE {}", db.0));
+    mysql("", &format!("DROP DATABASE {}", db.name));
     w.run("my-restore", "mysqlRestore", "mysql", json!({}), artifact(&backup)).await;
-    assert_eq!(mysql_fingerprint(&db.0), before, "restored rows differ");
+    assert_eq!(mysql_fingerprint(&db.name), before, "restored rows differ");
 
     // Delete both artifacts: the snapshots are gone and pull finds nothing any more.
     assert!(kando_pull_works(&w, &key, &path));
@@ -411,20 +466,28 @@ async fn mysqldump_through_kando_backs_up_restores_dedups_and_deletes() {
     assert_eq!(w.stored("snapshots").1, 0, "snapshots left after delete");
     assert!(!kando_pull_works(&w, &key, &path), "the deleted path can still be pulled");
 
-    // The repository key never appeared in the argv of a process, nor (with the S3 secret key)
-    // in a status or an event. (The S3 secret key is in kando's argv: upstream blueprints pass
-    // `{{ toJson .Profile }}` on the command line, which no implementation can avoid.)
-    let seen = scan.stop().await;
-    assert!(seen.0 > 0, "the scan saw no process with the key known");
-    assert!(seen.1.is_empty(), "the repository key appeared in argv: {:?}", seen.1);
-    let s3_secret = infra_var("KANISTER_TEST_S3_SECRET_KEY");
-    for name in ["my-backup-1", "my-backup-2", "my-restore", "my-delete-1", "my-delete-2"] {
-        let a = w.cluster.get_actionset("kanister", name).await.unwrap();
-        let status = serde_json::to_string(&a.status).unwrap();
-        assert!(!status.contains(&key) && !status.contains(&s3_secret), "a secret in the status of {name}");
+    let names = ["my-backup-1", "my-backup-2", "my-restore", "my-delete-1", "my-delete-2"];
+    assert_no_secret_anywhere(&w, scan, &names, &[pw, s3_secret, key], &logs).await;
+}
+
+/// No secret in the argv of any process while the test ran (the scan), in any status written
+/// to the ActionSets `names`, in any event, or in the logs (which must not be empty).
+async fn assert_no_secret_anywhere(w: &World, scan: ArgvScan, names: &[&str], secrets: &[String], logs: &Logs) {
+    let (scanned, found) = scan.stop().await;
+    assert!(scanned > 0, "the scan read no process");
+    assert!(found.is_empty(), "a secret appeared in the argv of a process: {found:?}");
+    for name in names {
+        let text = serde_json::to_string(&w.cluster.status_writes("kanister", name)).unwrap();
+        for (i, s) in secrets.iter().enumerate() {
+            assert!(!text.contains(s.as_str()), "secret #{i} in a status of {name}");
+        }
     }
-    for e in w.cluster.events() {
-        assert!(!e.note.contains(&key) && !e.note.contains(&s3_secret), "a secret in event {e:?}");
+    let events = serde_json::to_string(&w.cluster.events()).unwrap();
+    let logs = logs.text();
+    assert!(logs.contains("kanister_coordinator"), "no log line of the coordinator was captured");
+    for (i, s) in secrets.iter().enumerate() {
+        assert!(!events.contains(s.as_str()), "secret #{i} in an event");
+        assert!(!logs.contains(s.as_str()), "secret #{i} in the logs");
     }
 }
 
@@ -440,15 +503,39 @@ fn psql(db: &str, query: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-struct PgDb(String);
+/// Runs SQL as postgres, the text on stdin (so that a password in it is on no command line).
+fn psql_stdin(sql: &str) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("psql")
+        .args(["-h", &infra_var("KANISTER_TEST_PG_HOST"), "-p", &infra_var("KANISTER_TEST_PG_PORT")])
+        .args(["-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-q"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("psql runs");
+    child.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A database, and a superuser with a password (pg_dumpall reads every role) that dumps it;
+/// both dropped at the end.
+struct PgDb {
+    name: String,
+    user: String,
+}
 
 impl Drop for PgDb {
     fn drop(&mut self) {
         if let (Ok(host), Ok(port)) = (std::env::var("KANISTER_TEST_PG_HOST"), std::env::var("KANISTER_TEST_PG_PORT")) {
-            let _ = std::process::Command::new("psql")
-                .args(["-h", &host, "-p", &port, "-U", "postgres", "-d", "postgres", "-c"])
-                .arg(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0))
-                .output();
+            for sql in [
+                format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+                format!("DROP ROLE IF EXISTS {}", self.user),
+            ] {
+                let _ = std::process::Command::new("psql")
+                    .args(["-h", &host, "-p", &port, "-U", "postgres", "-d", "postgres", "-c", &sql])
+                    .output();
+            }
         }
     }
 }
@@ -459,27 +546,36 @@ fn pg_fingerprint(db: &str) -> String {
 
 #[tokio::test]
 async fn pg_dumpall_through_kando_backs_up_restores_and_deletes() {
+    let logs = Logs::capture();
     let w = world();
-    let db = PgDb(unique_name("pg"));
-    psql("postgres", &format!("CREATE DATABASE {}", db.0));
+    let db = PgDb { name: unique_name("pg"), user: unique_name("pgu") };
+    let pw = password();
+    psql_stdin(&format!("CREATE ROLE {} LOGIN SUPERUSER PASSWORD '{pw}';", db.user));
+    psql("postgres", &format!("CREATE DATABASE {}", db.name));
     psql(
-        &db.0,
+        &db.name,
         "CREATE TABLE orders (id INT PRIMARY KEY, customer TEXT, note TEXT);
          INSERT INTO orders SELECT g, 'customer-' || (g % 97) || CASE WHEN g % 7 = 0 THEN ' ''q''' ELSE ' é' END,
                 CASE WHEN g % 11 = 0 THEN NULL ELSE repeat(md5(g::text), 1 + g % 5) END
          FROM generate_series(1, 20000) g;",
     );
-    let before = pg_fingerprint(&db.0);
+    let before = pg_fingerprint(&db.name);
     assert!(before.starts_with("20000|"), "{before}");
+    let (host, port) = (infra_var("KANISTER_TEST_PG_HOST"), infra_var("KANISTER_TEST_PG_PORT"));
+    w.db_secret("pg", &db.user, &pw, &host, &port);
+    let s3_secret = infra_var("KANISTER_TEST_S3_SECRET_KEY");
+    let scan = ArgvScan::start(w.cluster.clone(), "s3-profile", vec![pw.clone(), s3_secret.clone()]);
 
-    let backup = w.run("pg-backup", "pgBackup", "pg", json!({"database": db.0, "tag": "one"}), json!({})).await;
+    let backup = w.run("pg-backup", "pgBackup", "pg", json!({"database": db.name, "tag": "one"}), json!({})).await;
     let path = artifact_path(&backup);
-    assert_eq!(path, format!("postgres/{}/one.sql.gz", db.0));
+    assert_eq!(path, format!("postgres/{}/one.sql.gz", db.name));
     assert_eq!(w.stored("snapshots").1, 1);
+    let dump_pod = w.cluster.pods().into_iter().find(|p| p.spec.generate_name == "kanister-job-").unwrap();
+    assert_eq!(dump_pod.spec.override_env("container")[0]["name"], "PGPASSWORD");
 
-    psql("postgres", &format!("DROP DATABASE {} WITH (FORCE)", db.0));
+    psql("postgres", &format!("DROP DATABASE {} WITH (FORCE)", db.name));
     w.run("pg-restore", "pgRestore", "pg", json!({}), artifact(&backup)).await;
-    assert_eq!(pg_fingerprint(&db.0), before, "restored rows differ");
+    assert_eq!(pg_fingerprint(&db.name), before, "restored rows differ");
 
     let key = w.repository_key().await;
     assert!(kando_pull_works(&w, &key, &path));
@@ -487,4 +583,6 @@ async fn pg_dumpall_through_kando_backs_up_restores_and_deletes() {
     w.run("pg-delete", "locationDelete", "pg", json!({}), artifact(&backup)).await;
     assert_eq!(w.stored("snapshots").1, 0, "snapshots left after delete");
     assert!(!kando_pull_works(&w, &key, &path), "the deleted path can still be pulled");
+
+    assert_no_secret_anywhere(&w, scan, &["pg-backup", "pg-restore", "pg-delete"], &[pw, s3_secret, key], &logs).await;
 }

@@ -121,7 +121,11 @@ async fn task_pods_are_created_with_owner_labels_and_override_then_deleted_idemp
         }],
         labels: BTreeMap::from([("kanister.io/actionset".into(), "backup-1".into())]),
         pod_override: [
-            ("containers".to_string(), json!([{"name": "container", "resources": {"limits": {"memory": "1Gi"}}}])),
+            (
+                "containers".to_string(),
+                json!([{"name": "container", "resources": {"limits": {"memory": "1Gi"}},
+                        "env": [{"name": "MYSQL_PWD", "valueFrom": {"secretKeyRef": {"name": "mysql", "key": "password"}}}]}]),
+            ),
             ("priorityClassName".to_string(), json!("low")),
         ]
         .into_iter()
@@ -160,10 +164,12 @@ async fn task_pods_are_created_with_owner_labels_and_override_then_deleted_idemp
     assert_eq!(container["image"], "alpine:3");
     assert_eq!(container["command"], json!(["true"]));
     assert_eq!(container["resources"]["limits"]["memory"], "1Gi");
-    // The repository key reaches the container through the Secret, never as a value.
+    // The repository key reaches the container through the Secret, never as a value; the
+    // override's env merges by name (a strategic merge), so it does not drop the key.
     assert_eq!(
         container["env"],
-        json!([{"name": "KANISTER_REPO_KEY", "valueFrom": {"secretKeyRef": {"name": "kanister-repo-key-s3", "key": "key"}}}])
+        json!([{"name": "KANISTER_REPO_KEY", "valueFrom": {"secretKeyRef": {"name": "kanister-repo-key-s3", "key": "key"}}},
+               {"name": "MYSQL_PWD", "valueFrom": {"secretKeyRef": {"name": "mysql", "key": "password"}}}])
     );
 
     let c = cluster.clone();

@@ -167,6 +167,61 @@ fn to_json_of_profile_has_upstreams_shape() {
     )]);
 }
 
+/// For task pods, `toJson .Profile` references `KANISTER_PROFILE_CREDENTIAL` instead of the
+/// secret values; `kando` resolves it to the credential the coordinator gives the pod.
+#[test]
+fn to_json_of_profile_references_the_credential_for_task_pods() {
+    let mut p = params();
+    p.credential_from_env = true;
+    let r = renderer();
+    let json = r.render(&at(), "{{ toJson .Profile }}", &p).unwrap();
+    assert_eq!(
+        json,
+        concat!(
+            r#"{"Location":{"type":"s3Compliant","bucket":"backups","endpoint":"http://seaweedfs:8333","prefix":"mysql","region":"us-east-1"},"#,
+            r#""Credential":{"Type":"keyPair","KeyPair":{"ID":"AKIAEXAMPLE","Secret":""},"Secret":null,"KopiaServerSecret":null,"#,
+            r#""FromEnv":"KANISTER_PROFILE_CREDENTIAL"},"SkipSSLVerify":false}"#
+        )
+    );
+    assert!(!r.render(&at(), "{{ toJson .Profile.Credential }}", &p).unwrap().contains(AWS_SECRET));
+    // Asked for directly, the value is rendered: the blueprint wants it.
+    assert_eq!(r.render(&at(), "{{ .Profile.Credential.KeyPair.Secret }}", &p).unwrap(), AWS_SECRET);
+
+    // kando, given the variable's value, gets the same store settings as from the values.
+    let profile = p.profile.as_ref().unwrap();
+    let credential = profile.credential_json();
+    assert!(credential.contains(AWS_SECRET));
+    let by_reference = kanister_agent::kando::GoProfile::parse_with(&json, |name| {
+        (name == kanister_agent::kando::CREDENTIAL_ENV).then(|| credential.to_string())
+    })
+    .unwrap();
+    let by_value = kanister_agent::kando::GoProfile::parse(&render("{{ toJson .Profile }}").unwrap()).unwrap();
+    assert_eq!(format!("{:?}", by_reference.credential), format!("{:?}", by_value.credential));
+    let secret_of =
+        |g: &kanister_agent::kando::GoProfile| g.credential.as_ref().unwrap().key_pair.as_ref().unwrap().secret.clone();
+    assert_eq!(secret_of(&by_reference), AWS_SECRET);
+
+    // A Secret credential: its data is left out too.
+    let mut p2 = p.clone();
+    p2.profile.as_mut().unwrap().credential = CredentialParams {
+        credential_type: CredentialType::Secret,
+        key_pair: None,
+        secret: Some(SecretParams {
+            name: "s3".into(),
+            namespace: "kanister".into(),
+            secret_type: "Opaque".into(),
+            data: BTreeMap::from([("aws_secret_access_key".into(), AWS_SECRET.as_bytes().to_vec())]),
+        }),
+    };
+    let json = r.render(&at(), "{{ toJson .Profile }}", &p2).unwrap();
+    assert!(json.contains(r#""FromEnv":"KANISTER_PROFILE_CREDENTIAL""#), "{json}");
+    assert!(!json.contains(r#""data""#), "{json}");
+    // Without credential values there is nothing to reference.
+    let mut p3 = p.clone();
+    p3.profile.as_mut().unwrap().credential = CredentialParams::default();
+    assert!(!r.render(&at(), "{{ toJson .Profile }}", &p3).unwrap().contains("FromEnv"));
+}
+
 #[test]
 fn go_date_layouts() {
     golden(&[

@@ -164,6 +164,15 @@ spec:
 EOF
 kubectl -n minio wait --for=condition=complete job/make-bucket --timeout=180s
 
+log "the agent token, shared by the coordinator ($KANISTER_NS) and the sidecars ($APP_NS)"
+AGENT_TOKEN=$(random_secret)
+for ns in "$KANISTER_NS" "$APP_NS"; do
+  kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f -
+  # From stdin: the token stays off every command line.
+  printf '%s' "$AGENT_TOKEN" | kubectl -n "$ns" create secret generic kanister-agent-token \
+    --from-file=token=/dev/stdin --dry-run=client -o yaml | kubectl apply -f -
+done
+
 log "installing the chart"
 helm upgrade --install kanister "$ROOT/deploy/helm/kanister" \
   --namespace "$KANISTER_NS" --create-namespace \
@@ -175,11 +184,8 @@ helm upgrade --install kanister "$ROOT/deploy/helm/kanister" \
   --wait --timeout 5m
 
 log "MariaDB as the StatefulSet $APP_NS/mysql-release"
-kubectl create namespace "$APP_NS" --dry-run=client -o yaml | kubectl apply -f -
 kubectl -n "$APP_NS" create secret generic mysql-release \
   --from-literal=mysql-root-password="$(random_secret)" --dry-run=client -o yaml | kubectl apply -f -
-kubectl -n "$APP_NS" create secret generic kanister-agent-token \
-  --from-literal=token="$(random_secret)" --dry-run=client -o yaml | kubectl apply -f -
 kubectl apply -f - <<EOF
 apiVersion: v1
 kind: Service

@@ -14,6 +14,7 @@ use kanister_coordinator::cluster::Cluster;
 use kanister_coordinator::cluster::kube::KubeCluster;
 use kanister_coordinator::cluster::local::LocalCluster;
 use kanister_coordinator::controller::{self, Namespaces};
+use kanister_coordinator::engine::agent::AgentClientArgs;
 use kanister_coordinator::engine::{Engine, EngineConfig};
 use zeroize::Zeroizing;
 
@@ -34,6 +35,8 @@ struct Args {
     command: Command,
 }
 
+// Parsed once at start: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Watch ActionSets in a cluster and run them.
@@ -65,6 +68,9 @@ enum Command {
         /// File holding the token API clients must send (`authorization: Bearer ...`).
         #[arg(long, env = "KANISTER_TOKEN_FILE")]
         token_file: Option<PathBuf>,
+        /// How the coordinator reaches agent sidecars (token, TLS).
+        #[command(flatten)]
+        agent: AgentClientArgs,
     },
     /// Run the ActionSets found in a directory of YAML files on this machine (commands run as
     /// local processes) and print their final status.
@@ -177,7 +183,10 @@ async fn main() -> anyhow::Result<()> {
             tls_cert,
             tls_key,
             token_file,
+            agent,
         } => {
+            // Read the agent client's files first: a missing token fails the start, not a backup.
+            let config = EngineConfig { agent: agent.load()?, ..config };
             let client = kube::Client::try_default().await.context("failed to create a Kubernetes client")?;
             let cluster = Arc::new(KubeCluster::new(client.clone(), "kanister-coordinator"));
             let engine = Engine::new(cluster, config);

@@ -176,14 +176,20 @@ impl KubeCluster {
         if !pod.service_account.is_empty() {
             spec["serviceAccountName"] = Value::String(pod.service_account.clone());
         }
-        // podOverride: containers merge by name, everything else as a JSON merge patch.
+        // podOverride: containers merge by name, their env by variable name (as a strategic
+        // merge patch: the coordinator's variables stay), everything else as a JSON merge patch.
         let mut over = Value::Object(pod.pod_override.clone().into_iter().collect());
         if let Some(Value::Array(overrides)) = over.as_object_mut().and_then(|o| o.remove("containers"))
             && let Some(Value::Array(containers)) = spec.get_mut("containers")
         {
-            for o in overrides {
-                let name = o.get("name").and_then(Value::as_str).unwrap_or("container");
-                if let Some(c) = containers.iter_mut().find(|c| c["name"] == name) {
+            for mut o in overrides {
+                let name = o.get("name").and_then(Value::as_str).unwrap_or("container").to_string();
+                if let Some(c) = containers.iter_mut().find(|c| c["name"] == name.as_str()) {
+                    if let Some(Value::Array(env)) = o.as_object_mut().and_then(|o| o.remove("env")) {
+                        let mut merged = c.get("env").and_then(Value::as_array).cloned().unwrap_or_default();
+                        super::merge_env(&mut merged, &env);
+                        c["env"] = Value::Array(merged);
+                    }
                     merge_patch(c, &o);
                 }
             }

@@ -7,8 +7,9 @@
 //! - `exec` runs the command on the host (the pod must exist as an object); task pods run their
 //!   containers as host processes, init containers first; the image is only recorded. A task
 //!   pod's environment (literals and Secret keys, read from this cluster's Secrets) is set on
-//!   its processes; [`LocalCluster::with_env`] sets variables of every command, as an image
-//!   would (a `PATH` holding `kando`).
+//!   its processes, with the `env` a `podOverride` gives a container (values and
+//!   `secretKeyRef`s) merged in by name; [`LocalCluster::with_env`] sets variables of every
+//!   command, as an image would (a `PATH` holding `kando`).
 //!   Every process runs in its own process group, which is killed when the exec future is
 //!   dropped, when the pod is deleted and when the cluster is dropped.
 //! - `scale` records the replica count and the workload is ready at once.
@@ -384,21 +385,52 @@ impl LocalCluster {
     /// The values of a task pod's environment: literals as given, Secret keys read from the
     /// Secrets of the pod's namespace (a missing Secret or key fails the pod's creation, as the
     /// kubelet refuses to start such a container).
-    async fn pod_env(&self, pod: &TaskPod) -> Result<Vec<(String, String)>> {
+    /// The environment of `container` of `pod`: the pod's variables, then those its
+    /// `podOverride` gives the container (literal values and `secretKeyRef`s; a variable of the
+    /// same name is replaced, as Kubernetes merges them).
+    async fn pod_env(&self, pod: &TaskPod, container: &str) -> Result<Vec<(String, String)>> {
+        let reject = |message: String| Error::Rejected {
+            object: ObjectRef::new("Pod", &pod.namespace, &pod.generate_name),
+            message,
+        };
+        let mut vars: Vec<(String, EnvSource)> = pod.env.iter().map(|v| (v.name.clone(), v.source.clone())).collect();
+        for entry in pod.override_env(container) {
+            let name = entry.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+            let source = match (entry.get("value"), entry.pointer("/valueFrom/secretKeyRef")) {
+                (_, Some(r)) => EnvSource::SecretKey {
+                    secret: r.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
+                    key: r.get("key").and_then(Value::as_str).unwrap_or_default().to_string(),
+                },
+                (Some(Value::String(v)), None) => EnvSource::Value(v.clone()),
+                (None, None) if entry.get("valueFrom").is_none() => EnvSource::Value(String::new()),
+                _ => {
+                    return Err(reject(format!(
+                        "podOverride env {name:?}: the local cluster takes a string value or valueFrom.secretKeyRef"
+                    )));
+                }
+            };
+            if name.is_empty() {
+                return Err(reject("podOverride env entry without a name".into()));
+            }
+            match vars.iter_mut().find(|(n, _)| *n == name) {
+                Some(slot) => slot.1 = source,
+                None => vars.push((name, source)),
+            }
+        }
         let mut env = Vec::new();
-        for var in &pod.env {
-            let value = match &var.source {
-                EnvSource::Value(v) => v.clone(),
+        for (name, source) in vars {
+            let value = match source {
+                EnvSource::Value(v) => v,
                 EnvSource::SecretKey { secret, key } => {
-                    let data = self.secret(&pod.namespace, secret).await?;
-                    let v = data.data.get(key).ok_or_else(|| Error::Rejected {
-                        object: ObjectRef::new("Secret", &pod.namespace, secret),
-                        message: format!("secret has no key {key:?} (environment variable {})", var.name),
+                    let data = self.secret(&pod.namespace, &secret).await?;
+                    let v = data.data.get(&key).ok_or_else(|| Error::Rejected {
+                        object: ObjectRef::new("Secret", &pod.namespace, &secret),
+                        message: format!("secret has no key {key:?} (environment variable {name})"),
                     })?;
                     String::from_utf8_lossy(v).into_owned()
                 }
             };
-            env.push((var.name.clone(), value));
+            env.push((name, value));
         }
         Ok(env)
     }
@@ -690,10 +722,11 @@ impl Cluster for LocalCluster {
             containers.insert(c.name.clone(), state.clone());
             plan.push((init, c.clone(), state));
         }
-        let env = self.pod_env(pod).await?;
         let mounts = self.mounts(pod)?;
         let mut commands = Vec::new();
         for (init, mut c, state) in plan {
+            // podOverride applies to the containers, not the init containers (as on a cluster).
+            let env = self.pod_env(pod, if init { "" } else { &c.name }).await?;
             for arg in &mut c.command {
                 for (mount, dir) in &mounts {
                     if let Some(rest) = arg.strip_prefix(mount.as_str())
@@ -956,6 +989,52 @@ mod tests {
         let mut v = json!({"a": {"b": 1, "c": 2}, "d": [1, 2]});
         merge_patch(&mut v, &json!({"a": {"b": null, "e": 3}, "d": [3]}));
         assert_eq!(v, json!({"a": {"c": 2, "e": 3}, "d": [3]}));
+    }
+
+    #[tokio::test]
+    async fn pod_override_env_merges_by_name_and_reads_secrets() {
+        use crate::cluster::EnvVar;
+        let c = LocalCluster::new();
+        c.load_yaml(
+            "kind: Secret\napiVersion: v1\nmetadata: {name: db, namespace: ns}\nstringData: {pw: s3cr3t}\n",
+            "t",
+        )
+        .unwrap();
+        let pod = TaskPod {
+            namespace: "ns".into(),
+            generate_name: "t-".into(),
+            containers: vec![Container {
+                name: "container".into(),
+                command: vec!["sh".into(), "-c".into(), "echo \"$A|$B|$PW\"".into()],
+                ..Default::default()
+            }],
+            env: vec![
+                EnvVar { name: "A".into(), source: EnvSource::Value("from-pod".into()) },
+                EnvVar { name: "B".into(), source: EnvSource::Value("kept".into()) },
+            ],
+            pod_override: serde_json::from_value(json!({"containers": [{"name": "container", "env": [
+                {"name": "A", "value": "overridden"},
+                {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "db", "key": "pw"}}},
+            ]}]}))
+            .unwrap(),
+            ..Default::default()
+        };
+        let name = c.create_pod(&pod).await.unwrap();
+        assert!(c.wait_container("ns", &name, "container").await.unwrap().success());
+        let (tx, mut rx) = mpsc::channel(16);
+        c.pod_logs("ns", &name, "container", tx).await.unwrap();
+        let mut log = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            log.extend(chunk);
+        }
+        assert_eq!(String::from_utf8(log).unwrap(), "overridden|kept|s3cr3t\n");
+        // What the local cluster cannot resolve is refused, not ignored.
+        let mut bad = pod.clone();
+        bad.pod_override = serde_json::from_value(json!({"containers": [{"name": "container", "env": [
+            {"name": "X", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}]}))
+        .unwrap();
+        let err = c.create_pod(&bad).await.unwrap_err().to_string();
+        assert!(err.contains("secretKeyRef"), "{err}");
     }
 
     #[test]

@@ -247,6 +247,37 @@ pub struct TaskPod {
     pub owner: Option<Owner>,
 }
 
+impl TaskPod {
+    /// The `env` entries `podOverride` gives container `container`, as Kubernetes objects
+    /// (`{"name", "value"}` or `{"name", "valueFrom": ...}`). Upstream's `podOverride` merges
+    /// containers by name; an entry without a name overrides the `container` container.
+    pub fn override_env(&self, container: &str) -> Vec<serde_json::Value> {
+        let Some(serde_json::Value::Array(containers)) = self.pod_override.get("containers") else {
+            return Vec::new();
+        };
+        containers
+            .iter()
+            .filter(|c| c.get("name").and_then(serde_json::Value::as_str).unwrap_or("container") == container)
+            .filter_map(|c| c.get("env").and_then(serde_json::Value::as_array))
+            .flatten()
+            .cloned()
+            .collect()
+    }
+}
+
+/// Merges container environment lists as Kubernetes' strategic merge patch does (the key is
+/// `name`): an entry of `over` replaces the entry of `base` with its name, or is appended.
+/// So a `podOverride` adding `MYSQL_PWD` keeps the variables the coordinator set.
+pub fn merge_env(base: &mut Vec<serde_json::Value>, over: &[serde_json::Value]) {
+    for entry in over {
+        let name = entry.get("name");
+        match base.iter_mut().find(|b| name.is_some() && b.get("name") == name) {
+            Some(slot) => *slot = entry.clone(),
+            None => base.push(entry.clone()),
+        }
+    }
+}
+
 /// An environment variable of a task pod's containers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnvVar {

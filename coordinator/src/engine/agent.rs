@@ -1,17 +1,20 @@
 //! The engine's client of agent sidecars (`kanister.agent.v1`): the store and key of an
-//! action's Profile as a [`pb::RepositoryRef`], the connection (token, optional TLS), and the
-//! following of an operation's event stream.
+//! action's Profile as a [`pb::RepositoryRef`], the connection (token, optional TLS and client
+//! certificate), and the following of an operation's event stream.
 //!
 //! The repository key and the store credentials travel only inside the gRPC request (over TLS
 //! when [`AgentClientConfig::tls`] is set); they never appear in an error, a log or the status.
+//! [`AgentClientArgs`] are the coordinator's flags for the client: the token and keys come
+//! from files (mounted Secrets), never from a command-line value.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kanister_proto::agent::v1 as pb;
 use kanister_proto::agent::v1::agent_service_client::AgentServiceClient;
 use tokio_stream::StreamExt as _;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use zeroize::Zeroizing;
 
 use crate::crd::profile::LocationType;
@@ -36,6 +39,105 @@ pub struct AgentTls {
     pub ca_pem: Vec<u8>,
     /// The name the agents' certificates carry (default: the host of the endpoint).
     pub domain: Option<String>,
+    /// The client certificate presented to agents that require one (mutual TLS).
+    pub identity: Option<AgentIdentity>,
+}
+
+/// A client certificate and its key (PEM). `Debug` prints nothing of the key.
+#[derive(Clone)]
+pub struct AgentIdentity {
+    /// Certificate chain (PEM).
+    pub cert_pem: Vec<u8>,
+    /// Private key (PEM). Secret.
+    pub key_pem: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for AgentIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentIdentity").field("key_pem", &"<redacted>").finish_non_exhaustive()
+    }
+}
+
+/// The coordinator's flags (each also an environment variable) for reaching agents. Secrets
+/// are read from files, typically mounted Secrets: there is no flag taking a token's value.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentClientArgs {
+    /// File holding the bearer token sent to agents (the one their --token-file holds)
+    #[arg(long, env = "KANISTER_AGENT_TOKEN_FILE", value_name = "FILE")]
+    pub agent_token_file: Option<PathBuf>,
+    /// CA certificate (PEM) agents' certificates must chain to; turns TLS on
+    #[arg(long, env = "KANISTER_AGENT_CA_FILE", value_name = "FILE")]
+    pub agent_ca_file: Option<PathBuf>,
+    /// Name agents' certificates carry (default: the host of the agent's endpoint, the pod IP)
+    #[arg(long, env = "KANISTER_AGENT_TLS_DOMAIN", requires = "agent_ca_file", value_name = "NAME")]
+    pub agent_tls_domain: Option<String>,
+    /// Client certificate (PEM) for agents that require one (their --tls-client-ca)
+    #[arg(
+        long,
+        env = "KANISTER_AGENT_CLIENT_CERT",
+        requires_all = ["agent_client_key", "agent_ca_file"],
+        value_name = "FILE"
+    )]
+    pub agent_client_cert: Option<PathBuf>,
+    /// Private key (PEM) of the client certificate
+    #[arg(long, env = "KANISTER_AGENT_CLIENT_KEY", requires = "agent_client_cert", value_name = "FILE")]
+    pub agent_client_key: Option<PathBuf>,
+    /// How long connecting to an agent may take
+    #[arg(
+        long,
+        env = "KANISTER_AGENT_CONNECT_TIMEOUT",
+        default_value = "10s",
+        value_parser = humantime::parse_duration,
+        value_name = "DURATION"
+    )]
+    pub agent_connect_timeout: Duration,
+}
+
+impl AgentClientArgs {
+    /// Reads the files the flags name into an [`AgentClientConfig`]. Read once: restart the
+    /// coordinator after rotating the token or the certificates.
+    pub fn load(&self) -> Result<AgentClientConfig> {
+        let token = match &self.agent_token_file {
+            None => None,
+            Some(path) => {
+                let bytes = Zeroizing::new(read_file("token", path)?);
+                let text = std::str::from_utf8(&bytes)
+                    .map_err(|_| bad_file("token", path, "not UTF-8 text"))?
+                    .trim()
+                    .to_string();
+                if text.is_empty() {
+                    return Err(bad_file("token", path, "empty"));
+                }
+                Some(Zeroizing::new(text))
+            }
+        };
+        let tls = match &self.agent_ca_file {
+            None => None,
+            Some(ca) => {
+                let ca_pem = read_file("CA certificate", ca)?;
+                if !ca_pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                    return Err(bad_file("CA certificate", ca, "no PEM certificate in it"));
+                }
+                let identity = match (&self.agent_client_cert, &self.agent_client_key) {
+                    (Some(cert), Some(key)) => Some(AgentIdentity {
+                        cert_pem: read_file("client certificate", cert)?,
+                        key_pem: Zeroizing::new(read_file("client key", key)?),
+                    }),
+                    _ => None,
+                };
+                Some(AgentTls { ca_pem, domain: self.agent_tls_domain.clone(), identity })
+            }
+        };
+        Ok(AgentClientConfig { token, tls, connect_timeout: self.agent_connect_timeout })
+    }
+}
+
+fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| Error::ReadFile { what, path: path.to_path_buf(), source })
+}
+
+fn bad_file(what: &'static str, path: &Path, reason: &str) -> Error {
+    Error::BadFile { what, path: path.to_path_buf(), reason: reason.into() }
 }
 
 impl std::fmt::Debug for AgentClientConfig {
@@ -75,6 +177,27 @@ pub enum Error {
     /// The Profile cannot be used by agents.
     #[error("the profile cannot be used by an agent: {0}")]
     Profile(String),
+    /// A file of the client's settings could not be read.
+    #[error("failed to read the agent client's {what} from {}", path.display())]
+    ReadFile {
+        /// What the file holds (token, CA certificate, ...).
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file of the client's settings holds nothing usable.
+    #[error("the agent client's {what} file {} is unusable: {reason}", path.display())]
+    BadFile {
+        /// What the file holds.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why (never its contents).
+        reason: String,
+    },
 }
 
 impl Error {
@@ -124,6 +247,9 @@ pub async fn connect(endpoint: &str, config: &AgentClientConfig) -> Result<Clien
         let mut t = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
         if let Some(d) = &tls.domain {
             t = t.domain_name(d.clone());
+        }
+        if let Some(id) = &tls.identity {
+            t = t.identity(Identity::from_pem(&id.cert_pem, &*id.key_pem));
         }
         ep = ep.tls_config(t).map_err(|e| err(e.to_string()))?;
     }

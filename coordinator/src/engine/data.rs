@@ -1,7 +1,8 @@
 //! The data functions, served by agents: the pod's agent sidecar over gRPC ([`super::agent`]).
 //!
 //! `BackupStream` / `RestoreStream` run a dump / restore command in the sidecar and stream it
-//! through the repository. `BackupData` backs up `includePath` as the pod's agent sees it (agent
+//! through the repository; their `env` argument adds variables to the command's environment
+//! (the way to give it a password: never in `command`). `BackupData` backs up `includePath` as the pod's agent sees it (agent
 //! `BackupPaths`), `RestoreData` restores a tree snapshot (by `backupIdentifier`, or the latest
 //! one carrying `backupTag`) into `restorePath` (`RestorePaths`), `DeleteData` forgets snapshots
 //! (`Forget`) and with `reclaimSpace` prunes the repository (`Prune`). `backupArtifactPrefix`,
@@ -23,7 +24,7 @@ use serde_json::Value;
 
 use super::functions::TransferProgress;
 use super::functions::{Context, Error, Result};
-use crate::cluster::{self, Cluster, Container, EnvSource, EnvVar};
+use crate::cluster::{Cluster, Container, EnvSource, EnvVar};
 use crate::crd::JsonMap;
 
 /// The agent endpoint of the function's pod (`namespace`, `pod` arguments) and the repository
@@ -103,12 +104,20 @@ fn report<C>(ctx: &Context<C>, p: &kanister_proto::agent::v1::Progress, backup: 
     }));
 }
 
+/// The command of `BackupStream` / `RestoreStream`: `command` (argv, no shell unless it names
+/// one) and `env`, variables added to its environment in the sidecar. Passwords belong in
+/// `env` (`MYSQL_PWD`, `PGPASSWORD`): they travel inside the gRPC request and reach the
+/// command's environment only, never a command line, a status, an event or a log.
 fn command_spec<C: Cluster>(ctx: &Context<C>) -> Result<kanister_proto::agent::v1::CommandSpec> {
     let argv = ctx.command("command")?;
     if argv.is_empty() {
         return Err(ctx.invalid("command", "a non-empty list of strings"));
     }
-    Ok(kanister_proto::agent::v1::CommandSpec { argv, env: Default::default() })
+    let env = ctx.opt_string_map("env")?;
+    if env.keys().any(|k| k.is_empty() || k.contains(['=', '\0'])) {
+        return Err(ctx.invalid("env", "a map of environment variable names (no '=') to values"));
+    }
+    Ok(kanister_proto::agent::v1::CommandSpec { argv, env: env.into_iter().collect() })
 }
 
 pub(super) async fn backup_stream<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
@@ -664,9 +673,7 @@ fn is_credential(key: &str) -> bool {
 /// and never changed once created: rotated Profile credentials make a new one, and the
 /// coordinator needs no right to modify Secrets (RBAC: `get`, `create`).
 async fn repository_env<C: Cluster>(ctx: &Context<C>, namespace: &str) -> Result<Vec<EnvVar>> {
-    use base64::Engine as _;
-    use sha2::Digest as _;
-    let (Some(profile_ref), Some(profile)) = (&ctx.profile, &ctx.params.profile) else {
+    let Some(profile) = &ctx.params.profile else {
         return Err(Error::NoProfile(ctx.function()));
     };
     let r = super::agent::repository_ref(profile, zeroize::Zeroizing::new(Vec::new()))
@@ -681,35 +688,9 @@ async fn repository_env<C: Cluster>(ctx: &Context<C>, namespace: &str) -> Result
     if secret.is_empty() {
         return Ok(env);
     }
-    let data: BTreeMap<String, String> = secret
-        .iter()
-        .map(|(k, v)| (k.to_ascii_uppercase(), base64::engine::general_purpose::STANDARD.encode(v)))
-        .collect();
-    let mut digest = sha2::Sha256::new();
-    for (k, v) in &data {
-        digest.update(format!("{k}={v}\n"));
-    }
-    let hash = hex::encode(&digest.finalize()[..5]);
-    let name = format!("{STORE_SECRET_PREFIX}{}-{}-{hash}", profile_ref.namespace, profile_ref.name);
-    if let Err(cluster::Error::NotFound(_)) = ctx.cluster.secret(namespace, &name).await {
-        let object = serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "type": "Opaque",
-            "metadata": {
-                "name": name,
-                "namespace": namespace,
-                "labels": {"app.kubernetes.io/managed-by": "kanister", "kanister.io/profile": profile_ref.name},
-            },
-            "data": data,
-        });
-        if let Err(e) = ctx.cluster.apply(object, namespace).await {
-            // Another run may have created it in the meantime: then it holds the same data.
-            if ctx.cluster.secret(namespace, &name).await.is_err() {
-                return Err(e.into());
-            }
-        }
-    }
+    let data: BTreeMap<String, Vec<u8>> =
+        secret.into_iter().map(|(k, v)| (k.to_ascii_uppercase(), v.into_bytes())).collect();
+    let name = ctx.content_secret(namespace, STORE_SECRET_PREFIX, &data).await?;
     for k in data.keys() {
         env.push(EnvVar { name: k.clone(), source: EnvSource::SecretKey { secret: name.clone(), key: k.clone() } });
     }

@@ -7,6 +7,17 @@
 //! (`KANISTER_REPO_KEY` from the coordinator's key Secret, see [`super::repokey`]), so that
 //! `kando location push/pull/delete` in upstream-style blueprints can open the repository.
 //!
+//! The arguments of functions whose pod the coordinator creates ([`runs_in_task_pod`]) render
+//! `{{ toJson .Profile }}` with a reference to `KANISTER_PROFILE_CREDENTIAL` in place of the
+//! credential's secret values, and a task pod whose arguments hold that reference gets the
+//! variable from a Secret in its namespace (named after its contents,
+//! `kanister-profile-<profile namespace>-<profile>-<hash>`, key `credential`, never changed
+//! once created). So upstream's `kando location push --profile '{{ toJson .Profile }}'` puts no
+//! store secret on a command line. Templates that ask for a value itself
+//! (`{{ .Profile.Credential.KeyPair.Secret }}`) get it, as upstream; `KubeExec` runs in a pod
+//! whose environment the coordinator cannot change, so it renders `toJson .Profile` with the
+//! values, as upstream.
+//!
 //! Outputs follow the `###Phase-output###:` protocol ([`crate::output`]) on a command's stdout
 //! (exec) or a pod's log (task pods).
 
@@ -334,6 +345,17 @@ pub fn renders_own_arguments(function: &str) -> bool {
     matches!(function, "Wait" | "WaitV2")
 }
 
+/// Whether the function runs its commands in a pod the coordinator creates, whose environment
+/// it controls: its arguments render the Profile's credential by reference (module docs).
+pub fn runs_in_task_pod(function: &str) -> bool {
+    matches!(function, "KubeTask" | "PrepareData" | "MultiContainerRun" | "CopyVolumeData")
+}
+
+/// Prefix of the Secrets holding a Profile's credential for task pods (`KANISTER_PROFILE_CREDENTIAL`).
+pub const CREDENTIAL_SECRET_PREFIX: &str = "kanister-profile-";
+/// The key of those Secrets' data.
+pub const CREDENTIAL_SECRET_KEY: &str = "credential";
+
 async fn exec_one<C: Cluster>(ctx: &Context<C>, request: ExecRequest) -> Result<JsonMap> {
     let what = format!(
         "command in pod {}/{}{}",
@@ -458,6 +480,9 @@ impl<C: Cluster> Context<C> {
         if let Some(profile) = &self.profile {
             env.push(super::repokey::ensure(&*self.cluster, profile, &namespace).await.map_err(Box::new)?);
         }
+        if let Some(var) = self.credential_env(&namespace).await? {
+            env.push(var);
+        }
         Ok(TaskPod {
             env,
             namespace,
@@ -469,6 +494,70 @@ impl<C: Cluster> Context<C> {
             owner,
             ..Default::default()
         })
+    }
+}
+
+impl<C: Cluster> Context<C> {
+    /// `KANISTER_PROFILE_CREDENTIAL` from a Secret in `namespace`, when the arguments reference
+    /// it (they were rendered with [`TemplateParams::credential_from_env`]) and the Profile has
+    /// credential values.
+    async fn credential_env(&self, namespace: &str) -> Result<Option<cluster::EnvVar>> {
+        use crate::render::params::CREDENTIAL_ENV;
+        let (Some(_), Some(profile)) = (&self.profile, &self.params.profile) else { return Ok(None) };
+        let referenced = serde_json::to_string(&self.args).is_ok_and(|text| text.contains(CREDENTIAL_ENV));
+        if !referenced || !profile.has_credential_values() {
+            return Ok(None);
+        }
+        let json = profile.credential_json();
+        let data = BTreeMap::from([(CREDENTIAL_SECRET_KEY.to_string(), json.as_bytes().to_vec())]);
+        let secret = self.content_secret(namespace, CREDENTIAL_SECRET_PREFIX, &data).await?;
+        Ok(Some(cluster::EnvVar {
+            name: CREDENTIAL_ENV.into(),
+            source: cluster::EnvSource::SecretKey { secret, key: CREDENTIAL_SECRET_KEY.into() },
+        }))
+    }
+
+    /// Makes sure a Secret holding `data` exists in `namespace` and returns its name,
+    /// `<prefix><profile namespace>-<profile>-<hash of data>`. Named after its contents and
+    /// never changed once created: changed data makes a new Secret, and the coordinator needs
+    /// no right to modify Secrets (RBAC: `get`, `create`).
+    pub(super) async fn content_secret(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        data: &BTreeMap<String, Vec<u8>>,
+    ) -> Result<String> {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let Some(profile_ref) = &self.profile else { return Err(Error::NoProfile(self.function())) };
+        let encoded: BTreeMap<&str, String> =
+            data.iter().map(|(k, v)| (k.as_str(), base64::engine::general_purpose::STANDARD.encode(v))).collect();
+        let mut digest = sha2::Sha256::new();
+        for (k, v) in &encoded {
+            digest.update(format!("{k}={v}\n"));
+        }
+        let hash = hex::encode(&digest.finalize()[..5]);
+        let name = format!("{prefix}{}-{}-{hash}", profile_ref.namespace, profile_ref.name);
+        if let Err(cluster::Error::NotFound(_)) = self.cluster.secret(namespace, &name).await {
+            let object = serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "Opaque",
+                "metadata": {
+                    "name": name,
+                    "namespace": namespace,
+                    "labels": {"app.kubernetes.io/managed-by": "kanister", "kanister.io/profile": profile_ref.name},
+                },
+                "data": encoded,
+            });
+            if let Err(e) = self.cluster.apply(object, namespace).await {
+                // Another run may have created it in the meantime: then it holds the same data.
+                if self.cluster.secret(namespace, &name).await.is_err() {
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(name)
     }
 }
 

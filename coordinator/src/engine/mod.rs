@@ -960,7 +960,12 @@ impl<C: Cluster> Run<C> {
             let args = if functions::renders_own_arguments(&phase.func) {
                 phase.args.clone()
             } else {
-                renderer.render_args(&location, &phase.args, params)?
+                // A task pod gets the Profile's credential through its environment: keep the
+                // values off its command line (`toJson .Profile` references the variable).
+                params.credential_from_env = functions::runs_in_task_pod(&phase.func);
+                let rendered = renderer.render_args(&location, &phase.args, params);
+                params.credential_from_env = false;
+                rendered?
             };
             let uid = self.actionset.metadata.uid.clone().unwrap_or_default();
             let ctx = functions::Context {

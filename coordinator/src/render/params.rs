@@ -10,6 +10,10 @@
 //! - A struct keeps its JSON form next to its fields, so `toJson .Profile` produces upstream's
 //!   JSON (`{"Location":{"type":...,"bucket":...},"Credential":{"Type":...,"KeyPair":{"ID":...`)
 //!   in upstream's field order, while templates address the Go field names.
+//!
+//! One departure, for task pods only: with [`TemplateParams::credential_from_env`], that JSON
+//! carries a reference to an environment variable instead of the credential's secret values
+//! (see `kanister_agent::kando`, "Credentials by reference").
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -68,7 +72,16 @@ pub struct TemplateParams {
     pub pod_annotations: BTreeMap<String, String>,
     /// `.PodLabels`.
     pub pod_labels: BTreeMap<String, String>,
+    /// Whether `toJson .Profile` (and `toJson .Profile.Credential`) leaves the credential's
+    /// secret values out and references [`CREDENTIAL_ENV`] instead, for `kando` in a task pod
+    /// that has the variable ([`ProfileParams::credential_json`]). The fields
+    /// (`.Profile.Credential.KeyPair.Secret`, ...) keep their values either way.
+    pub credential_from_env: bool,
 }
+
+/// The environment variable a credential reference names: `kando`'s
+/// [`kanister_agent::kando::CREDENTIAL_ENV`].
+pub const CREDENTIAL_ENV: &str = kanister_agent::kando::CREDENTIAL_ENV;
 
 /// `.StatefulSet`, `.Deployment`, `.DeploymentConfig`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -202,7 +215,7 @@ impl TemplateParams {
             ("ConfigMaps", map_of(&self.config_maps, ConfigMapParams::to_value)),
             ("Secrets", map_of(&self.secrets, SecretParams::to_value)),
             ("Time", string(&self.time)),
-            ("Profile", self.profile.as_ref().map_or(Value::Nil, ProfileParams::to_value)),
+            ("Profile", self.profile.as_ref().map_or(Value::Nil, |p| p.to_value(self.credential_from_env))),
             ("Options", map_of(&self.options, |s| string(s))),
             ("CurrentPhase", self.current_phase.as_ref().map_or(Value::Nil, PhaseParams::to_value)),
             ("Phases", map_of(&self.phases, PhaseParams::to_value)),
@@ -333,6 +346,9 @@ struct GoCredential<'a> {
     key_pair: Option<GoKeyPair<'a>>,
     secret: Option<GoSecret<'a>>,
     kopia_server_secret: Option<()>,
+    /// Ours: the credential's values are in this environment variable (`kando` reads it).
+    #[serde(rename = "FromEnv", skip_serializing_if = "Option::is_none")]
+    from_env: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -366,17 +382,44 @@ impl ProfileParams {
         }
     }
 
-    fn go_credential(&self) -> GoCredential<'_> {
+    /// The credential as upstream's JSON; with `by_reference` (and secret values to hide), the
+    /// values left out and [`CREDENTIAL_ENV`] named instead.
+    fn go_credential(&self, by_reference: bool) -> GoCredential<'_> {
         let c = &self.credential;
+        let hide = by_reference && self.has_credential_values();
         GoCredential {
             credential_type: c.credential_type.as_str(),
-            key_pair: c.key_pair.as_ref().map(|kp| GoKeyPair { id: &kp.id, secret: &kp.secret }),
-            secret: c.secret.as_ref().map(SecretParams::go_json),
+            key_pair: c
+                .key_pair
+                .as_ref()
+                .map(|kp| GoKeyPair { id: &kp.id, secret: if hide { "" } else { &kp.secret } }),
+            secret: c.secret.as_ref().map(|s| {
+                let mut json = s.go_json();
+                if hide {
+                    json.data.clear();
+                }
+                json
+            }),
             kopia_server_secret: None,
+            from_env: hide.then_some(CREDENTIAL_ENV),
         }
     }
 
-    fn to_value(&self) -> Value {
+    /// Whether the credential holds secret values (a key pair's secret, a Secret's data).
+    pub fn has_credential_values(&self) -> bool {
+        let c = &self.credential;
+        c.key_pair.as_ref().is_some_and(|kp| !kp.secret.is_empty())
+            || c.secret.as_ref().is_some_and(|s| !s.data.is_empty())
+    }
+
+    /// The credential as upstream's JSON, with its secret values: what [`CREDENTIAL_ENV`] holds
+    /// in a task pod whose arguments reference it. Secret.
+    pub fn credential_json(&self) -> zeroize::Zeroizing<String> {
+        // Serializing these plain structs cannot fail (string keys, no non-finite floats).
+        zeroize::Zeroizing::new(serde_json::to_string(&self.go_credential(false)).unwrap_or_default())
+    }
+
+    fn to_value(&self, credential_by_reference: bool) -> Value {
         let l = &self.location;
         let location = with_json(
             [
@@ -403,13 +446,13 @@ impl ProfileParams {
                 ("Secret", c.secret.as_ref().map_or(Value::Nil, SecretParams::to_value)),
                 ("KopiaServerSecret", Value::Nil),
             ],
-            &self.go_credential(),
+            &self.go_credential(credential_by_reference),
         );
         with_json(
             [("Location", location), ("Credential", credential), ("SkipSSLVerify", Value::Bool(self.skip_ssl_verify))],
             &GoProfile {
                 location: self.go_location(),
-                credential: self.go_credential(),
+                credential: self.go_credential(credential_by_reference),
                 skip_ssl_verify: self.skip_ssl_verify,
             },
         )

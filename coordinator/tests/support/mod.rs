@@ -1,12 +1,13 @@
 //! Shared by the coordinator's end-to-end tests: an in-process agent sidecar
 //! (`kanister_agent::service::serve` on 127.0.0.1:0, with a bearer token), the agent binary for
-//! task pods, and a scan of every process's argv for secrets.
+//! task pods, a scan of every process's argv for secrets, and a capture of the logs of the
+//! coordinator and the in-process agents.
 
 // Each test crate uses what it needs of this module.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use kanister_coordinator::cluster::Cluster;
@@ -123,5 +124,50 @@ impl ArgvScan {
     pub async fn stop(self) -> (usize, Vec<String>) {
         let _ = self.stop.send(());
         self.task.await.unwrap()
+    }
+}
+
+/// The log lines of this test process (coordinator engine and in-process agents alike), as the
+/// binaries would print them: `info` everywhere, `debug` for the kanister crates.
+#[derive(Clone)]
+pub struct Logs(Arc<Mutex<Vec<u8>>>);
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    /// Installs the capturing subscriber (once per test binary) and returns the captured logs.
+    /// Tests of one binary share it: what one test finds absent is absent from all of them.
+    pub fn capture() -> Logs {
+        static LOGS: OnceLock<Logs> = OnceLock::new();
+        LOGS.get_or_init(|| {
+            let buffer = Arc::new(Mutex::new(Vec::new()));
+            let writer = buffer.clone();
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(
+                    "info,kanister_coordinator=debug,kanister_agent=debug",
+                ))
+                .with_ansi(false)
+                .with_writer(move || LogWriter(writer.clone()))
+                .try_init()
+                .expect("no other tracing subscriber is installed in this test binary");
+            Logs(buffer)
+        })
+        .clone()
+    }
+
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
     }
 }

@@ -72,8 +72,10 @@ and cluster/kube.rs):
   finalizers: update, needed to set blockOwnerDeletion on task pods owned by an ActionSet.
 - Blueprints, Profiles: get (read at each action's start). Secrets, ConfigMaps: get (a
   Profile's credentials, the ActionSet's secrets/configMaps). Secrets: create, for the
-  repository key kept per Profile (engine/repokey.rs) and the store credentials of agent task
-  pods (engine/data.rs, named after their contents); existing Secrets are never changed.
+  repository key kept per Profile (engine/repokey.rs), the store credentials of agent task
+  pods (engine/data.rs) and the Profile credential of task pods whose arguments render
+  `toJson .Profile` (engine/functions.rs), both named after their contents; existing Secrets
+  are never changed.
 - events.k8s.io Events: create, patch (kube-runtime's Recorder).
 - Pods: task pods (KubeTask defaults to the ActionSet's namespace) are created, watched (the
   controller owns them), read, deleted; their logs read.
@@ -154,4 +156,14 @@ engine/functions.rs and cluster/kube.rs):
 {{- with .Values.rbac.extraRules }}
 {{ toYaml . }}
 {{- end }}
+{{- end }}
+
+{{/*
+Whether the coordinator mounts a Secret for its agent client (token, CA, client certificate):
+non-empty when it does.
+*/}}
+{{- define "kanister.coordinator.agentSecrets" -}}
+{{- if or .Values.agent.token.secretName .Values.coordinator.agentClient.caSecretName .Values.coordinator.agentClient.clientCertSecretName -}}
+true
+{{- end -}}
 {{- end }}
