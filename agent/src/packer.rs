@@ -9,7 +9,6 @@
 //! [`Dedup`] decides, per blob, whether it must be stored: not in the index and not already
 //! claimed by another worker of this backup.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,7 +28,7 @@ use crate::repository::{INDEX, MasterIndex, Repository, pack_key};
 #[derive(Debug, Clone)]
 pub struct Dedup {
     index: Arc<MasterIndex>,
-    claimed: Arc<Mutex<HashSet<BlobId>>>,
+    claimed: Arc<Mutex<kanister_repo::IdSet<BlobId>>>,
 }
 
 impl Dedup {
@@ -46,6 +45,11 @@ impl Dedup {
     /// The index deduplicated against.
     pub fn index(&self) -> &MasterIndex {
         &self.index
+    }
+
+    /// The index deduplicated against, shared.
+    pub fn shared_index(&self) -> Arc<MasterIndex> {
+        self.index.clone()
     }
 }
 

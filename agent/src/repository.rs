@@ -155,14 +155,15 @@ pub fn store_of_ref(url: &str, options: HashMap<String, String>) -> Result<Store
 pub struct Closed;
 
 /// Typestate: an opened repository (keys and config loaded).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Open {
     keys: Keys,
     config: RepoConfig,
 }
 
-/// A repository in a store. `Repository<Closed>` can only be initialised or opened.
-#[derive(Debug)]
+/// A repository in a store. `Repository<Closed>` can only be initialised or opened. An open
+/// repository clones cheaply (the store is shared), for tasks that outlive a borrow.
+#[derive(Debug, Clone)]
 pub struct Repository<S = Open> {
     store: Store,
     state: S,
@@ -293,9 +294,9 @@ pub struct BlobLocation {
 pub struct MasterIndex {
     /// Known packs and their sizes.
     pub packs: Vec<(PackId, u64)>,
-    pack_pos: HashMap<PackId, u32>,
+    pack_pos: kanister_repo::IdMap<PackId, u32>,
     pack_blobs: Vec<Vec<PackEntry>>,
-    blobs: HashMap<BlobId, Slot>,
+    blobs: kanister_repo::IdMap<BlobId, Slot>,
     /// The index objects that were read.
     pub index_ids: Vec<IndexId>,
     /// Index objects that could not be read, with the reason.

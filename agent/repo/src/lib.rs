@@ -34,5 +34,5 @@ pub mod tree;
 pub use blob::{BlobKind, EncodedBlob};
 pub use config::RepoConfig;
 pub use error::{Error, Result};
-pub use id::{BlobId, IndexId, PackId, SnapshotId};
+pub use id::{BlobId, IdMap, IdSet, IndexId, PackId, SnapshotId};
 pub use keys::{KeySlot, Keys, MasterKey};

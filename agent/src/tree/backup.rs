@@ -38,7 +38,7 @@ use super::{BackupOptions, BackupStats, read_listing};
 use crate::error::{Error, Result};
 use crate::packer::{Dedup, Packer, process_chunk};
 use crate::progress::Progress;
-use crate::repository::{BackupMarker, Repository};
+use crate::repository::{BackupMarker, MasterIndex, Repository};
 
 /// Files up to this size are read whole by one worker; larger ones are streamed.
 const SMALL_FILE: u64 = 4 << 20;
@@ -46,6 +46,8 @@ const SMALL_FILE: u64 = 4 << 20;
 const BATCH_BYTES: u64 = 1 << 20;
 /// ...or this many entries.
 const BATCH_ENTRIES: usize = 64;
+/// Subdirectories of a directory listed (with their parent listings read) ahead of the walk.
+const PREFETCH: usize = 8;
 /// Attempts at reading a file that keeps changing.
 const ATTEMPTS: usize = 3;
 /// At most this many paths are kept in `errors` / `changed`.
@@ -429,7 +431,9 @@ async fn run(
     let start_time = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
     let key = path_key(path);
     let parent = find_parent(repo, opts, &key).await?;
+    tracing::debug!(elapsed = ?started.elapsed(), parent = ?parent.as_ref().map(|p| p.0), "parent chosen");
     let (dedup, _, recovery_bytes) = crate::packer::prepare(repo).await?;
+    tracing::debug!(elapsed = ?started.elapsed(), blobs = dedup.index().len(), "index loaded");
     let config = repo.config().clone();
     let workers = opts.workers.max(1);
     let encoder = Encoder {
@@ -462,27 +466,13 @@ async fn run(
         first: None,
     };
     let root_node = base_node(b"", &root_meta).expect("a directory is a node");
-    let parent_listing = match &parent {
-        Some((_, dir)) => walk.parent_listing(dir).await,
-        None => HashMap::new(),
-    };
-    let (entries, errs) = tokio::task::spawn_blocking({
-        let p = path.to_path_buf();
-        move || list_dir(&p, "")
-    })
-    .await
-    .map_err(|e| Error::Task(e.to_string()))?
-    .map_err(|e| Error::io(format!("cannot list {}", path.display()), e))?;
+    let parent_dir = parent.as_ref().map(|(_, d)| d.clone());
+    let parent_parts = parent_dir.as_ref().map(|d| d.subtree.clone()).unwrap_or_default();
+    let (listed, parent_listing) =
+        list_ahead(repo.clone(), walk.dedup.shared_index(), path.to_path_buf(), String::new(), parent_dir).await;
+    let (entries, errs) = listed.map_err(|e| Error::io(format!("cannot list {}", path.display()), e))?;
     errs.into_iter().for_each(|e| walk.stats().error(e));
-    let parent_listing = Arc::new(parent_listing);
-    let parent_parts = parent.as_ref().map(|(_, d)| d.subtree.clone()).unwrap_or_default();
-    walk.stack.push(WalkFrame {
-        abs: path.to_path_buf(),
-        rel: String::new(),
-        entries,
-        pos: 0,
-        parent: parent_listing.clone(),
-    });
+    walk.push(WalkFrame::new(path.to_path_buf(), String::new(), entries, parent_listing.clone()));
     walk.first = Some(Step::Enter { node: root_node, parent: parent_listing, parent_parts });
 
     // Batches are read `workers` at once and up to `4 * workers` steps ahead of the sink.
@@ -529,6 +519,7 @@ async fn run(
     drop(steps);
     let root = root.expect("the walk leaves the top directory last");
 
+    tracing::debug!(elapsed = ?started.elapsed(), "walk done");
     sink.packer.finish(&progress).await?;
     let bytes_uploaded = recovery_bytes + sink.packer.bytes_uploaded;
     let mut s = sink.stats;
@@ -561,6 +552,7 @@ async fn run(
     let (_, probe) = snap.encode(&sink.keys);
     snap.stats.bytes_uploaded += probe.len() as u64;
     let (snapshot_id, _) = repo.write_snapshot(&snap).await?;
+    tracing::debug!(elapsed = ?started.elapsed(), snapshot = %snapshot_id, "snapshot written");
     sink.packer.delete_interim().await;
     Ok(BackupStats {
         snapshot_id,
@@ -581,6 +573,9 @@ async fn run(
     })
 }
 
+/// A directory's listing and the parent snapshot's listing of it, read ahead of the walk.
+type Listed = (std::io::Result<(Vec<Entry>, Vec<String>)>, ParentListing);
+
 /// A directory the walk is going through.
 struct WalkFrame {
     abs: PathBuf,
@@ -588,6 +583,10 @@ struct WalkFrame {
     entries: Vec<Entry>,
     pos: usize,
     parent: ParentListing,
+    /// Subdirectories being listed ahead, by entry position, in order.
+    ahead: std::collections::VecDeque<(usize, tokio::task::JoinHandle<Listed>)>,
+    /// Where to look for the next subdirectory to list ahead.
+    scan: usize,
 }
 
 /// The walk: lists directories and classifies their entries, in depth-first name order.
@@ -603,21 +602,76 @@ struct Walk<'r> {
     first: Option<Step>,
 }
 
-impl Walk<'_> {
-    fn stats(&self) -> std::sync::MutexGuard<'_, Counters> {
-        self.stats.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The parent snapshot's listing of a directory, by name. Unreadable parents are ignored:
-    /// everything is then read again, which is slower but never wrong.
-    async fn parent_listing(&self, dir: &Node) -> HashMap<Vec<u8>, Node> {
-        match read_listing(self.repo, self.dedup.index(), &dir.subtree).await {
+/// Lists a directory and reads the parent snapshot's listing of it; runs as its own task, so
+/// the next directories are read while the walk is busy with this one.
+async fn list_ahead(
+    repo: Repository,
+    index: Arc<MasterIndex>,
+    abs: PathBuf,
+    rel: String,
+    parent_dir: Option<Node>,
+) -> Listed {
+    let parent = match parent_dir {
+        Some(d) => match read_listing(&repo, &index, &d.subtree).await {
             Ok(nodes) => nodes.into_iter().map(|n| (n.name.clone(), n)).collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the parent snapshot's listing; reading the files again");
                 HashMap::new()
             }
+        },
+        None => HashMap::new(),
+    };
+    let listed = tokio::task::spawn_blocking(move || list_dir(&abs, &rel))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+    (listed, Arc::new(parent))
+}
+
+impl Drop for WalkFrame {
+    /// A walk that ends early (an error, a cancelled backup) stops its read-ahead.
+    fn drop(&mut self) {
+        for (_, task) in &self.ahead {
+            task.abort();
         }
+    }
+}
+
+impl WalkFrame {
+    fn new(abs: PathBuf, rel: String, entries: Vec<Entry>, parent: ParentListing) -> Self {
+        WalkFrame { abs, rel, entries, pos: 0, parent, ahead: Default::default(), scan: 0 }
+    }
+
+    /// Starts listing subdirectories until [`PREFETCH`] are under way.
+    fn list_ahead(&mut self, repo: &Repository, index: &Arc<MasterIndex>) {
+        while self.ahead.len() < PREFETCH && self.scan < self.entries.len() {
+            let i = self.scan;
+            self.scan += 1;
+            let e = &self.entries[i];
+            if !e.meta.is_dir() {
+                continue;
+            }
+            let parent_dir = self.parent.get(&e.name).filter(|n| n.kind == NodeKind::Dir).cloned();
+            let task = list_ahead(
+                repo.clone(),
+                index.clone(),
+                self.abs.join(OsStr::from_bytes(&e.name)),
+                join_rel(&self.rel, &e.name),
+                parent_dir,
+            );
+            self.ahead.push_back((i, tokio::spawn(task)));
+        }
+    }
+}
+
+impl Walk<'_> {
+    fn stats(&self) -> std::sync::MutexGuard<'_, Counters> {
+        self.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Enters a directory: it becomes the top of the walk and starts listing ahead.
+    fn push(&mut self, mut frame: WalkFrame) {
+        frame.list_ahead(self.repo, &self.dedup.shared_index());
+        self.stack.push(frame);
     }
 
     /// The next step, or `None` once the top directory is left.
@@ -631,30 +685,27 @@ impl Walk<'_> {
             return Some(Step::Leave);
         }
         if top.entries[top.pos].meta.is_dir() {
-            let e = &top.entries[top.pos];
+            let i = top.pos;
             top.pos += 1;
+            let (at, task) = top.ahead.pop_front().expect("every subdirectory is listed ahead, in order");
+            debug_assert_eq!(at, i);
+            let e = &top.entries[i];
             let abs = top.abs.join(OsStr::from_bytes(&e.name));
             let rel = join_rel(&top.rel, &e.name);
             let node = base_node(&e.name, &e.meta).expect("a directory is a node");
-            let parent_dir = top.parent.get(&e.name).filter(|n| n.kind == NodeKind::Dir).cloned();
-            let listed = tokio::task::spawn_blocking({
-                let (abs, rel) = (abs.clone(), rel.clone());
-                move || list_dir(&abs, &rel)
-            })
-            .await;
-            let listed = match listed {
-                Ok(l) => l,
-                Err(e) => Err(std::io::Error::other(e.to_string())),
-            };
+            let parent_parts = top
+                .parent
+                .get(&e.name)
+                .filter(|n| n.kind == NodeKind::Dir)
+                .map(|d| d.subtree.clone())
+                .unwrap_or_default();
+            top.list_ahead(self.repo, &self.dedup.shared_index());
+            let (listed, parent) =
+                task.await.unwrap_or_else(|e| (Err(std::io::Error::other(e.to_string())), Arc::default()));
             return Some(match listed {
                 Ok((entries, errs)) => {
                     errs.into_iter().for_each(|e| self.stats().error(e));
-                    let parent = Arc::new(match &parent_dir {
-                        Some(d) => self.parent_listing(d).await,
-                        None => HashMap::new(),
-                    });
-                    let parent_parts = parent_dir.map(|d| d.subtree).unwrap_or_default();
-                    self.stack.push(WalkFrame { abs, rel, entries, pos: 0, parent: parent.clone() });
+                    self.push(WalkFrame::new(abs, rel, entries, parent.clone()));
                     Step::Enter { node, parent, parent_parts }
                 }
                 Err(err) => {
@@ -668,20 +719,16 @@ impl Walk<'_> {
         // A batch of non-directories.
         let mut jobs = Vec::new();
         let mut bytes = 0u64;
-        loop {
-            let top = self.stack.last_mut().expect("checked above");
-            if top.pos >= top.entries.len()
-                || top.entries[top.pos].meta.is_dir()
-                || jobs.len() >= BATCH_ENTRIES
-                || bytes >= BATCH_BYTES
-            {
-                break;
-            }
-            let e = &top.entries[top.pos];
-            let (name, meta, abs, rel, parent) =
-                (e.name.clone(), e.meta.clone(), top.abs.clone(), top.rel.clone(), top.parent.clone());
+        let top = self.stack.last_mut().expect("checked above");
+        let mut c =
+            Classifier { reserved: &mut self.reserved, stats: self.stats, dedup: &self.dedup, force: self.force };
+        while top.pos < top.entries.len()
+            && !top.entries[top.pos].meta.is_dir()
+            && jobs.len() < BATCH_ENTRIES
+            && bytes < BATCH_BYTES
+        {
+            let job = c.classify(&top.entries[top.pos], &top.abs, &top.rel, &top.parent);
             top.pos += 1;
-            let job = self.classify(name, meta, &abs, &rel, &parent);
             if let Job::Small(n, ..) = &job {
                 bytes += n.size;
             }
@@ -689,28 +736,36 @@ impl Walk<'_> {
         }
         Some(Step::Jobs(jobs))
     }
+}
 
-    fn classify(
-        &mut self,
-        name: Vec<u8>,
-        meta: Metadata,
-        dir: &Path,
-        rel: &str,
-        parent: &HashMap<Vec<u8>, Node>,
-    ) -> Job {
-        let rel = join_rel(rel, &name);
-        let abs = dir.join(OsStr::from_bytes(&name));
-        let Some(mut node) = base_node(&name, &meta) else {
-            return Job::Skip(format!("{rel}: sockets are not backed up"));
+/// Decides how each entry of a directory is handled.
+struct Classifier<'a> {
+    reserved: &'a mut HashSet<LinkKey>,
+    stats: &'a Mutex<Counters>,
+    dedup: &'a Dedup,
+    force: bool,
+}
+
+impl Classifier<'_> {
+    fn stats(&self) -> std::sync::MutexGuard<'_, Counters> {
+        self.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `dir` and `rel` are the directory's path and its path in the snapshot; the entry's own
+    /// paths are only made when it is read.
+    fn classify(&mut self, e: &Entry, dir: &Path, rel: &str, parent: &HashMap<Vec<u8>, Node>) -> Job {
+        let (name, meta) = (&e.name, &e.meta);
+        let Some(mut node) = base_node(name, meta) else {
+            return Job::Skip(format!("{}: sockets are not backed up", join_rel(rel, name)));
         };
         match node.kind {
-            NodeKind::Symlink => match std::fs::read_link(&abs) {
+            NodeKind::Symlink => match std::fs::read_link(dir.join(OsStr::from_bytes(name))) {
                 Ok(t) => {
                     node.target = Some(t.as_os_str().as_bytes().to_vec());
                     Job::Ready(node, None)
                 }
                 Err(err) => {
-                    self.stats().error(format!("{rel}: {err}"));
+                    self.stats().error(format!("{}: {err}", join_rel(rel, name)));
                     Job::Skip(String::new())
                 }
             },
@@ -724,7 +779,7 @@ impl Walk<'_> {
                     }
                     link = Some(key);
                 }
-                let prev = parent.get(&name);
+                let prev = parent.get(name);
                 let same = prev.is_some_and(|p| {
                     p.kind == NodeKind::File
                         && p.size == node.size
@@ -742,6 +797,7 @@ impl Walk<'_> {
                 if prev.is_none() {
                     self.stats().files_new += 1;
                 }
+                let (abs, rel) = (dir.join(OsStr::from_bytes(name)), join_rel(rel, name));
                 if node.size <= SMALL_FILE { Job::Small(node, abs, rel) } else { Job::Large(node, abs, rel) }
             }
             _ => Job::Ready(node, None),
