@@ -59,7 +59,7 @@ impl IndexFile {
     /// Verifies and opens a stored index.
     pub fn decode(keys: &Keys, id: &IndexId, bytes: &[u8]) -> Result<Self> {
         let plain = open_object(&keys.data_key, AAD, "index", &format!("index {id}"), Some(&id.0), bytes)?;
-        let mut r = Reader { b: &plain, what: "index" };
+        let mut r = crate::wire::Reader::new(&plain, "index");
         let v = r.take(1)?[0];
         if v != VERSION {
             return Err(Error::Version { what: "index", found: v.into(), supported: VERSION.into() });
@@ -85,25 +85,6 @@ impl IndexFile {
             return Err(Error::malformed("index", format!("{id} has trailing bytes")));
         }
         Ok(IndexFile { supersedes, packs })
-    }
-}
-
-struct Reader<'a> {
-    b: &'a [u8],
-    what: &'static str,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        if self.b.len() < n {
-            return Err(Error::malformed(self.what, "truncated"));
-        }
-        let (h, t) = self.b.split_at(n);
-        self.b = t;
-        Ok(h)
-    }
-    fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
     }
 }
 

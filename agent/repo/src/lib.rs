@@ -30,6 +30,7 @@ pub mod keys;
 pub mod pack;
 pub mod snapshot;
 pub mod tree;
+mod wire;
 
 pub use blob::{BlobKind, EncodedBlob};
 pub use config::RepoConfig;
