@@ -107,6 +107,10 @@ fn make_tree(root: &Path) {
     use std::os::unix::fs::FileExt;
     f.write_all_at(b"middle", 32 << 20).unwrap();
     f.write_all_at(b"end", (64 << 20) - 3).unwrap();
+    // One that ends in a hole (a small file, restored with its group): the length must come back.
+    let f = std::fs::File::create(root.join("data/sparse-tail.img")).unwrap();
+    f.write_all_at(b"head", 0).unwrap();
+    f.set_len(3 << 20).unwrap();
     nix::unistd::mkfifo(&root.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o640)).unwrap();
     std::os::unix::fs::lchown(root.join("etc/app.conf"), Some(1234), Some(5678)).unwrap();
     // Fixed, distinct mtimes (directories last, so their times stick).

@@ -29,14 +29,12 @@ use crate::progress::Progress;
 use crate::pull::{decode_request, fetch_request, plan};
 use crate::repository::{MasterIndex, Repository};
 
-/// Files restored at once.
-const FILES_AT_ONCE: usize = 4;
-/// File jobs gathered across directories before they are run.
-const BATCH: usize = 512;
+/// Groups of small files (or large files) restored at once.
+const GROUPS_AT_ONCE: usize = 3;
 /// Files up to this size are restored in groups read pack range by pack range.
 const SMALL_FILE: u64 = 4 << 20;
 /// Content bytes of one group of small files (bounds memory).
-const GROUP_BYTES: u64 = 8 << 20;
+const GROUP_BYTES: u64 = 4 << 20;
 /// Largest single range read for a group.
 const MAX_READ: u64 = 4 << 20;
 /// Unneeded bytes a group read may read through to join two ranges.
@@ -67,6 +65,11 @@ struct DirJob {
 }
 
 /// Restores snapshot `id` into `target`.
+///
+/// The walk (listings, directories, symlinks, devices) runs ahead and hands out groups of small
+/// files of about [`GROUP_BYTES`] and single large files; up to [`GROUPS_AT_ONCE`] of them are
+/// read, verified and written at once, each group's files by one blocking task. Hard links and
+/// directory metadata come last.
 pub async fn restore(
     repo: &Repository,
     id: &SnapshotId,
@@ -79,111 +82,65 @@ pub async fn restore(
     let (_, root) = tree_root(&snap, id)?;
     progress.total.store(snap.size, std::sync::atomic::Ordering::Relaxed);
     let index = repo.load_index().await?;
-    let include = globs(&opts.include)?;
-    let exclude = globs(&opts.exclude)?;
-    let privileged = nix::unistd::geteuid().is_root();
     std::fs::create_dir_all(target).map_err(|e| Error::io(format!("cannot create {}", target.display()), e))?;
+    let mut walk = Walk {
+        repo,
+        index: &index,
+        id,
+        target,
+        opts,
+        include: globs(&opts.include)?,
+        exclude: globs(&opts.exclude)?,
+        privileged: nix::unistd::geteuid().is_root(),
+        stats: RestoreStats { snapshot_id: Some(*id), ..Default::default() },
+        finish_dirs: Vec::new(),
+        first_of_link: HashMap::new(),
+        links: Vec::new(),
+        stack: vec![DirJob {
+            abs: target.to_path_buf(),
+            rel: String::new(),
+            node: root,
+            selected: opts.include.is_empty(),
+            exists: true,
+        }],
+        group: Vec::new(),
+        group_bytes: 0,
+        ready: std::collections::VecDeque::new(),
+    };
 
-    let mut stats = RestoreStats { snapshot_id: Some(*id), ..Default::default() };
-    let mut finish_dirs: Vec<(PathBuf, Node)> = Vec::new();
-    let mut first_of_link: HashMap<u64, PathBuf> = HashMap::new();
-    let mut links: Vec<(PathBuf, PathBuf, Node)> = Vec::new();
-    let mut stack = vec![DirJob {
-        abs: target.to_path_buf(),
-        rel: String::new(),
-        node: root,
-        selected: opts.include.is_empty(),
-        exists: true,
-    }];
-
-    let mut pending: Vec<(PathBuf, Node)> = Vec::new();
-    while let Some(dir) = stack.pop() {
-        let nodes = read_listing(repo, &index, &dir.node.subtree).await?;
-        let mut names: HashSet<Vec<u8>> = HashSet::new();
-        let mut files: Vec<(PathBuf, Node)> = Vec::new();
-        let mut subdirs: Vec<DirJob> = Vec::new();
-        for node in nodes {
-            if !is_safe_name(&node.name) {
-                return Err(Error::Damaged(format!(
-                    "snapshot {} holds an unsafe entry name {:?} in {:?}: refusing to restore it (nothing is written outside {})",
-                    id.short(),
-                    display_name(&node.name),
-                    if dir.rel.is_empty() { "/" } else { dir.rel.as_str() },
-                    target.display()
-                )));
-            }
-            names.insert(node.name.clone());
-            let rel = if dir.rel.is_empty() {
-                display_name(&node.name)
-            } else {
-                format!("{}/{}", dir.rel, display_name(&node.name))
-            };
-            if exclude.is_match(&rel) {
-                continue;
-            }
-            let abs = dir.abs.join(OsStr::from_bytes(&node.name));
-            let selected = dir.selected || include.is_match(&rel);
-            match node.kind {
-                NodeKind::Dir => {
-                    let exists = if selected {
-                        prepare_dir(&abs, opts.delete)?;
-                        true
-                    } else {
-                        false
-                    };
-                    subdirs.push(DirJob { abs, rel, node, selected, exists });
-                }
-                _ if !selected => {}
-                NodeKind::File => {
-                    ensure_parent(&dir.abs, target)?;
-                    match node.link_id.and_then(|l| first_of_link.get(&l)) {
-                        Some(first) => links.push((abs, first.clone(), node)),
-                        None => {
-                            if let Some(l) = node.link_id {
-                                first_of_link.insert(l, abs.clone());
-                            }
-                            files.push((abs, node));
+    let privileged = walk.privileged;
+    let written: Vec<Vec<(u64, Vec<String>)>> =
+        futures::stream::unfold(&mut walk, |w| async move { w.next().await.map(|work| (work, w)) })
+            .map(|work| {
+                let (keys, store, progress) = (repo.keys().clone(), repo.store().clone(), progress.clone());
+                let index = &index;
+                async move {
+                    match work? {
+                        Work::Group(files) => {
+                            restore_small_group(&store, &keys, index, id, files, opts.delete, privileged, &progress)
+                                .await
                         }
+                        Work::Large(abs, node) => Ok(vec![
+                            restore_file(&store, &keys, index, id, &abs, &node, opts.delete, privileged, &progress)
+                                .await?,
+                        ]),
                     }
                 }
-                _ => {
-                    ensure_parent(&dir.abs, target)?;
-                    restore_special(&abs, &node, opts.delete, privileged, &mut stats)?;
-                }
-            }
-        }
-        pending.extend(files);
-        if pending.len() >= BATCH {
-            restore_files(
-                repo,
-                &index,
-                id,
-                std::mem::take(&mut pending),
-                opts.delete,
-                privileged,
-                &progress,
-                &mut stats,
-            )
+            })
+            .buffer_unordered(GROUPS_AT_ONCE)
+            .try_collect()
             .await?;
-        }
-        if opts.delete && dir.selected && dir.exists {
-            stats.deleted += delete_extra(&dir.abs, &dir.rel, &names, &exclude)?;
-        }
-        if dir.exists {
-            stats.dirs += 1;
-            finish_dirs.push((dir.abs.clone(), dir.node.clone()));
-        }
-        // Depth first, in name order.
-        stack.extend(subdirs.into_iter().rev());
+    let Walk { mut stats, finish_dirs, links, .. } = walk;
+    for (n, warns) in written.into_iter().flatten() {
+        stats.files += 1;
+        stats.bytes_written += n;
+        push_warnings(&mut stats, warns);
     }
-
-    restore_files(repo, &index, id, pending, opts.delete, privileged, &progress, &mut stats).await?;
-    for (abs, first, node) in links {
+    for (abs, first, _) in links {
         remove_in_the_way(&abs, opts.delete)?;
         std::fs::hard_link(&first, &abs)
             .map_err(|e| Error::io(format!("cannot link {} to {}", abs.display(), first.display()), e))?;
         stats.files += 1;
-        let _ = node;
     }
     // Directories last, deepest first, so writing their content does not change their times.
     for (abs, node) in finish_dirs.iter().rev() {
@@ -192,6 +149,138 @@ pub async fn restore(
     }
     stats.duration_secs = started.elapsed().as_secs_f64();
     Ok(stats)
+}
+
+/// What the walk hands out to be written.
+enum Work {
+    /// Small files, about [`GROUP_BYTES`] of content.
+    Group(Vec<(PathBuf, Node)>),
+    /// A large file, streamed.
+    Large(PathBuf, Node),
+}
+
+/// The restore's walk over the snapshot's directories, depth first in name order.
+struct Walk<'a> {
+    repo: &'a Repository,
+    index: &'a MasterIndex,
+    id: &'a SnapshotId,
+    target: &'a Path,
+    opts: &'a RestoreOptions,
+    include: GlobSet,
+    exclude: GlobSet,
+    privileged: bool,
+    stats: RestoreStats,
+    finish_dirs: Vec<(PathBuf, Node)>,
+    first_of_link: HashMap<u64, PathBuf>,
+    links: Vec<(PathBuf, PathBuf, Node)>,
+    stack: Vec<DirJob>,
+    /// Small files gathered for the next group.
+    group: Vec<(PathBuf, Node)>,
+    group_bytes: u64,
+    /// Work ready to hand out.
+    ready: std::collections::VecDeque<Work>,
+}
+
+impl Walk<'_> {
+    /// The next work, walking directories until there is some; `None` at the end.
+    async fn next(&mut self) -> Option<Result<Work>> {
+        loop {
+            if let Some(w) = self.ready.pop_front() {
+                return Some(Ok(w));
+            }
+            let Some(dir) = self.stack.pop() else {
+                let last = std::mem::take(&mut self.group);
+                self.group_bytes = 0;
+                return (!last.is_empty()).then_some(Ok(Work::Group(last)));
+            };
+            if let Err(e) = self.directory(dir).await {
+                self.stack.clear();
+                return Some(Err(e));
+            }
+        }
+    }
+
+    /// Restores a directory's entries but file contents, which become work.
+    async fn directory(&mut self, dir: DirJob) -> Result<()> {
+        let nodes = read_listing(self.repo, self.index, &dir.node.subtree).await?;
+        let mut names: HashSet<Vec<u8>> = HashSet::new();
+        let mut subdirs: Vec<DirJob> = Vec::new();
+        let mut parent_ready = dir.exists;
+        for node in nodes {
+            if !is_safe_name(&node.name) {
+                return Err(Error::Damaged(format!(
+                    "snapshot {} holds an unsafe entry name {:?} in {:?}: refusing to restore it (nothing is written outside {})",
+                    self.id.short(),
+                    display_name(&node.name),
+                    if dir.rel.is_empty() { "/" } else { dir.rel.as_str() },
+                    self.target.display()
+                )));
+            }
+            names.insert(node.name.clone());
+            let rel = if dir.rel.is_empty() {
+                display_name(&node.name)
+            } else {
+                format!("{}/{}", dir.rel, display_name(&node.name))
+            };
+            if self.exclude.is_match(&rel) {
+                continue;
+            }
+            let abs = dir.abs.join(OsStr::from_bytes(&node.name));
+            let selected = dir.selected || self.include.is_match(&rel);
+            if node.kind == NodeKind::Dir {
+                let exists = if selected {
+                    prepare_dir(&abs, self.opts.delete)?;
+                    true
+                } else {
+                    false
+                };
+                subdirs.push(DirJob { abs, rel, node, selected, exists });
+                continue;
+            }
+            if !selected {
+                continue;
+            }
+            if !parent_ready {
+                ensure_parent(&dir.abs, self.target)?;
+                parent_ready = true;
+            }
+            match node.kind {
+                NodeKind::File => match node.link_id.and_then(|l| self.first_of_link.get(&l)) {
+                    Some(first) => self.links.push((abs, first.clone(), node)),
+                    None => {
+                        if let Some(l) = node.link_id {
+                            self.first_of_link.insert(l, abs.clone());
+                        }
+                        self.add_file(abs, node);
+                    }
+                },
+                _ => restore_special(&abs, &node, self.opts.delete, self.privileged, &mut self.stats)?,
+            }
+        }
+        if self.opts.delete && dir.selected && dir.exists {
+            self.stats.deleted += delete_extra(&dir.abs, &dir.rel, &names, &self.exclude)?;
+        }
+        if dir.exists {
+            self.stats.dirs += 1;
+            self.finish_dirs.push((dir.abs, dir.node));
+        }
+        // Depth first, in name order.
+        self.stack.extend(subdirs.into_iter().rev());
+        Ok(())
+    }
+
+    fn add_file(&mut self, abs: PathBuf, node: Node) {
+        if node.size > SMALL_FILE {
+            self.ready.push_back(Work::Large(abs, node));
+            return;
+        }
+        self.group_bytes += node.size;
+        self.group.push((abs, node));
+        if self.group_bytes >= GROUP_BYTES {
+            self.group_bytes = 0;
+            self.ready.push_back(Work::Group(std::mem::take(&mut self.group)));
+        }
+    }
 }
 
 fn push_warnings(stats: &mut RestoreStats, warns: Vec<String>) {
@@ -309,56 +398,6 @@ fn apply_meta(abs: &Path, node: &Node, privileged: bool) -> Vec<String> {
     warns
 }
 
-/// Restores a batch of files: small ones in groups read pack range by pack range, large ones
-/// streamed.
-#[allow(clippy::too_many_arguments)]
-async fn restore_files(
-    repo: &Repository,
-    index: &MasterIndex,
-    id: &SnapshotId,
-    files: Vec<(PathBuf, Node)>,
-    delete: bool,
-    privileged: bool,
-    progress: &Arc<Progress>,
-    stats: &mut RestoreStats,
-) -> Result<()> {
-    let keys = repo.keys().clone();
-    let store = repo.store().clone();
-    let (small, large): (Vec<_>, Vec<_>) = files.into_iter().partition(|(_, n)| n.size <= SMALL_FILE);
-    let mut results = Vec::new();
-    let mut group = Vec::new();
-    let mut group_bytes = 0u64;
-    for f in small {
-        group_bytes += f.1.size;
-        group.push(f);
-        if group_bytes >= GROUP_BYTES {
-            results.extend(
-                restore_small_group(&store, &keys, index, id, std::mem::take(&mut group), delete, privileged, progress)
-                    .await?,
-            );
-            group_bytes = 0;
-        }
-    }
-    if !group.is_empty() {
-        results.extend(restore_small_group(&store, &keys, index, id, group, delete, privileged, progress).await?);
-    }
-    let written: Vec<(u64, Vec<String>)> = futures::stream::iter(large)
-        .map(|(abs, node)| {
-            let (keys, store, progress) = (keys.clone(), store.clone(), progress.clone());
-            async move { restore_file(&store, &keys, index, id, &abs, &node, delete, privileged, &progress).await }
-        })
-        .buffer_unordered(2)
-        .try_collect()
-        .await?;
-    results.extend(written);
-    for (n, warns) in results {
-        stats.files += 1;
-        stats.bytes_written += n;
-        push_warnings(stats, warns);
-    }
-    Ok(())
-}
-
 /// One read of a pack for a group of small files: the blobs in `[start, end)` and where each
 /// goes (file, position in the file).
 struct GroupRead {
@@ -430,65 +469,110 @@ async fn restore_small_group(
                 .map_err(|e| Error::Task(e.to_string()))?
             }
         })
-        .buffer_unordered(4)
+        .buffer_unordered(2)
         .try_collect()
         .await?;
     let mut slots: Vec<Vec<Vec<u8>>> = files.iter().map(|(_, n)| vec![Vec::new(); n.content.len()]).collect();
     for (fi, bi, data) in decoded.into_iter().flatten() {
         slots[fi][bi] = data;
     }
-    futures::stream::iter(files.into_iter().zip(slots))
-        .map(|((abs, node), blobs)| {
-            let progress = progress.clone();
-            async move {
-                tokio::task::spawn_blocking(move || -> Result<(u64, Vec<String>)> {
-                    let mut file = create_file(&abs, delete)?;
-                    let written = write_content(&mut file, blobs, &abs)?;
-                    if written != node.size {
-                        return Err(Error::Damaged(format!(
-                            "{} should hold {} bytes but its chunks hold {written}",
-                            abs.display(),
-                            node.size
-                        )));
-                    }
-                    file.set_len(node.size).map_err(|e| Error::io(format!("cannot write {}", abs.display()), e))?;
-                    drop(file);
-                    Progress::add(&progress.bytes_read, written);
-                    Ok((written, apply_meta(&abs, &node, privileged)))
-                })
-                .await
-                .map_err(|e| Error::Task(e.to_string()))?
-            }
-        })
-        .buffer_unordered(FILES_AT_ONCE)
-        .try_collect()
-        .await
+    let progress = progress.clone();
+    tokio::task::spawn_blocking(move || -> Result<Vec<(u64, Vec<String>)>> {
+        files
+            .into_iter()
+            .zip(slots)
+            .map(|((abs, node), blobs)| {
+                let mut file = create_file(&abs, delete)?;
+                let (written, hole) = write_content(&mut file, blobs, &abs)?;
+                let r = finish_file(file, &abs, &node, written, hole, privileged)?;
+                Progress::add(&progress.bytes_read, written);
+                Ok(r)
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| Error::Task(e.to_string()))?
 }
 
-/// Writes content to an open file: zero chunks as holes. Returns bytes written.
-fn write_content(file: &mut std::fs::File, blobs: Vec<Vec<u8>>, path: &Path) -> Result<u64> {
-    let mut w = 0u64;
-    for b in blobs {
-        if b.iter().all(|&x| x == 0) {
-            file.seek(SeekFrom::Current(b.len() as i64)).map(|_| ())
-        } else {
-            file.write_all(&b)
+/// Checks the size, ends a file that ends in a hole, sets owner, mode and mtime through the
+/// open file, closes it. Returns the bytes written and warnings.
+fn finish_file(
+    file: std::fs::File,
+    abs: &Path,
+    node: &Node,
+    written: u64,
+    ends_in_hole: bool,
+    privileged: bool,
+) -> Result<(u64, Vec<String>)> {
+    if written != node.size {
+        return Err(Error::Damaged(format!(
+            "{} should hold {} bytes but its chunks hold {written}",
+            abs.display(),
+            node.size
+        )));
+    }
+    // A trailing hole was skipped with a seek: the length makes it part of the file.
+    if ends_in_hole {
+        file.set_len(node.size).map_err(|e| Error::io(format!("cannot write {}", abs.display()), e))?;
+    }
+    Ok((written, apply_file_meta(&file, abs, node, privileged)))
+}
+
+/// [`apply_meta`] through an open regular file (no path lookups).
+fn apply_file_meta(file: &std::fs::File, abs: &Path, node: &Node, privileged: bool) -> Vec<String> {
+    let mut warns = Vec::new();
+    if privileged || node.uid == nix::unistd::geteuid().as_raw() {
+        if let Err(e) = std::os::unix::fs::fchown(file, Some(node.uid), Some(node.gid)) {
+            warns.push(format!("{}: cannot set owner: {e}", abs.display()));
         }
-        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+    } else {
+        warns.push("ownership not restored: restoring without root keeps the restoring user as owner".into());
+    }
+    // After chown, which clears setuid/setgid bits.
+    if let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(node.mode)) {
+        warns.push(format!("{}: cannot set mode: {e}", abs.display()));
+    }
+    let t =
+        nix::sys::time::TimeSpec::new(node.mtime_ns.div_euclid(1_000_000_000), node.mtime_ns.rem_euclid(1_000_000_000));
+    if let Err(e) = nix::sys::stat::futimens(file, &t, &t) {
+        warns.push(format!("{}: cannot set times: {e}", abs.display()));
+    }
+    warns
+}
+
+/// Writes content to an open file: zero chunks as holes. Returns the bytes written and whether
+/// the content ended in a hole (then the file must be extended to its length).
+fn write_content(file: &mut std::fs::File, blobs: Vec<Vec<u8>>, path: &Path) -> Result<(u64, bool)> {
+    let mut w = 0u64;
+    let mut hole = false;
+    for b in blobs {
+        hole = b.iter().all(|&x| x == 0);
+        if hole { file.seek(SeekFrom::Current(b.len() as i64)).map(|_| ()) } else { file.write_all(&b) }
+            .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
         w += b.len() as u64;
     }
-    Ok(w)
+    Ok((w, hole))
 }
 
+/// Creates a new file at `abs`; whatever is in the way is handled by [`remove_in_the_way`]
+/// (asked only when something is: a fresh restore makes one system call per file here).
 fn create_file(abs: &Path, delete: bool) -> Result<std::fs::File> {
-    remove_in_the_way(abs, delete)?;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-        .mode(0o600)
-        .open(abs)
-        .map_err(|e| Error::io(format!("cannot create {}", abs.display()), e))
+    let open = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .mode(0o600)
+            .open(abs)
+    };
+    match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            remove_in_the_way(abs, delete)?;
+            open()
+        }
+        r => r,
+    }
+    .map_err(|e| Error::io(format!("cannot create {}", abs.display()), e))
 }
 
 /// Writes one file: content (zero chunks as holes), size, metadata. Returns bytes written.
@@ -512,11 +596,11 @@ async fn restore_file(
         .map_ok(|(req, bytes)| decode_request(keys.clone(), req, bytes))
         .try_buffered(2);
     let mut decoded = std::pin::pin!(decoded);
-    let mut written = 0u64;
+    let (mut written, mut hole) = (0u64, false);
     while let Some((n, blobs)) = decoded.try_next().await? {
         Progress::add(&progress.bytes_stored, n);
         let path = abs.to_path_buf();
-        let (f, w) = tokio::task::spawn_blocking(move || -> Result<(std::fs::File, u64)> {
+        let (f, (w, h)) = tokio::task::spawn_blocking(move || -> Result<(std::fs::File, (u64, bool))> {
             let w = write_content(&mut file, blobs, &path)?;
             Ok((file, w))
         })
@@ -524,18 +608,10 @@ async fn restore_file(
         .map_err(|e| Error::Task(e.to_string()))??;
         file = f;
         written += w;
+        hole = h;
         Progress::add(&progress.bytes_read, w);
     }
-    if written != node.size {
-        return Err(Error::Damaged(format!(
-            "{} should hold {} bytes but its chunks hold {written}",
-            abs.display(),
-            node.size
-        )));
-    }
-    file.set_len(node.size).map_err(|e| Error::io(format!("cannot write {}", abs.display()), e))?;
-    drop(file);
-    Ok((written, apply_meta(abs, node, privileged)))
+    finish_file(file, abs, node, written, hole, privileged)
 }
 
 /// Deletes entries of `abs` the snapshot's listing does not have (and no exclude protects).
