@@ -560,6 +560,40 @@ async fn copy_volume_data_backs_up_a_pvc_from_a_task_pod() {
     agent.stop().await;
 }
 
+/// Two actions of one ActionSet with the same name (as `kanctl --deployment a,b` makes) back up
+/// under different tags, so a restore or delete by tag of one never touches the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn actions_named_alike_get_tags_of_their_own() {
+    let agent = Agent::start(TOKEN).await;
+    let (cluster, engine) = world(&agent);
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::fs::write(a.path().join("a.txt"), "first").unwrap();
+    std::fs::write(b.path().join("b.txt"), "second").unwrap();
+    let action = |dir: &Path| {
+        json!({
+            "name": "backup",
+            "blueprint": "data",
+            "object": {"kind": "Namespace", "name": "app"},
+            "profile": {"name": "s3-profile", "namespace": "kanister"},
+            "options": {"source": dir.display().to_string()},
+        })
+    };
+    cluster.put(json!({
+        "apiVersion": "cr.kanister.io/v1alpha1",
+        "kind": "ActionSet",
+        "metadata": {"name": "twins", "namespace": "kanister", "uid": "u-1"},
+        "spec": {"actions": [action(a.path()), action(b.path())]}
+    }));
+    assert_eq!(engine.reconcile("kanister", "twins").await.unwrap(), Outcome::Started);
+    tokio::time::timeout(Duration::from_secs(120), engine.wait("kanister", "twins")).await.expect("the run ends");
+    let twins = cluster.get_actionset("kanister", "twins").await.unwrap();
+    completed(&twins);
+    let status = twins.status.as_ref().unwrap();
+    let tags: Vec<&str> = status.actions.iter().map(|a| a.phases[0].output["backupTag"].as_str().unwrap()).collect();
+    assert_eq!(tags, ["kanister/twins/u-1/backup:0/backup", "kanister/twins/u-1/backup:1/backup"]);
+    agent.stop().await;
+}
+
 fn base64_of(s: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(s)

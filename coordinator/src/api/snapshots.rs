@@ -49,6 +49,11 @@ fn parse_tag(tag: &str) -> Option<BackupTag<'_>> {
     }
     // `BackupDataAll` appends `/pod`; phase names hold no `/`.
     let phase = rest.split('/').next().unwrap_or_default();
+    // An action that shares its name with another of the ActionSet carries its index.
+    let action = match action.rsplit_once(':') {
+        Some((a, i)) if i.parse::<usize>().is_ok() => a,
+        _ => action,
+    };
     Some(BackupTag { namespace, name, uid, action, phase })
 }
 
@@ -395,6 +400,9 @@ mod tests {
             parse_tag("ns/as/uid/backup/phase/pod-0"),
             Some(BackupTag { namespace: "ns", name: "as", uid: "uid", action: "backup", phase: "phase" })
         );
+        // The second of two actions named alike.
+        assert_eq!(parse_tag("ns/as/uid/backup:1/dump").map(|t| t.action), Some("backup"));
+        assert_eq!(parse_tag("ns/as/uid/odd:x/dump").map(|t| t.action), Some("odd:x"));
         for bad in ["nightly", "a/b/c/d", "a/b/c/d/", "/b/c/d/e"] {
             assert_eq!(parse_tag(bad), None, "{bad}");
         }

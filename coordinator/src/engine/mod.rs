@@ -543,6 +543,15 @@ impl<C: Cluster> Run<C> {
         self.actionset.metadata.name.as_deref().unwrap_or_default()
     }
 
+    /// Action `i` as named in operation ids and backup tags: its name, with `:i` appended
+    /// when another action of the ActionSet has the same name (`--deployment a/d1,b/d2` makes
+    /// two `backup` actions), so their backups never share a tag.
+    fn action_key(&self, i: usize) -> String {
+        let actions = &self.actionset.spec.actions;
+        let name = &actions[i].name;
+        if actions.iter().filter(|a| &a.name == name).count() > 1 { format!("{name}:{i}") } else { name.clone() }
+    }
+
     fn cluster(&self) -> &Arc<C> {
         &self.engine.inner.cluster
     }
@@ -990,10 +999,11 @@ impl<C: Cluster> Run<C> {
                 agent: self.config().agent.clone(),
                 tools_image: self.config().tools_image.clone(),
                 op_id: format!(
-                    "{}/{}/{}/{action}/{}",
+                    "{}/{}/{}/{}/{}",
                     self.namespace(),
                     self.name(),
                     self.actionset.metadata.uid.as_deref().unwrap_or_default(),
+                    self.action_key(i),
                     phase.name
                 ),
                 progress: Some(progress_tx),
