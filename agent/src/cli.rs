@@ -362,6 +362,11 @@ fn report(e: &Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// Standard output for data ([`crate::pull::stdout_file`]).
+fn stdout_file() -> Result<std::fs::File> {
+    crate::pull::stdout_file().map_err(|e| Error::io("cannot write to stdout", e))
+}
+
 fn init_tracing(g: &Global) {
     let default = match g.verbose {
         0 => "warn",
@@ -543,7 +548,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
             let to_stdout = a.output == "-";
             let stats = if to_stdout {
-                crate::pull::pull(&repo, &id, std::io::stdout(), a.fetches, workers, progress).await?.0
+                crate::pull::pull(&repo, &id, stdout_file()?, a.fetches, workers, progress).await?.0
             } else {
                 pull_to_file(&repo, &id, &a.output, a.fetches, workers, progress, g.json).await?
             };
@@ -807,7 +812,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Cat(a) => {
             let repo = open(g).await?;
             let id = repo.resolve_snapshot(&a.snapshot).await?;
-            let out = crate::tree::browse::cat(&repo, &id, &a.path, std::io::stdout()).await?;
+            let out = crate::tree::browse::cat(&repo, &id, &a.path, stdout_file()?).await?;
             let mut out = out;
             std::io::Write::flush(&mut out).map_err(|e| Error::io("writing the output failed", e))?;
         }

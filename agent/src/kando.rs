@@ -403,7 +403,15 @@ pub async fn run(args: Vec<std::ffi::OsString>) -> Result<()> {
                     })?;
                     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
                     if a.file == "-" {
-                        crate::pull::pull(&repo, id, std::io::stdout(), 4, workers, progress).await?;
+                        crate::pull::pull(
+                            &repo,
+                            id,
+                            crate::pull::stdout_file().map_err(|e| Error::io("cannot write to stdout", e))?,
+                            4,
+                            workers,
+                            progress,
+                        )
+                        .await?;
                     } else {
                         let f = std::fs::File::create(&a.file)
                             .map_err(|e| Error::io(format!("cannot create {}", a.file), e))?;

@@ -100,6 +100,14 @@ pub(crate) async fn fetch_request(store: &crate::store::Store, req: Request) -> 
     Ok((req, bytes))
 }
 
+/// Standard output as a plain file (a duplicate of descriptor 1, sharing its offset and flags),
+/// for writing large data: `std::io::stdout()` is line-buffered and searches every buffer for
+/// its last newline (5% of a dump's pull) to flush in pieces.
+pub fn stdout_file() -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsFd;
+    Ok(std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?))
+}
+
 /// Writes snapshot `id` to `out` and hands `out` back. On error, what was written is a correct
 /// prefix of the stream.
 pub async fn pull<W: std::io::Write + Send + 'static>(
@@ -143,7 +151,7 @@ pub async fn pull<W: std::io::Write + Send + 'static>(
         .try_flatten();
     let fetched = requests.map_ok(|req| fetch_request(&store, req)).try_buffered(fetches.max(1));
     let decoded =
-        fetched.map_ok(|(req, bytes)| decode_request(keys.clone(), req, bytes)).try_buffered(workers.max(1) + 1);
+        fetched.map_ok(|(req, bytes)| decode_request(keys.clone(), req, bytes)).try_buffered(workers.max(1) * 2);
     let mut decoded = std::pin::pin!(decoded);
 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Vec<u8>>>(4);
