@@ -8,6 +8,13 @@
 #   backup again with nothing changed: wall time
 #   restore v2 into an empty directory: MiB/s and peak RSS
 # With BENCH_MILLION=1, also a 1,000,000-file tree (small files): backup time and peak RSS.
+#
+# Everything happens on a fresh ext4 filesystem with a journal, made in a sparse image file and
+# loop-mounted (root only; BENCH_FS=0 or no root: a plain directory). A fresh filesystem keeps
+# the runs comparable: on a journal-less ext4 (such as this project's build machines) the kernel
+# skips inodes deleted in the last minutes one by one when it creates files, so a restore made
+# after deleting an earlier tree costs seconds of kernel time that depend on what was deleted
+# when, not on the tool.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MIB=${BENCH_MIB:-1024}
@@ -28,29 +35,43 @@ measure() { # NAME CMD...: appends "wall_seconds max_rss_kib" to $W/NAME
               /Maximum resident set size/ {r=$2} END {print w, r}' "$W/time.txt" >> "$W/$name"
 }
 
-rm -f "$W"/r-*
-T=$W/tree
+umount "$W/fs" 2>/dev/null || true
+rm -rf "${W:?}"/*
+if [ "${BENCH_FS:-1}" = 1 ] && [ "$(id -u)" = 0 ] && command -v mkfs.ext4 >/dev/null; then
+  # Room for every run's tree, two restores and two repositories, and the million files.
+  truncate -s "$(( RUNS * 5 * MIB + 12 * 1024 ))M" "$W/fs.img"
+  mkfs.ext4 -q -N 4000000 "$W/fs.img"
+  mkdir -p "$W/fs"
+  mount -o loop "$W/fs.img" "$W/fs"
+  trap 'umount "$W/fs"; rm -f "$W/fs.img"' EXIT
+  D=$W/fs
+else
+  echo "note: benchmarking in a plain directory (not root, or BENCH_FS=0): restore times depend on the filesystem's state" >&2
+  D=$W
+fi
 for run in $(seq 1 "$RUNS"); do
-  rm -rf "$T" "$W/ours" "$W/restic" "$W/restore-ours" "$W/restore-restic"
+  R=$D/run-$run
+  T=$R/tree
+  mkdir -p "$R"
   "$GEN" write "$T" "$FILES" "$MIB" 7 >/dev/null
   sync
-  "$AGENT" -s "file://$W/ours" repo init >/dev/null
-  restic -q -r "$W/restic" init >/dev/null
-  measure r-ours-v1 sh -c "\"$AGENT\" -s file://$W/ours backup \"$T\" --json > /dev/null"
-  measure r-restic-v1 sh -c "restic -q -r $W/restic backup \"$T\" > /dev/null"
+  "$AGENT" -s "file://$R/ours" repo init >/dev/null
+  restic -q -r "$R/restic" init >/dev/null
+  measure r-ours-v1 sh -c "\"$AGENT\" -s file://$R/ours backup \"$T\" --json > /dev/null"
+  measure r-restic-v1 sh -c "restic -q -r $R/restic backup \"$T\" > /dev/null"
   "$GEN" mutate "$T" 4.5 8 > "$W/mutated.txt"
-  measure r-ours-v2 sh -c "\"$AGENT\" -s file://$W/ours backup \"$T\" --json > $W/ours-v2.json"
-  measure r-restic-v2 sh -c "restic -q -r $W/restic backup \"$T\" > /dev/null"
-  measure r-ours-same sh -c "\"$AGENT\" -s file://$W/ours backup \"$T\" --json > $W/ours-same.json"
-  measure r-restic-same sh -c "restic -q -r $W/restic backup \"$T\" > /dev/null"
+  measure r-ours-v2 sh -c "\"$AGENT\" -s file://$R/ours backup \"$T\" --json > $W/ours-v2.json"
+  measure r-restic-v2 sh -c "restic -q -r $R/restic backup \"$T\" > /dev/null"
+  measure r-ours-same sh -c "\"$AGENT\" -s file://$R/ours backup \"$T\" --json > $W/ours-same.json"
+  measure r-restic-same sh -c "restic -q -r $R/restic backup \"$T\" > /dev/null"
   ID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["snapshot_id"])' "$W/ours-v2.json")
-  measure r-ours-restore sh -c "\"$AGENT\" -s file://$W/ours restore $ID $W/restore-ours > /dev/null"
-  RID=$(restic -r "$W/restic" snapshots --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[-2]["short_id"])')
-  measure r-restic-restore sh -c "restic -q -r $W/restic restore $RID --target $W/restore-restic > /dev/null"
+  measure r-ours-restore sh -c "\"$AGENT\" -s file://$R/ours restore $ID $R/restore-ours > /dev/null"
+  RID=$(restic -r "$R/restic" snapshots --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[-2]["short_id"])')
+  measure r-restic-restore sh -c "restic -q -r $R/restic restore $RID --target $R/restore-restic > /dev/null"
+  # Correctness, outside the timings: the restored v2 tree equals the source.
+  diff -r "$T" "$R/restore-ours" > /dev/null || { echo "kanister-agent restore differs from the tree" >&2; exit 1; }
 done
-# Correctness once, outside the timings: the restored v2 tree equals the source.
-diff -r "$T" "$W/restore-ours" > /dev/null || { echo "kanister-agent restore differs from the tree" >&2; exit 1; }
-BYTES=$(du -sb --apparent-size "$T" | cut -f1)
+BYTES=$(du -sb --apparent-size "$D/run-1/tree" | cut -f1)
 python3 - "$W" "$BYTES" "$FILES" "$RUNS" "$(restic version | head -1)" "$(cat "$W/mutated.txt")" <<'PY'
 import sys, statistics, json
 W, total, files, runs, rv, mutated = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
@@ -72,13 +93,12 @@ print(f"\nv2: {o2['files_read']} files read, {o2['files_reused']} reused; nothin
 PY
 
 if [ "${BENCH_MILLION:-0}" = 1 ]; then
-  M1=$W/million
-  rm -rf "$M1" "$W/ours-m" "$W/restic-m"
+  M1=$D/million
   "$GEN" write "$M1" 1000000 256 9 >/dev/null
-  "$AGENT" -s "file://$W/ours-m" repo init >/dev/null
-  restic -q -r "$W/restic-m" init >/dev/null
-  measure r-ours-million sh -c "\"$AGENT\" -s file://$W/ours-m backup \"$M1\" --json > /dev/null"
-  measure r-restic-million sh -c "restic -q -r $W/restic-m backup \"$M1\" > /dev/null"
+  "$AGENT" -s "file://$D/ours-m" repo init >/dev/null
+  restic -q -r "$D/restic-m" init >/dev/null
+  measure r-ours-million sh -c "\"$AGENT\" -s file://$D/ours-m backup \"$M1\" --json > /dev/null"
+  measure r-restic-million sh -c "restic -q -r $D/restic-m backup \"$M1\" > /dev/null"
   python3 - "$W" <<'PY'
 import sys
 W = sys.argv[1]
