@@ -144,6 +144,19 @@ actions:
         namespace: app
         volume: data-pvc
         dataArtifactPrefix: unused/prefix
+  restoreVolume:
+    inputArtifactNames: [files]
+    phases:
+    - func: RestoreData
+      name: restore
+      args:
+        namespace: app
+        image: ghcr.io/kanisterio/kanister-tools:0.110.0
+        backupArtifactPrefix: unused/prefix
+        restorePath: /mnt/restore
+        backupTag: "{{ .ArtifactsIn.files.KeyValue.backupTag }}"
+        volumes:
+          restore-pvc: /mnt/restore
   check:
     phases:
     - func: CheckRepository
@@ -499,8 +512,9 @@ async fn copy_volume_data_backs_up_a_pvc_from_a_task_pod() {
     std::os::unix::fs::symlink("base/0", v.join("pgdata/first")).unwrap();
     let before = tree(v);
     let (_bin, path) = support::tools_path();
+    let restore_pvc = tempfile::tempdir().unwrap();
     let mut c = LocalCluster::new().with_agent("app", "app-0", agent.endpoint.clone()).with_env("PATH", path);
-    c = c.with_volume("app", "data-pvc", v);
+    c = c.with_volume("app", "data-pvc", v).with_volume("app", "restore-pvc", restore_pvc.path());
     let (cluster, engine) = world_with(c);
 
     let first = run(&cluster, &engine, "copy-1", "copyVolume", json!({}), json!({})).await;
@@ -547,9 +561,18 @@ async fn copy_volume_data_backs_up_a_pvc_from_a_task_pod() {
         json!({"files": serde_json::to_value(&second.status.as_ref().unwrap().actions[0].artifacts["files"]).unwrap()});
     let target = tempfile::tempdir().unwrap();
     let opts = json!({"target": target.path().display().to_string()});
-    completed(&run(&cluster, &engine, "copy-restore", "restore", opts, artifacts).await);
+    completed(&run(&cluster, &engine, "copy-restore", "restore", opts, artifacts.clone()).await);
     assert_eq!(tree(target.path()), changed, "the restored volume differs");
     assert_ne!(changed, before);
+
+    // RestoreData with volumes instead of a pod (the workload scaled down): a task pod mounts
+    // the PVC and restores the backup found by its tag.
+    let restored = run(&cluster, &engine, "copy-restore-pvc", "restoreVolume", json!({}), artifacts).await;
+    completed(&restored);
+    assert_eq!(tree(restore_pvc.path()), changed, "the volume restored by a task pod differs");
+    let pod = cluster.pods().into_iter().last().unwrap();
+    assert_eq!(pod.spec.volumes.get("restore-pvc").map(String::as_str), Some("/mnt/restore"));
+    assert!(pod.spec.containers[0].command.iter().all(|a| !a.contains(&s3_secret)), "{:?}", pod.spec);
 
     // A PVC the cluster does not have fails the phase clearly.
     let missing = LocalCluster::new().with_env("PATH", support::tools_path().1);

@@ -456,9 +456,60 @@ pub(super) async fn restore_data<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap
         (None, Some(tag)) => Snapshot::Tag(tag),
         (None, None) => return Err(ctx.missing("backupIdentifier")),
     };
-    let (namespace, pod) = (ctx.str("namespace")?, ctx.str("pod")?);
-    restore_tree(ctx, &namespace, &pod, snapshot, &target, &ctx.op_id, |p| report(ctx, p, false)).await?;
+    let volumes = ctx.opt_string_map("volumes")?;
+    match ctx.opt_str("pod")?.filter(|p| !p.is_empty()) {
+        Some(pod) => {
+            let namespace = ctx.str("namespace")?;
+            restore_tree(ctx, &namespace, &pod, snapshot, &target, &ctx.op_id, |p| report(ctx, p, false)).await?;
+        }
+        None if !volumes.is_empty() => restore_into_volumes(ctx, snapshot, &target, volumes).await?,
+        None => {
+            return Err(ctx
+                .invalid("pod", "the pod whose agent sidecar restores, or volumes (PVC: mount path) to restore into"));
+        }
+    }
     Ok(JsonMap::new())
+}
+
+/// Upstream's `RestoreData` with `volumes` instead of `pod` (the workload is scaled down): a task
+/// pod of the tools image mounts the PVCs and restores with the agent CLI, the store's
+/// credentials and the repository key in its environment from Secrets. The blueprint's `image`
+/// (upstream's kanister-tools) is not used: the restore needs our agent.
+async fn restore_into_volumes<C: Cluster>(
+    ctx: &Context<C>,
+    snapshot: Snapshot,
+    target: &str,
+    volumes: BTreeMap<String, String>,
+) -> Result<()> {
+    let namespace = ctx.namespace()?;
+    let id = match snapshot {
+        Snapshot::Id(id) => id,
+        Snapshot::Tag(tag) => {
+            let repo = existing_repository(ctx).await?;
+            let wanted = BTreeMap::from([(BACKUP_TAG.to_string(), tag.clone())]);
+            let mut tagged: Vec<_> = repo
+                .snapshots()
+                .await
+                .map_err(data_err(ctx))?
+                .into_iter()
+                .filter_map(|(id, s)| {
+                    s.ok().filter(|s| kanister_agent::repository::has_tags(s, &wanted)).map(|s| (s.time, id))
+                })
+                .collect();
+            tagged.sort();
+            tagged
+                .pop()
+                .map(|(_, id)| id.to_string())
+                .ok_or_else(|| Error::NoBackup { function: ctx.function(), tag })?
+        }
+    };
+    let command = ["kanister-agent", "restore", id.as_str(), target].map(String::from).into();
+    let container = Container { name: "container".into(), image: ctx.tools_image.clone(), command };
+    let mut pod = ctx.task_pod("restore-data-", vec![container]).await?;
+    pod.volumes = volumes;
+    pod.env.extend(repository_env(ctx, &namespace).await?);
+    super::functions::run_pod(ctx, pod, "container", true).await?;
+    Ok(())
 }
 
 fn backup_info<C: Cluster>(ctx: &Context<C>) -> Result<BTreeMap<String, BackupInfo>> {
