@@ -241,12 +241,22 @@ impl Repository<Closed> {
 
     /// Opens the repository, creating it with default parameters when the location holds none:
     /// the first backup to a new Profile location. Only backups call this; reads never create.
+    ///
+    /// Caveat: object stores offer no create-if-absent for every provider, so two writers that
+    /// both find the location empty at the same moment would each create a repository (two
+    /// master keys). The coordinator creates repositories before it starts backups, one at a
+    /// time; only concurrent first `kando` pushes of upstream blueprints to an empty location
+    /// can still meet here.
     pub async fn open_or_init(self, key: &RepoKey) -> Result<Repository<Open>> {
         let store = self.store.clone();
         match self.open(key).await {
             Err(Error::NotARepository(_)) => {
                 tracing::info!(store = %store, "creating the repository on first use");
-                Repository::at(store).init(key, &InitOptions::default()).await
+                match Repository::at(store.clone()).init(key, &InitOptions::default()).await {
+                    // Another writer created it since we looked: use theirs.
+                    Err(Error::AlreadyInitialized(_)) => Repository::at(store).open(key).await,
+                    other => other,
+                }
             }
             other => other,
         }

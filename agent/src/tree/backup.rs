@@ -688,7 +688,8 @@ impl Walk<'_> {
             let i = top.pos;
             top.pos += 1;
             let (at, task) = top.ahead.pop_front().expect("every subdirectory is listed ahead, in order");
-            debug_assert_eq!(at, i);
+            // Pairing a directory with another's listing would store a wrong tree: never.
+            assert_eq!(at, i, "the read-ahead is in walk order");
             let e = &top.entries[i];
             let abs = top.abs.join(OsStr::from_bytes(&e.name));
             let rel = join_rel(&top.rel, &e.name);

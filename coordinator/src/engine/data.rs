@@ -65,6 +65,17 @@ async fn open_repository<C: Cluster>(ctx: &Context<C>) -> Result<super::reposito
         .map_err(|source| Error::Repository { function: ctx.function(), source: Box::new(source) })
 }
 
+/// Creates the action's Profile repository unless it exists, before a backup
+/// ([`super::repository::ensure`]).
+async fn ensure_repository<C: Cluster>(ctx: &Context<C>) -> Result<()> {
+    let (Some(profile_ref), Some(profile)) = (&ctx.profile, &ctx.params.profile) else {
+        return Err(Error::NoProfile(ctx.function()));
+    };
+    super::repository::ensure(&*ctx.cluster, profile_ref, profile)
+        .await
+        .map_err(|source| Error::Repository { function: ctx.function(), source: Box::new(source) })
+}
+
 /// Like [`open_repository`], for functions that need the repository to exist.
 async fn existing_repository<C: Cluster>(ctx: &Context<C>) -> Result<Box<kanister_agent::repository::Repository>> {
     use super::repository::Opened;
@@ -123,6 +134,7 @@ fn command_spec<C: Cluster>(ctx: &Context<C>) -> Result<kanister_proto::agent::v
 pub(super) async fn backup_stream<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
     let command = command_spec(ctx)?;
     let mut tags: std::collections::HashMap<String, String> = ctx.opt_string_map("tags")?.into_iter().collect();
+    ensure_repository(ctx).await?;
     let (pod, mut client, repository) = agent_target(ctx).await?;
     let agent_err = |source| Error::Agent { function: ctx.function(), pod: pod.clone(), source };
     tags.entry(POD_TAG.into()).or_insert_with(|| pod.clone());
@@ -194,6 +206,7 @@ async fn backup_tree<C: Cluster>(
     op_id: &str,
     on_progress: impl FnMut(&pb::Progress),
 ) -> Result<TreeBackup> {
+    ensure_repository(ctx).await?;
     let (what, mut client, repository) = agent_of(ctx, namespace, pod).await?;
     let agent_err = |source| Error::Agent { function: ctx.function(), pod: what.clone(), source };
     let mut tags = HashMap::from([(POD_TAG.to_string(), what.clone())]);
@@ -756,6 +769,7 @@ pub(super) async fn copy_volume_data<C: Cluster>(ctx: &Context<C>) -> Result<Jso
     let mount = ctx.opt_str("mountPath")?.filter(|s| !s.is_empty()).unwrap_or_else(|| format!("/mnt/vol_data/{pvc}"));
     let image = ctx.opt_str("image")?.filter(|s| !s.is_empty()).unwrap_or_else(|| ctx.tools_image.clone());
     let volume = format!("{VOLUME_TAG}={namespace}/{pvc}");
+    ensure_repository(ctx).await?;
     let command: Vec<String> = [
         "kanister-agent",
         "backup",

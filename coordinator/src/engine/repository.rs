@@ -5,8 +5,8 @@
 //! `CheckRepository`. Upstream runs those in the controller or in a short task pod; here the
 //! coordinator opens the repository in its own process with the Profile's store and the key from
 //! the Profile's key Secret ([`super::repokey`]), through the same mapping the agents use
-//! ([`super::agent::repository_ref`], [`kanister_agent::repository::store_of_ref`]). Nothing
-//! here ever creates a repository or a key.
+//! ([`super::agent::repository_ref`], [`kanister_agent::repository::store_of_ref`]). Reads
+//! never create a repository or a key; [`ensure`] creates the repository before backups.
 
 use kanister_agent::repository::{RefError, RepoKey, Repository};
 use kanister_proto::agent::v1 as pb;
@@ -77,6 +77,42 @@ pub enum Opened {
     /// A repository is there, but the Profile's key does not open it (the key Secret was
     /// replaced, or the location belongs to another Profile).
     WrongKey,
+}
+
+/// Makes sure the location of `profile` holds a repository before a backup writes to it,
+/// creating it (default parameters) and the Profile's key when needed.
+///
+/// Agents create a missing repository on their first backup, but several first backups at once
+/// (`BackupDataAll` over several pods, two actions of one ActionSet) could each create one and
+/// leave two master keys behind. Here creations are serialised in the coordinator, and a
+/// location once found to hold a repository is not asked again by this process.
+pub async fn ensure<C: Cluster>(cluster: &C, profile_ref: &ObjectReference, profile: &ProfileParams) -> Result<()> {
+    use std::collections::HashSet;
+    use std::sync::{LazyLock, Mutex};
+    static KNOWN: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Default::default);
+    static CREATING: LazyLock<tokio::sync::Mutex<()>> = LazyLock::new(Default::default);
+    let known = |url: &str| KNOWN.lock().unwrap_or_else(|e| e.into_inner()).contains(url);
+
+    let key = super::repokey::value(cluster, profile_ref).await.map_err(Box::new)?;
+    let name = format!("{}/{}", profile_ref.namespace, profile_ref.name);
+    let r = super::agent::repository_ref(profile, key)?;
+    if known(&r.store_url) {
+        return Ok(());
+    }
+    let _one_at_a_time = CREATING.lock().await;
+    if known(&r.store_url) {
+        return Ok(());
+    }
+    let store = kanister_agent::repository::store_of_ref(&r.store_url, r.store_options)
+        .map_err(|source| Error::Store { profile: name.clone(), source })?;
+    let key = match r.key {
+        Some(pb::repository_ref::Key::RawKey(k)) => RepoKey::KeyFile(Zeroizing::new(k)),
+        Some(pb::repository_ref::Key::Passphrase(p)) => RepoKey::Passphrase(Zeroizing::new(p)),
+        None => unreachable!("repository_ref carries the key it was given"),
+    };
+    Repository::at(store).open_or_init(&key).await.map_err(|source| Error::Repository { profile: name, source })?;
+    KNOWN.lock().unwrap_or_else(|e| e.into_inner()).insert(r.store_url);
+    Ok(())
 }
 
 /// Opens the repository of `profile` (as rendered for a phase, credentials included).
