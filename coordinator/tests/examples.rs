@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 mod support;
-use support::{Agent, ArgvScan, Logs};
+use support::{Agent, ArgvScan, Logs, infra_var};
 
 const TOKEN: &str = "agent-token-e8a51c";
 const PROFILE: &str = "s3-profile";
@@ -46,16 +46,6 @@ fn examples_dir() -> PathBuf {
 fn example(file: &str) -> String {
     let path = examples_dir().join(file);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
-
-fn infra_var(name: &str) -> String {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!(
-            "{name} is not set: these tests need the test infrastructure; run `bash tests/infra.sh start` and \
-             `eval \"$(bash tests/infra.sh env)\"` first"
-        ),
-    }
 }
 
 fn unique_name(tag: &str) -> String {

@@ -32,16 +32,7 @@ use kanister_coordinator::kanctl::{self, Cli, Error, Io, Outcome};
 use serde_json::Value;
 
 mod support;
-
-fn infra_var(name: &str) -> String {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!(
-            "{name} is not set: this test needs MariaDB and SeaweedFS of the test infrastructure; run \
-             `bash tests/infra.sh start` and `eval \"$(bash tests/infra.sh env)\"` first"
-        ),
-    }
-}
+use support::infra_var;
 
 fn unique(tag: &str) -> String {
     let nanos =

@@ -22,18 +22,9 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 mod support;
+use support::infra_var;
 
 const TOKEN: &str = "snapshots-token-value";
-
-fn infra_var(name: &str) -> String {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!(
-            "{name} is not set: this test needs SeaweedFS of the test infrastructure; run \
-             `bash tests/infra.sh start` and `eval \"$(bash tests/infra.sh env)\"` first"
-        ),
-    }
-}
 
 /// kanctl in-process with `token_file` (none: no token); the result and stdout.
 async fn kanctl(addr: SocketAddr, token_file: Option<&Path>, args: &[&str]) -> (Result<Outcome, Error>, String) {

@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 
 mod support;
 use kanister_agent::kando;
-use support::{ArgvScan, Logs, agent_binary};
+use support::{ArgvScan, Logs, agent_binary, infra_var};
 
 const PROFILE: &str = r#"'{{ toJson .Profile }}'"#;
 
@@ -164,16 +164,6 @@ fn password_override(var: &str) -> String {
         "{{containers: [{{name: container, env: [{{name: {var}, valueFrom: {{secretKeyRef: \
          {{name: '{{{{ .Secrets.db.Name }}}}', key: password}}}}}}]}}]}}"
     )
-}
-
-fn infra_var(name: &str) -> String {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!(
-            "{name} is not set: these tests need the test infrastructure; run `bash tests/infra.sh start` and \
-             `eval \"$(bash tests/infra.sh env)\"` first"
-        ),
-    }
 }
 
 fn unique_name(tag: &str) -> String {

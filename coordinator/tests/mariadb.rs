@@ -18,6 +18,9 @@ use kanister_coordinator::crd::{ActionSet, Artifact, State};
 use kanister_coordinator::engine::{Engine, EngineConfig, Outcome};
 use serde_json::{Value, json};
 
+mod support;
+use support::infra_var;
+
 /// The `mysql` client as the blueprint runs it: user and socket come from the Secret.
 const MYSQL: &str = r#"mysql --no-defaults -u'{{ index .Secrets.mysql.Data "username" | toString }}' -S '{{ index .Secrets.mysql.Data "socket" | toString }}'"#;
 
@@ -195,17 +198,6 @@ actions:
         - |
           @LOG deferred@
 "#;
-
-/// An environment variable set by the test infrastructure; a clear failure when it is missing.
-fn infra_var(name: &str) -> String {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!(
-            "{name} is not set: these tests need the MariaDB of the test infrastructure; run \
-             `bash tests/infra.sh start` and `eval \"$(bash tests/infra.sh env)\"` first"
-        ),
-    }
-}
 
 /// A database name unique to this process and call.
 fn unique_name(tag: &str) -> String {

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 mod support;
-use support::Agent;
+use support::{Agent, infra_var};
 
 const TOKEN: &str = "agent-token-3b9e1c";
 
@@ -69,16 +69,6 @@ actions:
         - -S
         - '{{ index .Secrets.db.Data "socket" | toString }}'
 "#;
-
-fn infra_var(name: &str) -> String {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!(
-            "{name} is not set: these tests need the test infrastructure; run `bash tests/infra.sh start` and \
-             `eval \"$(bash tests/infra.sh env)\"` first"
-        ),
-    }
-}
 
 fn unique_name(tag: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);

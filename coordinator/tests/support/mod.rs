@@ -1,7 +1,7 @@
-//! Shared by the coordinator's end-to-end tests: an in-process agent sidecar
-//! (`kanister_agent::service::serve` on 127.0.0.1:0, with a bearer token), the agent binary for
-//! task pods, a scan of every process's argv for secrets, and a capture of the logs of the
-//! coordinator and the in-process agents.
+//! Shared by the coordinator's end-to-end tests: the variables of the test infrastructure, an
+//! in-process agent sidecar (`kanister_agent::service::serve` on 127.0.0.1:0, with a bearer
+//! token), the agent binary for task pods, a scan of every process's argv for secrets, and a
+//! capture of the logs of the coordinator and the in-process agents.
 
 // Each test crate uses what it needs of this module.
 #![allow(dead_code)]
@@ -15,6 +15,18 @@ use kanister_coordinator::cluster::local::LocalCluster;
 
 use kanister_agent::service::{self, ServeConfig};
 use zeroize::Zeroizing;
+
+/// An environment variable set by the test infrastructure (`eval "$(bash tests/infra.sh env)"`);
+/// a clear failure, naming the variable, when it is missing or empty.
+pub fn infra_var(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "{name} is not set: these tests need the test infrastructure; run `bash tests/infra.sh start` and \
+             `eval \"$(bash tests/infra.sh env)\"` first"
+        ),
+    }
+}
 
 /// A running agent; `stop` ends it and checks that it ended cleanly.
 pub struct Agent {
