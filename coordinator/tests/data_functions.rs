@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use kanister_coordinator::cluster::local::LocalCluster;
@@ -21,7 +20,7 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 mod support;
-use support::{Agent, infra_var};
+use support::{Agent, infra_var, unique_name};
 
 const TOKEN: &str = "agent-token-7d2f0a";
 
@@ -165,13 +164,6 @@ actions:
         backupArtifactPrefix: unused/prefix
 "#;
 
-fn unique_name(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("data_{tag}_{}_{}_{nanos:x}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
-
 fn world(agent: &Agent) -> (Arc<LocalCluster>, Engine<LocalCluster>) {
     world_of(&[("app-0", agent)])
 }
@@ -209,7 +201,7 @@ credential:
         secret = infra_var("KANISTER_TEST_S3_SECRET_KEY"),
         bucket = infra_var("KANISTER_TEST_S3_BUCKET"),
         endpoint = infra_var("KANISTER_TEST_S3_ENDPOINT"),
-        prefix = unique_name("repo"),
+        prefix = unique_name("data", "repo"),
     );
     c.load_yaml(&objects, "world").unwrap();
     c.load_yaml(BLUEPRINT, "blueprint").unwrap();

@@ -21,7 +21,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use kanister_coordinator::cluster::Cluster;
@@ -33,7 +32,7 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 mod support;
-use support::{Agent, ArgvScan, Logs, infra_var};
+use support::{Agent, ArgvScan, Logs, infra_var, unique_name};
 
 const TOKEN: &str = "agent-token-e8a51c";
 const PROFILE: &str = "s3-profile";
@@ -46,13 +45,6 @@ fn examples_dir() -> PathBuf {
 fn example(file: &str) -> String {
     let path = examples_dir().join(file);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
-
-fn unique_name(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("ex_{tag}_{}_{}_{nanos:x}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A fresh random password, long enough that finding it anywhere is no accident.
@@ -108,7 +100,7 @@ struct World {
 /// `namespace/pod`.
 fn world(agent: &Agent, namespace: &str, pod: &str, objects: &str, file: &str) -> World {
     let c = LocalCluster::new().with_agent(namespace, pod, agent.endpoint.clone());
-    let prefix = unique_name("repo");
+    let prefix = unique_name("ex", "repo");
     let profile = format!(
         r#"
 apiVersion: v1
@@ -328,7 +320,7 @@ fn mysql_fingerprint(db: &str) -> String {
 async fn mysql_example_backs_up_restores_and_deletes_with_a_password_user() {
     let logs = Logs::capture();
     let agent = Agent::start(TOKEN).await;
-    let db = MysqlDb { name: unique_name("my"), user: unique_name("myu") };
+    let db = MysqlDb { name: unique_name("ex", "my"), user: unique_name("ex", "myu") };
     let pw = password();
     // The password is given to the server through its stdin here, not on a command line.
     let setup = format!(
@@ -447,7 +439,7 @@ fn pg_fingerprint(db: &str) -> String {
 async fn postgresql_example_backs_up_restores_and_deletes_with_a_password_user() {
     let logs = Logs::capture();
     let agent = Agent::start(TOKEN).await;
-    let db = PgDb { name: unique_name("pg"), user: unique_name("pgu") };
+    let db = PgDb { name: unique_name("ex", "pg"), user: unique_name("ex", "pgu") };
     let pw = password();
     psql("postgres", &format!("CREATE ROLE {} LOGIN CREATEDB PASSWORD '{pw}';", db.user));
     psql("postgres", &format!("CREATE DATABASE {} OWNER {};", db.name, db.user));

@@ -32,13 +32,7 @@ use kanister_coordinator::kanctl::{self, Cli, Error, Io, Outcome};
 use serde_json::Value;
 
 mod support;
-use support::infra_var;
-
-fn unique(tag: &str) -> String {
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("{tag}_{}_{nanos:x}", std::process::id())
-}
+use support::{infra_var, unique_name};
 
 /// Upstream's mysql-blueprint, with the differences named in the module doc.
 const BLUEPRINT: &str = r#"
@@ -178,7 +172,7 @@ async fn snapshots_json(addr: SocketAddr) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_seed_story_through_kanctl() {
-    let db = Database(unique("kctl"));
+    let db = Database(unique_name("kctl", "db"));
     sql(
         "",
         &format!(
@@ -225,7 +219,7 @@ async fn the_seed_story_through_kanctl() {
     let bucket = infra_var("KANISTER_TEST_S3_BUCKET");
     let access = infra_var("KANISTER_TEST_S3_ACCESS_KEY");
     let secret = infra_var("KANISTER_TEST_S3_SECRET_KEY");
-    let prefix = unique("kanctl-e2e");
+    let prefix = unique_name("kanctl-e2e", "repo");
     let profile = |name: &'static str, key: String| {
         let (endpoint, bucket, access, prefix) = (endpoint.clone(), bucket.clone(), access.clone(), prefix.clone());
         async move {

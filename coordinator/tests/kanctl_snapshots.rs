@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 mod support;
-use support::infra_var;
+use support::{infra_var, unique_name};
 
 const TOKEN: &str = "snapshots-token-value";
 
@@ -79,9 +79,7 @@ fn kando_push(prefix: &str, key: &str, path: &str, data: &[u8]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_state_of_a_profiles_location_has_one_clear_answer() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    let prefix = format!("kanctl-snapshots_{}_{nanos:x}", std::process::id());
+    let prefix = unique_name("kanctl-snapshots", "repo");
     let (bucket, s3_secret) = (infra_var("KANISTER_TEST_S3_BUCKET"), infra_var("KANISTER_TEST_S3_SECRET_KEY"));
     let cluster = Arc::new(LocalCluster::new());
     cluster

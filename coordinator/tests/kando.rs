@@ -20,7 +20,6 @@
 //! filer on 127.0.0.1:8888, MariaDB and PostgreSQL. Fails without them.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use kanister_coordinator::cluster::local::LocalCluster;
@@ -31,7 +30,7 @@ use serde_json::{Value, json};
 
 mod support;
 use kanister_agent::kando;
-use support::{ArgvScan, Logs, agent_binary, infra_var};
+use support::{ArgvScan, Logs, agent_binary, infra_var, unique_name};
 
 const PROFILE: &str = r#"'{{ toJson .Profile }}'"#;
 
@@ -166,13 +165,6 @@ fn password_override(var: &str) -> String {
     )
 }
 
-fn unique_name(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("kando_{tag}_{}_{}_{nanos:x}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
-
 struct World {
     cluster: Arc<LocalCluster>,
     engine: Engine<LocalCluster>,
@@ -182,7 +174,7 @@ struct World {
 
 fn world() -> World {
     let (bin, path) = support::tools_path();
-    let prefix = unique_name("repo");
+    let prefix = unique_name("kando", "repo");
     let c = LocalCluster::new().with_env("PATH", path);
     let objects = format!(
         r#"
@@ -392,7 +384,7 @@ fn mysql_fingerprint(db: &str) -> String {
 async fn mysqldump_through_kando_backs_up_restores_dedups_and_deletes() {
     let logs = Logs::capture();
     let w = world();
-    let db = MysqlDb { name: unique_name("my"), user: unique_name("myu") };
+    let db = MysqlDb { name: unique_name("kando", "my"), user: unique_name("kando", "myu") };
     let pw = password();
     mysql_stdin(&format!(
         "CREATE DATABASE {0}; CREATE USER '{1}'@'%' IDENTIFIED BY '{2}'; GRANT ALL ON {0}.* TO '{1}'@'%'; USE {0};
@@ -538,7 +530,7 @@ fn pg_fingerprint(db: &str) -> String {
 async fn pg_dumpall_through_kando_backs_up_restores_and_deletes() {
     let logs = Logs::capture();
     let w = world();
-    let db = PgDb { name: unique_name("pg"), user: unique_name("pgu") };
+    let db = PgDb { name: unique_name("kando", "pg"), user: unique_name("kando", "pgu") };
     let pw = password();
     psql_stdin(&format!("CREATE ROLE {} LOGIN SUPERUSER PASSWORD '{pw}';", db.user));
     psql("postgres", &format!("CREATE DATABASE {}", db.name));

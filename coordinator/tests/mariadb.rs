@@ -9,7 +9,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use kanister_coordinator::cluster::local::LocalCluster;
@@ -19,7 +18,7 @@ use kanister_coordinator::engine::{Engine, EngineConfig, Outcome};
 use serde_json::{Value, json};
 
 mod support;
-use support::infra_var;
+use support::{infra_var, unique_name};
 
 /// The `mysql` client as the blueprint runs it: user and socket come from the Secret.
 const MYSQL: &str = r#"mysql --no-defaults -u'{{ index .Secrets.mysql.Data "username" | toString }}' -S '{{ index .Secrets.mysql.Data "socket" | toString }}'"#;
@@ -199,14 +198,6 @@ actions:
           @LOG deferred@
 "#;
 
-/// A database name unique to this process and call.
-fn unique_name(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("kco_{tag}_{}_{}_{nanos:x}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
-
 /// Runs SQL as root over the test socket (in `db` unless empty) and returns the tab-separated
 /// output without column names.
 async fn sql(db: &str, query: &str) -> String {
@@ -383,8 +374,8 @@ fn sha256_file(path: &Path) -> String {
 
 #[tokio::test]
 async fn mysqldump_backup_renders_an_artifact_that_a_restore_actionset_loads_into_a_fresh_database() {
-    let source = unique_name("src");
-    let target = unique_name("dst");
+    let source = unique_name("kco", "src");
+    let target = unique_name("kco", "dst");
     let _cleanup = Databases(vec![source.clone(), target.clone()]);
     seed(&source).await;
     let before = fingerprint(&source).await;
@@ -430,8 +421,8 @@ async fn mysqldump_backup_renders_an_artifact_that_a_restore_actionset_loads_int
 
 #[tokio::test]
 async fn restore_rejects_a_dump_whose_checksum_does_not_match_the_artifact() {
-    let source = unique_name("src");
-    let target = unique_name("dst");
+    let source = unique_name("kco", "src");
+    let target = unique_name("kco", "dst");
     let _cleanup = Databases(vec![source.clone(), target.clone()]);
     seed(&source).await;
     let dir = tempfile::tempdir().unwrap();
@@ -464,7 +455,7 @@ async fn restore_rejects_a_dump_whose_checksum_does_not_match_the_artifact() {
 
 #[tokio::test]
 async fn failing_mysqldump_fails_the_actionset_with_its_exit_code_and_runs_only_the_defer_phase_after_it() {
-    let db = unique_name("fail");
+    let db = unique_name("kco", "fail");
     let _cleanup = Databases(vec![db.clone()]);
     seed(&db).await;
     let dir = tempfile::tempdir().unwrap();
@@ -495,8 +486,8 @@ async fn failing_mysqldump_fails_the_actionset_with_its_exit_code_and_runs_only_
 
 #[tokio::test]
 async fn phase_timeout_stops_a_long_query_and_runs_the_defer_phase() {
-    let db = unique_name("slow");
-    let marker = unique_name("mk");
+    let db = unique_name("kco", "slow");
+    let marker = unique_name("kco", "mk");
     let _cleanup = Databases(vec![db.clone()]);
     seed(&db).await;
     let cluster = cluster();
@@ -518,8 +509,8 @@ async fn phase_timeout_stops_a_long_query_and_runs_the_defer_phase() {
 
 #[tokio::test]
 async fn cancelling_through_the_spec_stops_a_running_query_and_runs_the_defer_phase() {
-    let db = unique_name("cancel");
-    let marker = unique_name("mk");
+    let db = unique_name("kco", "cancel");
+    let marker = unique_name("kco", "mk");
     let _cleanup = Databases(vec![db.clone()]);
     seed(&db).await;
     let cluster = cluster();

@@ -8,7 +8,6 @@
 //! Needs the test infrastructure (`eval "$(bash tests/infra.sh env)"`). Fails without it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use kanister_coordinator::cluster::Cluster;
@@ -20,7 +19,7 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 mod support;
-use support::{Agent, infra_var};
+use support::{Agent, infra_var, unique_name};
 
 const TOKEN: &str = "agent-token-3b9e1c";
 
@@ -69,13 +68,6 @@ actions:
         - -S
         - '{{ index .Secrets.db.Data "socket" | toString }}'
 "#;
-
-fn unique_name(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("stream_{tag}_{}_{}_{nanos:x}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
 
 fn mysql(db: &str, query: &str) -> String {
     let mut cmd = std::process::Command::new("mysql");
@@ -133,7 +125,7 @@ stringData: {{socket: "{socket}"}}
         secret = infra_var("KANISTER_TEST_S3_SECRET_KEY"),
         bucket = infra_var("KANISTER_TEST_S3_BUCKET"),
         endpoint = infra_var("KANISTER_TEST_S3_ENDPOINT"),
-        prefix = unique_name("repo"),
+        prefix = unique_name("stream", "repo"),
         socket = infra_var("KANISTER_TEST_MYSQL_SOCKET"),
     );
     c.load_yaml(&objects, "world").unwrap();
@@ -206,7 +198,7 @@ fn running_byte_counts(cluster: &LocalCluster, name: &str) -> Vec<(i64, i64, i64
 async fn backup_stream_and_restore_stream_through_the_agent_sidecar() {
     let agent = Agent::start(TOKEN).await;
     let (cluster, engine) = world(&agent);
-    let db = MysqlDb(unique_name("my"));
+    let db = MysqlDb(unique_name("stream", "my"));
     mysql(
         "",
         &format!(

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -26,6 +27,18 @@ pub fn infra_var(name: &str) -> String {
              `eval \"$(bash tests/infra.sh env)\"` first"
         ),
     }
+}
+
+/// A name unique to this test process and call, `<prefix>_<tag>_<pid>_<n>_<nanos>`: for the
+/// databases, users and repository prefixes of servers that other tests (and other runs) share.
+/// The prefix says which test file made it (`data`, `ex`, `kando`, ...), so a leftover shows
+/// where it came from. With a lowercase prefix and tag it is a valid MariaDB and PostgreSQL
+/// identifier.
+pub fn unique_name(prefix: &str, tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("{prefix}_{tag}_{}_{}_{nanos:x}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A running agent; `stop` ends it and checks that it ended cleanly.
