@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 mod support;
-use support::{Agent, ArgvScan, Logs, infra_var, unique_name};
+use support::{Agent, ArgvScan, Logs, infra_var, tree, unique_name};
 
 const TOKEN: &str = "agent-token-e8a51c";
 const PROFILE: &str = "s3-profile";
@@ -506,28 +506,6 @@ async fn postgresql_example_backs_up_restores_and_deletes_with_a_password_user()
 }
 
 // ---- a volume ----
-
-/// Relative path → what is there: a file's contents, a symlink's target, or a directory.
-fn tree(root: &Path) -> BTreeMap<String, String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            let meta = std::fs::symlink_metadata(&path).unwrap();
-            if meta.file_type().is_symlink() {
-                out.insert(rel, format!("link:{}", std::fs::read_link(&path).unwrap().display()));
-            } else if meta.is_dir() {
-                out.insert(rel, "dir".into());
-                walk(root, &path, out);
-            } else {
-                out.insert(rel, format!("file:{}", String::from_utf8_lossy(&std::fs::read(&path).unwrap())));
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn volume_example_backs_up_a_directory_and_restores_it_into_an_empty_one() {
