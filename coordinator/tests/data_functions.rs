@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 mod support;
-use support::{Agent, infra_var, tree, unique_name};
+use support::{Agent, infra_var, s3_profile_yaml, tree, unique_name};
 
 const TOKEN: &str = "agent-token-7d2f0a";
 
@@ -179,30 +179,7 @@ fn world_of(agents: &[(&str, &Agent)]) -> (Arc<LocalCluster>, Engine<LocalCluste
 
 /// `c` with the Profile (on SeaweedFS, under a fresh prefix) and the blueprint loaded.
 fn world_with(c: LocalCluster) -> (Arc<LocalCluster>, Engine<LocalCluster>) {
-    let objects = format!(
-        r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: s3-credentials, namespace: kanister}}
-stringData: {{aws_access_key_id: "{id}", aws_secret_access_key: "{secret}"}}
----
-apiVersion: cr.kanister.io/v1alpha1
-kind: Profile
-metadata: {{name: s3-profile, namespace: kanister}}
-location: {{type: s3Compliant, bucket: "{bucket}", endpoint: "{endpoint}", prefix: "{prefix}", region: us-east-1}}
-credential:
-  type: keyPair
-  keyPair:
-    idField: aws_access_key_id
-    secretField: aws_secret_access_key
-    secret: {{apiVersion: v1, kind: secret, name: s3-credentials, namespace: kanister}}
-"#,
-        id = infra_var("KANISTER_TEST_S3_ACCESS_KEY"),
-        secret = infra_var("KANISTER_TEST_S3_SECRET_KEY"),
-        bucket = infra_var("KANISTER_TEST_S3_BUCKET"),
-        endpoint = infra_var("KANISTER_TEST_S3_ENDPOINT"),
-        prefix = unique_name("data", "repo"),
-    );
+    let objects = s3_profile_yaml("kanister", "s3-profile", "s3-credentials", &unique_name("data", "repo"));
     c.load_yaml(&objects, "world").unwrap();
     c.load_yaml(BLUEPRINT, "blueprint").unwrap();
     let cluster = Arc::new(c);

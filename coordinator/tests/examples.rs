@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 mod support;
-use support::{Agent, ArgvScan, Logs, infra_var, tree, unique_name};
+use support::{Agent, ArgvScan, Logs, infra_var, s3_profile_yaml, tree, unique_name};
 
 const TOKEN: &str = "agent-token-e8a51c";
 const PROFILE: &str = "s3-profile";
@@ -101,29 +101,7 @@ struct World {
 fn world(agent: &Agent, namespace: &str, pod: &str, objects: &str, file: &str) -> World {
     let c = LocalCluster::new().with_agent(namespace, pod, agent.endpoint.clone());
     let prefix = unique_name("ex", "repo");
-    let profile = format!(
-        r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: s3-credentials, namespace: kanister}}
-stringData: {{aws_access_key_id: "{id}", aws_secret_access_key: "{secret}"}}
----
-apiVersion: cr.kanister.io/v1alpha1
-kind: Profile
-metadata: {{name: {PROFILE}, namespace: kanister}}
-location: {{type: s3Compliant, bucket: "{bucket}", endpoint: "{endpoint}", prefix: "{prefix}", region: us-east-1}}
-credential:
-  type: keyPair
-  keyPair:
-    idField: aws_access_key_id
-    secretField: aws_secret_access_key
-    secret: {{apiVersion: v1, kind: secret, name: s3-credentials, namespace: kanister}}
-"#,
-        id = infra_var("KANISTER_TEST_S3_ACCESS_KEY"),
-        secret = infra_var("KANISTER_TEST_S3_SECRET_KEY"),
-        bucket = infra_var("KANISTER_TEST_S3_BUCKET"),
-        endpoint = infra_var("KANISTER_TEST_S3_ENDPOINT"),
-    );
+    let profile = s3_profile_yaml("kanister", PROFILE, "s3-credentials", &prefix);
     c.load_yaml(&profile, "profile").unwrap();
     c.load_yaml(objects, "objects").unwrap();
     c.load_yaml(&example(file), file).unwrap();

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 mod support;
-use support::{infra_var, unique_name};
+use support::{infra_var, s3_profile_yaml, unique_name};
 
 const TOKEN: &str = "snapshots-token-value";
 
@@ -82,26 +82,9 @@ async fn every_state_of_a_profiles_location_has_one_clear_answer() {
     let prefix = unique_name("kanctl-snapshots", "repo");
     let (bucket, s3_secret) = (infra_var("KANISTER_TEST_S3_BUCKET"), infra_var("KANISTER_TEST_S3_SECRET_KEY"));
     let cluster = Arc::new(LocalCluster::new());
-    cluster
-        .load_yaml(
-            &format!(
-                r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: s3-credentials, namespace: kanister}}
-stringData: {{aws_access_key_id: "{id}", aws_secret_access_key: "{s3_secret}"}}
----
-apiVersion: cr.kanister.io/v1alpha1
-kind: Profile
-metadata: {{name: s3-profile, namespace: kanister}}
-location: {{type: s3Compliant, bucket: "{bucket}", endpoint: "{endpoint}", prefix: "{prefix}", region: us-east-1}}
-credential:
-  type: keyPair
-  keyPair:
-    idField: aws_access_key_id
-    secretField: aws_secret_access_key
-    secret: {{apiVersion: v1, kind: secret, name: s3-credentials, namespace: kanister}}
----
+    // The Profile and its credentials, and a Profile whose credential Secret does not exist.
+    let world = format!(
+        r#"{profile}---
 apiVersion: cr.kanister.io/v1alpha1
 kind: Profile
 metadata: {{name: orphan-profile, namespace: kanister}}
@@ -113,12 +96,10 @@ credential:
     secretField: aws_secret_access_key
     secret: {{apiVersion: v1, kind: secret, name: gone, namespace: kanister}}
 "#,
-                id = infra_var("KANISTER_TEST_S3_ACCESS_KEY"),
-                endpoint = infra_var("KANISTER_TEST_S3_ENDPOINT"),
-            ),
-            "world",
-        )
-        .unwrap();
+        profile = s3_profile_yaml("kanister", "s3-profile", "s3-credentials", &prefix),
+        endpoint = infra_var("KANISTER_TEST_S3_ENDPOINT"),
+    );
+    cluster.load_yaml(&world, "world").unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

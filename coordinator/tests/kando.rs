@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 
 mod support;
 use kanister_agent::kando;
-use support::{ArgvScan, Logs, agent_binary, infra_var, unique_name};
+use support::{ArgvScan, Logs, agent_binary, infra_var, s3_profile_yaml, unique_name};
 
 const PROFILE: &str = r#"'{{ toJson .Profile }}'"#;
 
@@ -176,30 +176,9 @@ fn world() -> World {
     let (bin, path) = support::tools_path();
     let prefix = unique_name("kando", "repo");
     let c = LocalCluster::new().with_env("PATH", path);
-    let objects = format!(
-        r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: s3-credentials, namespace: kanister}}
-stringData: {{aws_access_key_id: "{id}", aws_secret_access_key: "{secret}"}}
----
-apiVersion: cr.kanister.io/v1alpha1
-kind: Profile
-metadata: {{name: s3-profile, namespace: kanister}}
-location: {{type: s3Compliant, bucket: "{bucket}", endpoint: "{endpoint}", prefix: "{prefix}", region: us-east-1}}
-credential:
-  type: keyPair
-  keyPair:
-    idField: aws_access_key_id
-    secretField: aws_secret_access_key
-    secret: {{apiVersion: v1, kind: secret, name: s3-credentials, namespace: kanister}}
-skipSSLVerify: false
-"#,
-        id = infra_var("KANISTER_TEST_S3_ACCESS_KEY"),
-        secret = infra_var("KANISTER_TEST_S3_SECRET_KEY"),
-        bucket = infra_var("KANISTER_TEST_S3_BUCKET"),
-        endpoint = infra_var("KANISTER_TEST_S3_ENDPOINT"),
-    );
+    // This Profile also states skipSSLVerify, at its default (false).
+    let objects =
+        format!("{}skipSSLVerify: false\n", s3_profile_yaml("kanister", "s3-profile", "s3-credentials", &prefix));
     c.load_yaml(&objects, "world").unwrap();
     c.load_yaml(&blueprint(), "blueprint").unwrap();
     let cluster = Arc::new(c);

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 mod support;
-use support::{Agent, infra_var, unique_name};
+use support::{Agent, infra_var, s3_profile_yaml, unique_name};
 
 const TOKEN: &str = "agent-token-3b9e1c";
 
@@ -99,33 +99,13 @@ fn checksum(db: &str) -> String {
 fn world(agent: &Agent) -> (Arc<LocalCluster>, Engine<LocalCluster>) {
     let c = LocalCluster::new().with_agent("mysql-test", "mysql-0", agent.endpoint.clone());
     let objects = format!(
-        r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: s3-credentials, namespace: kanister}}
-stringData: {{aws_access_key_id: "{id}", aws_secret_access_key: "{secret}"}}
----
-apiVersion: cr.kanister.io/v1alpha1
-kind: Profile
-metadata: {{name: s3-profile, namespace: kanister}}
-location: {{type: s3Compliant, bucket: "{bucket}", endpoint: "{endpoint}", prefix: "{prefix}", region: us-east-1}}
-credential:
-  type: keyPair
-  keyPair:
-    idField: aws_access_key_id
-    secretField: aws_secret_access_key
-    secret: {{apiVersion: v1, kind: secret, name: s3-credentials, namespace: kanister}}
----
+        r#"{profile}---
 apiVersion: v1
 kind: Secret
 metadata: {{name: mysql, namespace: mysql-test}}
 stringData: {{socket: "{socket}"}}
 "#,
-        id = infra_var("KANISTER_TEST_S3_ACCESS_KEY"),
-        secret = infra_var("KANISTER_TEST_S3_SECRET_KEY"),
-        bucket = infra_var("KANISTER_TEST_S3_BUCKET"),
-        endpoint = infra_var("KANISTER_TEST_S3_ENDPOINT"),
-        prefix = unique_name("stream", "repo"),
+        profile = s3_profile_yaml("kanister", "s3-profile", "s3-credentials", &unique_name("stream", "repo")),
         socket = infra_var("KANISTER_TEST_MYSQL_SOCKET"),
     );
     c.load_yaml(&objects, "world").unwrap();

@@ -30,6 +30,36 @@ pub fn infra_var(name: &str) -> String {
     }
 }
 
+/// YAML for `LocalCluster::load_yaml`: the Secret `<namespace>/<secret>` with the S3 key pair of
+/// the test infrastructure, and the Profile `<namespace>/<profile>` whose `keyPair` credential
+/// reads it, on the SeaweedFS bucket under `prefix`. The Profile is the last document, so text
+/// appended to this is more of its fields or, after `---`, more documents.
+pub fn s3_profile_yaml(namespace: &str, profile: &str, secret: &str, prefix: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: {secret}, namespace: {namespace}}}
+stringData: {{aws_access_key_id: "{id}", aws_secret_access_key: "{key}"}}
+---
+apiVersion: cr.kanister.io/v1alpha1
+kind: Profile
+metadata: {{name: {profile}, namespace: {namespace}}}
+location: {{type: s3Compliant, bucket: "{bucket}", endpoint: "{endpoint}", prefix: "{prefix}", region: us-east-1}}
+credential:
+  type: keyPair
+  keyPair:
+    idField: aws_access_key_id
+    secretField: aws_secret_access_key
+    secret: {{apiVersion: v1, kind: secret, name: {secret}, namespace: {namespace}}}
+"#,
+        id = infra_var("KANISTER_TEST_S3_ACCESS_KEY"),
+        key = infra_var("KANISTER_TEST_S3_SECRET_KEY"),
+        bucket = infra_var("KANISTER_TEST_S3_BUCKET"),
+        endpoint = infra_var("KANISTER_TEST_S3_ENDPOINT"),
+    )
+}
+
 /// A name unique to this test process and call, `<prefix>_<tag>_<pid>_<n>_<nanos>`: for the
 /// databases, users and repository prefixes of servers that other tests (and other runs) share.
 /// The prefix says which test file made it (`data`, `ex`, `kando`, ...), so a leftover shows
