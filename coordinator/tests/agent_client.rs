@@ -17,9 +17,12 @@ use kanister_coordinator::cluster::Cluster;
 use kanister_coordinator::cluster::local::LocalCluster;
 use kanister_coordinator::crd::State;
 use kanister_coordinator::engine::agent::{AgentClientArgs, AgentClientConfig};
-use kanister_coordinator::engine::{Engine, EngineConfig, Outcome};
+use kanister_coordinator::engine::{Engine, EngineConfig};
 use serde_json::json;
 use zeroize::Zeroizing;
+
+mod support;
+use support::run_to_end;
 
 const TOKEN: &str = "agent-token-51f0c9d2";
 /// The name the agent's certificate carries (not the address the coordinator dials).
@@ -203,9 +206,7 @@ async fn backup(w: &World, name: &str, agent: AgentClientConfig) -> (State, Stri
             "profile": {"name": "local", "namespace": "kanister"},
         }]}
     }));
-    assert_eq!(engine.reconcile("kanister", name).await.unwrap(), Outcome::Started);
-    tokio::time::timeout(Duration::from_secs(60), engine.wait("kanister", name)).await.expect("the run ends");
-    let status = w.cluster.get_actionset("kanister", name).await.unwrap().status.unwrap();
+    let status = run_to_end(&engine, name, Duration::from_secs(60)).await.status.unwrap();
     (status.state, status.error.map(|e| e.message).unwrap_or_default())
 }
 

@@ -25,14 +25,14 @@ use std::time::Duration;
 
 use kanister_coordinator::cluster::Cluster;
 use kanister_coordinator::cluster::local::LocalCluster;
-use kanister_coordinator::crd::{ActionSet, Blueprint, State};
+use kanister_coordinator::crd::{ActionSet, Blueprint};
 use kanister_coordinator::engine::agent::AgentClientConfig;
-use kanister_coordinator::engine::{Engine, EngineConfig, Outcome, repokey};
+use kanister_coordinator::engine::{Engine, EngineConfig, repokey};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 mod support;
-use support::{Agent, ArgvScan, Logs, infra_var, s3_profile_yaml, tree, unique_name};
+use support::{Agent, ArgvScan, Logs, assert_complete, infra_var, run_to_end, s3_profile_yaml, tree, unique_name};
 
 const TOKEN: &str = "agent-token-e8a51c";
 const PROFILE: &str = "s3-profile";
@@ -144,20 +144,8 @@ impl World {
                 "artifacts": a.artifacts,
             }]}
         }));
-        assert_eq!(self.engine.reconcile("kanister", a.name).await.unwrap(), Outcome::Started);
-        tokio::time::timeout(Duration::from_secs(180), self.engine.wait("kanister", a.name))
-            .await
-            .expect("the run ends");
-        let set = self.cluster.get_actionset("kanister", a.name).await.unwrap();
-        let status = set.status.as_ref().unwrap();
-        assert_eq!(
-            status.state,
-            State::Complete,
-            "{} ({}): {}",
-            a.name,
-            a.action,
-            status.error.as_ref().map(|e| e.message.clone()).unwrap_or_default()
-        );
+        let set = run_to_end(&self.engine, a.name, Duration::from_secs(180)).await;
+        assert_complete(&set);
         set
     }
 

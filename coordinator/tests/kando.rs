@@ -24,13 +24,13 @@ use std::time::Duration;
 
 use kanister_coordinator::cluster::local::LocalCluster;
 use kanister_coordinator::cluster::{Cluster, EnvSource};
-use kanister_coordinator::crd::{ActionSet, State};
-use kanister_coordinator::engine::{Engine, EngineConfig, Outcome, repokey};
+use kanister_coordinator::crd::ActionSet;
+use kanister_coordinator::engine::{Engine, EngineConfig, repokey};
 use serde_json::{Value, json};
 
 mod support;
 use kanister_agent::kando;
-use support::{ArgvScan, Logs, agent_binary, infra_var, s3_profile_yaml, unique_name};
+use support::{ArgvScan, Logs, agent_binary, assert_complete, infra_var, run_to_end, s3_profile_yaml, unique_name};
 
 const PROFILE: &str = r#"'{{ toJson .Profile }}'"#;
 
@@ -207,16 +207,8 @@ impl World {
                 "artifacts": artifacts,
             }]}
         }));
-        assert_eq!(self.engine.reconcile("kanister", name).await.unwrap(), Outcome::Started);
-        tokio::time::timeout(Duration::from_secs(120), self.engine.wait("kanister", name)).await.expect("the run ends");
-        let a = self.cluster.get_actionset("kanister", name).await.unwrap();
-        let status = a.status.as_ref().unwrap();
-        assert_eq!(
-            status.state,
-            State::Complete,
-            "{name} ({action}): {}",
-            status.error.as_ref().map(|e| e.message.clone()).unwrap_or_default()
-        );
+        let a = run_to_end(&self.engine, name, Duration::from_secs(120)).await;
+        assert_complete(&a);
         a
     }
 

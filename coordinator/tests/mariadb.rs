@@ -18,7 +18,7 @@ use kanister_coordinator::engine::{Engine, EngineConfig, Outcome};
 use serde_json::{Value, json};
 
 mod support;
-use support::{infra_var, unique_name};
+use support::{infra_var, run_to_end, unique_name};
 
 /// The `mysql` client as the blueprint runs it: user and socket come from the Secret.
 const MYSQL: &str = r#"mysql --no-defaults -u'{{ index .Secrets.mysql.Data "username" | toString }}' -S '{{ index .Secrets.mysql.Data "socket" | toString }}'"#;
@@ -339,11 +339,8 @@ fn put_actionset(cluster: &LocalCluster, name: &str, action: &str, options: Valu
     }));
 }
 
-async fn run_to_end(engine: &Engine<LocalCluster>, name: &str) -> ActionSet {
-    assert_eq!(engine.reconcile("kanister", name).await.unwrap(), Outcome::Started);
-    tokio::time::timeout(Duration::from_secs(60), engine.wait("kanister", name)).await.expect("the run ends");
-    engine.cluster().get_actionset("kanister", name).await.unwrap()
-}
+/// How long a run may take.
+const WITHIN: Duration = Duration::from_secs(60);
 
 fn state(a: &ActionSet) -> State {
     a.status.as_ref().unwrap().state
@@ -386,7 +383,7 @@ async fn mysqldump_backup_renders_an_artifact_that_a_restore_actionset_loads_int
 
     let options = json!({"dir": dir.path().to_str().unwrap(), "database": source});
     put_actionset(&cluster, "backup-maria", "backup", options, json!({}));
-    let backup = run_to_end(&engine, "backup-maria").await;
+    let backup = run_to_end(&engine, "backup-maria", WITHIN).await;
     assert_eq!(state(&backup), State::Complete, "{}", error_message(&backup));
 
     // The phase outputs came from the command's stdout through the protocol.
@@ -411,7 +408,7 @@ async fn mysqldump_backup_renders_an_artifact_that_a_restore_actionset_loads_int
     let options = json!({"database": target});
     let fed = json!({"mysqlDump": serde_json::to_value(artifact).unwrap()});
     put_actionset(&cluster, "restore-maria", "restore", options, fed);
-    let restore = run_to_end(&engine, "restore-maria").await;
+    let restore = run_to_end(&engine, "restore-maria", WITHIN).await;
     assert_eq!(state(&restore), State::Complete, "{}", error_message(&restore));
     assert_eq!(phase_states(&restore), [State::Complete, State::Complete]);
     assert_eq!(output(&restore, "load", "rows"), "3000");
@@ -435,7 +432,7 @@ async fn restore_rejects_a_dump_whose_checksum_does_not_match_the_artifact() {
         json!({"dir": dir.path().to_str().unwrap(), "database": source}),
         json!({}),
     );
-    let backup = run_to_end(&engine, "backup-m2").await;
+    let backup = run_to_end(&engine, "backup-m2", WITHIN).await;
     assert_eq!(state(&backup), State::Complete, "{}", error_message(&backup));
     let artifact = backup.status.as_ref().unwrap().actions[0].artifacts["mysqlDump"].clone();
     // The dump changes after the backup: the restore must refuse it before loading anything.
@@ -443,7 +440,7 @@ async fn restore_rejects_a_dump_whose_checksum_does_not_match_the_artifact() {
 
     let fed = json!({"mysqlDump": serde_json::to_value(&artifact).unwrap()});
     put_actionset(&cluster, "restore-m2", "restore", json!({"database": target}), fed);
-    let restore = run_to_end(&engine, "restore-m2").await;
+    let restore = run_to_end(&engine, "restore-m2", WITHIN).await;
     assert_eq!(state(&restore), State::Failed);
     let message = error_message(&restore);
     assert!(message.contains("phase \"verify\"") && message.contains("exit code 1"), "{message}");
@@ -468,7 +465,7 @@ async fn failing_mysqldump_fails_the_actionset_with_its_exit_code_and_runs_only_
         json!({"dir": dir.path().to_str().unwrap(), "database": db}),
         json!({}),
     );
-    let a = run_to_end(&engine, "fail-maria").await;
+    let a = run_to_end(&engine, "fail-maria", WITHIN).await;
 
     assert_eq!(state(&a), State::Failed);
     let message = error_message(&a);
@@ -494,7 +491,7 @@ async fn phase_timeout_stops_a_long_query_and_runs_the_defer_phase() {
     let engine = Engine::new(cluster.clone(), config());
     put_actionset(&cluster, "slow-maria", "slowQuery", json!({"database": db, "marker": marker}), json!({}));
     let started = Instant::now();
-    let a = run_to_end(&engine, "slow-maria").await;
+    let a = run_to_end(&engine, "slow-maria", WITHIN).await;
     assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
 
     assert_eq!(state(&a), State::Failed);

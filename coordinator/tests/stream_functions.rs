@@ -14,12 +14,12 @@ use kanister_coordinator::cluster::Cluster;
 use kanister_coordinator::cluster::local::LocalCluster;
 use kanister_coordinator::crd::{ActionSet, State};
 use kanister_coordinator::engine::agent::AgentClientConfig;
-use kanister_coordinator::engine::{Engine, EngineConfig, Outcome};
+use kanister_coordinator::engine::{Engine, EngineConfig};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 mod support;
-use support::{Agent, infra_var, s3_profile_yaml, unique_name};
+use support::{Agent, assert_complete, infra_var, run_to_end, s3_profile_yaml, unique_name};
 
 const TOKEN: &str = "agent-token-3b9e1c";
 
@@ -142,16 +142,8 @@ async fn run(
             "artifacts": artifacts,
         }]}
     }));
-    assert_eq!(engine.reconcile("kanister", name).await.unwrap(), Outcome::Started);
-    tokio::time::timeout(Duration::from_secs(120), engine.wait("kanister", name)).await.expect("the run ends");
-    let a = cluster.get_actionset("kanister", name).await.unwrap();
-    let status = a.status.as_ref().unwrap();
-    assert_eq!(
-        status.state,
-        State::Complete,
-        "{name} ({action}): {}",
-        status.error.as_ref().map(|e| e.message.clone()).unwrap_or_default()
-    );
+    let a = run_to_end(engine, name, Duration::from_secs(120)).await;
+    assert_complete(&a);
     a
 }
 

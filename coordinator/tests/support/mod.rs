@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use kanister_coordinator::cluster::Cluster;
 use kanister_coordinator::cluster::local::LocalCluster;
+use kanister_coordinator::crd::{ActionSet, State};
+use kanister_coordinator::engine::{Engine, Outcome};
 
 use kanister_agent::service::{self, ServeConfig};
 use zeroize::Zeroizing;
@@ -93,6 +95,28 @@ pub fn tree(root: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     walk(root, root, &mut out);
     out
+}
+
+/// Reconciles ActionSet `kanister/<name>` (its run must start), waits up to `within` for the run
+/// to end, and returns the ActionSet as it ended.
+pub async fn run_to_end(engine: &Engine<LocalCluster>, name: &str, within: Duration) -> ActionSet {
+    assert_eq!(engine.reconcile("kanister", name).await.unwrap(), Outcome::Started);
+    tokio::time::timeout(within, engine.wait("kanister", name)).await.expect("the run ends");
+    engine.cluster().get_actionset("kanister", name).await.unwrap()
+}
+
+/// Asserts that the ActionSet ended `complete`; if not, the failure names it and its (first)
+/// action and gives its error message.
+pub fn assert_complete(a: &ActionSet) {
+    let status = a.status.as_ref().unwrap();
+    assert_eq!(
+        status.state,
+        State::Complete,
+        "{} ({}): {}",
+        a.metadata.name.as_deref().unwrap_or_default(),
+        a.spec.actions.first().map(|action| action.name.as_str()).unwrap_or_default(),
+        status.error.as_ref().map(|e| e.message.clone()).unwrap_or_default()
+    );
 }
 
 /// A running agent; `stop` ends it and checks that it ended cleanly.
