@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 mod support;
-use support::{Agent, assert_complete, infra_var, run_to_end, s3_profile_yaml, tree, unique_name};
+use support::{Agent, assert_complete, infra_var, open_s3_repository, run_to_end, s3_profile_yaml, tree, unique_name};
 
 const TOKEN: &str = "agent-token-7d2f0a";
 
@@ -291,22 +291,9 @@ fn output(a: &ActionSet, phase: usize) -> &BTreeMap<String, Value> {
 async fn snapshots(cluster: &LocalCluster) -> BTreeMap<String, Option<String>> {
     let profile: Value = cluster.get(&ObjectRef::new("Profile", "kanister", "s3-profile")).await.unwrap();
     let key = cluster.secret("kanister", "kanister-repo-key-s3-profile").await.unwrap().data["key"].clone();
-    let url = format!(
-        "s3://{}/{}",
-        profile["location"]["bucket"].as_str().unwrap(),
-        profile["location"]["prefix"].as_str().unwrap()
-    );
-    let options = std::collections::HashMap::from([
-        ("endpoint".to_string(), infra_var("KANISTER_TEST_S3_ENDPOINT")),
-        ("region".to_string(), "us-east-1".to_string()),
-        ("aws_access_key_id".to_string(), infra_var("KANISTER_TEST_S3_ACCESS_KEY")),
-        ("aws_secret_access_key".to_string(), infra_var("KANISTER_TEST_S3_SECRET_KEY")),
-    ]);
-    let store = kanister_agent::repository::store_of_ref(&url, options).unwrap();
-    let repo = kanister_agent::repository::Repository::at(store)
-        .open(&kanister_agent::repository::RepoKey::KeyFile(Zeroizing::new(key)))
-        .await
-        .unwrap();
+    let location = &profile["location"];
+    let repo =
+        open_s3_repository(location["bucket"].as_str().unwrap(), location["prefix"].as_str().unwrap(), key).await;
     repo.snapshots()
         .await
         .unwrap()

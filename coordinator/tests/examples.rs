@@ -23,19 +23,24 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kanister_coordinator::cluster::Cluster;
 use kanister_coordinator::cluster::local::LocalCluster;
 use kanister_coordinator::crd::{ActionSet, Blueprint};
 use kanister_coordinator::engine::agent::AgentClientConfig;
-use kanister_coordinator::engine::{Engine, EngineConfig, repokey};
+use kanister_coordinator::engine::{Engine, EngineConfig};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 mod support;
-use support::{Agent, ArgvScan, Logs, assert_complete, infra_var, run_to_end, s3_profile_yaml, tree, unique_name};
+use support::{
+    Agent, ArgvScan, Logs, assert_complete, assert_no_secret_anywhere, infra_var, open_s3_repository, repository_key,
+    run_to_end, s3_profile_yaml, tree, unique_name,
+};
 
 const TOKEN: &str = "agent-token-e8a51c";
 const PROFILE: &str = "s3-profile";
+/// The crates whose log lines the tests must capture: the coordinator's and the in-process
+/// agent's.
+const LOGGED_BY: [&str; 2] = ["kanister_coordinator", "kanister_agent"];
 
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples")
@@ -151,53 +156,15 @@ impl World {
 
     /// The repository key the coordinator created for the Profile.
     async fn repository_key(&self) -> String {
-        let name = format!("{}{PROFILE}", repokey::SECRET_PREFIX);
-        let data = self.cluster.secret("kanister", &name).await.expect("the coordinator created the key Secret");
-        String::from_utf8(data.data[repokey::SECRET_KEY].clone()).unwrap()
+        repository_key(&self.cluster, "kanister", PROFILE).await
     }
 
     /// The ids of the snapshots in the Profile's repository, opened here with the key from the
     /// key Secret.
     async fn snapshots(&self) -> Vec<String> {
         let key = self.repository_key().await;
-        let url = format!("s3://{}/{}", infra_var("KANISTER_TEST_S3_BUCKET"), self.prefix);
-        let options = std::collections::HashMap::from([
-            ("endpoint".to_string(), infra_var("KANISTER_TEST_S3_ENDPOINT")),
-            ("region".to_string(), "us-east-1".to_string()),
-            ("aws_access_key_id".to_string(), infra_var("KANISTER_TEST_S3_ACCESS_KEY")),
-            ("aws_secret_access_key".to_string(), infra_var("KANISTER_TEST_S3_SECRET_KEY")),
-        ]);
-        let store = kanister_agent::repository::store_of_ref(&url, options).unwrap();
-        let repo = kanister_agent::repository::Repository::at(store)
-            .open(&kanister_agent::repository::RepoKey::KeyFile(Zeroizing::new(key.into_bytes())))
-            .await
-            .unwrap();
+        let repo = open_s3_repository(&infra_var("KANISTER_TEST_S3_BUCKET"), &self.prefix, key.into_bytes()).await;
         repo.snapshots().await.unwrap().into_iter().map(|(id, _)| id.to_string()).collect()
-    }
-
-    /// No secret in any status written to the ActionSets `names`, in any event, or in the logs;
-    /// the logs must hold lines of both the coordinator and the agent, so this can fail.
-    fn assert_no_secret_anywhere(&self, names: &[&str], secrets: &[String], logs: &Logs) {
-        for name in names {
-            let writes = self.cluster.status_writes("kanister", name);
-            assert!(!writes.is_empty(), "no status was written to {name}");
-            let text = serde_json::to_string(&writes).unwrap();
-            for (i, s) in secrets.iter().enumerate() {
-                assert!(!text.contains(s.as_str()), "secret #{i} in a status of {name}");
-            }
-        }
-        let events = self.cluster.events();
-        assert!(!events.is_empty(), "no event was recorded");
-        let text = serde_json::to_string(&events).unwrap();
-        for (i, s) in secrets.iter().enumerate() {
-            assert!(!text.contains(s.as_str()), "secret #{i} in an event");
-        }
-        let text = logs.text();
-        assert!(text.contains("kanister_coordinator"), "no log line of the coordinator was captured");
-        assert!(text.contains("kanister_agent"), "no log line of the agent was captured");
-        for (i, s) in secrets.iter().enumerate() {
-            assert!(!text.contains(s.as_str()), "secret #{i} in the logs");
-        }
     }
 }
 
@@ -219,13 +186,6 @@ fn running_byte_counts(cluster: &LocalCluster, name: &str) -> Vec<i64> {
         .filter_map(|s| s["actions"][0]["phases"][0]["progress"]["sizeDownloadedB"].as_i64())
         .filter(|n| *n > 0)
         .collect()
-}
-
-/// The scan's verdict: it saw processes with the repository key known, and no secret.
-async fn assert_clean_argv(scan: ArgvScan) {
-    let (scanned, found) = scan.stop().await;
-    assert!(scanned > 0, "the argv scan read no process");
-    assert!(found.is_empty(), "a secret appeared in the argv of a process: {found:?}");
 }
 
 /// A StatefulSet `namespace/name` with one pod, `name-0`, whose first container is `container`.
@@ -337,9 +297,9 @@ async fn mysql_example_backs_up_restores_and_deletes_with_a_password_user() {
     assert_eq!(output(&deleted)["removed"], json!([backup_id]));
     assert!(w.snapshots().await.is_empty(), "the snapshot is still in the repository");
 
-    assert_clean_argv(scan).await;
+    scan.assert_clean().await;
     let secrets = [pw, s3_secret, w.repository_key().await];
-    w.assert_no_secret_anywhere(&["my-backup", "my-restore", "my-delete"], &secrets, &logs);
+    assert_no_secret_anywhere(&w.cluster, &["my-backup", "my-restore", "my-delete"], &secrets, &logs, &LOGGED_BY);
     agent.stop().await;
 }
 
@@ -465,9 +425,9 @@ async fn postgresql_example_backs_up_restores_and_deletes_with_a_password_user()
     assert_eq!(output(&deleted)["removed"], json!([backup_id]));
     assert!(w.snapshots().await.is_empty(), "the snapshot is still in the repository");
 
-    assert_clean_argv(scan).await;
+    scan.assert_clean().await;
     let secrets = [pw, s3_secret, w.repository_key().await];
-    w.assert_no_secret_anywhere(&["pg-backup", "pg-restore", "pg-delete"], &secrets, &logs);
+    assert_no_secret_anywhere(&w.cluster, &["pg-backup", "pg-restore", "pg-delete"], &secrets, &logs, &LOGGED_BY);
     agent.stop().await;
 }
 
@@ -531,8 +491,8 @@ spec: {containers: [{name: web, image: "web:1"}, {name: kanister-agent, image: "
     assert_eq!(output(&deleted)["removed"], json!([backup_id]));
     assert!(w.snapshots().await.is_empty(), "the snapshot is still in the repository");
 
-    assert_clean_argv(scan).await;
+    scan.assert_clean().await;
     let secrets = [s3_secret, w.repository_key().await];
-    w.assert_no_secret_anywhere(&["vol-backup", "vol-restore", "vol-delete"], &secrets, &logs);
+    assert_no_secret_anywhere(&w.cluster, &["vol-backup", "vol-restore", "vol-delete"], &secrets, &logs, &LOGGED_BY);
     agent.stop().await;
 }

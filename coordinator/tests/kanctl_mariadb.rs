@@ -25,14 +25,13 @@ use std::time::Duration;
 
 use clap::Parser as _;
 use kanister_coordinator::api::{CoordinatorApi, ServeConfig, serve};
-use kanister_coordinator::cluster::Cluster as _;
 use kanister_coordinator::cluster::local::LocalCluster;
-use kanister_coordinator::engine::{Engine, EngineConfig, repokey};
+use kanister_coordinator::engine::{Engine, EngineConfig};
 use kanister_coordinator::kanctl::{self, Cli, Error, Io, Outcome};
 use serde_json::Value;
 
 mod support;
-use support::{infra_var, unique_name};
+use support::{infra_var, repository_key, unique_name};
 
 /// Upstream's mysql-blueprint, with the differences named in the module doc.
 const BLUEPRINT: &str = r#"
@@ -381,8 +380,7 @@ async fn the_seed_story_through_kanctl() {
 
     // The repository key and the S3 secret key appear in no answer (describe, snapshots) and
     // no event.
-    let key = cluster.secret("mysql-test", &format!("{}s3-profile", repokey::SECRET_PREFIX)).await.unwrap();
-    let key = String::from_utf8(key.data[repokey::SECRET_KEY].clone()).unwrap();
+    let key = repository_key(&cluster, "mysql-test", "s3-profile").await;
     assert_eq!(key.len(), 64);
     for text in [&described, &table, &listed.to_string()] {
         assert!(!text.contains(&key) && !text.contains(&secret), "a secret in {text}");

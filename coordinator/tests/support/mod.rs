@@ -15,7 +15,7 @@ use std::time::Duration;
 use kanister_coordinator::cluster::Cluster;
 use kanister_coordinator::cluster::local::LocalCluster;
 use kanister_coordinator::crd::{ActionSet, State};
-use kanister_coordinator::engine::{Engine, Outcome};
+use kanister_coordinator::engine::{Engine, Outcome, repokey};
 
 use kanister_agent::service::{self, ServeConfig};
 use zeroize::Zeroizing;
@@ -60,6 +60,28 @@ credential:
         bucket = infra_var("KANISTER_TEST_S3_BUCKET"),
         endpoint = infra_var("KANISTER_TEST_S3_ENDPOINT"),
     )
+}
+
+/// The repository key the coordinator created for Profile `<namespace>/<profile>` (from its key
+/// Secret).
+pub async fn repository_key(cluster: &LocalCluster, namespace: &str, profile: &str) -> String {
+    let name = format!("{}{profile}", repokey::SECRET_PREFIX);
+    let data = cluster.secret(namespace, &name).await.expect("the coordinator created the key Secret");
+    String::from_utf8(data.data[repokey::SECRET_KEY].clone()).unwrap()
+}
+
+/// The repository at `s3://<bucket>/<prefix>` on SeaweedFS, opened here with the raw key `key`
+/// the way the coordinator and the agents open it.
+pub async fn open_s3_repository(bucket: &str, prefix: &str, key: Vec<u8>) -> kanister_agent::repository::Repository {
+    use kanister_agent::repository::{RepoKey, Repository, store_of_ref};
+    let options = std::collections::HashMap::from([
+        ("endpoint".to_string(), infra_var("KANISTER_TEST_S3_ENDPOINT")),
+        ("region".to_string(), "us-east-1".to_string()),
+        ("aws_access_key_id".to_string(), infra_var("KANISTER_TEST_S3_ACCESS_KEY")),
+        ("aws_secret_access_key".to_string(), infra_var("KANISTER_TEST_S3_SECRET_KEY")),
+    ]);
+    let store = store_of_ref(&format!("s3://{bucket}/{prefix}"), options).unwrap();
+    Repository::at(store).open(&RepoKey::KeyFile(Zeroizing::new(key))).await.unwrap()
 }
 
 /// A name unique to this test process and call, `<prefix>_<tag>_<pid>_<n>_<nanos>`: for the
@@ -227,6 +249,47 @@ impl ArgvScan {
     pub async fn stop(self) -> (usize, Vec<String>) {
         let _ = self.stop.send(());
         self.task.await.unwrap()
+    }
+
+    /// Stops scanning and asserts the verdict: it read processes' argv, and none held a secret.
+    pub async fn assert_clean(self) {
+        let (scanned, found) = self.stop().await;
+        assert!(scanned > 0, "the argv scan read no process");
+        assert!(found.is_empty(), "a secret appeared in the argv of a process: {found:?}");
+    }
+}
+
+/// No secret in any status written to the ActionSets `kanister/<names>`, in any event, or in the
+/// captured logs. So that absence means something, each ActionSet must have a status write,
+/// there must be an event, and the logs must hold lines of each crate of `logged_by`
+/// (`kanister_coordinator`, and `kanister_agent` when the agents run in process).
+pub fn assert_no_secret_anywhere(
+    cluster: &LocalCluster,
+    names: &[&str],
+    secrets: &[String],
+    logs: &Logs,
+    logged_by: &[&str],
+) {
+    for name in names {
+        let writes = cluster.status_writes("kanister", name);
+        assert!(!writes.is_empty(), "no status was written to {name}");
+        let text = serde_json::to_string(&writes).unwrap();
+        for (i, s) in secrets.iter().enumerate() {
+            assert!(!text.contains(s.as_str()), "secret #{i} in a status of {name}");
+        }
+    }
+    let events = cluster.events();
+    assert!(!events.is_empty(), "no event was recorded");
+    let text = serde_json::to_string(&events).unwrap();
+    for (i, s) in secrets.iter().enumerate() {
+        assert!(!text.contains(s.as_str()), "secret #{i} in an event");
+    }
+    let text = logs.text();
+    for target in logged_by {
+        assert!(text.contains(target), "no log line of {target} was captured");
+    }
+    for (i, s) in secrets.iter().enumerate() {
+        assert!(!text.contains(s.as_str()), "secret #{i} in the logs");
     }
 }
 
