@@ -32,8 +32,9 @@ use zeroize::Zeroizing;
 
 mod support;
 use support::{
-    Agent, ArgvScan, Logs, assert_complete, assert_no_secret_anywhere, infra_var, open_s3_repository, repository_key,
-    run_to_end, s3_profile_yaml, tree, unique_name,
+    Agent, ArgvScan, Logs, MysqlDb, PgDb, assert_complete, assert_no_secret_anywhere, infra_var, mysql,
+    mysql_fingerprint, mysql_stdin, open_s3_repository, password, repository_key, run_to_end, s3_profile_yaml, tree,
+    unique_name,
 };
 
 const TOKEN: &str = "agent-token-e8a51c";
@@ -50,11 +51,6 @@ fn examples_dir() -> PathBuf {
 fn example(file: &str) -> String {
     let path = examples_dir().join(file);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
-
-/// A fresh random password, long enough that finding it anywhere is no accident.
-fn password() -> String {
-    format!("pw-{}", hex::encode(rand::random::<[u8; 12]>()))
 }
 
 // ---- the files as shipped ----
@@ -207,41 +203,6 @@ spec: {{containers: [{{name: {container}, image: "db:1"}}, {{name: kanister-agen
 
 // ---- MariaDB ----
 
-fn mysql_root(db: &str, query: &str) -> String {
-    let mut cmd = std::process::Command::new("mysql");
-    cmd.args(["--no-defaults", "-uroot", "-S", &infra_var("KANISTER_TEST_MYSQL_SOCKET"), "-N", "-B"]);
-    if !db.is_empty() {
-        cmd.arg(db);
-    }
-    let out = cmd.arg("-e").arg(query).output().expect("mysql runs");
-    assert!(out.status.success(), "mysql -e {query:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// A database and a user with a password that owns it; both dropped at the end.
-struct MysqlDb {
-    name: String,
-    user: String,
-}
-
-impl Drop for MysqlDb {
-    fn drop(&mut self) {
-        if let Ok(socket) = std::env::var("KANISTER_TEST_MYSQL_SOCKET") {
-            let sql = format!("DROP DATABASE IF EXISTS {}; DROP USER IF EXISTS '{}'@'%'", self.name, self.user);
-            let _ = std::process::Command::new("mysql")
-                .args(["--no-defaults", "-uroot", "-S", &socket, "-e", &sql])
-                .output();
-        }
-    }
-}
-
-fn mysql_fingerprint(db: &str) -> String {
-    mysql_root(
-        db,
-        "SELECT COUNT(*), SUM(CRC32(CONCAT_WS('|', id, customer, amount, IFNULL(note, '<null>')))) FROM orders",
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mysql_example_backs_up_restores_and_deletes_with_a_password_user() {
     let logs = Logs::capture();
@@ -289,7 +250,7 @@ async fn mysql_example_backs_up_restores_and_deletes_with_a_password_user() {
     assert!(!running_byte_counts(&w.cluster, "my-backup").is_empty(), "no progress in the status while dumping");
     assert_eq!(w.snapshots().await, std::slice::from_ref(&backup_id));
 
-    mysql_root("", &format!("DROP DATABASE {}", db.name));
+    mysql("", &format!("DROP DATABASE {}", db.name));
     w.run(action("my-restore", "restore", artifacts.clone())).await;
     assert_eq!(mysql_fingerprint(&db.name), before, "restored rows differ");
 
@@ -301,20 +262,6 @@ async fn mysql_example_backs_up_restores_and_deletes_with_a_password_user() {
     let secrets = [pw, s3_secret, w.repository_key().await];
     assert_no_secret_anywhere(&w.cluster, &["my-backup", "my-restore", "my-delete"], &secrets, &logs, &LOGGED_BY);
     agent.stop().await;
-}
-
-/// Runs SQL as root, the text on stdin (so that a password in it is on no command line).
-fn mysql_stdin(sql: &str) {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new("mysql")
-        .args(["--no-defaults", "-uroot", "-S", &infra_var("KANISTER_TEST_MYSQL_SOCKET")])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("mysql runs");
-    child.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "mysql: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 // ---- PostgreSQL ----
@@ -334,27 +281,6 @@ fn psql(db: &str, sql: &str) -> String {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
-}
-
-/// A database owned by a role with a password; both dropped at the end.
-struct PgDb {
-    name: String,
-    user: String,
-}
-
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        if let (Ok(host), Ok(port)) = (std::env::var("KANISTER_TEST_PG_HOST"), std::env::var("KANISTER_TEST_PG_PORT")) {
-            for sql in [
-                format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-                format!("DROP ROLE IF EXISTS {}", self.user),
-            ] {
-                let _ = std::process::Command::new("psql")
-                    .args(["-h", &host, "-p", &port, "-U", "postgres", "-d", "postgres", "-c", &sql])
-                    .output();
-            }
-        }
-    }
 }
 
 fn pg_fingerprint(db: &str) -> String {

@@ -31,7 +31,7 @@ use kanister_coordinator::kanctl::{self, Cli, Error, Io, Outcome};
 use serde_json::Value;
 
 mod support;
-use support::{infra_var, repository_key, unique_name};
+use support::{MYSQL_ORDERS_FINGERPRINT, MysqlDatabase, infra_var, mysql_async, repository_key, unique_name};
 
 /// Upstream's mysql-blueprint, with the differences named in the module doc.
 const BLUEPRINT: &str = r#"
@@ -125,33 +125,6 @@ stringData: {{mysql-root-password: "", host: 127.0.0.1, port: "{port}"}}
     )
 }
 
-async fn sql(db: &str, query: &str) -> String {
-    let mut cmd = tokio::process::Command::new("mysql");
-    cmd.args(["--no-defaults", "-uroot", "-S", &infra_var("KANISTER_TEST_MYSQL_SOCKET"), "-N", "-B"]);
-    if !db.is_empty() {
-        cmd.arg(db);
-    }
-    let out = cmd.arg("-e").arg(query).output().await.unwrap_or_else(|e| panic!("mysql did not run: {e}"));
-    assert!(out.status.success(), "mysql -e {query:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-struct Database(String);
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let Ok(socket) = std::env::var("KANISTER_TEST_MYSQL_SOCKET") else { return };
-        let _ = std::process::Command::new("mysql")
-            .args(["--no-defaults", "-uroot", "-S", &socket, "-e", &format!("DROP DATABASE IF EXISTS {}", self.0)])
-            .output();
-    }
-}
-
-async fn fingerprint(db: &str) -> String {
-    sql(db, "SELECT COUNT(*), SUM(CRC32(CONCAT_WS('|', id, customer, amount, IFNULL(note, '<null>')))) FROM orders")
-        .await
-}
-
 async fn kanctl(addr: SocketAddr, args: &[&str]) -> (Result<Outcome, Error>, String, String) {
     let address = format!("http://{addr}");
     let mut argv = vec!["kanctl", "--coordinator", &address, "--config", "/dev/null"];
@@ -171,8 +144,8 @@ async fn snapshots_json(addr: SocketAddr) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_seed_story_through_kanctl() {
-    let db = Database(unique_name("kctl", "db"));
-    sql(
+    let db = MysqlDatabase(unique_name("kctl", "db"));
+    mysql_async(
         "",
         &format!(
             "CREATE DATABASE {0}; USE {0};
@@ -183,7 +156,7 @@ async fn the_seed_story_through_kanctl() {
         ),
     )
     .await;
-    let before = fingerprint(&db.0).await;
+    let before = mysql_async(&db.0, MYSQL_ORDERS_FINGERPRINT).await;
 
     // `kando` (the agent binary) on the PATH of the task pods' commands.
     let (_bin, path) = support::tools_path();
@@ -357,12 +330,12 @@ async fn the_seed_story_through_kanctl() {
     assert!(table.starts_with("ID"), "{table}");
 
     // Drop the data, restore from the backup.
-    sql("", &format!("DROP DATABASE {}", db.0)).await;
+    mysql_async("", &format!("DROP DATABASE {}", db.0)).await;
     let (r, out, err) =
         kanctl(addr, &["create", "actionset", "--action", "restore", "--from", &backup, "--wait"]).await;
     assert_eq!(r.unwrap(), Outcome::Success, "{out}{err}");
     assert!(out.contains(&format!("actionset restore-{backup}-")), "{out}");
-    assert_eq!(fingerprint(&db.0).await, before, "the restored rows differ");
+    assert_eq!(mysql_async(&db.0, MYSQL_ORDERS_FINGERPRINT).await, before, "the restored rows differ");
 
     // Delete the backup (upstream runs the delete in a namespace: --namespacetargets).
     let (r, out, err) = kanctl(

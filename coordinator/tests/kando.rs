@@ -31,7 +31,8 @@ use serde_json::{Value, json};
 mod support;
 use kanister_agent::kando;
 use support::{
-    ArgvScan, Logs, agent_binary, assert_complete, infra_var, repository_key, run_to_end, s3_profile_yaml, unique_name,
+    ArgvScan, Logs, MysqlDb, PgDb, agent_binary, assert_complete, infra_var, mysql, mysql_fingerprint, mysql_stdin,
+    password, repository_key, run_to_end, s3_profile_yaml, unique_name,
 };
 
 const PROFILE: &str = r#"'{{ toJson .Profile }}'"#;
@@ -300,57 +301,6 @@ fn artifact_path(a: &ActionSet) -> String {
 
 // ---- MariaDB ----
 
-/// A fresh random password, long enough that finding it anywhere is no accident.
-fn password() -> String {
-    format!("pw-{}", hex::encode(rand::random::<[u8; 12]>()))
-}
-
-/// Runs SQL as root, the text on stdin (so that a password in it is on no command line).
-fn mysql_stdin(sql: &str) {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new("mysql")
-        .args(["--no-defaults", "-uroot", "-S", &infra_var("KANISTER_TEST_MYSQL_SOCKET")])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("mysql runs");
-    child.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "mysql: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn mysql(db: &str, query: &str) -> String {
-    let mut cmd = std::process::Command::new("mysql");
-    cmd.args(["--no-defaults", "-uroot", "-S", &infra_var("KANISTER_TEST_MYSQL_SOCKET"), "-N", "-B"]);
-    if !db.is_empty() {
-        cmd.arg(db);
-    }
-    let out = cmd.arg("-e").arg(query).output().expect("mysql runs");
-    assert!(out.status.success(), "mysql -e {query:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// A database and a user with a password that owns it; both dropped at the end.
-struct MysqlDb {
-    name: String,
-    user: String,
-}
-
-impl Drop for MysqlDb {
-    fn drop(&mut self) {
-        if let Ok(socket) = std::env::var("KANISTER_TEST_MYSQL_SOCKET") {
-            let sql = format!("DROP DATABASE IF EXISTS {}; DROP USER IF EXISTS '{}'@'%'", self.name, self.user);
-            let _ = std::process::Command::new("mysql")
-                .args(["--no-defaults", "-uroot", "-S", &socket, "-e", &sql])
-                .output();
-        }
-    }
-}
-
-fn mysql_fingerprint(db: &str) -> String {
-    mysql(db, "SELECT COUNT(*), SUM(CRC32(CONCAT_WS('|', id, customer, amount, IFNULL(note, '<null>')))) FROM orders")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mysqldump_through_kando_backs_up_restores_dedups_and_deletes() {
     let logs = Logs::capture();
@@ -458,28 +408,6 @@ fn psql_stdin(sql: &str) {
     assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// A database, and a superuser with a password (pg_dumpall reads every role) that dumps it;
-/// both dropped at the end.
-struct PgDb {
-    name: String,
-    user: String,
-}
-
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        if let (Ok(host), Ok(port)) = (std::env::var("KANISTER_TEST_PG_HOST"), std::env::var("KANISTER_TEST_PG_PORT")) {
-            for sql in [
-                format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-                format!("DROP ROLE IF EXISTS {}", self.user),
-            ] {
-                let _ = std::process::Command::new("psql")
-                    .args(["-h", &host, "-p", &port, "-U", "postgres", "-d", "postgres", "-c", &sql])
-                    .output();
-            }
-        }
-    }
-}
-
 fn pg_fingerprint(db: &str) -> String {
     psql(db, "SELECT COUNT(*), SUM(hashtext(id || '|' || customer || '|' || coalesce(note, '<null>'))) FROM orders")
 }
@@ -490,6 +418,7 @@ async fn pg_dumpall_through_kando_backs_up_restores_and_deletes() {
     let w = world();
     let db = PgDb { name: unique_name("kando", "pg"), user: unique_name("kando", "pgu") };
     let pw = password();
+    // A superuser: pg_dumpall reads every role.
     psql_stdin(&format!("CREATE ROLE {} LOGIN SUPERUSER PASSWORD '{pw}';", db.user));
     psql("postgres", &format!("CREATE DATABASE {}", db.name));
     psql(

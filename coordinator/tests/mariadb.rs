@@ -18,7 +18,7 @@ use kanister_coordinator::engine::{Engine, EngineConfig, Outcome};
 use serde_json::{Value, json};
 
 mod support;
-use support::{infra_var, run_to_end, unique_name};
+use support::{MysqlDatabase, infra_var, mysql_async, run_to_end, unique_name};
 
 /// The `mysql` client as the blueprint runs it: user and socket come from the Secret.
 const MYSQL: &str = r#"mysql --no-defaults -u'{{ index .Secrets.mysql.Data "username" | toString }}' -S '{{ index .Secrets.mysql.Data "socket" | toString }}'"#;
@@ -198,37 +198,10 @@ actions:
           @LOG deferred@
 "#;
 
-/// Runs SQL as root over the test socket (in `db` unless empty) and returns the tab-separated
-/// output without column names.
-async fn sql(db: &str, query: &str) -> String {
-    let mut cmd = tokio::process::Command::new("mysql");
-    cmd.args(["--no-defaults", "-uroot", "-S", &infra_var("KANISTER_TEST_MYSQL_SOCKET"), "-N", "-B"]);
-    if !db.is_empty() {
-        cmd.arg(db);
-    }
-    let out = cmd.arg("-e").arg(query).output().await.unwrap_or_else(|e| panic!("mysql did not run: {e}"));
-    assert!(out.status.success(), "mysql -e {query:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Databases created by a test, dropped when it ends (also when it panics).
-struct Databases(Vec<String>);
-
-impl Drop for Databases {
-    fn drop(&mut self) {
-        let Ok(socket) = std::env::var("KANISTER_TEST_MYSQL_SOCKET") else { return };
-        for db in &self.0 {
-            let _ = std::process::Command::new("mysql")
-                .args(["--no-defaults", "-uroot", "-S", &socket, "-e", &format!("DROP DATABASE IF EXISTS {db}")])
-                .output();
-        }
-    }
-}
-
 /// Creates a database with an `orders` table (rows with NULLs, quotes, newlines and non-ASCII
 /// text) and an empty `runlog` table.
 async fn seed(db: &str) {
-    sql(
+    mysql_async(
         "",
         &format!(
             "CREATE DATABASE {db}; USE {db};
@@ -245,7 +218,7 @@ async fn seed(db: &str) {
 
 /// Row count and a checksum over every column of `orders`.
 async fn fingerprint(db: &str) -> String {
-    sql(
+    mysql_async(
         db,
         "SELECT COUNT(*), SUM(CRC32(CONCAT_WS('|', id, customer, amount, IFNULL(note, '<null>'), created))) FROM orders",
     )
@@ -254,7 +227,7 @@ async fn fingerprint(db: &str) -> String {
 
 /// The phases that wrote to `runlog`, in order.
 async fn runlog(db: &str) -> Vec<String> {
-    sql(db, "SELECT phase FROM runlog ORDER BY n").await.lines().map(str::to_string).collect()
+    mysql_async(db, "SELECT phase FROM runlog ORDER BY n").await.lines().map(str::to_string).collect()
 }
 
 /// How many server threads run a query containing `marker`.
@@ -263,7 +236,7 @@ async fn queries_with(marker: &str) -> usize {
         "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE '%{marker}%' AND INFO NOT LIKE \
          '%PROCESSLIST%'"
     );
-    sql("", &q).await.trim().parse().unwrap()
+    mysql_async("", &q).await.trim().parse().unwrap()
 }
 
 /// Waits until the server runs (`true`) or no longer runs (`false`) a query containing `marker`.
@@ -373,7 +346,7 @@ fn sha256_file(path: &Path) -> String {
 async fn mysqldump_backup_renders_an_artifact_that_a_restore_actionset_loads_into_a_fresh_database() {
     let source = unique_name("kco", "src");
     let target = unique_name("kco", "dst");
-    let _cleanup = Databases(vec![source.clone(), target.clone()]);
+    let _cleanup = [MysqlDatabase(source.clone()), MysqlDatabase(target.clone())];
     seed(&source).await;
     let before = fingerprint(&source).await;
     assert!(before.starts_with("3000\t"), "{before}");
@@ -420,7 +393,7 @@ async fn mysqldump_backup_renders_an_artifact_that_a_restore_actionset_loads_int
 async fn restore_rejects_a_dump_whose_checksum_does_not_match_the_artifact() {
     let source = unique_name("kco", "src");
     let target = unique_name("kco", "dst");
-    let _cleanup = Databases(vec![source.clone(), target.clone()]);
+    let _cleanup = [MysqlDatabase(source.clone()), MysqlDatabase(target.clone())];
     seed(&source).await;
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster();
@@ -446,14 +419,15 @@ async fn restore_rejects_a_dump_whose_checksum_does_not_match_the_artifact() {
     assert!(message.contains("phase \"verify\"") && message.contains("exit code 1"), "{message}");
     assert_eq!(phase_states(&restore), [State::Failed, State::Pending]);
     let exists =
-        sql("", &format!("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = '{target}'")).await;
+        mysql_async("", &format!("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = '{target}'"))
+            .await;
     assert_eq!(exists.trim(), "0", "the load phase must not have run");
 }
 
 #[tokio::test]
 async fn failing_mysqldump_fails_the_actionset_with_its_exit_code_and_runs_only_the_defer_phase_after_it() {
     let db = unique_name("kco", "fail");
-    let _cleanup = Databases(vec![db.clone()]);
+    let _cleanup = MysqlDatabase(db.clone());
     seed(&db).await;
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster();
@@ -485,7 +459,7 @@ async fn failing_mysqldump_fails_the_actionset_with_its_exit_code_and_runs_only_
 async fn phase_timeout_stops_a_long_query_and_runs_the_defer_phase() {
     let db = unique_name("kco", "slow");
     let marker = unique_name("kco", "mk");
-    let _cleanup = Databases(vec![db.clone()]);
+    let _cleanup = MysqlDatabase(db.clone());
     seed(&db).await;
     let cluster = cluster();
     let engine = Engine::new(cluster.clone(), config());
@@ -508,7 +482,7 @@ async fn phase_timeout_stops_a_long_query_and_runs_the_defer_phase() {
 async fn cancelling_through_the_spec_stops_a_running_query_and_runs_the_defer_phase() {
     let db = unique_name("kco", "cancel");
     let marker = unique_name("kco", "mk");
-    let _cleanup = Databases(vec![db.clone()]);
+    let _cleanup = MysqlDatabase(db.clone());
     seed(&db).await;
     let cluster = cluster();
     let engine = Engine::new(cluster.clone(), config());

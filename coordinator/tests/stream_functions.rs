@@ -19,7 +19,10 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 mod support;
-use support::{Agent, assert_complete, infra_var, run_to_end, s3_profile_yaml, unique_name};
+use support::{
+    Agent, MysqlDatabase, assert_complete, infra_var, mysql, mysql_fingerprint, run_to_end, s3_profile_yaml,
+    unique_name,
+};
 
 const TOKEN: &str = "agent-token-3b9e1c";
 
@@ -68,33 +71,6 @@ actions:
         - -S
         - '{{ index .Secrets.db.Data "socket" | toString }}'
 "#;
-
-fn mysql(db: &str, query: &str) -> String {
-    let mut cmd = std::process::Command::new("mysql");
-    cmd.args(["--no-defaults", "-uroot", "-S", &infra_var("KANISTER_TEST_MYSQL_SOCKET"), "-N", "-B"]);
-    if !db.is_empty() {
-        cmd.arg(db);
-    }
-    let out = cmd.arg("-e").arg(query).output().expect("mysql runs");
-    assert!(out.status.success(), "mysql -e {query:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-struct MysqlDb(String);
-
-impl Drop for MysqlDb {
-    fn drop(&mut self) {
-        if let Ok(socket) = std::env::var("KANISTER_TEST_MYSQL_SOCKET") {
-            let _ = std::process::Command::new("mysql")
-                .args(["--no-defaults", "-uroot", "-S", &socket, "-e", &format!("DROP DATABASE IF EXISTS {}", self.0)])
-                .output();
-        }
-    }
-}
-
-fn checksum(db: &str) -> String {
-    mysql(db, "SELECT COUNT(*), SUM(CRC32(CONCAT_WS('|', id, customer, amount, IFNULL(note, '<null>')))) FROM orders")
-}
 
 fn world(agent: &Agent) -> (Arc<LocalCluster>, Engine<LocalCluster>) {
     let c = LocalCluster::new().with_agent("mysql-test", "mysql-0", agent.endpoint.clone());
@@ -170,7 +146,7 @@ fn running_byte_counts(cluster: &LocalCluster, name: &str) -> Vec<(i64, i64, i64
 async fn backup_stream_and_restore_stream_through_the_agent_sidecar() {
     let agent = Agent::start(TOKEN).await;
     let (cluster, engine) = world(&agent);
-    let db = MysqlDb(unique_name("stream", "my"));
+    let db = MysqlDatabase(unique_name("stream", "my"));
     mysql(
         "",
         &format!(
@@ -181,7 +157,7 @@ async fn backup_stream_and_restore_stream_through_the_agent_sidecar() {
             db.0
         ),
     );
-    let before = checksum(&db.0);
+    let before = mysql_fingerprint(&db.0);
     assert!(before.starts_with("50000\t"), "{before}");
     // No repository exists at the Profile's location yet: the first backup creates it.
 
@@ -224,7 +200,7 @@ async fn backup_stream_and_restore_stream_through_the_agent_sidecar() {
     mysql("", &format!("DROP DATABASE {}", db.0));
     let artifacts = json!({"dump": serde_json::to_value(artifact).unwrap()});
     run(&cluster, &engine, "stream-restore", "restore", json!({}), artifacts).await;
-    assert_eq!(checksum(&db.0), before, "restored rows differ");
+    assert_eq!(mysql_fingerprint(&db.0), before, "restored rows differ");
     agent.stop().await;
 }
 

@@ -141,6 +141,112 @@ pub fn assert_complete(a: &ActionSet) {
     );
 }
 
+/// A fresh random password, long enough that finding it anywhere is no accident.
+pub fn password() -> String {
+    format!("pw-{}", hex::encode(rand::random::<[u8; 12]>()))
+}
+
+/// Runs SQL as root on the test MariaDB's socket (in `db` unless empty) and returns the
+/// tab-separated output without column names.
+pub fn mysql(db: &str, query: &str) -> String {
+    let mut cmd = std::process::Command::new("mysql");
+    cmd.args(["--no-defaults", "-uroot", "-S", &infra_var("KANISTER_TEST_MYSQL_SOCKET"), "-N", "-B"]);
+    if !db.is_empty() {
+        cmd.arg(db);
+    }
+    let out = cmd.arg("-e").arg(query).output().expect("mysql runs");
+    assert!(out.status.success(), "mysql -e {query:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// [`mysql`] without blocking the async runtime, for tests whose engine runs on the same
+/// thread while they query.
+pub async fn mysql_async(db: &str, query: &str) -> String {
+    let mut cmd = tokio::process::Command::new("mysql");
+    cmd.args(["--no-defaults", "-uroot", "-S", &infra_var("KANISTER_TEST_MYSQL_SOCKET"), "-N", "-B"]);
+    if !db.is_empty() {
+        cmd.arg(db);
+    }
+    let out = cmd.arg("-e").arg(query).output().await.unwrap_or_else(|e| panic!("mysql did not run: {e}"));
+    assert!(out.status.success(), "mysql -e {query:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs SQL as root, the text on stdin (so that a password in it is on no command line).
+pub fn mysql_stdin(sql: &str) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("mysql")
+        .args(["--no-defaults", "-uroot", "-S", &infra_var("KANISTER_TEST_MYSQL_SOCKET")])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("mysql runs");
+    child.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "mysql: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Row count and a checksum over the `orders` table (`id, customer, amount, note`) the
+/// MariaDB tests fill: equal before a backup and after its restore.
+pub const MYSQL_ORDERS_FINGERPRINT: &str =
+    "SELECT COUNT(*), SUM(CRC32(CONCAT_WS('|', id, customer, amount, IFNULL(note, '<null>')))) FROM orders";
+
+/// [`MYSQL_ORDERS_FINGERPRINT`] of database `db`.
+pub fn mysql_fingerprint(db: &str) -> String {
+    mysql(db, MYSQL_ORDERS_FINGERPRINT)
+}
+
+/// A MariaDB database created by a test, dropped when it ends (also when it panics).
+pub struct MysqlDatabase(pub String);
+
+impl Drop for MysqlDatabase {
+    fn drop(&mut self) {
+        let Ok(socket) = std::env::var("KANISTER_TEST_MYSQL_SOCKET") else { return };
+        let _ = std::process::Command::new("mysql")
+            .args(["--no-defaults", "-uroot", "-S", &socket, "-e", &format!("DROP DATABASE IF EXISTS {}", self.0)])
+            .output();
+    }
+}
+
+/// A MariaDB database and a user with a password that owns it; both dropped at the end.
+pub struct MysqlDb {
+    pub name: String,
+    pub user: String,
+}
+
+impl Drop for MysqlDb {
+    fn drop(&mut self) {
+        if let Ok(socket) = std::env::var("KANISTER_TEST_MYSQL_SOCKET") {
+            let sql = format!("DROP DATABASE IF EXISTS {}; DROP USER IF EXISTS '{}'@'%'", self.name, self.user);
+            let _ = std::process::Command::new("mysql")
+                .args(["--no-defaults", "-uroot", "-S", &socket, "-e", &sql])
+                .output();
+        }
+    }
+}
+
+/// A PostgreSQL database and a role with a password, both created by the test; both dropped at
+/// the end.
+pub struct PgDb {
+    pub name: String,
+    pub user: String,
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        if let (Ok(host), Ok(port)) = (std::env::var("KANISTER_TEST_PG_HOST"), std::env::var("KANISTER_TEST_PG_PORT")) {
+            for sql in [
+                format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+                format!("DROP ROLE IF EXISTS {}", self.user),
+            ] {
+                let _ = std::process::Command::new("psql")
+                    .args(["-h", &host, "-p", &port, "-U", "postgres", "-d", "postgres", "-c", &sql])
+                    .output();
+            }
+        }
+    }
+}
+
 /// A running agent; `stop` ends it and checks that it ended cleanly.
 pub struct Agent {
     /// Its URL.
