@@ -22,7 +22,7 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 mod support;
-use support::run_to_end;
+use support::{engine_config, run_to_end};
 
 const TOKEN: &str = "agent-token-51f0c9d2";
 /// The name the agent's certificate carries (not the address the coordinator dials).
@@ -188,13 +188,7 @@ actions:
 
 /// Runs the backup with the engine configured by `agent`; returns its final state and error.
 async fn backup(w: &World, name: &str, agent: AgentClientConfig) -> (State, String) {
-    let config = EngineConfig {
-        watch_interval: Duration::from_millis(50),
-        poll_interval: Duration::from_millis(50),
-        agent,
-        ..Default::default()
-    };
-    let engine = Engine::new(w.cluster.clone(), config);
+    let engine = Engine::new(w.cluster.clone(), EngineConfig { agent, ..engine_config(None) });
     w.cluster.put(json!({
         "apiVersion": "cr.kanister.io/v1alpha1",
         "kind": "ActionSet",

@@ -14,13 +14,14 @@ use std::time::Duration;
 use kanister_coordinator::cluster::local::LocalCluster;
 use kanister_coordinator::cluster::{Cluster, EnvSource, ObjectRef};
 use kanister_coordinator::crd::{ActionSet, State};
-use kanister_coordinator::engine::agent::AgentClientConfig;
-use kanister_coordinator::engine::{Engine, EngineConfig};
+use kanister_coordinator::engine::Engine;
 use serde_json::{Value, json};
-use zeroize::Zeroizing;
 
 mod support;
-use support::{Agent, assert_complete, infra_var, open_s3_repository, run_to_end, s3_profile_yaml, tree, unique_name};
+use support::{
+    Agent, assert_complete, engine_config, infra_var, open_s3_repository, run_to_end, s3_profile_yaml, tree,
+    unique_name,
+};
 
 const TOKEN: &str = "agent-token-7d2f0a";
 
@@ -183,13 +184,7 @@ fn world_with(c: LocalCluster) -> (Arc<LocalCluster>, Engine<LocalCluster>) {
     c.load_yaml(&objects, "world").unwrap();
     c.load_yaml(BLUEPRINT, "blueprint").unwrap();
     let cluster = Arc::new(c);
-    let config = EngineConfig {
-        watch_interval: Duration::from_millis(50),
-        poll_interval: Duration::from_millis(50),
-        agent: AgentClientConfig { token: Some(Zeroizing::new(TOKEN.to_string())), ..Default::default() },
-        ..Default::default()
-    };
-    (cluster.clone(), Engine::new(cluster, config))
+    (cluster.clone(), Engine::new(cluster, engine_config(Some(TOKEN))))
 }
 
 async fn run(

@@ -25,16 +25,14 @@ use std::time::Duration;
 
 use kanister_coordinator::cluster::local::LocalCluster;
 use kanister_coordinator::crd::{ActionSet, Blueprint};
-use kanister_coordinator::engine::agent::AgentClientConfig;
 use kanister_coordinator::engine::{Engine, EngineConfig};
 use serde_json::{Value, json};
-use zeroize::Zeroizing;
 
 mod support;
 use support::{
-    Agent, ArgvScan, Logs, MysqlDb, PgDb, assert_complete, assert_no_secret_anywhere, infra_var, mysql,
-    mysql_fingerprint, mysql_stdin, open_s3_repository, password, repository_key, run_to_end, s3_profile_yaml, tree,
-    unique_name,
+    Agent, ArgvScan, Logs, MysqlDb, PgDb, assert_complete, assert_no_secret_anywhere, engine_config, infra_var, mysql,
+    mysql_fingerprint, mysql_stdin, open_s3_repository, password, psql_stdin, repository_key, run_to_end,
+    s3_profile_yaml, tree, unique_name,
 };
 
 const TOKEN: &str = "agent-token-e8a51c";
@@ -107,13 +105,7 @@ fn world(agent: &Agent, namespace: &str, pod: &str, objects: &str, file: &str) -
     c.load_yaml(objects, "objects").unwrap();
     c.load_yaml(&example(file), file).unwrap();
     let cluster = Arc::new(c);
-    let config = EngineConfig {
-        watch_interval: Duration::from_millis(50),
-        poll_interval: Duration::from_millis(50),
-        progress_interval: Duration::from_millis(200),
-        agent: AgentClientConfig { token: Some(Zeroizing::new(TOKEN.to_string())), ..Default::default() },
-        ..Default::default()
-    };
+    let config = EngineConfig { progress_interval: Duration::from_millis(200), ..engine_config(Some(TOKEN)) };
     World { engine: Engine::new(cluster.clone(), config), cluster, prefix }
 }
 
@@ -266,25 +258,11 @@ async fn mysql_example_backs_up_restores_and_deletes_with_a_password_user() {
 
 // ---- PostgreSQL ----
 
-/// Runs SQL as postgres in database `db`, the text on stdin.
-fn psql(db: &str, sql: &str) -> String {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new("psql")
-        .args(["-h", &infra_var("KANISTER_TEST_PG_HOST"), "-p", &infra_var("KANISTER_TEST_PG_PORT")])
-        .args(["-U", "postgres", "-d", db, "-v", "ON_ERROR_STOP=1", "-qtA"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("psql runs");
-    child.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn pg_fingerprint(db: &str) -> String {
-    psql(db, "SELECT COUNT(*), SUM(hashtext(id || '|' || customer || '|' || coalesce(note, '<null>'))) FROM orders;")
+    psql_stdin(
+        db,
+        "SELECT COUNT(*), SUM(hashtext(id || '|' || customer || '|' || coalesce(note, '<null>'))) FROM orders;",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -293,9 +271,9 @@ async fn postgresql_example_backs_up_restores_and_deletes_with_a_password_user()
     let agent = Agent::start(TOKEN).await;
     let db = PgDb { name: unique_name("ex", "pg"), user: unique_name("ex", "pgu") };
     let pw = password();
-    psql("postgres", &format!("CREATE ROLE {} LOGIN CREATEDB PASSWORD '{pw}';", db.user));
-    psql("postgres", &format!("CREATE DATABASE {} OWNER {};", db.name, db.user));
-    psql(
+    psql_stdin("postgres", &format!("CREATE ROLE {} LOGIN CREATEDB PASSWORD '{pw}';", db.user));
+    psql_stdin("postgres", &format!("CREATE DATABASE {} OWNER {};", db.name, db.user));
+    psql_stdin(
         &db.name,
         &format!(
             "SET ROLE {};
@@ -341,7 +319,7 @@ async fn postgresql_example_backs_up_restores_and_deletes_with_a_password_user()
     assert_eq!(artifacts["pgBackup"]["keyValue"]["database"], db.name.as_str());
     assert_eq!(w.snapshots().await, std::slice::from_ref(&backup_id));
 
-    psql("postgres", &format!("DROP DATABASE {} WITH (FORCE);", db.name));
+    psql_stdin("postgres", &format!("DROP DATABASE {} WITH (FORCE);", db.name));
     // The restore finds the database in the artifact, not in the options.
     let connection = json!({"user": db.user, "host": options["host"], "port": options["port"]});
     w.run(action("pg-restore", "restore", &connection, artifacts.clone())).await;

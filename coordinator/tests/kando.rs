@@ -25,14 +25,14 @@ use std::time::Duration;
 use kanister_coordinator::cluster::EnvSource;
 use kanister_coordinator::cluster::local::LocalCluster;
 use kanister_coordinator::crd::ActionSet;
-use kanister_coordinator::engine::{Engine, EngineConfig, repokey};
+use kanister_coordinator::engine::{Engine, repokey};
 use serde_json::{Value, json};
 
 mod support;
 use kanister_agent::kando;
 use support::{
-    ArgvScan, Logs, MysqlDb, PgDb, agent_binary, assert_complete, infra_var, mysql, mysql_fingerprint, mysql_stdin,
-    password, repository_key, run_to_end, s3_profile_yaml, unique_name,
+    ArgvScan, Logs, MysqlDb, PgDb, agent_binary, assert_complete, engine_config, infra_var, mysql, mysql_fingerprint,
+    mysql_stdin, password, psql_stdin, repository_key, run_to_end, s3_profile_yaml, unique_name,
 };
 
 const PROFILE: &str = r#"'{{ toJson .Profile }}'"#;
@@ -185,12 +185,7 @@ fn world() -> World {
     c.load_yaml(&objects, "world").unwrap();
     c.load_yaml(&blueprint(), "blueprint").unwrap();
     let cluster = Arc::new(c);
-    let config = EngineConfig {
-        watch_interval: Duration::from_millis(50),
-        poll_interval: Duration::from_millis(50),
-        ..Default::default()
-    };
-    World { engine: Engine::new(cluster.clone(), config), cluster, prefix, _bin: bin }
+    World { engine: Engine::new(cluster.clone(), engine_config(None)), cluster, prefix, _bin: bin }
 }
 
 impl World {
@@ -393,21 +388,6 @@ fn psql(db: &str, query: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// Runs SQL as postgres, the text on stdin (so that a password in it is on no command line).
-fn psql_stdin(sql: &str) {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new("psql")
-        .args(["-h", &infra_var("KANISTER_TEST_PG_HOST"), "-p", &infra_var("KANISTER_TEST_PG_PORT")])
-        .args(["-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-q"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("psql runs");
-    child.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 fn pg_fingerprint(db: &str) -> String {
     psql(db, "SELECT COUNT(*), SUM(hashtext(id || '|' || customer || '|' || coalesce(note, '<null>'))) FROM orders")
 }
@@ -419,7 +399,7 @@ async fn pg_dumpall_through_kando_backs_up_restores_and_deletes() {
     let db = PgDb { name: unique_name("kando", "pg"), user: unique_name("kando", "pgu") };
     let pw = password();
     // A superuser: pg_dumpall reads every role.
-    psql_stdin(&format!("CREATE ROLE {} LOGIN SUPERUSER PASSWORD '{pw}';", db.user));
+    psql_stdin("postgres", &format!("CREATE ROLE {} LOGIN SUPERUSER PASSWORD '{pw}';", db.user));
     psql("postgres", &format!("CREATE DATABASE {}", db.name));
     psql(
         &db.name,

@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 use kanister_coordinator::cluster::local::LocalCluster;
 use kanister_coordinator::cluster::{Cluster, ObjectRef};
 use kanister_coordinator::crd::{ActionSet, Artifact, State};
-use kanister_coordinator::engine::{Engine, EngineConfig, Outcome};
+use kanister_coordinator::engine::{Engine, Outcome};
 use serde_json::{Value, json};
 
 mod support;
-use support::{MysqlDatabase, infra_var, mysql_async, run_to_end, unique_name};
+use support::{MysqlDatabase, engine_config, infra_var, mysql_async, run_to_end, unique_name};
 
 /// The `mysql` client as the blueprint runs it: user and socket come from the Secret.
 const MYSQL: &str = r#"mysql --no-defaults -u'{{ index .Secrets.mysql.Data "username" | toString }}' -S '{{ index .Secrets.mysql.Data "socket" | toString }}'"#;
@@ -287,14 +287,6 @@ fn cluster() -> Arc<LocalCluster> {
     Arc::new(c)
 }
 
-fn config() -> EngineConfig {
-    EngineConfig {
-        watch_interval: Duration::from_millis(50),
-        poll_interval: Duration::from_millis(50),
-        ..Default::default()
-    }
-}
-
 /// Adds an ActionSet running `action` of the blueprint on the StatefulSet.
 fn put_actionset(cluster: &LocalCluster, name: &str, action: &str, options: Value, artifacts: Value) {
     cluster.put(json!({
@@ -352,7 +344,7 @@ async fn mysqldump_backup_renders_an_artifact_that_a_restore_actionset_loads_int
     assert!(before.starts_with("3000\t"), "{before}");
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster();
-    let engine = Engine::new(cluster.clone(), config());
+    let engine = Engine::new(cluster.clone(), engine_config(None));
 
     let options = json!({"dir": dir.path().to_str().unwrap(), "database": source});
     put_actionset(&cluster, "backup-maria", "backup", options, json!({}));
@@ -397,7 +389,7 @@ async fn restore_rejects_a_dump_whose_checksum_does_not_match_the_artifact() {
     seed(&source).await;
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster();
-    let engine = Engine::new(cluster.clone(), config());
+    let engine = Engine::new(cluster.clone(), engine_config(None));
     put_actionset(
         &cluster,
         "backup-m2",
@@ -431,7 +423,7 @@ async fn failing_mysqldump_fails_the_actionset_with_its_exit_code_and_runs_only_
     seed(&db).await;
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster();
-    let engine = Engine::new(cluster.clone(), config());
+    let engine = Engine::new(cluster.clone(), engine_config(None));
     put_actionset(
         &cluster,
         "fail-maria",
@@ -462,7 +454,7 @@ async fn phase_timeout_stops_a_long_query_and_runs_the_defer_phase() {
     let _cleanup = MysqlDatabase(db.clone());
     seed(&db).await;
     let cluster = cluster();
-    let engine = Engine::new(cluster.clone(), config());
+    let engine = Engine::new(cluster.clone(), engine_config(None));
     put_actionset(&cluster, "slow-maria", "slowQuery", json!({"database": db, "marker": marker}), json!({}));
     let started = Instant::now();
     let a = run_to_end(&engine, "slow-maria", WITHIN).await;
@@ -485,7 +477,7 @@ async fn cancelling_through_the_spec_stops_a_running_query_and_runs_the_defer_ph
     let _cleanup = MysqlDatabase(db.clone());
     seed(&db).await;
     let cluster = cluster();
-    let engine = Engine::new(cluster.clone(), config());
+    let engine = Engine::new(cluster.clone(), engine_config(None));
     put_actionset(&cluster, "cancel-maria", "longQuery", json!({"database": db, "marker": marker}), json!({}));
     assert_eq!(engine.reconcile("kanister", "cancel-maria").await.unwrap(), Outcome::Started);
     until_query(&marker, true, Duration::from_secs(10)).await;

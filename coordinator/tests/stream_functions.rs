@@ -13,15 +13,13 @@ use std::time::Duration;
 use kanister_coordinator::cluster::Cluster;
 use kanister_coordinator::cluster::local::LocalCluster;
 use kanister_coordinator::crd::{ActionSet, State};
-use kanister_coordinator::engine::agent::AgentClientConfig;
-use kanister_coordinator::engine::{Engine, EngineConfig};
+use kanister_coordinator::engine::Engine;
 use serde_json::{Value, json};
-use zeroize::Zeroizing;
 
 mod support;
 use support::{
-    Agent, MysqlDatabase, assert_complete, infra_var, mysql, mysql_fingerprint, run_to_end, s3_profile_yaml,
-    unique_name,
+    Agent, MysqlDatabase, assert_complete, engine_config, infra_var, mysql, mysql_fingerprint, run_to_end,
+    s3_profile_yaml, unique_name,
 };
 
 const TOKEN: &str = "agent-token-3b9e1c";
@@ -87,13 +85,7 @@ stringData: {{socket: "{socket}"}}
     c.load_yaml(&objects, "world").unwrap();
     c.load_yaml(BLUEPRINT, "blueprint").unwrap();
     let cluster = Arc::new(c);
-    let config = EngineConfig {
-        watch_interval: Duration::from_millis(50),
-        poll_interval: Duration::from_millis(50),
-        agent: AgentClientConfig { token: Some(Zeroizing::new(TOKEN.to_string())), ..Default::default() },
-        ..Default::default()
-    };
-    (cluster.clone(), Engine::new(cluster, config))
+    (cluster.clone(), Engine::new(cluster, engine_config(Some(TOKEN))))
 }
 
 async fn run(

@@ -18,7 +18,8 @@ use std::time::Duration;
 use kanister_coordinator::cluster::Cluster;
 use kanister_coordinator::cluster::local::LocalCluster;
 use kanister_coordinator::crd::{ActionSet, State};
-use kanister_coordinator::engine::{Engine, Outcome, repokey};
+use kanister_coordinator::engine::agent::AgentClientConfig;
+use kanister_coordinator::engine::{Engine, EngineConfig, Outcome, repokey};
 
 use kanister_agent::service::{self, ServeConfig};
 use zeroize::Zeroizing;
@@ -175,6 +176,17 @@ pub fn tools_path() -> (tempfile::TempDir, String) {
 }
 
 // ---- ActionSets and repositories ----
+
+/// The engine's configuration in these tests: it watches and polls every 50 ms, and sends
+/// `agent_token` to the agents (none: no token).
+pub fn engine_config(agent_token: Option<&str>) -> EngineConfig {
+    EngineConfig {
+        watch_interval: Duration::from_millis(50),
+        poll_interval: Duration::from_millis(50),
+        agent: AgentClientConfig { token: agent_token.map(|t| Zeroizing::new(t.to_string())), ..Default::default() },
+        ..Default::default()
+    }
+}
 
 /// Reconciles ActionSet `kanister/<name>` (its run must start), waits up to `within` for the run
 /// to end, and returns the ActionSet as it ended.
@@ -433,6 +445,24 @@ impl Drop for MysqlDb {
                 .output();
         }
     }
+}
+
+/// Runs SQL as postgres in database `db`, the text on stdin (so that a password in it is on no
+/// command line), and returns the unaligned output without column names.
+pub fn psql_stdin(db: &str, sql: &str) -> String {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("psql")
+        .args(["-h", &infra_var("KANISTER_TEST_PG_HOST"), "-p", &infra_var("KANISTER_TEST_PG_PORT")])
+        .args(["-U", "postgres", "-d", db, "-v", "ON_ERROR_STOP=1", "-qtA"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("psql runs");
+    child.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// A PostgreSQL database and a role with a password, both created by the test; both dropped at
