@@ -245,7 +245,6 @@ pub struct ArgvScan {
 impl ArgvScan {
     /// Starts scanning.
     pub fn start(cluster: Arc<LocalCluster>, profile: &str, secrets: Vec<String>) -> Self {
-        use kanister_coordinator::engine::repokey;
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let name = format!("{}{profile}", repokey::SECRET_PREFIX);
         assert!(secrets.iter().all(|s| s.len() >= 6), "secrets to look for must not be trivially short");
