@@ -17,9 +17,12 @@ use kanister_coordinator::cluster::Cluster;
 use kanister_coordinator::cluster::local::LocalCluster;
 use kanister_coordinator::crd::State;
 use kanister_coordinator::engine::agent::{AgentClientArgs, AgentClientConfig};
-use kanister_coordinator::engine::{Engine, EngineConfig, Outcome};
+use kanister_coordinator::engine::{Engine, EngineConfig};
 use serde_json::json;
 use zeroize::Zeroizing;
+
+mod support;
+use support::{engine_config, run_to_end};
 
 const TOKEN: &str = "agent-token-51f0c9d2";
 /// The name the agent's certificate carries (not the address the coordinator dials).
@@ -185,13 +188,7 @@ actions:
 
 /// Runs the backup with the engine configured by `agent`; returns its final state and error.
 async fn backup(w: &World, name: &str, agent: AgentClientConfig) -> (State, String) {
-    let config = EngineConfig {
-        watch_interval: Duration::from_millis(50),
-        poll_interval: Duration::from_millis(50),
-        agent,
-        ..Default::default()
-    };
-    let engine = Engine::new(w.cluster.clone(), config);
+    let engine = Engine::new(w.cluster.clone(), EngineConfig { agent, ..engine_config(None) });
     w.cluster.put(json!({
         "apiVersion": "cr.kanister.io/v1alpha1",
         "kind": "ActionSet",
@@ -203,9 +200,7 @@ async fn backup(w: &World, name: &str, agent: AgentClientConfig) -> (State, Stri
             "profile": {"name": "local", "namespace": "kanister"},
         }]}
     }));
-    assert_eq!(engine.reconcile("kanister", name).await.unwrap(), Outcome::Started);
-    tokio::time::timeout(Duration::from_secs(60), engine.wait("kanister", name)).await.expect("the run ends");
-    let status = w.cluster.get_actionset("kanister", name).await.unwrap().status.unwrap();
+    let status = run_to_end(&engine, name, Duration::from_secs(60)).await.status.unwrap();
     (status.state, status.error.map(|e| e.message).unwrap_or_default())
 }
 

@@ -9,19 +9,19 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use kanister_coordinator::cluster::local::LocalCluster;
 use kanister_coordinator::cluster::{Cluster, EnvSource, ObjectRef};
 use kanister_coordinator::crd::{ActionSet, State};
-use kanister_coordinator::engine::agent::AgentClientConfig;
-use kanister_coordinator::engine::{Engine, EngineConfig, Outcome};
+use kanister_coordinator::engine::Engine;
 use serde_json::{Value, json};
-use zeroize::Zeroizing;
 
 mod support;
-use support::Agent;
+use support::{
+    Agent, assert_complete, engine_config, infra_var, open_s3_repository, run_to_end, s3_profile_yaml, tree,
+    unique_name,
+};
 
 const TOKEN: &str = "agent-token-7d2f0a";
 
@@ -165,23 +165,6 @@ actions:
         backupArtifactPrefix: unused/prefix
 "#;
 
-fn infra_var(name: &str) -> String {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!(
-            "{name} is not set: these tests need the test infrastructure; run `bash tests/infra.sh start` and \
-             `eval \"$(bash tests/infra.sh env)\"` first"
-        ),
-    }
-}
-
-fn unique_name(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("data_{tag}_{}_{}_{nanos:x}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
-
 fn world(agent: &Agent) -> (Arc<LocalCluster>, Engine<LocalCluster>) {
     world_of(&[("app-0", agent)])
 }
@@ -197,40 +180,11 @@ fn world_of(agents: &[(&str, &Agent)]) -> (Arc<LocalCluster>, Engine<LocalCluste
 
 /// `c` with the Profile (on SeaweedFS, under a fresh prefix) and the blueprint loaded.
 fn world_with(c: LocalCluster) -> (Arc<LocalCluster>, Engine<LocalCluster>) {
-    let objects = format!(
-        r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: s3-credentials, namespace: kanister}}
-stringData: {{aws_access_key_id: "{id}", aws_secret_access_key: "{secret}"}}
----
-apiVersion: cr.kanister.io/v1alpha1
-kind: Profile
-metadata: {{name: s3-profile, namespace: kanister}}
-location: {{type: s3Compliant, bucket: "{bucket}", endpoint: "{endpoint}", prefix: "{prefix}", region: us-east-1}}
-credential:
-  type: keyPair
-  keyPair:
-    idField: aws_access_key_id
-    secretField: aws_secret_access_key
-    secret: {{apiVersion: v1, kind: secret, name: s3-credentials, namespace: kanister}}
-"#,
-        id = infra_var("KANISTER_TEST_S3_ACCESS_KEY"),
-        secret = infra_var("KANISTER_TEST_S3_SECRET_KEY"),
-        bucket = infra_var("KANISTER_TEST_S3_BUCKET"),
-        endpoint = infra_var("KANISTER_TEST_S3_ENDPOINT"),
-        prefix = unique_name("repo"),
-    );
+    let objects = s3_profile_yaml("kanister", "s3-profile", "s3-credentials", &unique_name("data", "repo"));
     c.load_yaml(&objects, "world").unwrap();
     c.load_yaml(BLUEPRINT, "blueprint").unwrap();
     let cluster = Arc::new(c);
-    let config = EngineConfig {
-        watch_interval: Duration::from_millis(50),
-        poll_interval: Duration::from_millis(50),
-        agent: AgentClientConfig { token: Some(Zeroizing::new(TOKEN.to_string())), ..Default::default() },
-        ..Default::default()
-    };
-    (cluster.clone(), Engine::new(cluster, config))
+    (cluster.clone(), Engine::new(cluster, engine_config(Some(TOKEN))))
 }
 
 async fn run(
@@ -254,42 +208,7 @@ async fn run(
             "artifacts": artifacts,
         }]}
     }));
-    assert_eq!(engine.reconcile("kanister", name).await.unwrap(), Outcome::Started);
-    tokio::time::timeout(Duration::from_secs(120), engine.wait("kanister", name)).await.expect("the run ends");
-    cluster.get_actionset("kanister", name).await.unwrap()
-}
-
-fn completed(a: &ActionSet) {
-    let status = a.status.as_ref().unwrap();
-    assert_eq!(
-        status.state,
-        State::Complete,
-        "{}: {}",
-        a.metadata.name.as_deref().unwrap_or_default(),
-        status.error.as_ref().map(|e| e.message.clone()).unwrap_or_default()
-    );
-}
-
-/// Relative path → what is there: a file's contents, a symlink's target, or a directory.
-fn tree(root: &Path) -> BTreeMap<String, String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            let meta = std::fs::symlink_metadata(&path).unwrap();
-            if meta.file_type().is_symlink() {
-                out.insert(rel, format!("link:{}", std::fs::read_link(&path).unwrap().display()));
-            } else if meta.is_dir() {
-                out.insert(rel, "dir".into());
-                walk(root, &path, out);
-            } else {
-                out.insert(rel, format!("file:{}", String::from_utf8_lossy(&std::fs::read(&path).unwrap())));
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
+    run_to_end(engine, name, Duration::from_secs(120)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -310,7 +229,7 @@ async fn backup_data_restore_data_and_delete_data_through_the_agent_sidecar() {
 
     let backup =
         run(&cluster, &engine, "data-backup", "backup", json!({"source": s.display().to_string()}), json!({})).await;
-    completed(&backup);
+    assert_complete(&backup);
     let status = backup.status.as_ref().unwrap();
     let output = &status.actions[0].phases[0].output;
     let backup_id = output["backupID"].as_str().unwrap().to_string();
@@ -331,18 +250,18 @@ async fn backup_data_restore_data_and_delete_data_through_the_agent_sidecar() {
 
     let target = tempfile::tempdir().unwrap();
     let t = target.path().display().to_string();
-    completed(&run(&cluster, &engine, "data-restore", "restore", json!({"target": t}), artifacts.clone()).await);
+    assert_complete(&run(&cluster, &engine, "data-restore", "restore", json!({"target": t}), artifacts.clone()).await);
     assert_eq!(tree(target.path()), before, "the restored tree differs");
 
     let by_tag = tempfile::tempdir().unwrap();
     let t2 = by_tag.path().display().to_string();
-    completed(
+    assert_complete(
         &run(&cluster, &engine, "data-restore-tag", "restoreByTag", json!({"target": t2}), artifacts.clone()).await,
     );
     assert_eq!(tree(by_tag.path()), before, "the tree restored by tag differs");
 
     let deleted = run(&cluster, &engine, "data-delete", "delete", json!({}), artifacts.clone()).await;
-    completed(&deleted);
+    assert_complete(&deleted);
     let removed = &deleted.status.as_ref().unwrap().actions[0].phases[0].output["removed"];
     assert_eq!(removed.as_array().map(Vec::len), Some(1), "{removed:?}");
 
@@ -367,22 +286,9 @@ fn output(a: &ActionSet, phase: usize) -> &BTreeMap<String, Value> {
 async fn snapshots(cluster: &LocalCluster) -> BTreeMap<String, Option<String>> {
     let profile: Value = cluster.get(&ObjectRef::new("Profile", "kanister", "s3-profile")).await.unwrap();
     let key = cluster.secret("kanister", "kanister-repo-key-s3-profile").await.unwrap().data["key"].clone();
-    let url = format!(
-        "s3://{}/{}",
-        profile["location"]["bucket"].as_str().unwrap(),
-        profile["location"]["prefix"].as_str().unwrap()
-    );
-    let options = std::collections::HashMap::from([
-        ("endpoint".to_string(), infra_var("KANISTER_TEST_S3_ENDPOINT")),
-        ("region".to_string(), "us-east-1".to_string()),
-        ("aws_access_key_id".to_string(), infra_var("KANISTER_TEST_S3_ACCESS_KEY")),
-        ("aws_secret_access_key".to_string(), infra_var("KANISTER_TEST_S3_SECRET_KEY")),
-    ]);
-    let store = kanister_agent::repository::store_of_ref(&url, options).unwrap();
-    let repo = kanister_agent::repository::Repository::at(store)
-        .open(&kanister_agent::repository::RepoKey::KeyFile(Zeroizing::new(key)))
-        .await
-        .unwrap();
+    let location = &profile["location"];
+    let repo =
+        open_s3_repository(location["bucket"].as_str().unwrap(), location["prefix"].as_str().unwrap(), key).await;
     repo.snapshots()
         .await
         .unwrap()
@@ -407,16 +313,16 @@ async fn all_variants_stats_checks_and_incremental_backups() {
 
     // Nothing was backed up through the Profile yet.
     let check = run(&cluster, &engine, "check-empty", "check", json!({}), json!({})).await;
-    completed(&check);
+    assert_complete(&check);
     assert_eq!(output(&check, 0)["repoUnavailable"], "true");
     assert_eq!(output(&check, 0)["passwordIncorrect"], "false");
 
     // Incremental: the second BackupData of the same pod and path has the first as its parent.
     let first = run(&cluster, &engine, "inc-1", "backup", src.clone(), json!({})).await;
-    completed(&first);
+    assert_complete(&first);
     std::fs::write(s.join("d/f3.txt"), "changed\n").unwrap();
     let second = run(&cluster, &engine, "inc-2", "backup", src.clone(), json!({})).await;
-    completed(&second);
+    assert_complete(&second);
     let (id1, id2) =
         (output(&first, 0)["backupID"].as_str().unwrap(), output(&second, 0)["backupID"].as_str().unwrap());
     let snaps = snapshots(&cluster).await;
@@ -428,7 +334,7 @@ async fn all_variants_stats_checks_and_incremental_backups() {
     let files =
         json!({"files": serde_json::to_value(&second.status.as_ref().unwrap().actions[0].artifacts["files"]).unwrap()});
     let stats = run(&cluster, &engine, "stats", "stats", json!({}), files).await;
-    completed(&stats);
+    assert_complete(&stats);
     let (restore, raw) = (output(&stats, 0), output(&stats, 1));
     assert_eq!(restore["mode"], "restore-size");
     assert_eq!(raw["mode"], "raw-data");
@@ -440,7 +346,7 @@ async fn all_variants_stats_checks_and_incremental_backups() {
 
     // The repository checks out; with another key in the key Secret, the password is wrong.
     let check = run(&cluster, &engine, "check-ok", "check", json!({}), json!({})).await;
-    completed(&check);
+    assert_complete(&check);
     assert_eq!(
         (output(&check, 0)["repoUnavailable"].as_str(), output(&check, 0)["passwordIncorrect"].as_str()),
         (Some("false"), Some("false"))
@@ -453,13 +359,13 @@ async fn all_variants_stats_checks_and_incremental_backups() {
     other.as_object_mut().unwrap().remove("stringData");
     cluster.put(other);
     let check = run(&cluster, &engine, "check-wrong-key", "check", json!({}), json!({})).await;
-    completed(&check);
+    assert_complete(&check);
     assert_eq!(output(&check, 0)["passwordIncorrect"], "true");
     cluster.put(original);
 
     // BackupDataAll over two pods, RestoreDataAll one pod at a time, DeleteDataAll both.
     let all = run(&cluster, &engine, "all-backup", "backupAll", src.clone(), json!({})).await;
-    completed(&all);
+    assert_complete(&all);
     let info: Value = serde_json::from_str(output(&all, 0)["BackupAllInfo"].as_str().unwrap()).unwrap();
     for pod in ["app-0", "app-1"] {
         assert_eq!(info[pod]["PodName"], pod, "{info}");
@@ -472,7 +378,9 @@ async fn all_variants_stats_checks_and_incremental_backups() {
     for pod in ["app-0", "app-1"] {
         let target = tempfile::tempdir().unwrap();
         let opts = json!({"target": target.path().display().to_string(), "pod": pod});
-        completed(&run(&cluster, &engine, &format!("all-restore-{pod}"), "restoreAll", opts, artifact.clone()).await);
+        assert_complete(
+            &run(&cluster, &engine, &format!("all-restore-{pod}"), "restoreAll", opts, artifact.clone()).await,
+        );
         assert_eq!(tree(target.path()), before, "the tree restored from {pod} differs");
     }
     let target = tempfile::tempdir().unwrap();
@@ -483,14 +391,14 @@ async fn all_variants_stats_checks_and_incremental_backups() {
 
     let before_delete = snapshots(&cluster).await.len();
     let deleted = run(&cluster, &engine, "all-delete", "deleteAll", json!({}), artifact.clone()).await;
-    completed(&deleted);
+    assert_complete(&deleted);
     assert_eq!(output(&deleted, 0)["removed"].as_array().map(Vec::len), Some(2));
     let left = snapshots(&cluster).await;
     assert_eq!(left.len(), before_delete - 2);
     assert!(!left.contains_key(info["app-0"]["BackupID"].as_str().unwrap()));
     // Deleting again is not an error: both are already gone.
     let again = run(&cluster, &engine, "all-delete-again", "deleteAll", json!({}), artifact).await;
-    completed(&again);
+    assert_complete(&again);
     assert_eq!(output(&again, 0)["alreadyAbsent"].as_array().map(Vec::len), Some(2));
     a0.stop().await;
     a1.stop().await;
@@ -518,7 +426,7 @@ async fn copy_volume_data_backs_up_a_pvc_from_a_task_pod() {
     let (cluster, engine) = world_with(c);
 
     let first = run(&cluster, &engine, "copy-1", "copyVolume", json!({}), json!({})).await;
-    completed(&first);
+    assert_complete(&first);
     let out = output(&first, 0);
     assert_eq!(out["fileCount"].as_str(), Some("12"), "{out:?}");
     let size: u64 = out["size"].as_str().unwrap().parse().unwrap();
@@ -542,7 +450,7 @@ async fn copy_volume_data_backs_up_a_pvc_from_a_task_pod() {
     std::fs::write(v.join("pgdata/base/3"), "changed\n").unwrap();
     let changed = tree(v);
     let second = run(&cluster, &engine, "copy-2", "copyVolume", json!({}), json!({})).await;
-    completed(&second);
+    assert_complete(&second);
     let id2 = output(&second, 0)["backupID"].as_str().unwrap().to_string();
     let store_secrets: std::collections::BTreeSet<_> = cluster
         .pods()
@@ -561,14 +469,14 @@ async fn copy_volume_data_backs_up_a_pvc_from_a_task_pod() {
         json!({"files": serde_json::to_value(&second.status.as_ref().unwrap().actions[0].artifacts["files"]).unwrap()});
     let target = tempfile::tempdir().unwrap();
     let opts = json!({"target": target.path().display().to_string()});
-    completed(&run(&cluster, &engine, "copy-restore", "restore", opts, artifacts.clone()).await);
+    assert_complete(&run(&cluster, &engine, "copy-restore", "restore", opts, artifacts.clone()).await);
     assert_eq!(tree(target.path()), changed, "the restored volume differs");
     assert_ne!(changed, before);
 
     // RestoreData with volumes instead of a pod (the workload scaled down): a task pod mounts
     // the PVC and restores the backup found by its tag.
     let restored = run(&cluster, &engine, "copy-restore-pvc", "restoreVolume", json!({}), artifacts).await;
-    completed(&restored);
+    assert_complete(&restored);
     assert_eq!(tree(restore_pvc.path()), changed, "the volume restored by a task pod differs");
     let pod = cluster.pods().into_iter().last().unwrap();
     assert_eq!(pod.spec.volumes.get("restore-pvc").map(String::as_str), Some("/mnt/restore"));
@@ -607,10 +515,8 @@ async fn actions_named_alike_get_tags_of_their_own() {
         "metadata": {"name": "twins", "namespace": "kanister", "uid": "u-1"},
         "spec": {"actions": [action(a.path()), action(b.path())]}
     }));
-    assert_eq!(engine.reconcile("kanister", "twins").await.unwrap(), Outcome::Started);
-    tokio::time::timeout(Duration::from_secs(120), engine.wait("kanister", "twins")).await.expect("the run ends");
-    let twins = cluster.get_actionset("kanister", "twins").await.unwrap();
-    completed(&twins);
+    let twins = run_to_end(&engine, "twins", Duration::from_secs(120)).await;
+    assert_complete(&twins);
     let status = twins.status.as_ref().unwrap();
     let tags: Vec<&str> = status.actions.iter().map(|a| a.phases[0].output["backupTag"].as_str().unwrap()).collect();
     assert_eq!(tags, ["kanister/twins/u-1/backup:0/backup", "kanister/twins/u-1/backup:1/backup"]);

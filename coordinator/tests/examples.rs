@@ -21,22 +21,25 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use kanister_coordinator::cluster::Cluster;
 use kanister_coordinator::cluster::local::LocalCluster;
-use kanister_coordinator::crd::{ActionSet, Blueprint, State};
-use kanister_coordinator::engine::agent::AgentClientConfig;
-use kanister_coordinator::engine::{Engine, EngineConfig, Outcome, repokey};
+use kanister_coordinator::crd::{ActionSet, Blueprint};
+use kanister_coordinator::engine::{Engine, EngineConfig};
 use serde_json::{Value, json};
-use zeroize::Zeroizing;
 
 mod support;
-use support::{Agent, ArgvScan, Logs};
+use support::{
+    Agent, ArgvScan, Logs, MysqlDb, PgDb, assert_complete, assert_no_secret_anywhere, engine_config, infra_var, mysql,
+    mysql_fingerprint, mysql_stdin, open_s3_repository, password, psql_stdin, repository_key, run_to_end,
+    s3_profile_yaml, tree, unique_name,
+};
 
 const TOKEN: &str = "agent-token-e8a51c";
 const PROFILE: &str = "s3-profile";
+/// The crates whose log lines the tests must capture: the coordinator's and the in-process
+/// agent's.
+const LOGGED_BY: [&str; 2] = ["kanister_coordinator", "kanister_agent"];
 
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples")
@@ -46,28 +49,6 @@ fn examples_dir() -> PathBuf {
 fn example(file: &str) -> String {
     let path = examples_dir().join(file);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
-
-fn infra_var(name: &str) -> String {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!(
-            "{name} is not set: these tests need the test infrastructure; run `bash tests/infra.sh start` and \
-             `eval \"$(bash tests/infra.sh env)\"` first"
-        ),
-    }
-}
-
-fn unique_name(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("ex_{tag}_{}_{}_{nanos:x}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
-
-/// A fresh random password, long enough that finding it anywhere is no accident.
-fn password() -> String {
-    format!("pw-{}", hex::encode(rand::random::<[u8; 12]>()))
 }
 
 // ---- the files as shipped ----
@@ -118,41 +99,13 @@ struct World {
 /// `namespace/pod`.
 fn world(agent: &Agent, namespace: &str, pod: &str, objects: &str, file: &str) -> World {
     let c = LocalCluster::new().with_agent(namespace, pod, agent.endpoint.clone());
-    let prefix = unique_name("repo");
-    let profile = format!(
-        r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: s3-credentials, namespace: kanister}}
-stringData: {{aws_access_key_id: "{id}", aws_secret_access_key: "{secret}"}}
----
-apiVersion: cr.kanister.io/v1alpha1
-kind: Profile
-metadata: {{name: {PROFILE}, namespace: kanister}}
-location: {{type: s3Compliant, bucket: "{bucket}", endpoint: "{endpoint}", prefix: "{prefix}", region: us-east-1}}
-credential:
-  type: keyPair
-  keyPair:
-    idField: aws_access_key_id
-    secretField: aws_secret_access_key
-    secret: {{apiVersion: v1, kind: secret, name: s3-credentials, namespace: kanister}}
-"#,
-        id = infra_var("KANISTER_TEST_S3_ACCESS_KEY"),
-        secret = infra_var("KANISTER_TEST_S3_SECRET_KEY"),
-        bucket = infra_var("KANISTER_TEST_S3_BUCKET"),
-        endpoint = infra_var("KANISTER_TEST_S3_ENDPOINT"),
-    );
+    let prefix = unique_name("ex", "repo");
+    let profile = s3_profile_yaml("kanister", PROFILE, "s3-credentials", &prefix);
     c.load_yaml(&profile, "profile").unwrap();
     c.load_yaml(objects, "objects").unwrap();
     c.load_yaml(&example(file), file).unwrap();
     let cluster = Arc::new(c);
-    let config = EngineConfig {
-        watch_interval: Duration::from_millis(50),
-        poll_interval: Duration::from_millis(50),
-        progress_interval: Duration::from_millis(200),
-        agent: AgentClientConfig { token: Some(Zeroizing::new(TOKEN.to_string())), ..Default::default() },
-        ..Default::default()
-    };
+    let config = EngineConfig { progress_interval: Duration::from_millis(200), ..engine_config(Some(TOKEN)) };
     World { engine: Engine::new(cluster.clone(), config), cluster, prefix }
 }
 
@@ -184,72 +137,22 @@ impl World {
                 "artifacts": a.artifacts,
             }]}
         }));
-        assert_eq!(self.engine.reconcile("kanister", a.name).await.unwrap(), Outcome::Started);
-        tokio::time::timeout(Duration::from_secs(180), self.engine.wait("kanister", a.name))
-            .await
-            .expect("the run ends");
-        let set = self.cluster.get_actionset("kanister", a.name).await.unwrap();
-        let status = set.status.as_ref().unwrap();
-        assert_eq!(
-            status.state,
-            State::Complete,
-            "{} ({}): {}",
-            a.name,
-            a.action,
-            status.error.as_ref().map(|e| e.message.clone()).unwrap_or_default()
-        );
+        let set = run_to_end(&self.engine, a.name, Duration::from_secs(180)).await;
+        assert_complete(&set);
         set
     }
 
     /// The repository key the coordinator created for the Profile.
     async fn repository_key(&self) -> String {
-        let name = format!("{}{PROFILE}", repokey::SECRET_PREFIX);
-        let data = self.cluster.secret("kanister", &name).await.expect("the coordinator created the key Secret");
-        String::from_utf8(data.data[repokey::SECRET_KEY].clone()).unwrap()
+        repository_key(&self.cluster, "kanister", PROFILE).await
     }
 
     /// The ids of the snapshots in the Profile's repository, opened here with the key from the
     /// key Secret.
     async fn snapshots(&self) -> Vec<String> {
         let key = self.repository_key().await;
-        let url = format!("s3://{}/{}", infra_var("KANISTER_TEST_S3_BUCKET"), self.prefix);
-        let options = std::collections::HashMap::from([
-            ("endpoint".to_string(), infra_var("KANISTER_TEST_S3_ENDPOINT")),
-            ("region".to_string(), "us-east-1".to_string()),
-            ("aws_access_key_id".to_string(), infra_var("KANISTER_TEST_S3_ACCESS_KEY")),
-            ("aws_secret_access_key".to_string(), infra_var("KANISTER_TEST_S3_SECRET_KEY")),
-        ]);
-        let store = kanister_agent::repository::store_of_ref(&url, options).unwrap();
-        let repo = kanister_agent::repository::Repository::at(store)
-            .open(&kanister_agent::repository::RepoKey::KeyFile(Zeroizing::new(key.into_bytes())))
-            .await
-            .unwrap();
+        let repo = open_s3_repository(&infra_var("KANISTER_TEST_S3_BUCKET"), &self.prefix, key.into_bytes()).await;
         repo.snapshots().await.unwrap().into_iter().map(|(id, _)| id.to_string()).collect()
-    }
-
-    /// No secret in any status written to the ActionSets `names`, in any event, or in the logs;
-    /// the logs must hold lines of both the coordinator and the agent, so this can fail.
-    fn assert_no_secret_anywhere(&self, names: &[&str], secrets: &[String], logs: &Logs) {
-        for name in names {
-            let writes = self.cluster.status_writes("kanister", name);
-            assert!(!writes.is_empty(), "no status was written to {name}");
-            let text = serde_json::to_string(&writes).unwrap();
-            for (i, s) in secrets.iter().enumerate() {
-                assert!(!text.contains(s.as_str()), "secret #{i} in a status of {name}");
-            }
-        }
-        let events = self.cluster.events();
-        assert!(!events.is_empty(), "no event was recorded");
-        let text = serde_json::to_string(&events).unwrap();
-        for (i, s) in secrets.iter().enumerate() {
-            assert!(!text.contains(s.as_str()), "secret #{i} in an event");
-        }
-        let text = logs.text();
-        assert!(text.contains("kanister_coordinator"), "no log line of the coordinator was captured");
-        assert!(text.contains("kanister_agent"), "no log line of the agent was captured");
-        for (i, s) in secrets.iter().enumerate() {
-            assert!(!text.contains(s.as_str()), "secret #{i} in the logs");
-        }
     }
 }
 
@@ -273,13 +176,6 @@ fn running_byte_counts(cluster: &LocalCluster, name: &str) -> Vec<i64> {
         .collect()
 }
 
-/// The scan's verdict: it saw processes with the repository key known, and no secret.
-async fn assert_clean_argv(scan: ArgvScan) {
-    let (scanned, found) = scan.stop().await;
-    assert!(scanned > 0, "the argv scan read no process");
-    assert!(found.is_empty(), "a secret appeared in the argv of a process: {found:?}");
-}
-
 /// A StatefulSet `namespace/name` with one pod, `name-0`, whose first container is `container`.
 fn stateful_set(namespace: &str, name: &str, container: &str) -> String {
     format!(
@@ -299,46 +195,11 @@ spec: {{containers: [{{name: {container}, image: "db:1"}}, {{name: kanister-agen
 
 // ---- MariaDB ----
 
-fn mysql_root(db: &str, query: &str) -> String {
-    let mut cmd = std::process::Command::new("mysql");
-    cmd.args(["--no-defaults", "-uroot", "-S", &infra_var("KANISTER_TEST_MYSQL_SOCKET"), "-N", "-B"]);
-    if !db.is_empty() {
-        cmd.arg(db);
-    }
-    let out = cmd.arg("-e").arg(query).output().expect("mysql runs");
-    assert!(out.status.success(), "mysql -e {query:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// A database and a user with a password that owns it; both dropped at the end.
-struct MysqlDb {
-    name: String,
-    user: String,
-}
-
-impl Drop for MysqlDb {
-    fn drop(&mut self) {
-        if let Ok(socket) = std::env::var("KANISTER_TEST_MYSQL_SOCKET") {
-            let sql = format!("DROP DATABASE IF EXISTS {}; DROP USER IF EXISTS '{}'@'%'", self.name, self.user);
-            let _ = std::process::Command::new("mysql")
-                .args(["--no-defaults", "-uroot", "-S", &socket, "-e", &sql])
-                .output();
-        }
-    }
-}
-
-fn mysql_fingerprint(db: &str) -> String {
-    mysql_root(
-        db,
-        "SELECT COUNT(*), SUM(CRC32(CONCAT_WS('|', id, customer, amount, IFNULL(note, '<null>')))) FROM orders",
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mysql_example_backs_up_restores_and_deletes_with_a_password_user() {
     let logs = Logs::capture();
     let agent = Agent::start(TOKEN).await;
-    let db = MysqlDb { name: unique_name("my"), user: unique_name("myu") };
+    let db = MysqlDb { name: unique_name("ex", "my"), user: unique_name("ex", "myu") };
     let pw = password();
     // The password is given to the server through its stdin here, not on a command line.
     let setup = format!(
@@ -381,7 +242,7 @@ async fn mysql_example_backs_up_restores_and_deletes_with_a_password_user() {
     assert!(!running_byte_counts(&w.cluster, "my-backup").is_empty(), "no progress in the status while dumping");
     assert_eq!(w.snapshots().await, std::slice::from_ref(&backup_id));
 
-    mysql_root("", &format!("DROP DATABASE {}", db.name));
+    mysql("", &format!("DROP DATABASE {}", db.name));
     w.run(action("my-restore", "restore", artifacts.clone())).await;
     assert_eq!(mysql_fingerprint(&db.name), before, "restored rows differ");
 
@@ -389,79 +250,30 @@ async fn mysql_example_backs_up_restores_and_deletes_with_a_password_user() {
     assert_eq!(output(&deleted)["removed"], json!([backup_id]));
     assert!(w.snapshots().await.is_empty(), "the snapshot is still in the repository");
 
-    assert_clean_argv(scan).await;
+    scan.assert_clean().await;
     let secrets = [pw, s3_secret, w.repository_key().await];
-    w.assert_no_secret_anywhere(&["my-backup", "my-restore", "my-delete"], &secrets, &logs);
+    assert_no_secret_anywhere(&w.cluster, &["my-backup", "my-restore", "my-delete"], &secrets, &logs, &LOGGED_BY);
     agent.stop().await;
-}
-
-/// Runs SQL as root, the text on stdin (so that a password in it is on no command line).
-fn mysql_stdin(sql: &str) {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new("mysql")
-        .args(["--no-defaults", "-uroot", "-S", &infra_var("KANISTER_TEST_MYSQL_SOCKET")])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("mysql runs");
-    child.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "mysql: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 // ---- PostgreSQL ----
 
-/// Runs SQL as postgres in database `db`, the text on stdin.
-fn psql(db: &str, sql: &str) -> String {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new("psql")
-        .args(["-h", &infra_var("KANISTER_TEST_PG_HOST"), "-p", &infra_var("KANISTER_TEST_PG_PORT")])
-        .args(["-U", "postgres", "-d", db, "-v", "ON_ERROR_STOP=1", "-qtA"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("psql runs");
-    child.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// A database owned by a role with a password; both dropped at the end.
-struct PgDb {
-    name: String,
-    user: String,
-}
-
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        if let (Ok(host), Ok(port)) = (std::env::var("KANISTER_TEST_PG_HOST"), std::env::var("KANISTER_TEST_PG_PORT")) {
-            for sql in [
-                format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-                format!("DROP ROLE IF EXISTS {}", self.user),
-            ] {
-                let _ = std::process::Command::new("psql")
-                    .args(["-h", &host, "-p", &port, "-U", "postgres", "-d", "postgres", "-c", &sql])
-                    .output();
-            }
-        }
-    }
-}
-
 fn pg_fingerprint(db: &str) -> String {
-    psql(db, "SELECT COUNT(*), SUM(hashtext(id || '|' || customer || '|' || coalesce(note, '<null>'))) FROM orders;")
+    psql_stdin(
+        db,
+        "SELECT COUNT(*), SUM(hashtext(id || '|' || customer || '|' || coalesce(note, '<null>'))) FROM orders;",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgresql_example_backs_up_restores_and_deletes_with_a_password_user() {
     let logs = Logs::capture();
     let agent = Agent::start(TOKEN).await;
-    let db = PgDb { name: unique_name("pg"), user: unique_name("pgu") };
+    let db = PgDb { name: unique_name("ex", "pg"), user: unique_name("ex", "pgu") };
     let pw = password();
-    psql("postgres", &format!("CREATE ROLE {} LOGIN CREATEDB PASSWORD '{pw}';", db.user));
-    psql("postgres", &format!("CREATE DATABASE {} OWNER {};", db.name, db.user));
-    psql(
+    psql_stdin("postgres", &format!("CREATE ROLE {} LOGIN CREATEDB PASSWORD '{pw}';", db.user));
+    psql_stdin("postgres", &format!("CREATE DATABASE {} OWNER {};", db.name, db.user));
+    psql_stdin(
         &db.name,
         &format!(
             "SET ROLE {};
@@ -507,7 +319,7 @@ async fn postgresql_example_backs_up_restores_and_deletes_with_a_password_user()
     assert_eq!(artifacts["pgBackup"]["keyValue"]["database"], db.name.as_str());
     assert_eq!(w.snapshots().await, std::slice::from_ref(&backup_id));
 
-    psql("postgres", &format!("DROP DATABASE {} WITH (FORCE);", db.name));
+    psql_stdin("postgres", &format!("DROP DATABASE {} WITH (FORCE);", db.name));
     // The restore finds the database in the artifact, not in the options.
     let connection = json!({"user": db.user, "host": options["host"], "port": options["port"]});
     w.run(action("pg-restore", "restore", &connection, artifacts.clone())).await;
@@ -517,35 +329,13 @@ async fn postgresql_example_backs_up_restores_and_deletes_with_a_password_user()
     assert_eq!(output(&deleted)["removed"], json!([backup_id]));
     assert!(w.snapshots().await.is_empty(), "the snapshot is still in the repository");
 
-    assert_clean_argv(scan).await;
+    scan.assert_clean().await;
     let secrets = [pw, s3_secret, w.repository_key().await];
-    w.assert_no_secret_anywhere(&["pg-backup", "pg-restore", "pg-delete"], &secrets, &logs);
+    assert_no_secret_anywhere(&w.cluster, &["pg-backup", "pg-restore", "pg-delete"], &secrets, &logs, &LOGGED_BY);
     agent.stop().await;
 }
 
 // ---- a volume ----
-
-/// Relative path → what is there: a file's contents, a symlink's target, or a directory.
-fn tree(root: &Path) -> BTreeMap<String, String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            let meta = std::fs::symlink_metadata(&path).unwrap();
-            if meta.file_type().is_symlink() {
-                out.insert(rel, format!("link:{}", std::fs::read_link(&path).unwrap().display()));
-            } else if meta.is_dir() {
-                out.insert(rel, "dir".into());
-                walk(root, &path, out);
-            } else {
-                out.insert(rel, format!("file:{}", String::from_utf8_lossy(&std::fs::read(&path).unwrap())));
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn volume_example_backs_up_a_directory_and_restores_it_into_an_empty_one() {
@@ -605,8 +395,8 @@ spec: {containers: [{name: web, image: "web:1"}, {name: kanister-agent, image: "
     assert_eq!(output(&deleted)["removed"], json!([backup_id]));
     assert!(w.snapshots().await.is_empty(), "the snapshot is still in the repository");
 
-    assert_clean_argv(scan).await;
+    scan.assert_clean().await;
     let secrets = [s3_secret, w.repository_key().await];
-    w.assert_no_secret_anywhere(&["vol-backup", "vol-restore", "vol-delete"], &secrets, &logs);
+    assert_no_secret_anywhere(&w.cluster, &["vol-backup", "vol-restore", "vol-delete"], &secrets, &logs, &LOGGED_BY);
     agent.stop().await;
 }

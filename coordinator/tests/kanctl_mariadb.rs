@@ -25,29 +25,13 @@ use std::time::Duration;
 
 use clap::Parser as _;
 use kanister_coordinator::api::{CoordinatorApi, ServeConfig, serve};
-use kanister_coordinator::cluster::Cluster as _;
 use kanister_coordinator::cluster::local::LocalCluster;
-use kanister_coordinator::engine::{Engine, EngineConfig, repokey};
+use kanister_coordinator::engine::{Engine, EngineConfig};
 use kanister_coordinator::kanctl::{self, Cli, Error, Io, Outcome};
 use serde_json::Value;
 
 mod support;
-
-fn infra_var(name: &str) -> String {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!(
-            "{name} is not set: this test needs MariaDB and SeaweedFS of the test infrastructure; run \
-             `bash tests/infra.sh start` and `eval \"$(bash tests/infra.sh env)\"` first"
-        ),
-    }
-}
-
-fn unique(tag: &str) -> String {
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("{tag}_{}_{nanos:x}", std::process::id())
-}
+use support::{MYSQL_ORDERS_FINGERPRINT, MysqlDatabase, infra_var, mysql_async, repository_key, unique_name};
 
 /// Upstream's mysql-blueprint, with the differences named in the module doc.
 const BLUEPRINT: &str = r#"
@@ -141,33 +125,6 @@ stringData: {{mysql-root-password: "", host: 127.0.0.1, port: "{port}"}}
     )
 }
 
-async fn sql(db: &str, query: &str) -> String {
-    let mut cmd = tokio::process::Command::new("mysql");
-    cmd.args(["--no-defaults", "-uroot", "-S", &infra_var("KANISTER_TEST_MYSQL_SOCKET"), "-N", "-B"]);
-    if !db.is_empty() {
-        cmd.arg(db);
-    }
-    let out = cmd.arg("-e").arg(query).output().await.unwrap_or_else(|e| panic!("mysql did not run: {e}"));
-    assert!(out.status.success(), "mysql -e {query:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-struct Database(String);
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let Ok(socket) = std::env::var("KANISTER_TEST_MYSQL_SOCKET") else { return };
-        let _ = std::process::Command::new("mysql")
-            .args(["--no-defaults", "-uroot", "-S", &socket, "-e", &format!("DROP DATABASE IF EXISTS {}", self.0)])
-            .output();
-    }
-}
-
-async fn fingerprint(db: &str) -> String {
-    sql(db, "SELECT COUNT(*), SUM(CRC32(CONCAT_WS('|', id, customer, amount, IFNULL(note, '<null>')))) FROM orders")
-        .await
-}
-
 async fn kanctl(addr: SocketAddr, args: &[&str]) -> (Result<Outcome, Error>, String, String) {
     let address = format!("http://{addr}");
     let mut argv = vec!["kanctl", "--coordinator", &address, "--config", "/dev/null"];
@@ -187,8 +144,8 @@ async fn snapshots_json(addr: SocketAddr) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_seed_story_through_kanctl() {
-    let db = Database(unique("kctl"));
-    sql(
+    let db = MysqlDatabase(unique_name("kctl", "db"));
+    mysql_async(
         "",
         &format!(
             "CREATE DATABASE {0}; USE {0};
@@ -199,7 +156,7 @@ async fn the_seed_story_through_kanctl() {
         ),
     )
     .await;
-    let before = fingerprint(&db.0).await;
+    let before = mysql_async(&db.0, MYSQL_ORDERS_FINGERPRINT).await;
 
     // `kando` (the agent binary) on the PATH of the task pods' commands.
     let (_bin, path) = support::tools_path();
@@ -234,7 +191,7 @@ async fn the_seed_story_through_kanctl() {
     let bucket = infra_var("KANISTER_TEST_S3_BUCKET");
     let access = infra_var("KANISTER_TEST_S3_ACCESS_KEY");
     let secret = infra_var("KANISTER_TEST_S3_SECRET_KEY");
-    let prefix = unique("kanctl-e2e");
+    let prefix = unique_name("kanctl-e2e", "repo");
     let profile = |name: &'static str, key: String| {
         let (endpoint, bucket, access, prefix) = (endpoint.clone(), bucket.clone(), access.clone(), prefix.clone());
         async move {
@@ -373,12 +330,12 @@ async fn the_seed_story_through_kanctl() {
     assert!(table.starts_with("ID"), "{table}");
 
     // Drop the data, restore from the backup.
-    sql("", &format!("DROP DATABASE {}", db.0)).await;
+    mysql_async("", &format!("DROP DATABASE {}", db.0)).await;
     let (r, out, err) =
         kanctl(addr, &["create", "actionset", "--action", "restore", "--from", &backup, "--wait"]).await;
     assert_eq!(r.unwrap(), Outcome::Success, "{out}{err}");
     assert!(out.contains(&format!("actionset restore-{backup}-")), "{out}");
-    assert_eq!(fingerprint(&db.0).await, before, "the restored rows differ");
+    assert_eq!(mysql_async(&db.0, MYSQL_ORDERS_FINGERPRINT).await, before, "the restored rows differ");
 
     // Delete the backup (upstream runs the delete in a namespace: --namespacetargets).
     let (r, out, err) = kanctl(
@@ -396,8 +353,7 @@ async fn the_seed_story_through_kanctl() {
 
     // The repository key and the S3 secret key appear in no answer (describe, snapshots) and
     // no event.
-    let key = cluster.secret("mysql-test", &format!("{}s3-profile", repokey::SECRET_PREFIX)).await.unwrap();
-    let key = String::from_utf8(key.data[repokey::SECRET_KEY].clone()).unwrap();
+    let key = repository_key(&cluster, "mysql-test", "s3-profile").await;
     assert_eq!(key.len(), 64);
     for text in [&described, &table, &listed.to_string()] {
         assert!(!text.contains(&key) && !text.contains(&secret), "a secret in {text}");

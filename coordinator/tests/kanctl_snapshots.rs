@@ -22,18 +22,9 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 mod support;
+use support::{infra_var, s3_profile_yaml, unique_name};
 
 const TOKEN: &str = "snapshots-token-value";
-
-fn infra_var(name: &str) -> String {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!(
-            "{name} is not set: this test needs SeaweedFS of the test infrastructure; run \
-             `bash tests/infra.sh start` and `eval \"$(bash tests/infra.sh env)\"` first"
-        ),
-    }
-}
 
 /// kanctl in-process with `token_file` (none: no token); the result and stdout.
 async fn kanctl(addr: SocketAddr, token_file: Option<&Path>, args: &[&str]) -> (Result<Outcome, Error>, String) {
@@ -88,31 +79,12 @@ fn kando_push(prefix: &str, key: &str, path: &str, data: &[u8]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_state_of_a_profiles_location_has_one_clear_answer() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    let prefix = format!("kanctl-snapshots_{}_{nanos:x}", std::process::id());
+    let prefix = unique_name("kanctl-snapshots", "repo");
     let (bucket, s3_secret) = (infra_var("KANISTER_TEST_S3_BUCKET"), infra_var("KANISTER_TEST_S3_SECRET_KEY"));
     let cluster = Arc::new(LocalCluster::new());
-    cluster
-        .load_yaml(
-            &format!(
-                r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: s3-credentials, namespace: kanister}}
-stringData: {{aws_access_key_id: "{id}", aws_secret_access_key: "{s3_secret}"}}
----
-apiVersion: cr.kanister.io/v1alpha1
-kind: Profile
-metadata: {{name: s3-profile, namespace: kanister}}
-location: {{type: s3Compliant, bucket: "{bucket}", endpoint: "{endpoint}", prefix: "{prefix}", region: us-east-1}}
-credential:
-  type: keyPair
-  keyPair:
-    idField: aws_access_key_id
-    secretField: aws_secret_access_key
-    secret: {{apiVersion: v1, kind: secret, name: s3-credentials, namespace: kanister}}
----
+    // The Profile and its credentials, and a Profile whose credential Secret does not exist.
+    let world = format!(
+        r#"{profile}---
 apiVersion: cr.kanister.io/v1alpha1
 kind: Profile
 metadata: {{name: orphan-profile, namespace: kanister}}
@@ -124,12 +96,10 @@ credential:
     secretField: aws_secret_access_key
     secret: {{apiVersion: v1, kind: secret, name: gone, namespace: kanister}}
 "#,
-                id = infra_var("KANISTER_TEST_S3_ACCESS_KEY"),
-                endpoint = infra_var("KANISTER_TEST_S3_ENDPOINT"),
-            ),
-            "world",
-        )
-        .unwrap();
+        profile = s3_profile_yaml("kanister", "s3-profile", "s3-credentials", &prefix),
+        endpoint = infra_var("KANISTER_TEST_S3_ENDPOINT"),
+    );
+    cluster.load_yaml(&world, "world").unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

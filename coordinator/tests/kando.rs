@@ -20,18 +20,20 @@
 //! filer on 127.0.0.1:8888, MariaDB and PostgreSQL. Fails without them.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use kanister_coordinator::cluster::EnvSource;
 use kanister_coordinator::cluster::local::LocalCluster;
-use kanister_coordinator::cluster::{Cluster, EnvSource};
-use kanister_coordinator::crd::{ActionSet, State};
-use kanister_coordinator::engine::{Engine, EngineConfig, Outcome, repokey};
+use kanister_coordinator::crd::ActionSet;
+use kanister_coordinator::engine::{Engine, repokey};
 use serde_json::{Value, json};
 
 mod support;
 use kanister_agent::kando;
-use support::{ArgvScan, Logs, agent_binary};
+use support::{
+    ArgvScan, Logs, MysqlDb, PgDb, agent_binary, assert_complete, engine_config, infra_var, mysql, mysql_fingerprint,
+    mysql_stdin, password, psql_stdin, repository_key, run_to_end, s3_profile_yaml, unique_name,
+};
 
 const PROFILE: &str = r#"'{{ toJson .Profile }}'"#;
 
@@ -166,23 +168,6 @@ fn password_override(var: &str) -> String {
     )
 }
 
-fn infra_var(name: &str) -> String {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!(
-            "{name} is not set: these tests need the test infrastructure; run `bash tests/infra.sh start` and \
-             `eval \"$(bash tests/infra.sh env)\"` first"
-        ),
-    }
-}
-
-fn unique_name(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("kando_{tag}_{}_{}_{nanos:x}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
-
 struct World {
     cluster: Arc<LocalCluster>,
     engine: Engine<LocalCluster>,
@@ -192,41 +177,15 @@ struct World {
 
 fn world() -> World {
     let (bin, path) = support::tools_path();
-    let prefix = unique_name("repo");
+    let prefix = unique_name("kando", "repo");
     let c = LocalCluster::new().with_env("PATH", path);
-    let objects = format!(
-        r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: s3-credentials, namespace: kanister}}
-stringData: {{aws_access_key_id: "{id}", aws_secret_access_key: "{secret}"}}
----
-apiVersion: cr.kanister.io/v1alpha1
-kind: Profile
-metadata: {{name: s3-profile, namespace: kanister}}
-location: {{type: s3Compliant, bucket: "{bucket}", endpoint: "{endpoint}", prefix: "{prefix}", region: us-east-1}}
-credential:
-  type: keyPair
-  keyPair:
-    idField: aws_access_key_id
-    secretField: aws_secret_access_key
-    secret: {{apiVersion: v1, kind: secret, name: s3-credentials, namespace: kanister}}
-skipSSLVerify: false
-"#,
-        id = infra_var("KANISTER_TEST_S3_ACCESS_KEY"),
-        secret = infra_var("KANISTER_TEST_S3_SECRET_KEY"),
-        bucket = infra_var("KANISTER_TEST_S3_BUCKET"),
-        endpoint = infra_var("KANISTER_TEST_S3_ENDPOINT"),
-    );
+    // This Profile also states skipSSLVerify, at its default (false).
+    let objects =
+        format!("{}skipSSLVerify: false\n", s3_profile_yaml("kanister", "s3-profile", "s3-credentials", &prefix));
     c.load_yaml(&objects, "world").unwrap();
     c.load_yaml(&blueprint(), "blueprint").unwrap();
     let cluster = Arc::new(c);
-    let config = EngineConfig {
-        watch_interval: Duration::from_millis(50),
-        poll_interval: Duration::from_millis(50),
-        ..Default::default()
-    };
-    World { engine: Engine::new(cluster.clone(), config), cluster, prefix, _bin: bin }
+    World { engine: Engine::new(cluster.clone(), engine_config(None)), cluster, prefix, _bin: bin }
 }
 
 impl World {
@@ -246,16 +205,8 @@ impl World {
                 "artifacts": artifacts,
             }]}
         }));
-        assert_eq!(self.engine.reconcile("kanister", name).await.unwrap(), Outcome::Started);
-        tokio::time::timeout(Duration::from_secs(120), self.engine.wait("kanister", name)).await.expect("the run ends");
-        let a = self.cluster.get_actionset("kanister", name).await.unwrap();
-        let status = a.status.as_ref().unwrap();
-        assert_eq!(
-            status.state,
-            State::Complete,
-            "{name} ({action}): {}",
-            status.error.as_ref().map(|e| e.message.clone()).unwrap_or_default()
-        );
+        let a = run_to_end(&self.engine, name, Duration::from_secs(120)).await;
+        assert_complete(&a);
         a
     }
 
@@ -276,9 +227,7 @@ impl World {
 
     /// The repository key the coordinator created for the Profile.
     async fn repository_key(&self) -> String {
-        let name = format!("{}s3-profile", repokey::SECRET_PREFIX);
-        let data = self.cluster.secret("kanister", &name).await.expect("the coordinator created the key Secret");
-        String::from_utf8(data.data[repokey::SECRET_KEY].clone()).unwrap()
+        repository_key(&self.cluster, "kanister", "s3-profile").await
     }
 }
 
@@ -347,62 +296,11 @@ fn artifact_path(a: &ActionSet) -> String {
 
 // ---- MariaDB ----
 
-/// A fresh random password, long enough that finding it anywhere is no accident.
-fn password() -> String {
-    format!("pw-{}", hex::encode(rand::random::<[u8; 12]>()))
-}
-
-/// Runs SQL as root, the text on stdin (so that a password in it is on no command line).
-fn mysql_stdin(sql: &str) {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new("mysql")
-        .args(["--no-defaults", "-uroot", "-S", &infra_var("KANISTER_TEST_MYSQL_SOCKET")])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("mysql runs");
-    child.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "mysql: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn mysql(db: &str, query: &str) -> String {
-    let mut cmd = std::process::Command::new("mysql");
-    cmd.args(["--no-defaults", "-uroot", "-S", &infra_var("KANISTER_TEST_MYSQL_SOCKET"), "-N", "-B"]);
-    if !db.is_empty() {
-        cmd.arg(db);
-    }
-    let out = cmd.arg("-e").arg(query).output().expect("mysql runs");
-    assert!(out.status.success(), "mysql -e {query:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// A database and a user with a password that owns it; both dropped at the end.
-struct MysqlDb {
-    name: String,
-    user: String,
-}
-
-impl Drop for MysqlDb {
-    fn drop(&mut self) {
-        if let Ok(socket) = std::env::var("KANISTER_TEST_MYSQL_SOCKET") {
-            let sql = format!("DROP DATABASE IF EXISTS {}; DROP USER IF EXISTS '{}'@'%'", self.name, self.user);
-            let _ = std::process::Command::new("mysql")
-                .args(["--no-defaults", "-uroot", "-S", &socket, "-e", &sql])
-                .output();
-        }
-    }
-}
-
-fn mysql_fingerprint(db: &str) -> String {
-    mysql(db, "SELECT COUNT(*), SUM(CRC32(CONCAT_WS('|', id, customer, amount, IFNULL(note, '<null>')))) FROM orders")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mysqldump_through_kando_backs_up_restores_dedups_and_deletes() {
     let logs = Logs::capture();
     let w = world();
-    let db = MysqlDb { name: unique_name("my"), user: unique_name("myu") };
+    let db = MysqlDb { name: unique_name("kando", "my"), user: unique_name("kando", "myu") };
     let pw = password();
     mysql_stdin(&format!(
         "CREATE DATABASE {0}; CREATE USER '{1}'@'%' IDENTIFIED BY '{2}'; GRANT ALL ON {0}.* TO '{1}'@'%'; USE {0};
@@ -471,24 +369,11 @@ async fn mysqldump_through_kando_backs_up_restores_dedups_and_deletes() {
 }
 
 /// No secret in the argv of any process while the test ran (the scan), in any status written
-/// to the ActionSets `names`, in any event, or in the logs (which must not be empty).
+/// to the ActionSets `names`, in any event, or in the coordinator's logs (kando runs as a
+/// process of its own: its logs are not captured here).
 async fn assert_no_secret_anywhere(w: &World, scan: ArgvScan, names: &[&str], secrets: &[String], logs: &Logs) {
-    let (scanned, found) = scan.stop().await;
-    assert!(scanned > 0, "the scan read no process");
-    assert!(found.is_empty(), "a secret appeared in the argv of a process: {found:?}");
-    for name in names {
-        let text = serde_json::to_string(&w.cluster.status_writes("kanister", name)).unwrap();
-        for (i, s) in secrets.iter().enumerate() {
-            assert!(!text.contains(s.as_str()), "secret #{i} in a status of {name}");
-        }
-    }
-    let events = serde_json::to_string(&w.cluster.events()).unwrap();
-    let logs = logs.text();
-    assert!(logs.contains("kanister_coordinator"), "no log line of the coordinator was captured");
-    for (i, s) in secrets.iter().enumerate() {
-        assert!(!events.contains(s.as_str()), "secret #{i} in an event");
-        assert!(!logs.contains(s.as_str()), "secret #{i} in the logs");
-    }
+    scan.assert_clean().await;
+    support::assert_no_secret_anywhere(&w.cluster, names, secrets, logs, &["kanister_coordinator"]);
 }
 
 // ---- PostgreSQL ----
@@ -503,43 +388,6 @@ fn psql(db: &str, query: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// Runs SQL as postgres, the text on stdin (so that a password in it is on no command line).
-fn psql_stdin(sql: &str) {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new("psql")
-        .args(["-h", &infra_var("KANISTER_TEST_PG_HOST"), "-p", &infra_var("KANISTER_TEST_PG_PORT")])
-        .args(["-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-q"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("psql runs");
-    child.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A database, and a superuser with a password (pg_dumpall reads every role) that dumps it;
-/// both dropped at the end.
-struct PgDb {
-    name: String,
-    user: String,
-}
-
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        if let (Ok(host), Ok(port)) = (std::env::var("KANISTER_TEST_PG_HOST"), std::env::var("KANISTER_TEST_PG_PORT")) {
-            for sql in [
-                format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-                format!("DROP ROLE IF EXISTS {}", self.user),
-            ] {
-                let _ = std::process::Command::new("psql")
-                    .args(["-h", &host, "-p", &port, "-U", "postgres", "-d", "postgres", "-c", &sql])
-                    .output();
-            }
-        }
-    }
-}
-
 fn pg_fingerprint(db: &str) -> String {
     psql(db, "SELECT COUNT(*), SUM(hashtext(id || '|' || customer || '|' || coalesce(note, '<null>'))) FROM orders")
 }
@@ -548,9 +396,10 @@ fn pg_fingerprint(db: &str) -> String {
 async fn pg_dumpall_through_kando_backs_up_restores_and_deletes() {
     let logs = Logs::capture();
     let w = world();
-    let db = PgDb { name: unique_name("pg"), user: unique_name("pgu") };
+    let db = PgDb { name: unique_name("kando", "pg"), user: unique_name("kando", "pgu") };
     let pw = password();
-    psql_stdin(&format!("CREATE ROLE {} LOGIN SUPERUSER PASSWORD '{pw}';", db.user));
+    // A superuser: pg_dumpall reads every role.
+    psql_stdin("postgres", &format!("CREATE ROLE {} LOGIN SUPERUSER PASSWORD '{pw}';", db.user));
     psql("postgres", &format!("CREATE DATABASE {}", db.name));
     psql(
         &db.name,

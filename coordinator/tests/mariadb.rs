@@ -9,14 +9,16 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use kanister_coordinator::cluster::local::LocalCluster;
 use kanister_coordinator::cluster::{Cluster, ObjectRef};
 use kanister_coordinator::crd::{ActionSet, Artifact, State};
-use kanister_coordinator::engine::{Engine, EngineConfig, Outcome};
+use kanister_coordinator::engine::{Engine, Outcome};
 use serde_json::{Value, json};
+
+mod support;
+use support::{MysqlDatabase, engine_config, infra_var, mysql_async, run_to_end, unique_name};
 
 /// The `mysql` client as the blueprint runs it: user and socket come from the Secret.
 const MYSQL: &str = r#"mysql --no-defaults -u'{{ index .Secrets.mysql.Data "username" | toString }}' -S '{{ index .Secrets.mysql.Data "socket" | toString }}'"#;
@@ -196,56 +198,10 @@ actions:
           @LOG deferred@
 "#;
 
-/// An environment variable set by the test infrastructure; a clear failure when it is missing.
-fn infra_var(name: &str) -> String {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!(
-            "{name} is not set: these tests need the MariaDB of the test infrastructure; run \
-             `bash tests/infra.sh start` and `eval \"$(bash tests/infra.sh env)\"` first"
-        ),
-    }
-}
-
-/// A database name unique to this process and call.
-fn unique_name(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("kco_{tag}_{}_{}_{nanos:x}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
-
-/// Runs SQL as root over the test socket (in `db` unless empty) and returns the tab-separated
-/// output without column names.
-async fn sql(db: &str, query: &str) -> String {
-    let mut cmd = tokio::process::Command::new("mysql");
-    cmd.args(["--no-defaults", "-uroot", "-S", &infra_var("KANISTER_TEST_MYSQL_SOCKET"), "-N", "-B"]);
-    if !db.is_empty() {
-        cmd.arg(db);
-    }
-    let out = cmd.arg("-e").arg(query).output().await.unwrap_or_else(|e| panic!("mysql did not run: {e}"));
-    assert!(out.status.success(), "mysql -e {query:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Databases created by a test, dropped when it ends (also when it panics).
-struct Databases(Vec<String>);
-
-impl Drop for Databases {
-    fn drop(&mut self) {
-        let Ok(socket) = std::env::var("KANISTER_TEST_MYSQL_SOCKET") else { return };
-        for db in &self.0 {
-            let _ = std::process::Command::new("mysql")
-                .args(["--no-defaults", "-uroot", "-S", &socket, "-e", &format!("DROP DATABASE IF EXISTS {db}")])
-                .output();
-        }
-    }
-}
-
 /// Creates a database with an `orders` table (rows with NULLs, quotes, newlines and non-ASCII
 /// text) and an empty `runlog` table.
 async fn seed(db: &str) {
-    sql(
+    mysql_async(
         "",
         &format!(
             "CREATE DATABASE {db}; USE {db};
@@ -262,7 +218,7 @@ async fn seed(db: &str) {
 
 /// Row count and a checksum over every column of `orders`.
 async fn fingerprint(db: &str) -> String {
-    sql(
+    mysql_async(
         db,
         "SELECT COUNT(*), SUM(CRC32(CONCAT_WS('|', id, customer, amount, IFNULL(note, '<null>'), created))) FROM orders",
     )
@@ -271,7 +227,7 @@ async fn fingerprint(db: &str) -> String {
 
 /// The phases that wrote to `runlog`, in order.
 async fn runlog(db: &str) -> Vec<String> {
-    sql(db, "SELECT phase FROM runlog ORDER BY n").await.lines().map(str::to_string).collect()
+    mysql_async(db, "SELECT phase FROM runlog ORDER BY n").await.lines().map(str::to_string).collect()
 }
 
 /// How many server threads run a query containing `marker`.
@@ -280,7 +236,7 @@ async fn queries_with(marker: &str) -> usize {
         "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE '%{marker}%' AND INFO NOT LIKE \
          '%PROCESSLIST%'"
     );
-    sql("", &q).await.trim().parse().unwrap()
+    mysql_async("", &q).await.trim().parse().unwrap()
 }
 
 /// Waits until the server runs (`true`) or no longer runs (`false`) a query containing `marker`.
@@ -331,14 +287,6 @@ fn cluster() -> Arc<LocalCluster> {
     Arc::new(c)
 }
 
-fn config() -> EngineConfig {
-    EngineConfig {
-        watch_interval: Duration::from_millis(50),
-        poll_interval: Duration::from_millis(50),
-        ..Default::default()
-    }
-}
-
 /// Adds an ActionSet running `action` of the blueprint on the StatefulSet.
 fn put_actionset(cluster: &LocalCluster, name: &str, action: &str, options: Value, artifacts: Value) {
     cluster.put(json!({
@@ -356,11 +304,8 @@ fn put_actionset(cluster: &LocalCluster, name: &str, action: &str, options: Valu
     }));
 }
 
-async fn run_to_end(engine: &Engine<LocalCluster>, name: &str) -> ActionSet {
-    assert_eq!(engine.reconcile("kanister", name).await.unwrap(), Outcome::Started);
-    tokio::time::timeout(Duration::from_secs(60), engine.wait("kanister", name)).await.expect("the run ends");
-    engine.cluster().get_actionset("kanister", name).await.unwrap()
-}
+/// How long a run may take.
+const WITHIN: Duration = Duration::from_secs(60);
 
 fn state(a: &ActionSet) -> State {
     a.status.as_ref().unwrap().state
@@ -391,19 +336,19 @@ fn sha256_file(path: &Path) -> String {
 
 #[tokio::test]
 async fn mysqldump_backup_renders_an_artifact_that_a_restore_actionset_loads_into_a_fresh_database() {
-    let source = unique_name("src");
-    let target = unique_name("dst");
-    let _cleanup = Databases(vec![source.clone(), target.clone()]);
+    let source = unique_name("kco", "src");
+    let target = unique_name("kco", "dst");
+    let _cleanup = [MysqlDatabase(source.clone()), MysqlDatabase(target.clone())];
     seed(&source).await;
     let before = fingerprint(&source).await;
     assert!(before.starts_with("3000\t"), "{before}");
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster();
-    let engine = Engine::new(cluster.clone(), config());
+    let engine = Engine::new(cluster.clone(), engine_config(None));
 
     let options = json!({"dir": dir.path().to_str().unwrap(), "database": source});
     put_actionset(&cluster, "backup-maria", "backup", options, json!({}));
-    let backup = run_to_end(&engine, "backup-maria").await;
+    let backup = run_to_end(&engine, "backup-maria", WITHIN).await;
     assert_eq!(state(&backup), State::Complete, "{}", error_message(&backup));
 
     // The phase outputs came from the command's stdout through the protocol.
@@ -428,7 +373,7 @@ async fn mysqldump_backup_renders_an_artifact_that_a_restore_actionset_loads_int
     let options = json!({"database": target});
     let fed = json!({"mysqlDump": serde_json::to_value(artifact).unwrap()});
     put_actionset(&cluster, "restore-maria", "restore", options, fed);
-    let restore = run_to_end(&engine, "restore-maria").await;
+    let restore = run_to_end(&engine, "restore-maria", WITHIN).await;
     assert_eq!(state(&restore), State::Complete, "{}", error_message(&restore));
     assert_eq!(phase_states(&restore), [State::Complete, State::Complete]);
     assert_eq!(output(&restore, "load", "rows"), "3000");
@@ -438,13 +383,13 @@ async fn mysqldump_backup_renders_an_artifact_that_a_restore_actionset_loads_int
 
 #[tokio::test]
 async fn restore_rejects_a_dump_whose_checksum_does_not_match_the_artifact() {
-    let source = unique_name("src");
-    let target = unique_name("dst");
-    let _cleanup = Databases(vec![source.clone(), target.clone()]);
+    let source = unique_name("kco", "src");
+    let target = unique_name("kco", "dst");
+    let _cleanup = [MysqlDatabase(source.clone()), MysqlDatabase(target.clone())];
     seed(&source).await;
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster();
-    let engine = Engine::new(cluster.clone(), config());
+    let engine = Engine::new(cluster.clone(), engine_config(None));
     put_actionset(
         &cluster,
         "backup-m2",
@@ -452,7 +397,7 @@ async fn restore_rejects_a_dump_whose_checksum_does_not_match_the_artifact() {
         json!({"dir": dir.path().to_str().unwrap(), "database": source}),
         json!({}),
     );
-    let backup = run_to_end(&engine, "backup-m2").await;
+    let backup = run_to_end(&engine, "backup-m2", WITHIN).await;
     assert_eq!(state(&backup), State::Complete, "{}", error_message(&backup));
     let artifact = backup.status.as_ref().unwrap().actions[0].artifacts["mysqlDump"].clone();
     // The dump changes after the backup: the restore must refuse it before loading anything.
@@ -460,24 +405,25 @@ async fn restore_rejects_a_dump_whose_checksum_does_not_match_the_artifact() {
 
     let fed = json!({"mysqlDump": serde_json::to_value(&artifact).unwrap()});
     put_actionset(&cluster, "restore-m2", "restore", json!({"database": target}), fed);
-    let restore = run_to_end(&engine, "restore-m2").await;
+    let restore = run_to_end(&engine, "restore-m2", WITHIN).await;
     assert_eq!(state(&restore), State::Failed);
     let message = error_message(&restore);
     assert!(message.contains("phase \"verify\"") && message.contains("exit code 1"), "{message}");
     assert_eq!(phase_states(&restore), [State::Failed, State::Pending]);
     let exists =
-        sql("", &format!("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = '{target}'")).await;
+        mysql_async("", &format!("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = '{target}'"))
+            .await;
     assert_eq!(exists.trim(), "0", "the load phase must not have run");
 }
 
 #[tokio::test]
 async fn failing_mysqldump_fails_the_actionset_with_its_exit_code_and_runs_only_the_defer_phase_after_it() {
-    let db = unique_name("fail");
-    let _cleanup = Databases(vec![db.clone()]);
+    let db = unique_name("kco", "fail");
+    let _cleanup = MysqlDatabase(db.clone());
     seed(&db).await;
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster();
-    let engine = Engine::new(cluster.clone(), config());
+    let engine = Engine::new(cluster.clone(), engine_config(None));
     put_actionset(
         &cluster,
         "fail-maria",
@@ -485,7 +431,7 @@ async fn failing_mysqldump_fails_the_actionset_with_its_exit_code_and_runs_only_
         json!({"dir": dir.path().to_str().unwrap(), "database": db}),
         json!({}),
     );
-    let a = run_to_end(&engine, "fail-maria").await;
+    let a = run_to_end(&engine, "fail-maria", WITHIN).await;
 
     assert_eq!(state(&a), State::Failed);
     let message = error_message(&a);
@@ -503,15 +449,15 @@ async fn failing_mysqldump_fails_the_actionset_with_its_exit_code_and_runs_only_
 
 #[tokio::test]
 async fn phase_timeout_stops_a_long_query_and_runs_the_defer_phase() {
-    let db = unique_name("slow");
-    let marker = unique_name("mk");
-    let _cleanup = Databases(vec![db.clone()]);
+    let db = unique_name("kco", "slow");
+    let marker = unique_name("kco", "mk");
+    let _cleanup = MysqlDatabase(db.clone());
     seed(&db).await;
     let cluster = cluster();
-    let engine = Engine::new(cluster.clone(), config());
+    let engine = Engine::new(cluster.clone(), engine_config(None));
     put_actionset(&cluster, "slow-maria", "slowQuery", json!({"database": db, "marker": marker}), json!({}));
     let started = Instant::now();
-    let a = run_to_end(&engine, "slow-maria").await;
+    let a = run_to_end(&engine, "slow-maria", WITHIN).await;
     assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
 
     assert_eq!(state(&a), State::Failed);
@@ -526,12 +472,12 @@ async fn phase_timeout_stops_a_long_query_and_runs_the_defer_phase() {
 
 #[tokio::test]
 async fn cancelling_through_the_spec_stops_a_running_query_and_runs_the_defer_phase() {
-    let db = unique_name("cancel");
-    let marker = unique_name("mk");
-    let _cleanup = Databases(vec![db.clone()]);
+    let db = unique_name("kco", "cancel");
+    let marker = unique_name("kco", "mk");
+    let _cleanup = MysqlDatabase(db.clone());
     seed(&db).await;
     let cluster = cluster();
-    let engine = Engine::new(cluster.clone(), config());
+    let engine = Engine::new(cluster.clone(), engine_config(None));
     put_actionset(&cluster, "cancel-maria", "longQuery", json!({"database": db, "marker": marker}), json!({}));
     assert_eq!(engine.reconcile("kanister", "cancel-maria").await.unwrap(), Outcome::Started);
     until_query(&marker, true, Duration::from_secs(10)).await;

@@ -8,19 +8,19 @@
 //! Needs the test infrastructure (`eval "$(bash tests/infra.sh env)"`). Fails without it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use kanister_coordinator::cluster::Cluster;
 use kanister_coordinator::cluster::local::LocalCluster;
 use kanister_coordinator::crd::{ActionSet, State};
-use kanister_coordinator::engine::agent::AgentClientConfig;
-use kanister_coordinator::engine::{Engine, EngineConfig, Outcome};
+use kanister_coordinator::engine::Engine;
 use serde_json::{Value, json};
-use zeroize::Zeroizing;
 
 mod support;
-use support::Agent;
+use support::{
+    Agent, MysqlDatabase, assert_complete, engine_config, infra_var, mysql, mysql_fingerprint, run_to_end,
+    s3_profile_yaml, unique_name,
+};
 
 const TOKEN: &str = "agent-token-3b9e1c";
 
@@ -70,92 +70,22 @@ actions:
         - '{{ index .Secrets.db.Data "socket" | toString }}'
 "#;
 
-fn infra_var(name: &str) -> String {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!(
-            "{name} is not set: these tests need the test infrastructure; run `bash tests/infra.sh start` and \
-             `eval \"$(bash tests/infra.sh env)\"` first"
-        ),
-    }
-}
-
-fn unique_name(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("stream_{tag}_{}_{}_{nanos:x}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
-
-fn mysql(db: &str, query: &str) -> String {
-    let mut cmd = std::process::Command::new("mysql");
-    cmd.args(["--no-defaults", "-uroot", "-S", &infra_var("KANISTER_TEST_MYSQL_SOCKET"), "-N", "-B"]);
-    if !db.is_empty() {
-        cmd.arg(db);
-    }
-    let out = cmd.arg("-e").arg(query).output().expect("mysql runs");
-    assert!(out.status.success(), "mysql -e {query:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-struct MysqlDb(String);
-
-impl Drop for MysqlDb {
-    fn drop(&mut self) {
-        if let Ok(socket) = std::env::var("KANISTER_TEST_MYSQL_SOCKET") {
-            let _ = std::process::Command::new("mysql")
-                .args(["--no-defaults", "-uroot", "-S", &socket, "-e", &format!("DROP DATABASE IF EXISTS {}", self.0)])
-                .output();
-        }
-    }
-}
-
-fn checksum(db: &str) -> String {
-    mysql(db, "SELECT COUNT(*), SUM(CRC32(CONCAT_WS('|', id, customer, amount, IFNULL(note, '<null>')))) FROM orders")
-}
-
 fn world(agent: &Agent) -> (Arc<LocalCluster>, Engine<LocalCluster>) {
     let c = LocalCluster::new().with_agent("mysql-test", "mysql-0", agent.endpoint.clone());
     let objects = format!(
-        r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: s3-credentials, namespace: kanister}}
-stringData: {{aws_access_key_id: "{id}", aws_secret_access_key: "{secret}"}}
----
-apiVersion: cr.kanister.io/v1alpha1
-kind: Profile
-metadata: {{name: s3-profile, namespace: kanister}}
-location: {{type: s3Compliant, bucket: "{bucket}", endpoint: "{endpoint}", prefix: "{prefix}", region: us-east-1}}
-credential:
-  type: keyPair
-  keyPair:
-    idField: aws_access_key_id
-    secretField: aws_secret_access_key
-    secret: {{apiVersion: v1, kind: secret, name: s3-credentials, namespace: kanister}}
----
+        r#"{profile}---
 apiVersion: v1
 kind: Secret
 metadata: {{name: mysql, namespace: mysql-test}}
 stringData: {{socket: "{socket}"}}
 "#,
-        id = infra_var("KANISTER_TEST_S3_ACCESS_KEY"),
-        secret = infra_var("KANISTER_TEST_S3_SECRET_KEY"),
-        bucket = infra_var("KANISTER_TEST_S3_BUCKET"),
-        endpoint = infra_var("KANISTER_TEST_S3_ENDPOINT"),
-        prefix = unique_name("repo"),
+        profile = s3_profile_yaml("kanister", "s3-profile", "s3-credentials", &unique_name("stream", "repo")),
         socket = infra_var("KANISTER_TEST_MYSQL_SOCKET"),
     );
     c.load_yaml(&objects, "world").unwrap();
     c.load_yaml(BLUEPRINT, "blueprint").unwrap();
     let cluster = Arc::new(c);
-    let config = EngineConfig {
-        watch_interval: Duration::from_millis(50),
-        poll_interval: Duration::from_millis(50),
-        agent: AgentClientConfig { token: Some(Zeroizing::new(TOKEN.to_string())), ..Default::default() },
-        ..Default::default()
-    };
-    (cluster.clone(), Engine::new(cluster, config))
+    (cluster.clone(), Engine::new(cluster, engine_config(Some(TOKEN))))
 }
 
 async fn run(
@@ -180,16 +110,8 @@ async fn run(
             "artifacts": artifacts,
         }]}
     }));
-    assert_eq!(engine.reconcile("kanister", name).await.unwrap(), Outcome::Started);
-    tokio::time::timeout(Duration::from_secs(120), engine.wait("kanister", name)).await.expect("the run ends");
-    let a = cluster.get_actionset("kanister", name).await.unwrap();
-    let status = a.status.as_ref().unwrap();
-    assert_eq!(
-        status.state,
-        State::Complete,
-        "{name} ({action}): {}",
-        status.error.as_ref().map(|e| e.message.clone()).unwrap_or_default()
-    );
+    let a = run_to_end(engine, name, Duration::from_secs(120)).await;
+    assert_complete(&a);
     a
 }
 
@@ -216,7 +138,7 @@ fn running_byte_counts(cluster: &LocalCluster, name: &str) -> Vec<(i64, i64, i64
 async fn backup_stream_and_restore_stream_through_the_agent_sidecar() {
     let agent = Agent::start(TOKEN).await;
     let (cluster, engine) = world(&agent);
-    let db = MysqlDb(unique_name("my"));
+    let db = MysqlDatabase(unique_name("stream", "my"));
     mysql(
         "",
         &format!(
@@ -227,7 +149,7 @@ async fn backup_stream_and_restore_stream_through_the_agent_sidecar() {
             db.0
         ),
     );
-    let before = checksum(&db.0);
+    let before = mysql_fingerprint(&db.0);
     assert!(before.starts_with("50000\t"), "{before}");
     // No repository exists at the Profile's location yet: the first backup creates it.
 
@@ -270,7 +192,7 @@ async fn backup_stream_and_restore_stream_through_the_agent_sidecar() {
     mysql("", &format!("DROP DATABASE {}", db.0));
     let artifacts = json!({"dump": serde_json::to_value(artifact).unwrap()});
     run(&cluster, &engine, "stream-restore", "restore", json!({}), artifacts).await;
-    assert_eq!(checksum(&db.0), before, "restored rows differ");
+    assert_eq!(mysql_fingerprint(&db.0), before, "restored rows differ");
     agent.stop().await;
 }
 
