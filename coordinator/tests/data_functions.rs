@@ -93,6 +93,16 @@ actions:
         container: app
         includePath: "{{ .Options.source }}"
         backupArtifactPrefix: unused/prefix
+  backupSix:
+    phases:
+    - func: BackupDataAll
+      name: backup
+      args:
+        namespace: app
+        pods: "app-0 app-1 app-2 app-3 app-4 app-5"
+        container: app
+        includePath: "{{ .Options.source }}"
+        backupArtifactPrefix: unused/prefix
   restoreAll:
     inputArtifactNames: [all]
     phases:
@@ -526,4 +536,37 @@ async fn actions_named_alike_get_tags_of_their_own() {
 fn base64_of(s: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// Six first backups to an empty location at once (`BackupDataAll`) create one repository,
+/// not one each: a single key slot, and every snapshot reads with the Profile's key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn first_backups_at_once_create_one_repository() {
+    let mut agents = Vec::new();
+    for _ in 0..6 {
+        agents.push(Agent::start(TOKEN).await);
+    }
+    let names: Vec<String> = (0..6).map(|i| format!("app-{i}")).collect();
+    let pods: Vec<(&str, &Agent)> = names.iter().map(String::as_str).zip(agents.iter()).collect();
+    let (cluster, engine) = world_of(&pods);
+    let source = tempfile::tempdir().unwrap();
+    std::fs::write(source.path().join("f"), "data ".repeat(10_000)).unwrap();
+    let opts = json!({"source": source.path().display().to_string()});
+    assert_complete(&run(&cluster, &engine, "six-first", "backupSix", opts, json!({})).await);
+
+    let profile: Value = cluster.get(&ObjectRef::new("Profile", "kanister", "s3-profile")).await.unwrap();
+    let key = cluster.secret("kanister", "kanister-repo-key-s3-profile").await.unwrap().data["key"].clone();
+    let location = &profile["location"];
+    let repo =
+        open_s3_repository(location["bucket"].as_str().unwrap(), location["prefix"].as_str().unwrap(), key).await;
+    let slots = repo.store().list(kanister_agent::repository::KEYS).await.unwrap();
+    assert_eq!(slots.len(), 1, "one repository, one key slot: {slots:?}");
+    let all = repo.snapshots().await.unwrap();
+    assert_eq!(all.len(), 6);
+    for (id, s) in all {
+        assert!(s.is_ok(), "snapshot {id} does not read with the repository's key: {s:?}");
+    }
+    for agent in agents {
+        agent.stop().await;
+    }
 }
