@@ -107,3 +107,45 @@ impl Error {
         }
     }
 }
+
+/// An error and its causes on one line, `a: b: c`, leaving out a cause whose text the line
+/// already holds (many errors repeat their source in their own message).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(c) = source {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        source = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("backup failed")]
+        Wraps(#[source] Middle),
+        #[error("backup failed: {0}")]
+        Repeats(#[source] Middle),
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("reading the index")]
+    struct Middle(#[source] std::io::Error);
+
+    #[test]
+    fn chain_joins_causes_and_leaves_out_repeated_ones() {
+        let io = || std::io::Error::new(std::io::ErrorKind::PermissionDenied, "permission denied");
+        let e = Outer::Wraps(Middle(io()));
+        assert_eq!(error_chain(&e), "backup failed: reading the index: permission denied");
+        let e = Outer::Repeats(Middle(io()));
+        assert_eq!(error_chain(&e), "backup failed: reading the index: permission denied");
+    }
+}

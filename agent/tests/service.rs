@@ -17,6 +17,7 @@ use kanister_proto::agent::v1 as pb;
 use kanister_proto::agent::v1::agent_service_client::AgentServiceClient;
 use kanister_testkit::agent::PASSWORD;
 use kanister_testkit::infra;
+use kanister_testkit::tls::{ServerNames, make_certs};
 use prost::Message;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -889,7 +890,7 @@ async fn directory_backup_and_restore_over_grpc() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Test certificates, made with the openssl command line.
+// Test certificates ([`kanister_testkit::tls`]).
 
 struct Certs {
     dir: tempfile::TempDir,
@@ -898,61 +899,8 @@ struct Certs {
 impl Certs {
     fn new() -> Certs {
         let dir = tempfile::tempdir().unwrap();
-        let p = |n: &str| dir.path().join(n).display().to_string();
-        std::fs::write(
-            p("ca.cnf"),
-            "[req]\ndistinguished_name = dn\nx509_extensions = v3_ca\nprompt = no\n[dn]\nCN = kanister-test-ca\n\
-             [v3_ca]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n\
-             subjectKeyIdentifier = hash\n",
-        )
-        .unwrap();
-        std::fs::write(
-            p("server.ext"),
-            "basicConstraints = CA:FALSE\nkeyUsage = critical,digitalSignature\nextendedKeyUsage = serverAuth\n\
-             subjectAltName = DNS:localhost,IP:127.0.0.1\n",
-        )
-        .unwrap();
-        std::fs::write(
-            p("client.ext"),
-            "basicConstraints = CA:FALSE\nkeyUsage = critical,digitalSignature\nextendedKeyUsage = clientAuth\n",
-        )
-        .unwrap();
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-        sh(Command::new("openssl").args(["req", "-x509", "-config", &p("ca.cnf")]).args(ec).args([
-            "-keyout",
-            &p("ca.key"),
-            "-out",
-            &p("ca.pem"),
-            "-days",
-            "2",
-        ]));
-        for (name, cn) in [("server", "localhost"), ("client", "coordinator")] {
-            sh(Command::new("openssl").args(["req", "-new", "-config", &p("ca.cnf")]).args(ec).args([
-                "-subj",
-                &format!("/CN={cn}"),
-                "-keyout",
-                &p(&format!("{name}.key")),
-                "-out",
-                &p(&format!("{name}.csr")),
-            ]));
-            sh(Command::new("openssl").args([
-                "x509",
-                "-req",
-                "-in",
-                &p(&format!("{name}.csr")),
-                "-CA",
-                &p("ca.pem"),
-                "-CAkey",
-                &p("ca.key"),
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                &p(&format!("{name}.ext")),
-                "-out",
-                &p(&format!("{name}.pem")),
-            ]));
-        }
+        let server = ServerNames { cn: "localhost", san: "DNS:localhost,IP:127.0.0.1" };
+        make_certs(dir.path(), server, "coordinator");
         Certs { dir }
     }
 

@@ -4,10 +4,9 @@
 //! in-process agent that requires TLS, a client certificate and a bearer token. A missing
 //! client certificate or a wrong token fails the phase (and says why without the token).
 //!
-//! Certificates are made with the `openssl` command line; the repository is a local directory.
+//! Certificates come from [`kanister_testkit::tls`]; the repository is a local directory.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use kanister_coordinator::cluster::local::LocalCluster;
 use kanister_coordinator::crd::State;
 use kanister_coordinator::engine::agent::{AgentClientArgs, AgentClientConfig};
 use kanister_coordinator::engine::{Engine, EngineConfig};
+use kanister_testkit::tls::ServerNames;
 use serde_json::json;
 use zeroize::Zeroizing;
 
@@ -39,65 +39,13 @@ fn flags(args: &[&str]) -> Result<AgentClientArgs, clap::Error> {
     Flags::try_parse_from(std::iter::once("coordinator").chain(args.iter().copied())).map(|f| f.agent)
 }
 
-fn sh(cmd: &mut Command) {
-    let out = cmd.output().expect("openssl runs");
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 /// A CA, a server certificate for [`AGENT_NAME`] and a client certificate, in `dir`.
 fn make_certs(dir: &Path) {
-    let p = |n: &str| dir.join(n).display().to_string();
-    std::fs::write(
-        p("ca.cnf"),
-        "[req]\ndistinguished_name = dn\nx509_extensions = v3_ca\nprompt = no\n[dn]\nCN = kanister-test-ca\n\
-         [v3_ca]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n",
-    )
-    .unwrap();
-    std::fs::write(
-        p("server.ext"),
-        format!(
-            "basicConstraints = CA:FALSE\nkeyUsage = critical,digitalSignature\nextendedKeyUsage = serverAuth\n\
-             subjectAltName = DNS:{AGENT_NAME}\n"
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        p("client.ext"),
-        "basicConstraints = CA:FALSE\nkeyUsage = critical,digitalSignature\nextendedKeyUsage = clientAuth\n",
-    )
-    .unwrap();
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    sh(Command::new("openssl").args(["req", "-x509", "-config", &p("ca.cnf")]).args(ec).args([
-        "-keyout",
-        &p("ca.key"),
-        "-out",
-        &p("ca.pem"),
-        "-days",
-        "2",
-    ]));
-    for (name, cn) in [("server", AGENT_NAME), ("client", "kanister-coordinator")] {
-        sh(Command::new("openssl").args(["req", "-new", "-config", &p("ca.cnf")]).args(ec).args([
-            "-subj",
-            &format!("/CN={cn}"),
-            "-keyout",
-            &p(&format!("{name}.key")),
-            "-out",
-            &p(&format!("{name}.csr")),
-        ]));
-        sh(Command::new("openssl")
-            .args(["x509", "-req", "-in", &p(&format!("{name}.csr")), "-CA", &p("ca.pem")])
-            .args([
-                "-CAkey",
-                &p("ca.key"),
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                &p(&format!("{name}.ext")),
-                "-out",
-                &p(&format!("{name}.pem")),
-            ]));
-    }
+    kanister_testkit::tls::make_certs(
+        dir,
+        ServerNames { cn: AGENT_NAME, san: &format!("DNS:{AGENT_NAME}") },
+        "kanister-coordinator",
+    );
 }
 
 #[test]

@@ -4,10 +4,12 @@
 //!   version in which a given share of rows changed.
 //! - [`agent`]: running the `kanister-agent` binary with a repository's environment.
 //! - [`infra`]: where the test servers started by `tests/infra.sh` listen.
+//! - [`tls`]: a CA with server and client certificates, for TLS tests.
 
 pub mod agent;
 pub mod data;
 pub mod infra;
+pub mod tls;
 
 use sha2::{Digest, Sha256};
 use std::io::Read;

@@ -96,16 +96,7 @@ impl From<crate::Error> for Error {
 
 /// The message, its causes and the hint, on one line.
 fn chain(e: &crate::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(c) = src {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        src = c.source();
-    }
+    let mut s = crate::error::error_chain(e);
     if let Some(h) = e.hint() {
         s.push_str(" (hint: ");
         s.push_str(h);

@@ -28,6 +28,7 @@ pub mod snapshots;
 use std::future::Future;
 use std::sync::Arc;
 
+use kanister_agent::error::error_chain;
 use kanister_proto::coordinator::v1::coordinator_service_server::CoordinatorServiceServer;
 use tokio::net::TcpListener;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
@@ -103,21 +104,6 @@ pub enum ServeError {
     /// The TLS certificate or key is unusable, or the server failed.
     #[error("the coordinator API server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
-}
-
-/// An error and its causes, `a: b: c` (each cause once).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(c) = source {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        source = c.source();
-    }
-    s
 }
 
 /// Compares two byte strings in time independent of where they differ.

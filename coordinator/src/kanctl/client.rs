@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
+pub use kanister_agent::error::error_chain;
 use kanister_proto::coordinator::v1::coordinator_service_client::CoordinatorServiceClient;
 use serde::Deserialize;
 use tonic::service::interceptor::InterceptedService;
@@ -155,18 +156,3 @@ impl tonic::service::Interceptor for Auth {
 
 /// The client kanctl uses.
 pub type Client = CoordinatorServiceClient<InterceptedService<Channel, Auth>>;
-
-/// An error and its causes, `a: b: c`.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(c) = source {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        source = c.source();
-    }
-    s
-}
