@@ -26,7 +26,7 @@ use futures::StreamExt;
 use kanister_repo::blob::{self, BlobKind};
 use kanister_repo::chunker::ChunkerParams;
 use kanister_repo::index::{IndexFile, IndexPack};
-use kanister_repo::keys::{self, Argon2Params, Credential, KeySlot, MasterKey};
+use kanister_repo::keys::{Argon2Params, Credential, KeySlot, MasterKey};
 use kanister_repo::pack::{self, PackEntry};
 use kanister_repo::snapshot::{Root, Snapshot};
 use kanister_repo::{BlobId, IndexId, Keys, PackId, RepoConfig, SnapshotId};
@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
-use crate::store::{Store, StoreError};
+use crate::store::{Created, Store, StoreError};
 
 /// Object holding the sealed config.
 pub const CONFIG: &str = "config";
@@ -203,7 +203,9 @@ impl Repository<Closed> {
     /// Creates a new repository: a random master key, one key slot for `key`, the config.
     pub async fn init(mut self, key: &RepoKey, opts: &InitOptions) -> Result<Repository<Open>> {
         self.store.create_local_root().map_err(|e| Error::io(format!("cannot create {}", self.store), e))?;
-        if self.store.size(CONFIG).await?.is_some() || !self.store.list(KEYS).await?.is_empty() {
+        // Key slots without a config are a creation under way or one that crashed: the
+        // conditional write of the config below decides.
+        if self.store.size(CONFIG).await?.is_some() {
             return Err(Error::AlreadyInitialized(self.store.to_string()));
         }
         let config = RepoConfig::new(opts.chunker, opts.pack_size, opts.compression_level)?;
@@ -215,8 +217,18 @@ impl Repository<Closed> {
                 .await
                 .map_err(|e| Error::Task(e.to_string()))??
         };
-        self.store.put(&format!("{KEYS}/{}", slot.id), Bytes::from(slot.to_json())).await?;
-        self.store.put(CONFIG, Bytes::from(config.encode(&keys))).await?;
+        // The key slot first, then the config, created only if absent: of writers racing to
+        // create a repository here, the one whose config lands wins; the others withdraw their
+        // slot and open the winner's. A slot left behind by a crash in between is harmless:
+        // `open` uses the slot whose master key opens the config.
+        let slot_key = format!("{KEYS}/{}", slot.id);
+        self.store.put(&slot_key, Bytes::from(slot.to_json())).await?;
+        if self.store.put_new(CONFIG, Bytes::from(config.encode(&keys))).await? == Created::No {
+            if let Err(e) = self.store.delete(&slot_key).await {
+                tracing::warn!(slot = %slot_key, error = %e, "cannot withdraw the key slot of a lost repository creation");
+            }
+            return Err(Error::AlreadyInitialized(self.store.to_string()));
+        }
         Ok(Repository { store: self.store, state: Open { keys, config }, _s: PhantomData })
     }
 
@@ -226,50 +238,74 @@ impl Repository<Closed> {
         if slots.is_empty() {
             return Err(Error::NotARepository(self.store.to_string()));
         }
-        let key = key.clone();
-        let master = tokio::task::spawn_blocking(move || keys::open_any(&slots, &key.credential()))
-            .await
-            .map_err(|e| Error::Task(e.to_string()))??;
-        let keys = master.keys();
-        let config = match self.store.get(CONFIG).await {
-            Ok(b) => RepoConfig::decode(&keys, &b)?,
+        let sealed = match self.store.get(CONFIG).await {
+            Ok(b) => b,
             Err(StoreError::NotFound(_)) => return Err(Error::NotARepository(self.store.to_string())),
             Err(e) => return Err(e.into()),
         };
+        let key = key.clone();
+        let (keys, config) = tokio::task::spawn_blocking(move || open_config(&slots, &key.credential(), &sealed))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??;
         Ok(Repository { store: self.store, state: Open { keys, config }, _s: PhantomData })
     }
 
     /// Opens the repository, creating it with default parameters when the location holds none:
     /// the first backup to a new Profile location. Only backups call this; reads never create.
     ///
-    /// Caveat: object stores offer no create-if-absent for every provider, so two writers that
-    /// both find the location empty at the same moment would each create a repository (two
-    /// master keys). The coordinator creates repositories before it starts backups, one at a
-    /// time; only concurrent first `kando` pushes of upstream blueprints to an empty location
-    /// can still meet here.
+    /// Writers racing to create it end up in one repository where the store creates objects
+    /// only if absent (local disk, S3 with conditional writes, GCS, Azure); see [`Self::init`].
     pub async fn open_or_init(self, key: &RepoKey) -> Result<Repository<Open>> {
         let store = self.store.clone();
         match self.open(key).await {
-            Err(Error::NotARepository(_)) => {
-                tracing::info!(store = %store, "creating the repository on first use");
-                match Repository::at(store.clone()).init(key, &InitOptions::default()).await {
-                    // Another writer created it since we looked: use theirs.
-                    Err(Error::AlreadyInitialized(_)) => Repository::at(store).open(key).await,
-                    other => other,
-                }
-            }
-            other => other,
+            Err(Error::NotARepository(_)) => {}
+            other => return other,
         }
+        tracing::info!(store = %store, "creating the repository on first use");
+        match Repository::at(store.clone()).init(key, &InitOptions::default()).await {
+            Err(Error::AlreadyInitialized(_)) => {}
+            other => return other,
+        }
+        // Another writer created it since we looked (its config is there): use theirs. (A
+        // `file://` store opened before its directory existed must look again.)
+        let mut store = store;
+        store.create_local_root().map_err(|e| Error::io(format!("cannot open {store}"), e))?;
+        Repository::at(store).open(key).await
     }
 
     async fn key_slots(&self) -> Result<Vec<KeySlot>> {
         let mut slots = Vec::new();
         for o in self.store.list(KEYS).await? {
-            let bytes = self.store.get(&o.key).await?;
+            let bytes = match self.store.get(&o.key).await {
+                Ok(b) => b,
+                // Withdrawn since the listing by a writer that lost a creation race.
+                Err(StoreError::NotFound(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
             slots.push(KeySlot::from_json(&bytes)?);
         }
         Ok(slots)
     }
+}
+
+/// The keys and config of a repository: the first key slot `cred` opens whose master key also
+/// opens the config (a slot orphaned by a lost creation race opens with the same credential but
+/// holds another master key).
+fn open_config(slots: &[KeySlot], cred: &Credential<'_>, sealed: &[u8]) -> Result<(Keys, RepoConfig)> {
+    let mut mismatch = None;
+    for slot in slots {
+        if let Some(master) = slot.unwrap(cred)? {
+            let keys = master.keys();
+            match RepoConfig::decode(&keys, sealed) {
+                Ok(config) => return Ok((keys, config)),
+                Err(e) => mismatch = Some(e),
+            }
+        }
+    }
+    Err(match mismatch {
+        Some(e) => e.into(),
+        None => kanister_repo::Error::WrongKey { slots: slots.len() }.into(),
+    })
 }
 
 fn slot_label() -> String {

@@ -73,6 +73,17 @@ pub enum StoreError {
     },
 }
 
+/// What [`Store::put_new`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// The object is new: this writer made it.
+    Yes,
+    /// An object already existed under the key; nothing was written.
+    No,
+    /// The store cannot write conditionally; the object was written unconditionally.
+    Unchecked,
+}
+
 /// Result of store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -270,6 +281,29 @@ impl Store {
         self.check_root(key)?;
         self.inner.put(&Path::from(key), PutPayload::from(bytes)).await.map_err(|e| Self::backend("put", key, e))?;
         Ok(())
+    }
+
+    /// Writes an object unless one exists under `key`, in one step on the store's side where
+    /// it offers that (local disk, GCS, Azure, S3 with conditional writes).
+    ///
+    /// `Created::No` when the object already existed; `Created::Unchecked` when the store cannot
+    /// create conditionally and the object was written as [`Store::put`] would.
+    pub async fn put_new(&self, key: &str, bytes: Bytes) -> Result<Created> {
+        use object_store::{PutMode, PutOptions};
+        self.check_root(key)?;
+        let path = Path::from(key);
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.inner.put_opts(&path, PutPayload::from(bytes.clone()), opts).await {
+            Ok(_) => Ok(Created::Yes),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                Ok(Created::No)
+            }
+            Err(object_store::Error::NotImplemented { .. } | object_store::Error::NotSupported { .. }) => {
+                self.put(key, bytes).await?;
+                Ok(Created::Unchecked)
+            }
+            Err(e) => Err(Self::backend("put", key, e)),
+        }
     }
 
     /// Reads a whole object.

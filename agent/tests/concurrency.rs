@@ -5,8 +5,12 @@ use std::io::{Read, Write};
 use std::process::Stdio;
 use std::time::Duration;
 
+use zeroize::Zeroizing;
+
+use kanister_agent::repository::{InitOptions, KEYS, RepoKey, Repository};
 use kanister_testkit::agent::Agent;
 use kanister_testkit::data::MixedStream;
+use kanister_testkit::infra;
 use kanister_testkit::sha256_of;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kanister-agent");
@@ -82,4 +86,79 @@ fn prune_never_deletes_what_a_running_push_deduplicated_against() {
     let (got, n, ok, err) = agent.pull_hash(new["snapshot_id"].as_str().unwrap());
     assert!(ok, "{err}");
     assert_eq!((got, n), sha256_of(&buf[..]).unwrap());
+}
+
+fn store_of(url: &str, opts: &[String]) -> kanister_agent::store::Store {
+    use kanister_agent::store::{Store, StoreOptions};
+    let options =
+        opts.iter().map(|o| o.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).unwrap()).collect();
+    Store::open(url, &StoreOptions { options, credentials_file: None }).unwrap()
+}
+
+fn key_file() -> RepoKey {
+    RepoKey::KeyFile(Zeroizing::new(b"0123456789abcdef0123456789abcdef".to_vec()))
+}
+
+/// Eight first backups racing to an empty location end in one repository: one key slot, one
+/// master key for all (their chunker seeds agree), on every store kind here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writers_racing_to_create_a_repository_share_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = (format!("file://{}/repo", dir.path().display()), vec![]);
+    for (name, (url, opts)) in
+        [("file", file), ("s3", infra::s3(&infra::unique("race"))), ("azure", infra::azure(&infra::unique("race")))]
+    {
+        let racers: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store_of(&url, &opts);
+                tokio::spawn(async move { Repository::at(store).open_or_init(&key_file()).await })
+            })
+            .collect();
+        let mut seeds = Vec::new();
+        for r in racers {
+            let repo = r.await.unwrap().unwrap_or_else(|e| panic!("{name}: a racer failed: {e}"));
+            seeds.push(repo.keys().chunker_seed);
+        }
+        seeds.dedup();
+        assert_eq!(seeds.len(), 1, "{name}: racers ended in different repositories");
+        let slots = store_of(&url, &opts).list(KEYS).await.unwrap();
+        assert_eq!(slots.len(), 1, "{name}: losers left their key slots: {slots:?}");
+    }
+}
+
+/// A key slot orphaned by a creation that lost the race and crashed before withdrawing it
+/// (same credential, another master key) does not stop the repository from opening, nor does
+/// it make `init` overwrite the repository.
+#[tokio::test]
+async fn an_orphaned_key_slot_is_passed_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (format!("file://{}/a", dir.path().display()), format!("file://{}/b", dir.path().display()));
+    let opts = InitOptions::default();
+    let seed = Repository::at(store_of(&a, &[])).init(&key_file(), &opts).await.unwrap().keys().chunker_seed;
+    let other = Repository::at(store_of(&b, &[])).init(&key_file(), &opts).await.unwrap();
+    // Slot ids sort before and after the real one in turn: the orphan is tried first once.
+    for o in other.store().list(KEYS).await.unwrap() {
+        let bytes = other.store().get(&o.key).await.unwrap();
+        for id in ["00000000", "ffffffff"] {
+            store_of(&a, &[]).put(&format!("{KEYS}/{id}"), bytes.clone()).await.unwrap();
+            let repo = Repository::at(store_of(&a, &[])).open(&key_file()).await.unwrap();
+            assert_eq!(repo.keys().chunker_seed, seed, "opened with the orphan's master key");
+            store_of(&a, &[]).delete(&format!("{KEYS}/{id}")).await.unwrap();
+        }
+    }
+    let err = Repository::at(store_of(&a, &[])).init(&key_file(), &opts).await.unwrap_err();
+    assert!(matches!(err, kanister_agent::Error::AlreadyInitialized(_)), "{err}");
+    // Slots with no config (a creation that crashed) do not block creating the repository.
+    std::fs::create_dir(dir.path().join("c")).unwrap();
+    let c = format!("file://{}/c", dir.path().display());
+    let orphan = other.store().list(KEYS).await.unwrap().remove(0);
+    store_of(&c, &[]).put(&orphan.key, other.store().get(&orphan.key).await.unwrap()).await.unwrap();
+    assert!(matches!(
+        Repository::at(store_of(&c, &[])).open(&key_file()).await,
+        Err(kanister_agent::Error::NotARepository(_))
+    ));
+    let created = Repository::at(store_of(&c, &[])).open_or_init(&key_file()).await.unwrap();
+    let reopened = Repository::at(store_of(&c, &[])).open(&key_file()).await.unwrap();
+    assert_eq!(reopened.keys().chunker_seed, created.keys().chunker_seed);
+    assert_ne!(created.keys().chunker_seed, other.keys().chunker_seed);
 }

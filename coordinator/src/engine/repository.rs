@@ -82,10 +82,12 @@ pub enum Opened {
 /// Makes sure the location of `profile` holds a repository before a backup writes to it,
 /// creating it (default parameters) and the Profile's key when needed.
 ///
-/// Agents create a missing repository on their first backup, but several first backups at once
-/// (`BackupDataAll` over several pods, two actions of one ActionSet) could each create one and
-/// leave two master keys behind. Here creations are serialised in the coordinator, and a
-/// location once found to hold a repository is not asked again by this process.
+/// Agents create a missing repository on their first backup, and racing creations settle on
+/// one through a conditional write of its config ([`Repository::init`]); still, several first
+/// backups at once (`BackupDataAll` over several pods) would each derive a key slot and all but
+/// one throw it away, and a store without conditional writes would not arbitrate. Here
+/// creations are serialised in the coordinator, and a location once found to hold a repository
+/// is not asked again by this process.
 pub async fn ensure<C: Cluster>(cluster: &C, profile_ref: &ObjectReference, profile: &ProfileParams) -> Result<()> {
     use std::collections::HashSet;
     use std::sync::{LazyLock, Mutex};
