@@ -45,11 +45,7 @@ async fn agent_of<C: Cluster>(
 ) -> Result<(String, super::agent::Client, pb::RepositoryRef)> {
     let what = format!("{namespace}/{pod}");
     let agent_err = |source| Error::Agent { function: ctx.function(), pod: what.clone(), source };
-    let (Some(profile_ref), Some(profile)) = (&ctx.profile, &ctx.params.profile) else {
-        return Err(Error::NoProfile(ctx.function()));
-    };
-    let key = super::repokey::value(&*ctx.cluster, profile_ref).await.map_err(Box::new)?;
-    let repository = super::agent::repository_ref(profile, key).map_err(agent_err)?;
+    let repository = repository_ref(ctx).await?;
     let endpoint = ctx.cluster.agent_endpoint(namespace, pod).await?;
     let client = super::agent::connect(&endpoint, &ctx.agent).await.map_err(agent_err)?;
     Ok((what, client, repository))
@@ -65,13 +61,22 @@ async fn open_repository<C: Cluster>(ctx: &Context<C>) -> Result<super::reposito
         .map_err(|source| Error::Repository { function: ctx.function(), source: Box::new(source) })
 }
 
-/// Creates the action's Profile repository unless it exists, before a backup
-/// ([`super::repository::ensure`]).
-async fn ensure_repository<C: Cluster>(ctx: &Context<C>) -> Result<()> {
+/// The action's Profile repository as agents are told of it, key included (created on first
+/// use).
+async fn repository_ref<C: Cluster>(ctx: &Context<C>) -> Result<pb::RepositoryRef> {
     let (Some(profile_ref), Some(profile)) = (&ctx.profile, &ctx.params.profile) else {
         return Err(Error::NoProfile(ctx.function()));
     };
-    super::repository::ensure(&*ctx.cluster, profile_ref, profile)
+    let key = super::repokey::value(&*ctx.cluster, profile_ref).await.map_err(Box::new)?;
+    super::agent::repository_ref(profile, key)
+        .map_err(|source| Error::Repository { function: ctx.function(), source: Box::new(source.into()) })
+}
+
+/// Creates the repository `r` of the action's Profile unless it exists, before a backup
+/// ([`super::repository::ensure`]).
+async fn ensure_repository<C: Cluster>(ctx: &Context<C>, r: &pb::RepositoryRef) -> Result<()> {
+    let profile = ctx.profile.as_ref().map(|p| format!("{}/{}", p.namespace, p.name)).unwrap_or_default();
+    super::repository::ensure(&profile, r)
         .await
         .map_err(|source| Error::Repository { function: ctx.function(), source: Box::new(source) })
 }
@@ -134,8 +139,8 @@ fn command_spec<C: Cluster>(ctx: &Context<C>) -> Result<kanister_proto::agent::v
 pub(super) async fn backup_stream<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
     let command = command_spec(ctx)?;
     let mut tags: std::collections::HashMap<String, String> = ctx.opt_string_map("tags")?.into_iter().collect();
-    ensure_repository(ctx).await?;
     let (pod, mut client, repository) = agent_target(ctx).await?;
+    ensure_repository(ctx, &repository).await?;
     let agent_err = |source| Error::Agent { function: ctx.function(), pod: pod.clone(), source };
     tags.entry(POD_TAG.into()).or_insert_with(|| pod.clone());
     if let Some(container) = ctx.opt_str("container")? {
@@ -206,8 +211,8 @@ async fn backup_tree<C: Cluster>(
     op_id: &str,
     on_progress: impl FnMut(&pb::Progress),
 ) -> Result<TreeBackup> {
-    ensure_repository(ctx).await?;
     let (what, mut client, repository) = agent_of(ctx, namespace, pod).await?;
+    ensure_repository(ctx, &repository).await?;
     let agent_err = |source| Error::Agent { function: ctx.function(), pod: what.clone(), source };
     let mut tags = HashMap::from([(POD_TAG.to_string(), what.clone())]);
     if let Some(c) = container {
@@ -769,7 +774,7 @@ pub(super) async fn copy_volume_data<C: Cluster>(ctx: &Context<C>) -> Result<Jso
     let mount = ctx.opt_str("mountPath")?.filter(|s| !s.is_empty()).unwrap_or_else(|| format!("/mnt/vol_data/{pvc}"));
     let image = ctx.opt_str("image")?.filter(|s| !s.is_empty()).unwrap_or_else(|| ctx.tools_image.clone());
     let volume = format!("{VOLUME_TAG}={namespace}/{pvc}");
-    ensure_repository(ctx).await?;
+    ensure_repository(ctx, &repository_ref(ctx).await?).await?;
     let command: Vec<String> = [
         "kanister-agent",
         "backup",

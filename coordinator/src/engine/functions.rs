@@ -539,17 +539,7 @@ impl<C: Cluster> Context<C> {
         let hash = hex::encode(&digest.finalize()[..5]);
         let name = format!("{prefix}{}-{}-{hash}", profile_ref.namespace, profile_ref.name);
         if let Err(cluster::Error::NotFound(_)) = self.cluster.secret(namespace, &name).await {
-            let object = serde_json::json!({
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "type": "Opaque",
-                "metadata": {
-                    "name": name,
-                    "namespace": namespace,
-                    "labels": {"app.kubernetes.io/managed-by": "kanister", "kanister.io/profile": profile_ref.name},
-                },
-                "data": encoded,
-            });
+            let object = super::repokey::owned_secret(namespace, &name, profile_ref, &encoded);
             if let Err(e) = self.cluster.apply(object, namespace).await {
                 // Another run may have created it in the meantime: then it holds the same data.
                 if self.cluster.secret(namespace, &name).await.is_err() {

@@ -32,6 +32,8 @@
 //!   re-reads the Secret).
 //! - The key value never leaves this module except into the Secrets above.
 
+use std::collections::BTreeMap;
+
 use serde_json::json;
 
 use crate::cluster::{self, Cluster, EnvSource, EnvVar};
@@ -137,6 +139,27 @@ async fn read<C: Cluster>(
     }
 }
 
+/// The manifest of a Secret the coordinator owns for Profile `profile`: labelled as managed by
+/// Kanister and with the Profile's name; `data` is already base64-encoded.
+pub(super) fn owned_secret(
+    namespace: &str,
+    name: &str,
+    profile: &ObjectReference,
+    data: &BTreeMap<&str, String>,
+) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": "kanister", "kanister.io/profile": profile.name},
+        },
+        "data": data,
+    })
+}
+
 /// Creates the Secret; when another writer created it first, returns the key it stored.
 async fn create<C: Cluster>(
     cluster: &C,
@@ -146,20 +169,8 @@ async fn create<C: Cluster>(
     key: &str,
 ) -> Result<String> {
     use base64::Engine as _;
-    let secret = json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "Opaque",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {
-                "app.kubernetes.io/managed-by": "kanister",
-                "kanister.io/profile": profile.name,
-            },
-        },
-        "data": {SECRET_KEY: base64::engine::general_purpose::STANDARD.encode(key)},
-    });
+    let data = BTreeMap::from([(SECRET_KEY, base64::engine::general_purpose::STANDARD.encode(key))]);
+    let secret = owned_secret(namespace, name, profile, &data);
     match cluster.apply(secret, namespace).await {
         Ok(_) => {
             tracing::info!(namespace, secret = name, profile = %profile_name(profile), "repository key created");

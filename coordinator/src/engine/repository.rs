@@ -8,7 +8,7 @@
 //! ([`super::agent::repository_ref`], [`kanister_agent::repository::store_of_ref`]). Reads
 //! never create a repository or a key; [`ensure`] creates the repository before backups.
 
-use kanister_agent::repository::{RefError, RepoKey, Repository};
+use kanister_agent::repository::{Closed, RefError, RepoKey, Repository};
 use kanister_proto::agent::v1 as pb;
 use zeroize::Zeroizing;
 
@@ -79,8 +79,8 @@ pub enum Opened {
     WrongKey,
 }
 
-/// Makes sure the location of `profile` holds a repository before a backup writes to it,
-/// creating it (default parameters) and the Profile's key when needed.
+/// Makes sure the location `r` (of Profile `profile`, `namespace/name`) holds a repository
+/// before a backup writes to it, creating it with default parameters when needed.
 ///
 /// Agents create a missing repository on their first backup, and racing creations settle on
 /// one through a conditional write of its config ([`Repository::init`]); still, several first
@@ -88,16 +88,13 @@ pub enum Opened {
 /// one throw it away, and a store without conditional writes would not arbitrate. Here
 /// creations are serialised in the coordinator, and a location once found to hold a repository
 /// is not asked again by this process.
-pub async fn ensure<C: Cluster>(cluster: &C, profile_ref: &ObjectReference, profile: &ProfileParams) -> Result<()> {
+pub async fn ensure(profile: &str, r: &pb::RepositoryRef) -> Result<()> {
     use std::collections::HashSet;
     use std::sync::{LazyLock, Mutex};
     static KNOWN: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Default::default);
     static CREATING: LazyLock<tokio::sync::Mutex<()>> = LazyLock::new(Default::default);
     let known = |url: &str| KNOWN.lock().unwrap_or_else(|e| e.into_inner()).contains(url);
 
-    let key = super::repokey::value(cluster, profile_ref).await.map_err(Box::new)?;
-    let name = format!("{}/{}", profile_ref.namespace, profile_ref.name);
-    let r = super::agent::repository_ref(profile, key)?;
     if known(&r.store_url) {
         return Ok(());
     }
@@ -105,16 +102,22 @@ pub async fn ensure<C: Cluster>(cluster: &C, profile_ref: &ObjectReference, prof
     if known(&r.store_url) {
         return Ok(());
     }
-    let store = kanister_agent::repository::store_of_ref(&r.store_url, r.store_options)
-        .map_err(|source| Error::Store { profile: name.clone(), source })?;
-    let key = match r.key {
-        Some(pb::repository_ref::Key::RawKey(k)) => RepoKey::KeyFile(Zeroizing::new(k)),
-        Some(pb::repository_ref::Key::Passphrase(p)) => RepoKey::Passphrase(Zeroizing::new(p)),
-        None => unreachable!("repository_ref carries the key it was given"),
-    };
-    Repository::at(store).open_or_init(&key).await.map_err(|source| Error::Repository { profile: name, source })?;
-    KNOWN.lock().unwrap_or_else(|e| e.into_inner()).insert(r.store_url);
+    let (repo, key) = closed(r.clone()).map_err(|source| Error::Store { profile: profile.into(), source })?;
+    let key = key.expect("repository_ref carries the key it was given");
+    repo.open_or_init(&key).await.map_err(|source| Error::Repository { profile: profile.into(), source })?;
+    KNOWN.lock().unwrap_or_else(|e| e.into_inner()).insert(r.store_url.clone());
     Ok(())
+}
+
+/// The repository `r` names, not yet opened, and its key (`None` when `r` carries none).
+fn closed(r: pb::RepositoryRef) -> Result<(Repository<Closed>, Option<RepoKey>), RefError> {
+    let store = kanister_agent::repository::store_of_ref(&r.store_url, r.store_options)?;
+    let key = match r.key {
+        Some(pb::repository_ref::Key::RawKey(k)) => Some(RepoKey::KeyFile(Zeroizing::new(k))),
+        Some(pb::repository_ref::Key::Passphrase(p)) => Some(RepoKey::Passphrase(Zeroizing::new(p))),
+        None => None,
+    };
+    Ok((Repository::at(store), key))
 }
 
 /// Opens the repository of `profile` (as rendered for a phase, credentials included).
@@ -124,14 +127,9 @@ pub async fn open<C: Cluster>(cluster: &C, profile_ref: &ObjectReference, profil
     };
     let name = format!("{}/{}", profile_ref.namespace, profile_ref.name);
     let r = super::agent::repository_ref(profile, key)?;
-    let store = kanister_agent::repository::store_of_ref(&r.store_url, r.store_options)
-        .map_err(|source| Error::Store { profile: name.clone(), source })?;
-    let key = match r.key {
-        Some(pb::repository_ref::Key::RawKey(k)) => RepoKey::KeyFile(Zeroizing::new(k)),
-        Some(pb::repository_ref::Key::Passphrase(p)) => RepoKey::Passphrase(Zeroizing::new(p)),
-        None => return Ok(Opened::NoKey),
-    };
-    match Repository::at(store).open(&key).await {
+    let (repo, key) = closed(r).map_err(|source| Error::Store { profile: name.clone(), source })?;
+    let Some(key) = key else { return Ok(Opened::NoKey) };
+    match repo.open(&key).await {
         Ok(repo) => Ok(Opened::Open(Box::new(repo))),
         Err(kanister_agent::Error::NotARepository(_)) => Ok(Opened::NoRepository),
         Err(kanister_agent::Error::Format(kanister_repo::Error::WrongKey { .. })) => Ok(Opened::WrongKey),
