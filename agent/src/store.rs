@@ -115,6 +115,42 @@ pub struct Store {
     local_root: Option<PathBuf>,
     /// Set while a `file://` store's directory does not exist: reads find nothing.
     missing_root: bool,
+    hook: Option<Hook>,
+}
+
+/// An operation of [`Store`], as a [`Hook`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOp {
+    /// `put` and `put_new`.
+    Put,
+    /// `get` and `get_range`.
+    Get,
+    /// `size` and `modified`.
+    Head,
+    /// `delete`.
+    Delete,
+    /// `list` (the key is the folder).
+    List,
+}
+
+/// Called before every operation of a [`Store`] with the operation and its key; the
+/// operation starts when the returned future completes. Tests use it to force an interleaving
+/// of two processes (pause prune right before it lists the backup markers, say) and to inject
+/// latency; nothing in the product sets one.
+pub type Hook = Arc<dyn Fn(StoreOp, &str) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// A file an interrupted write left behind: object_store's local store writes `name#N` and
+/// renames it into place, so a killed writer leaves the `#N` file, which listings never show.
+/// (S3, Azure and GCS writes of the agent are single requests, which a server either completes
+/// or discards: they leave nothing.)
+#[derive(Debug, Clone)]
+pub struct Leftover {
+    /// Its path relative to the store's root.
+    pub key: String,
+    /// Its size.
+    pub size: u64,
+    /// When it was last written.
+    pub last_modified: SystemTime,
 }
 
 impl fmt::Debug for Store {
@@ -248,10 +284,61 @@ impl Store {
             Arc::new(PrefixStore::new(inner, prefix.as_str()))
         };
         let missing_root = local_root.as_ref().is_some_and(|r| !r.is_dir());
-        Ok(Store { inner, display, local_root, missing_root })
+        Ok(Store { inner, display, local_root, missing_root, hook: None })
     }
 
     /// Creates the local directory of a `file://` store (for `repo init`).
+    /// This store with `hook` called before each operation (see [`Hook`]).
+    pub fn with_hook(mut self, hook: Hook) -> Store {
+        self.hook = Some(hook);
+        self
+    }
+
+    async fn before(&self, op: StoreOp, key: &str) {
+        if let Some(h) = &self.hook {
+            h(op, key).await;
+        }
+    }
+
+    /// Files interrupted writes left under the store's root (see [`Leftover`]); none for
+    /// object stores, whose writes are single requests.
+    pub fn leftovers(&self) -> std::io::Result<Vec<Leftover>> {
+        let Some(root) = self.local_root.as_ref().filter(|r| r.is_dir()) else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        let mut dirs = vec![root.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir)? {
+                let entry = entry?;
+                let meta = entry.metadata()?;
+                if meta.is_dir() {
+                    dirs.push(entry.path());
+                    continue;
+                }
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                let staged =
+                    name.rsplit_once('#').is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+                if staged && let Ok(rel) = entry.path().strip_prefix(root) {
+                    out.push(Leftover {
+                        key: rel.to_string_lossy().into_owned(),
+                        size: meta.len(),
+                        last_modified: meta.modified()?,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a leftover [`Self::leftovers`] found (gone already is fine).
+    pub fn delete_leftover(&self, l: &Leftover) -> std::io::Result<()> {
+        let Some(root) = &self.local_root else { return Ok(()) };
+        match std::fs::remove_file(root.join(&l.key)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     pub fn create_local_root(&mut self) -> std::io::Result<()> {
         if let Some(root) = &self.local_root {
             std::fs::create_dir_all(root)?;
@@ -278,6 +365,7 @@ impl Store {
 
     /// Writes an object (atomically).
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<()> {
+        self.before(StoreOp::Put, key).await;
         self.check_root(key)?;
         self.inner.put(&Path::from(key), PutPayload::from(bytes)).await.map_err(|e| Self::backend("put", key, e))?;
         Ok(())
@@ -289,6 +377,7 @@ impl Store {
     /// `Created::No` when the object already existed; `Created::Unchecked` when the store cannot
     /// create conditionally and the object was written as [`Store::put`] would.
     pub async fn put_new(&self, key: &str, bytes: Bytes) -> Result<Created> {
+        self.before(StoreOp::Put, key).await;
         use object_store::{PutMode, PutOptions};
         self.check_root(key)?;
         let path = Path::from(key);
@@ -308,6 +397,7 @@ impl Store {
 
     /// Reads a whole object.
     pub async fn get(&self, key: &str) -> Result<Bytes> {
+        self.before(StoreOp::Get, key).await;
         self.check_root(key)?;
         let r = self.inner.get(&Path::from(key)).await.map_err(|e| Self::backend("get", key, e))?;
         r.bytes().await.map_err(|e| Self::backend("get", key, e))
@@ -315,6 +405,7 @@ impl Store {
 
     /// Reads a byte range of an object.
     pub async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Bytes> {
+        self.before(StoreOp::Get, key).await;
         self.check_root(key)?;
         let want = range.end - range.start;
         let b = self.inner.get_range(&Path::from(key), range).await.map_err(|e| Self::backend("read", key, e))?;
@@ -333,6 +424,7 @@ impl Store {
 
     /// Size of an object, `None` when it does not exist.
     pub async fn size(&self, key: &str) -> Result<Option<u64>> {
+        self.before(StoreOp::Head, key).await;
         if self.missing_root {
             return Ok(None);
         }
@@ -344,7 +436,22 @@ impl Store {
     }
 
     /// Deletes an object; deleting a missing object succeeds.
+    /// When the object was last written, on the store's clock (whole seconds, as listings
+    /// give it), or `None` when it does not exist.
+    pub async fn modified(&self, key: &str) -> Result<Option<SystemTime>> {
+        self.before(StoreOp::Head, key).await;
+        if self.missing_root {
+            return Ok(None);
+        }
+        match self.inner.head(&Path::from(key)).await {
+            Ok(m) => Ok(Some(seconds(m.last_modified.timestamp()))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Self::backend("head", key, e)),
+        }
+    }
+
     pub async fn delete(&self, key: &str) -> Result<()> {
+        self.before(StoreOp::Delete, key).await;
         if self.missing_root {
             return Ok(());
         }
@@ -356,6 +463,7 @@ impl Store {
 
     /// Lists the objects under a folder (`"snapshots"`, `"data"`), recursively.
     pub async fn list(&self, folder: &str) -> Result<Vec<ObjectInfo>> {
+        self.before(StoreOp::List, folder).await;
         if self.missing_root {
             return Ok(Vec::new());
         }
@@ -372,9 +480,13 @@ impl Store {
             .map(|m| ObjectInfo {
                 key: m.location.to_string(),
                 size: m.size,
-                last_modified: SystemTime::UNIX_EPOCH
-                    + std::time::Duration::from_secs(m.last_modified.timestamp().max(0) as u64),
+                last_modified: seconds(m.last_modified.timestamp()),
             })
             .collect())
     }
+}
+
+/// A store time as the repository compares them: whole seconds (S3 gives no more).
+fn seconds(unix: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64)
 }
