@@ -69,6 +69,24 @@ pub async fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
             Some(_) => {}
         }
     }
+    for l in repo.store().leftovers().map_err(|e| crate::Error::io("cannot list upload leftovers", e))? {
+        warnings.push(Problem {
+            object: l.key.clone(),
+            problem: format!(
+                "is a leftover of an interrupted upload ({} bytes, reclaimable): prune removes it once older than \
+                 its grace period",
+                l.size
+            ),
+            snapshots: vec![],
+        });
+    }
+    for l in repo.locks().await?.iter().filter(|l| !l.is_live()) {
+        warnings.push(Problem {
+            object: l.key.clone(),
+            problem: "is the marker of a backup that stopped renewing it (the process died): prune removes it".into(),
+            snapshots: vec![],
+        });
+    }
     let marked = repo.prune_marked_packs().await?;
     for id in listed.keys().filter(|id| !index.has_pack(id) && !marked.contains(id)) {
         warnings.push(Problem {

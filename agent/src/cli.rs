@@ -95,6 +95,8 @@ enum Command {
     Prune(PruneArgs),
     /// Verify the repository's structure, and with --read-data every byte
     Check(CheckArgs),
+    /// Routine maintenance, as the coordinator schedules it: prune, then a structural check
+    Maintain(MaintainArgs),
     /// Run the gRPC service (kanister.agent.v1) that the coordinator drives
     Serve(crate::service::ServeArgs),
     /// Back up a directory (a volume) as a snapshot, incrementally from the last one
@@ -191,8 +193,13 @@ struct DiffArgs {
 enum RepoCommand {
     /// Create a repository: a random master key, wrapped by the passphrase or key file
     Init(InitArgs),
-    /// Index packs that are in no index (after a lost index or an interrupted backup)
-    RepairIndex,
+    /// Make the index agree with the packs in the store: index packs no index names, drop
+    /// entries of packs that are gone, re-index packs whose size changed. Deletes no pack
+    RepairIndex {
+        /// How long to wait for a running prune to finish
+        #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+        wait_lock: Duration,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -268,6 +275,20 @@ struct PruneArgs {
     /// Report what would be set aside; change nothing
     #[arg(long)]
     dry_run: bool,
+    /// How long to wait for another prune (or index repair) of the repository to finish
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    wait_lock: Duration,
+}
+
+#[derive(Debug, Args)]
+struct MaintainArgs {
+    /// How long unused packs wait between being set aside and deleted
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    grace_period: Duration,
+    /// How long to wait for another maintenance of the repository to finish; past it, exit 4
+    /// (nothing was changed)
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    wait_lock: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -298,6 +319,8 @@ fn parse_size(s: &str) -> Result<u64, String> {
 const EXIT_DAMAGED: u8 = 3;
 /// Exit code when `backup` wrote a partial snapshot (some paths could not be read).
 const EXIT_PARTIAL: u8 = 3;
+/// Exit code of `maintain` when another maintenance holds the repository (nothing changed).
+const EXIT_BUSY: u8 = 4;
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
@@ -482,15 +505,28 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 println!("Keep the passphrase or key file safe: without it no backup in this repository can be read.");
             }
         }
-        Command::Repo { command: RepoCommand::RepairIndex } => {
+        Command::Repo { command: RepoCommand::RepairIndex { wait_lock } } => {
             let repo = open(g).await?;
-            let mut index = repo.load_index().await?;
-            let marked = repo.prune_marked_packs().await?;
-            let (packs, _) = repo.recover_unindexed_packs(&mut index, &marked).await?;
+            let r = crate::repair::repair_index(&repo, *wait_lock).await?;
             if g.json {
-                print_json(&json!({"packs_indexed": packs}), false);
+                print_json(&serde_json::to_value(&r).expect("report serializes"), false);
             } else {
-                println!("indexed {packs} pack(s) that were in no index");
+                println!("indexed {} pack(s) that were in no index", r.packs_indexed);
+                for p in &r.missing_packs_dropped {
+                    println!("dropped the entries of {p}: the store does not hold it");
+                }
+                for p in &r.packs_reindexed {
+                    println!("re-indexed {p} from its trailer: its size differed from the index");
+                }
+                for p in &r.unreadable_packs {
+                    println!("warning: {p} has an unreadable trailer: run `kanister-agent check --read-data`");
+                }
+                if r.damaged_indexes_replaced > 0 {
+                    println!("replaced {} damaged index object(s)", r.damaged_indexes_replaced);
+                }
+                if !r.changed() {
+                    println!("the index already agrees with the store: nothing changed");
+                }
             }
         }
         Command::Push(a) => {
@@ -623,9 +659,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Prune(a) => {
             let repo = open(g).await?;
-            let r =
-                crate::prune::prune(&repo, &crate::prune::PruneOptions { grace: a.grace_period, dry_run: a.dry_run })
-                    .await?;
+            let r = crate::prune::prune(
+                &repo,
+                &crate::prune::PruneOptions { grace: a.grace_period, dry_run: a.dry_run, wait_lock: a.wait_lock },
+            )
+            .await?;
             if g.json {
                 print_json(&serde_json::to_value(&r).expect("report serializes"), false);
             } else {
@@ -658,6 +696,48 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 },
             };
             crate::service::run(a, defaults).await?;
+        }
+        Command::Maintain(a) => {
+            let repo = open(g).await?;
+            let started = std::time::Instant::now();
+            let opts = crate::prune::PruneOptions { grace: a.grace_period, dry_run: false, wait_lock: a.wait_lock };
+            let prune = match crate::prune::prune(&repo, &opts).await {
+                Err(Error::Busy(who)) => {
+                    if g.json {
+                        print_json(&json!({"skipped": format!("another maintenance is running: {who}")}), false);
+                    } else {
+                        println!("skipped: another maintenance is running ({who})");
+                    }
+                    return Ok(ExitCode::from(EXIT_BUSY));
+                }
+                r => r?,
+            };
+            let check = crate::check::check(&repo, false).await?;
+            let secs = started.elapsed().as_secs_f64();
+            if g.json {
+                print_json(&json!({"prune": prune, "check": check, "duration_secs": secs}), false);
+            } else {
+                println!(
+                    "pruned: deleted {} pack(s) ({}), {} leftover(s) ({}); {} set aside, {} waiting",
+                    prune.packs_deleted,
+                    human_bytes(prune.bytes_deleted),
+                    prune.leftovers_deleted,
+                    human_bytes(prune.bytes_leftovers),
+                    prune.packs_set_aside,
+                    prune.packs_waiting
+                );
+                for p in &check.errors {
+                    println!("error: {} {}", p.object, p.problem);
+                }
+                println!(
+                    "checked {} snapshot(s): {} in {secs:.1}s",
+                    check.snapshots,
+                    if check.ok { "no errors".to_string() } else { format!("{} error(s)", check.errors.len()) }
+                );
+            }
+            if !check.ok {
+                return Ok(ExitCode::from(EXIT_DAMAGED));
+            }
         }
         Command::Check(a) => {
             let repo = open(g).await?;

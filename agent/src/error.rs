@@ -65,6 +65,13 @@ pub enum Error {
     /// The repository is damaged (see the check report).
     #[error("{0}")]
     Damaged(String),
+    /// Another maintenance (prune, index repair) holds the repository's exclusive lock.
+    #[error("another maintenance is running on this repository ({0})")]
+    Busy(String),
+    /// This maintenance could not renew its exclusive lock in time, so another may have taken
+    /// over: it stopped before changing anything more.
+    #[error("the maintenance lock was lost ({0}); stopped before changing anything more")]
+    LockLost(String),
 }
 
 /// Result with the agent's [`Error`].
@@ -93,6 +100,11 @@ impl Error {
                 Some("run `kanister-agent check --read-data` to find every damaged object")
             }
             Error::SnapshotNotFound(_) => Some("list snapshots with `kanister-agent snapshots`"),
+            Error::Busy(_) => Some(
+                "wait for it to finish (`--wait-lock` waits longer); a lock whose holder died is ignored once it \
+                 has not been renewed for 10 minutes",
+            ),
+            Error::LockLost(_) => Some("run the maintenance again: everything it did so far is safe to repeat"),
             Error::AmbiguousSnapshot { .. } => Some("give more digits of the snapshot id"),
             Error::Store(StoreError::NotFound(_)) => {
                 Some("an object the repository needs is missing: run `kanister-agent check` to see what it affects")

@@ -9,7 +9,8 @@
 //! - [`push`] / [`pull`]: the streaming pipelines, bounded in memory, parallel on all cores.
 //! - [`packer`]: deduplication, packing and uploading, shared by every backup pipeline.
 //! - [`tree`]: volume (directory tree) backup, restore and browsing.
-//! - [`check`] / [`prune`]: verification and space reclamation.
+//! - [`check`] / [`prune`]: verification and space reclamation (its module docs hold the
+//!   garbage-collection protocol); [`exclusive`]: the maintenance lock that keeps prunes apart.
 //! - [`progress`]: live counters for progress reports.
 //! - [`cli`]: the `kanister-agent` command line; [`kando`]: upstream's in-pod helper.
 //! - [`service`]: `kanister-agent serve`, the gRPC API (`kanister.agent.v1`) the coordinator drives.
@@ -17,12 +18,14 @@
 pub mod check;
 pub mod cli;
 pub mod error;
+pub mod exclusive;
 pub mod kando;
 pub mod packer;
 pub mod progress;
 pub mod prune;
 pub mod pull;
 pub mod push;
+pub mod repair;
 pub mod repository;
 pub mod service;
 pub mod store;

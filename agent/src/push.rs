@@ -129,7 +129,7 @@ pub async fn push_until(
     let start_time = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
     let marker = BackupMarker::start(repo, &opts.hostname).await?;
     let result = tokio::select! {
-        r = push_inner(repo, source, opts, &progress, started, start_time) => r.map(Some),
+        r = push_inner(repo, source, opts, &progress, started, start_time, &marker) => r.map(Some),
         () = cancel => Ok(None),
     };
     marker.finish(repo).await;
@@ -143,6 +143,7 @@ async fn push_inner(
     progress: &Arc<Progress>,
     started: Instant,
     start_time: String,
+    marker: &BackupMarker,
 ) -> Result<PushStats> {
     let keys = repo.keys().clone();
     let config = repo.config().clone();
@@ -239,6 +240,7 @@ async fn push_inner(
     // The snapshot's own size is part of what this push uploaded; estimate it by encoding once.
     let (_, probe) = snap.encode(&keys);
     snap.stats.bytes_uploaded += probe.len() as u64;
+    marker.ensure_alive()?;
     let (snapshot_id, snap_len) = repo.write_snapshot(&snap).await?;
     Progress::add(&progress.bytes_stored, snap_len);
     out.delete_interim().await;

@@ -462,9 +462,15 @@ pub struct LockInfo {
 }
 
 impl LockInfo {
-    /// Whether the backup may still be running.
+    /// Whether the backup may still be running, by this machine's clock.
     pub fn is_live(&self) -> bool {
-        SystemTime::now().duration_since(self.alive).map_or(true, |age| age < LOCK_STALE_AFTER)
+        self.is_live_at(SystemTime::now())
+    }
+
+    /// Whether the backup may still be running at `now` (a store time, see
+    /// [`crate::exclusive::ExclusiveLock::store_now`]).
+    pub fn is_live_at(&self, now: SystemTime) -> bool {
+        now.duration_since(self.alive).map_or(true, |age| age < LOCK_STALE_AFTER)
     }
 }
 
@@ -474,6 +480,7 @@ impl LockInfo {
 pub struct BackupMarker {
     key: String,
     renewer: tokio::task::JoinHandle<()>,
+    renewed: std::sync::Arc<std::sync::Mutex<std::time::Instant>>,
 }
 
 impl BackupMarker {
@@ -487,6 +494,8 @@ impl BackupMarker {
         };
         let key = repo.write_lock(&lock).await?;
         let (store, alive) = (repo.store().clone(), format!("{key}{ALIVE_SUFFIX}"));
+        let renewed = std::sync::Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
+        let last = renewed.clone();
         let renewer = tokio::spawn(async move {
             let mut lock = lock;
             let mut tick = tokio::time::interval(LOCK_REFRESH_EVERY);
@@ -496,12 +505,29 @@ impl BackupMarker {
                 lock.refreshed = now_secs();
                 // Renewal rewrites `<key>.alive`: markers are the one kind of object that changes.
                 let body = Bytes::from(serde_json::to_vec(&lock).expect("lock serializes"));
-                if let Err(e) = store.put(&alive, body).await {
-                    tracing::warn!(error = %e, "cannot renew the backup marker");
+                match store.put(&alive, body).await {
+                    Ok(()) => *last.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now(),
+                    Err(e) => tracing::warn!(error = %e, "cannot renew the backup marker"),
                 }
             }
         });
-        Ok(BackupMarker { key, renewer })
+        Ok(BackupMarker { key, renewer, renewed })
+    }
+
+    /// Fails when the marker went unrenewed for so long that a prune may have taken it for a
+    /// dead backup's and deleted packs this backup deduplicated against (the process was
+    /// paused, or the store unreachable). Called right before the snapshot is written: a
+    /// backup that fails here writes no snapshot, so nothing points at what may be gone.
+    pub fn ensure_alive(&self) -> Result<()> {
+        let since = self.renewed.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
+        if since + LOCK_REFRESH_EVERY >= LOCK_STALE_AFTER {
+            return Err(Error::LockLost(format!(
+                "the backup marker {} was not renewed for {}; no snapshot was written, run the backup again",
+                self.key,
+                humantime::format_duration(Duration::from_secs(since.as_secs()))
+            )));
+        }
+        Ok(())
     }
 
     /// Stops renewing and removes the marker (best effort: a marker left behind goes stale).

@@ -576,7 +576,11 @@ impl AgentService for Api {
             } else {
                 Duration::from_secs(r.grace_period_secs)
             };
-            Ok(Box::pin(prune(op, target, crate::prune::PruneOptions { grace, dry_run: r.dry_run })))
+            Ok(Box::pin(prune(
+                op,
+                target,
+                crate::prune::PruneOptions { dry_run: r.dry_run, ..crate::prune::PruneOptions::with_grace(grace) },
+            )))
         })
     }
 

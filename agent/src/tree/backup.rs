@@ -68,7 +68,7 @@ pub async fn backup(
         ));
     }
     let marker = BackupMarker::start(repo, &opts.hostname).await?;
-    let r = run(repo, path, meta, opts, progress).await;
+    let r = run(repo, path, meta, opts, progress, &marker).await;
     marker.finish(repo).await;
     r
 }
@@ -426,6 +426,7 @@ async fn run(
     root_meta: Metadata,
     opts: &BackupOptions,
     progress: Arc<Progress>,
+    marker: &BackupMarker,
 ) -> Result<BackupStats> {
     let started = Instant::now();
     let start_time = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
@@ -551,6 +552,7 @@ async fn run(
     };
     let (_, probe) = snap.encode(&sink.keys);
     snap.stats.bytes_uploaded += probe.len() as u64;
+    marker.ensure_alive()?;
     let (snapshot_id, _) = repo.write_snapshot(&snap).await?;
     tracing::debug!(elapsed = ?started.elapsed(), snapshot = %snapshot_id, "snapshot written");
     sink.packer.delete_interim().await;

@@ -606,7 +606,10 @@ async fn forget<C: Cluster>(ctx: &Context<C>, mut ids: Vec<String>, tags: &[Stri
     }
     let (removed, absent) = repo.forget(&ids).await.map_err(&err)?;
     if reclaim {
-        let opts = kanister_agent::prune::PruneOptions { grace: std::time::Duration::ZERO, dry_run: false };
+        let opts = kanister_agent::prune::PruneOptions {
+            wait_lock: std::time::Duration::from_secs(300),
+            ..kanister_agent::prune::PruneOptions::with_grace(std::time::Duration::ZERO)
+        };
         let r = kanister_agent::prune::prune(&repo, &opts).await.map_err(&err)?;
         tracing::info!(function = %ctx.function(), packs_deleted = r.packs_deleted, bytes_deleted = r.bytes_deleted, "space reclaimed");
     }
