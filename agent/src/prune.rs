@@ -24,8 +24,9 @@
 //!
 //! A prune, holding the exclusive lock taken at store time `T0`:
 //!
-//! - **Phase 1, set aside.** (P1) list backup markers; `young` is every pack written at or
-//!   after the earlier of `T0` and the start of the oldest live marker. (P2) read the marks,
+//! - **Phase 1, set aside.** (P1) list backup markers; `young` is every pack written after
+//!   the earlier of `T0` and the start of the oldest live marker (young packs are an
+//!   economy, not the safety: phase 2 would keep them anyway). (P2) read the marks,
 //!   the index, then every snapshot, and collect the blobs they use; a snapshot naming blobs
 //!   the index lacks makes prune read the index again (a backup finished meanwhile); only
 //!   then is it damage. (P3) list the packs. Every pack that is not young, not marked, and
@@ -33,10 +34,11 @@
 //!   index, or read from its trailer when no index names it yet).
 //! - **Phase 2, delete.** (D1) read the marks; (D2) list backup markers; a mark is due when
 //!   it is older than the grace period and no live marker started at or before it was
-//!   written. (D3) read the index and every snapshot again. Of the due marks' packs, those
-//!   with a used blob are kept (put back); the others are "gone". (D4) write one index of
-//!   every pack read in D3 except the gone ones, delete the index objects read in D3, delete
-//!   the gone packs, then the due marks. Leftovers of killed writers older than the grace
+//!   written. (D3) list the snapshots again and read those that appeared since P2 (snapshots
+//!   never change; the index is read again when they need it). Of the due marks' packs,
+//!   those with a used blob are kept (put back); the others are "gone". (D4) write one index
+//!   of every pack of the index read so far except the gone ones, delete the index objects it
+//!   was read from, delete the gone packs, then the due marks. Leftovers of killed writers older than the grace
 //!   period and stale backup markers are removed last.
 //!
 //! ## Why the order keeps the invariant
@@ -45,12 +47,14 @@
 //!   reads that snapshot: its blobs are used. (The old order, snapshots before markers, lost
 //!   the packs of a backup finishing in between: they were neither used nor young.)
 //! - *A backup running at P1, or starting after it,* writes its packs after its start (or
-//!   after `T0`), so they are young and never set aside in this prune.
+//!   after `T0`), so they are young and not set aside; within the same store second they may
+//!   be, and then the next point keeps them: phase 2 waits for the backup's marker, then sees
+//!   its snapshot.
 //! - *A backup that deduplicates against an old pack X that phase 1 sets aside:* if it read
 //!   the marks (W2) after the mark was written, it leaves X alone. Otherwise its marker (W1)
 //!   was written before the mark, so it started at or before the mark: the mark is not due
 //!   while that marker lives (D2). Once it is gone, the backup's snapshot exists (W4 before
-//!   W5), and D3, which reads snapshots after D2 listed the markers, sees that X is used.
+//!   W5), and D3, which lists snapshots after D2 listed the markers, sees that X is used.
 //! - *A backup paused for longer than a marker lives* (30 minutes unrenewed) could resume
 //!   after its packs were deleted; W4 makes it fail instead of writing a snapshot.
 //! - *Two prunes* never run at once ([`crate::exclusive`]): otherwise each would compact the
@@ -169,7 +173,9 @@ async fn prune_locked(repo: &Repository, opts: &PruneOptions, lock: &ExclusiveLo
     let locks = repo.locks().await?;
     let oldest_live = locks.iter().filter(|l| l.is_live_at(t0)).map(|l| l.started).min();
     let young_from = oldest_live.map_or(t0, |o| o.min(t0));
-    let young = |t: SystemTime| t >= young_from;
+    // Strictly after, in whole store seconds: a pack of the same second as `young_from` that is
+    // set aside is still safe, phase 2 waits for its backup's marker or sees its snapshot.
+    let young = |t: SystemTime| t > young_from;
     // P2.
     let marked = repo.prune_marked_packs().await?;
     let mut index = load_whole_index(repo).await?;
