@@ -445,6 +445,58 @@ pub struct Lock {
     pub hostname: String,
     /// Its process id.
     pub pid: u32,
+    /// Which process exactly, so that a prune on the same host can tell that it died.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessIdentity>,
+}
+
+/// A process, told apart from every other that ever ran on its machine: the boot, the pid
+/// namespace (containers of one pod share a host name but not their pids), the pid and the
+/// process's start time (pids are reused).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessIdentity {
+    /// `/proc/sys/kernel/random/boot_id`.
+    pub boot_id: String,
+    /// The pid namespace, as `/proc/self/ns/pid` names it.
+    pub pid_ns: String,
+    /// The pid in that namespace.
+    pub pid: u32,
+    /// Field 22 of `/proc/<pid>/stat`: start time in clock ticks after boot.
+    pub start_ticks: u64,
+}
+
+impl ProcessIdentity {
+    /// This process (none where `/proc` is not Linux's).
+    pub fn current() -> Option<ProcessIdentity> {
+        let pid = std::process::id();
+        Some(ProcessIdentity {
+            boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?.trim().to_string(),
+            pid_ns: std::fs::read_link("/proc/self/ns/pid").ok()?.to_string_lossy().into_owned(),
+            pid,
+            start_ticks: start_ticks(pid)?,
+        })
+    }
+
+    /// Whether this process has certainly ended: it ran in this very boot and pid namespace,
+    /// and its pid is gone or belongs to a process started at another time. Anything
+    /// uncertain (another host, another container, an unreadable `/proc`) counts as alive.
+    pub fn has_ended(&self) -> bool {
+        let Some(me) = ProcessIdentity::current() else { return false };
+        if me.boot_id != self.boot_id || me.pid_ns != self.pid_ns {
+            return false;
+        }
+        match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+            Ok(_) => start_ticks(self.pid).is_some_and(|t| t != self.start_ticks),
+        }
+    }
+}
+
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from its end.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Suffix of a marker's renewal object.
@@ -459,6 +511,9 @@ pub struct LockInfo {
     pub started: SystemTime,
     /// When it last renewed its marker (store time).
     pub alive: SystemTime,
+    /// The backup's process is known to have ended (it ran on this host and is gone): its
+    /// marker is stale at once.
+    pub ended: bool,
 }
 
 impl LockInfo {
@@ -470,7 +525,7 @@ impl LockInfo {
     /// Whether the backup may still be running at `now` (a store time, see
     /// [`crate::exclusive::ExclusiveLock::store_now`]).
     pub fn is_live_at(&self, now: SystemTime) -> bool {
-        now.duration_since(self.alive).map_or(true, |age| age < LOCK_STALE_AFTER)
+        !self.ended && now.duration_since(self.alive).map_or(true, |age| age < LOCK_STALE_AFTER)
     }
 }
 
@@ -491,6 +546,7 @@ impl BackupMarker {
             refreshed: now_secs(),
             hostname: hostname.to_string(),
             pid: std::process::id(),
+            process: ProcessIdentity::current(),
         };
         let key = repo.write_lock(&lock).await?;
         let (store, alive) = (repo.store().clone(), format!("{key}{ALIVE_SUFFIX}"));
@@ -825,14 +881,20 @@ impl Repository<Open> {
         Ok((removed, absent))
     }
 
-    /// Reads every backup marker: its key, when it was written and last renewed (store time).
+    /// Reads every backup marker: its key, when it was written and last renewed (store time),
+    /// and whether its process is known to have ended.
     pub async fn locks(&self) -> Result<Vec<LockInfo>> {
         let listed = self.store.list(LOCKS).await?;
-        let mut out: Vec<LockInfo> = listed
-            .iter()
-            .filter(|o| !o.key.ends_with(ALIVE_SUFFIX))
-            .map(|o| LockInfo { key: o.key.clone(), started: o.last_modified, alive: o.last_modified })
-            .collect();
+        let mut out: Vec<LockInfo> = Vec::new();
+        for o in listed.iter().filter(|o| !o.key.ends_with(ALIVE_SUFFIX)) {
+            // A marker that cannot be read (removed since the listing, or not ours to parse)
+            // tells nothing about its process: it counts by its times alone.
+            let ended = match self.store.get(&o.key).await {
+                Ok(b) => serde_json::from_slice::<Lock>(&b).ok().and_then(|l| l.process).is_some_and(|p| p.has_ended()),
+                Err(_) => false,
+            };
+            out.push(LockInfo { key: o.key.clone(), started: o.last_modified, alive: o.last_modified, ended });
+        }
         for o in listed.iter().filter(|o| o.key.ends_with(ALIVE_SUFFIX)) {
             let base = o.key.trim_end_matches(ALIVE_SUFFIX);
             if let Some(l) = out.iter_mut().find(|l| l.key == base) {
@@ -957,4 +1019,27 @@ pub fn parse_tags(tags: &[String]) -> Result<BTreeMap<String, String>, String> {
 /// Whether a snapshot carries every tag of `filter`.
 pub fn has_tags(s: &Snapshot, filter: &BTreeMap<String, String>) -> bool {
     filter.iter().all(|(k, v)| s.tags.get(k) == Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_that_exited_has_ended_and_a_running_one_has_not() {
+        let me = ProcessIdentity::current().expect("Linux /proc");
+        assert!(!me.has_ended(), "this process counts as ended");
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let it = ProcessIdentity { pid: child.id(), start_ticks: start_ticks(child.id()).unwrap(), ..me.clone() };
+        assert!(!it.has_ended(), "a running child counts as ended");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(it.has_ended(), "a killed child still counts as running");
+        // The same pid with another start time is another process: the marker's has ended.
+        let reused = ProcessIdentity { start_ticks: me.start_ticks + 1, ..me.clone() };
+        assert!(reused.has_ended());
+        // Another boot or another pid namespace: nothing can be known, so it is alive.
+        assert!(!ProcessIdentity { boot_id: "other".into(), ..it.clone() }.has_ended());
+        assert!(!ProcessIdentity { pid_ns: "pid:[1]".into(), ..it }.has_ended());
+    }
 }
