@@ -285,10 +285,14 @@ struct MaintainArgs {
     /// How long unused packs wait between being set aside and deleted
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     grace_period: Duration,
-    /// How long to wait for another maintenance of the repository to finish; past it, exit 4
-    /// (nothing was changed)
+    /// How long to wait for another maintenance of the repository to finish; past it, this
+    /// one is skipped (nothing changed, exit 0, `skipped` says why)
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     wait_lock: Duration,
+    /// Also print the result as Kanister phase outputs (`###Phase-output###` lines:
+    /// bytesFreed, packsDeleted, leftoversDeleted, snapshots, checkErrors, skipped), for task pods
+    #[arg(long)]
+    phase_output: bool,
 }
 
 #[derive(Debug, Args)]
@@ -319,8 +323,6 @@ fn parse_size(s: &str) -> Result<u64, String> {
 const EXIT_DAMAGED: u8 = 3;
 /// Exit code when `backup` wrote a partial snapshot (some paths could not be read).
 const EXIT_PARTIAL: u8 = 3;
-/// Exit code of `maintain` when another maintenance holds the repository (nothing changed).
-const EXIT_BUSY: u8 = 4;
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
@@ -698,22 +700,46 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             crate::service::run(a, defaults).await?;
         }
         Command::Maintain(a) => {
-            let repo = open(g).await?;
             let started = std::time::Instant::now();
+            let skip = |why: String| -> Result<ExitCode> {
+                if a.phase_output {
+                    println!("{}", crate::kando::output_line("skipped", &why)?);
+                }
+                if g.json {
+                    print_json(&json!({ "skipped": why }), false);
+                } else {
+                    println!("skipped: {why}");
+                }
+                Ok(ExitCode::SUCCESS)
+            };
+            // Nothing to maintain where no backup was ever made.
+            let repo = match open(g).await {
+                Err(Error::NotARepository(at)) => return skip(format!("no repository at {at}")),
+                r => r?,
+            };
             let opts = crate::prune::PruneOptions { grace: a.grace_period, dry_run: false, wait_lock: a.wait_lock };
             let prune = match crate::prune::prune(&repo, &opts).await {
-                Err(Error::Busy(who)) => {
-                    if g.json {
-                        print_json(&json!({"skipped": format!("another maintenance is running: {who}")}), false);
-                    } else {
-                        println!("skipped: another maintenance is running ({who})");
-                    }
-                    return Ok(ExitCode::from(EXIT_BUSY));
-                }
+                Err(Error::Busy(who)) => return skip(format!("another maintenance is running: {who}")),
                 r => r?,
             };
             let check = crate::check::check(&repo, false).await?;
             let secs = started.elapsed().as_secs_f64();
+            if a.phase_output {
+                for (key, value) in [
+                    ("bytesFreed", (prune.bytes_deleted + prune.bytes_leftovers).to_string()),
+                    ("packsDeleted", prune.packs_deleted.to_string()),
+                    ("leftoversDeleted", prune.leftovers_deleted.to_string()),
+                    ("packsWaiting", prune.packs_waiting.to_string()),
+                    ("snapshots", check.snapshots.to_string()),
+                    ("checkErrors", check.errors.len().to_string()),
+                    ("lockedFrom", prune.locked_from.clone()),
+                    ("lockedTo", prune.locked_to.clone()),
+                    ("heldFromMs", prune.held_ms.0.to_string()),
+                    ("heldToMs", prune.held_ms.1.to_string()),
+                ] {
+                    println!("{}", crate::kando::output_line(key, &value)?);
+                }
+            }
             if g.json {
                 print_json(&json!({"prune": prune, "check": check, "duration_secs": secs}), false);
             } else {

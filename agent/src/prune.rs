@@ -150,16 +150,26 @@ pub struct PruneReport {
     pub locked_from: String,
     /// See `locked_from`.
     pub locked_to: String,
+    /// When this prune held the lock by its own clock, in milliseconds since the epoch: after
+    /// taking it and before giving it up (finer than the store's seconds).
+    pub held_ms: (u64, u64),
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Runs both phases, holding the repository's maintenance lock.
 pub async fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     let lock = ExclusiveLock::acquire(repo, "prune", opts.wait_lock).await?;
+    let held_from = now_ms();
     let result = prune_locked(repo, opts, &lock).await;
     let to = lock.store_now().await.unwrap_or_else(|_| SystemTime::now());
     let from = lock.acquired;
+    let held_to = now_ms();
     lock.release().await;
     let mut report = result?;
+    report.held_ms = (held_from, held_to);
     report.locked_from = humantime::format_rfc3339_seconds(from).to_string();
     report.locked_to = humantime::format_rfc3339_seconds(to).to_string();
     Ok(report)
@@ -279,9 +289,12 @@ async fn prune_locked(repo: &Repository, opts: &PruneOptions, lock: &ExclusiveLo
             .enumerate()
             .filter(|(_, (id, _))| !gone.contains_key(id))
             .map(|(pos, (id, size))| IndexPack { id: *id, size: *size, blobs: index.entries_of(pos as u32).to_vec() })
-            .collect();
+            .collect::<Vec<_>>();
         lock.ensure_held()?;
-        repo.write_index(&IndexFile { supersedes: index.index_ids.clone(), packs }).await?;
+        // Nothing left to index (every pack went): the old index objects simply go.
+        if !packs.is_empty() {
+            repo.write_index(&IndexFile { supersedes: index.index_ids.clone(), packs }).await?;
+        }
         for id in &index.index_ids {
             repo.store().delete(&format!("{INDEX}/{id}")).await?;
         }

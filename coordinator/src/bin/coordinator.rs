@@ -71,6 +71,14 @@ enum Command {
         /// How the coordinator reaches agent sidecars (token, TLS).
         #[command(flatten)]
         agent: AgentClientArgs,
+        /// How often the repositories of the watched namespaces' Profiles are maintained
+        /// (prune, then a structural check, in a task pod of the tools image); 0s turns it off.
+        #[arg(long, env = "KANISTER_MAINTENANCE_INTERVAL", default_value = "24h", value_parser = humantime::parse_duration)]
+        maintenance_interval: Duration,
+        /// How long data no backup uses waits between being set aside and deleted by
+        /// maintenance (a backup that started before may still need it).
+        #[arg(long, env = "KANISTER_MAINTENANCE_GRACE_PERIOD", default_value = "1h", value_parser = humantime::parse_duration)]
+        maintenance_grace_period: Duration,
     },
     /// Run the ActionSets found in a directory of YAML files on this machine (commands run as
     /// local processes) and print their final status.
@@ -184,6 +192,8 @@ async fn main() -> anyhow::Result<()> {
             tls_key,
             token_file,
             agent,
+            maintenance_interval,
+            maintenance_grace_period,
         } => {
             // Read the agent client's files first: a missing token fails the start, not a backup.
             let config = EngineConfig { agent: agent.load()?, ..config };
@@ -222,7 +232,20 @@ async fn main() -> anyhow::Result<()> {
                 api_config,
                 stopped(),
             ));
-            tracing::info!(%listen, %api_listen, ?namespaces, "coordinator starting");
+            let maintenance = (!maintenance_interval.is_zero()).then(|| {
+                let config = kanister_coordinator::engine::maintenance::MaintenanceConfig {
+                    interval: maintenance_interval,
+                    grace: maintenance_grace_period,
+                    namespaces: match &namespaces {
+                        Namespaces::All => Vec::new(),
+                        Namespaces::Only(list) => list.clone(),
+                    },
+                };
+                let engine = engine.clone();
+                let stop = stopped();
+                tokio::spawn(async move { engine.run_maintenance(config, stop).await })
+            });
+            tracing::info!(%listen, %api_listen, ?namespaces, ?maintenance_interval, "coordinator starting");
             ready.store(true, Ordering::Relaxed);
             let signal = async move {
                 shutdown_signal().await;
@@ -231,6 +254,9 @@ async fn main() -> anyhow::Result<()> {
             controller::run(client, namespaces, engine.clone(), concurrency, signal).await;
             // Runs still in progress are finished by the next coordinator's recovery.
             engine.shutdown();
+            if let Some(m) = maintenance {
+                m.await.context("maintenance task failed")?;
+            }
             health.await.context("health server task failed")?.context("health server failed")?;
             api.await.context("API server task failed")??;
             tracing::info!("coordinator stopped");

@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use futures::{AsyncBufReadExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
 use kube::api::{
     Api, ApiResource, AttachParams, DeleteParams, DynamicObject, GroupVersionKind, ListParams, LogParams, Patch,
     PatchParams, PostParams,
 };
 use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType, Recorder, Reporter};
-use kube::{Client, Resource as _};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt as _;
 use tokio::sync::mpsc;
@@ -449,7 +449,10 @@ impl Cluster for KubeCluster {
         }
     }
 
-    async fn record_event(&self, regarding: &ActionSet, event: Event) {
+    async fn record_event<K>(&self, regarding: &K, event: Event)
+    where
+        K: ::kube::Resource<DynamicType = ()> + Sync,
+    {
         let ev = KubeEvent {
             type_: match event.type_ {
                 EventType::Normal => KubeEventType::Normal,

@@ -82,9 +82,12 @@ pub enum LoadError {
 /// A recorded event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordedEvent {
-    /// Namespace of the ActionSet.
+    /// Kind of the object it is about (`ActionSet` when empty, as in older state files).
+    #[serde(default)]
+    pub kind: String,
+    /// Namespace of the object.
     pub namespace: String,
-    /// Name of the ActionSet.
+    /// Name of the object.
     pub name: String,
     /// `Normal` or `Warning`.
     pub type_: String,
@@ -879,25 +882,31 @@ impl Cluster for LocalCluster {
         Ok(())
     }
 
-    async fn record_event(&self, regarding: &ActionSet, event: Event) {
+    async fn record_event<K>(&self, regarding: &K, event: Event)
+    where
+        K: ::kube::Resource<DynamicType = ()> + Sync,
+    {
         let type_ = match event.type_ {
             EventType::Normal => "Normal",
             EventType::Warning => "Warning",
         };
+        let regarding = regarding.meta();
         tracing::info!(
-            actionset = regarding.metadata.name.as_deref().unwrap_or_default(),
+            kind = %K::kind(&()),
+            name = regarding.name.as_deref().unwrap_or_default(),
             reason = %event.reason,
             note = %event.note,
             "{type_} event"
         );
         let mut state = lock(&self.state);
         state.events.push(RecordedEvent {
-            namespace: regarding.metadata.namespace.clone().unwrap_or_default(),
-            name: regarding.metadata.name.clone().unwrap_or_default(),
+            kind: K::kind(&()).into_owned(),
+            namespace: regarding.namespace.clone().unwrap_or_default(),
+            name: regarding.name.clone().unwrap_or_default(),
             type_: type_.into(),
             reason: event.reason,
             note: event.note,
-            uid: regarding.metadata.uid.clone().unwrap_or_default(),
+            uid: regarding.uid.clone().unwrap_or_default(),
             time: k8s_openapi::jiff::Timestamp::now().to_string(),
         });
         self.save(&state);
@@ -909,6 +918,7 @@ impl Cluster for LocalCluster {
         Ok(lock(&self.state)
             .events
             .iter()
+            .filter(|e| e.kind.is_empty() || e.kind == "ActionSet")
             .filter(|e| Some(e.namespace.as_str()) == namespace && Some(e.name.as_str()) == name)
             .filter(|e| uid.is_empty() || e.uid.is_empty() || e.uid == uid)
             .map(|e| ObservedEvent {

@@ -456,7 +456,9 @@ pub trait Cluster: Send + Sync + 'static {
 
     /// Records an event about an object (best effort). `regarding` carries the object's UID when
     /// known.
-    fn record_event(&self, regarding: &ActionSet, event: Event) -> impl Future<Output = ()> + Send;
+    fn record_event<K>(&self, regarding: &K, event: Event) -> impl Future<Output = ()> + Send
+    where
+        K: ::kube::Resource<DynamicType = ()> + Sync;
 
     /// Lists the events recorded about an ActionSet, oldest first. When `regarding` carries
     /// its UID, events about an earlier ActionSet of the same name are left out. Events expire,

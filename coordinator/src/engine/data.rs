@@ -744,7 +744,7 @@ fn is_credential(key: &str) -> bool {
 /// The Secret is named after its contents (`kanister-store-<profile namespace>-<profile>-<hash>`)
 /// and never changed once created: rotated Profile credentials make a new one, and the
 /// coordinator needs no right to modify Secrets (RBAC: `get`, `create`).
-async fn repository_env<C: Cluster>(ctx: &Context<C>, namespace: &str) -> Result<Vec<EnvVar>> {
+pub(super) async fn repository_env<C: Cluster>(ctx: &Context<C>, namespace: &str) -> Result<Vec<EnvVar>> {
     let Some(profile) = &ctx.params.profile else {
         return Err(Error::NoProfile(ctx.function()));
     };

@@ -46,6 +46,7 @@
 pub mod agent;
 mod data;
 pub mod functions;
+pub mod maintenance;
 pub mod params;
 pub mod repokey;
 pub mod repository;
@@ -181,6 +182,7 @@ struct Metrics {
     finished: BTreeMap<&'static str, u64>,
     phase_seconds: BTreeMap<String, (u64, f64)>,
     failures: BTreeMap<&'static str, u64>,
+    maintenance: maintenance::MaintenanceMetrics,
 }
 
 #[derive(Debug, Default)]
@@ -415,6 +417,7 @@ impl<C: Cluster> Engine<C> {
         for (reason, n) in &m.failures {
             let _ = writeln!(out, "kanister_phase_failures_total{{reason=\"{reason}\"}} {n}");
         }
+        m.maintenance.render(&mut out);
         out
     }
 
