@@ -450,7 +450,7 @@ const CONTROLLER_RULES: &[(&str, &str, &[&str])] = &[
     ("cr.kanister.io", "actionsets/status", &["update"]),
     ("cr.kanister.io", "actionsets/finalizers", &["update"]),
     ("cr.kanister.io", "blueprints", &["get"]),
-    ("cr.kanister.io", "profiles", &["get"]),
+    ("cr.kanister.io", "profiles", &["get", "list"]),
     ("", "secrets", &["get", "create"]),
     ("", "configmaps", &["get"]),
     ("events.k8s.io", "events", &["create", "patch", "list"]),
@@ -458,7 +458,8 @@ const CONTROLLER_RULES: &[(&str, &str, &[&str])] = &[
     ("", "pods/log", &["get"]),
 ];
 
-/// What the coordinator calls where the workloads live (engine/params.rs, functions).
+/// What the coordinator calls where the workloads live (engine/params.rs, functions, and
+/// engine/maintenance.rs for the Profiles there).
 const TARGET_RULES: &[(&str, &str, &[&str])] = &[
     ("apps", "statefulsets", &["get"]),
     ("apps", "deployments", &["get"]),
@@ -470,7 +471,8 @@ const TARGET_RULES: &[(&str, &str, &[&str])] = &[
     ("", "secrets", &["get", "create"]),
     ("", "configmaps", &["get"]),
     ("", "persistentvolumeclaims", &["get"]),
-    ("cr.kanister.io", "profiles", &["get"]),
+    ("cr.kanister.io", "profiles", &["get", "list"]),
+    ("events.k8s.io", "events", &["create", "patch"]),
 ];
 
 #[test]

@@ -79,6 +79,10 @@ enum Command {
         /// maintenance (a backup that started before may still need it).
         #[arg(long, env = "KANISTER_MAINTENANCE_GRACE_PERIOD", default_value = "1h", value_parser = humantime::parse_duration)]
         maintenance_grace_period: Duration,
+        /// Namespaces whose Profiles are maintained, comma-separated (default: the watched
+        /// namespaces; all with --all-namespaces).
+        #[arg(long, env = "KANISTER_MAINTENANCE_NAMESPACES", value_delimiter = ',')]
+        maintenance_namespaces: Vec<String>,
     },
     /// Run the ActionSets found in a directory of YAML files on this machine (commands run as
     /// local processes) and print their final status.
@@ -194,6 +198,7 @@ async fn main() -> anyhow::Result<()> {
             agent,
             maintenance_interval,
             maintenance_grace_period,
+            maintenance_namespaces,
         } => {
             // Read the agent client's files first: a missing token fails the start, not a backup.
             let config = EngineConfig { agent: agent.load()?, ..config };
@@ -238,6 +243,9 @@ async fn main() -> anyhow::Result<()> {
                     grace: maintenance_grace_period,
                     namespaces: match &namespaces {
                         Namespaces::All => Vec::new(),
+                        Namespaces::Only(_) if maintenance_namespaces.iter().any(|n| !n.is_empty()) => {
+                            maintenance_namespaces.iter().filter(|n| !n.is_empty()).cloned().collect()
+                        }
                         Namespaces::Only(list) => list.clone(),
                     },
                 };

@@ -91,8 +91,11 @@ and cluster/kube.rs):
   resources: ["actionsets/finalizers"]
   verbs: ["update"]
 - apiGroups: ["cr.kanister.io"]
-  resources: ["blueprints", "profiles"]
+  resources: ["blueprints"]
   verbs: ["get"]
+- apiGroups: ["cr.kanister.io"]
+  resources: ["profiles"]
+  verbs: ["get", "list"]
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get"]
@@ -118,7 +121,8 @@ engine/functions.rs and cluster/kube.rs):
 - KubeExec/KubeExecAll: pods/exec (create for websocket upgrades since Kubernetes 1.31, get
   before);
 - KubeTask and the data functions: task pods create/get/delete, logs;
-- Profiles (e.g. mysql-test/s3-profile) and the Secrets/ConfigMaps the ActionSet names: get.
+- Profiles (e.g. mysql-test/s3-profile) and the Secrets/ConfigMaps the ActionSet names: get;
+- scheduled maintenance (engine/maintenance.rs): Profiles list, events about them create/patch.
 */}}
 {{- define "kanister.rules.target" -}}
 - apiGroups: ["apps"]
@@ -144,7 +148,10 @@ engine/functions.rs and cluster/kube.rs):
   verbs: ["get", "create"]
 - apiGroups: ["cr.kanister.io"]
   resources: ["profiles"]
-  verbs: ["get"]
+  verbs: ["get", "list"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
 {{- if .Values.rbac.openshift }}
 - apiGroups: ["apps.openshift.io"]
   resources: ["deploymentconfigs"]
