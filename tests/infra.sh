@@ -40,6 +40,7 @@ install() {
   command -v restic >/dev/null || need+=(restic)
   command -v hyperfine >/dev/null || need+=(hyperfine)
   [ -x /usr/bin/time ] || need+=(time)
+  command -v strace >/dev/null || need+=(strace)
   if [ ${#need[@]} -gt 0 ]; then
     apt-get update -q
     apt-get install -y -q --no-install-recommends "${need[@]}"

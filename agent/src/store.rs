@@ -15,7 +15,11 @@
 //! `google_service_account_key`, `base_url`. An `http://` endpoint turns on `allow_http`.
 //!
 //! Guarantees the repository relies on: a `put` is atomic (readers see the whole object or
-//! none), a successful `put` is durable, and names are never reused for different content.
+//! none), a successful `put` is durable, and names are never reused for different content. On
+//! local disk, durable means the file and its directory are fsynced before `put` returns (the
+//! object stores acknowledge only what they stored); a push awaits its packs before writing
+//! their index and its index before its snapshot, so after a crash a snapshot never names data
+//! that did not reach the disk.
 //! Every operation may be retried; the cloud clients retry transient errors themselves.
 
 use std::fmt;
@@ -235,7 +239,7 @@ impl Store {
                 let root = PathBuf::from(parsed.path());
                 display = format!("file://{}", root.display());
                 let fs: Arc<dyn ObjectStore> = match object_store::local::LocalFileSystem::new_with_prefix(&root) {
-                    Ok(fs) => Arc::new(fs),
+                    Ok(fs) => Arc::new(fs.with_fsync(true)),
                     // The directory does not exist yet: `repo init` creates it.
                     Err(_) => Arc::new(object_store::memory::InMemory::new()),
                 };
@@ -343,7 +347,7 @@ impl Store {
         if let Some(root) = &self.local_root {
             std::fs::create_dir_all(root)?;
             let fs = object_store::local::LocalFileSystem::new_with_prefix(root).map_err(std::io::Error::other)?;
-            self.inner = Arc::new(fs);
+            self.inner = Arc::new(fs.with_fsync(true));
             self.missing_root = false;
         }
         Ok(())

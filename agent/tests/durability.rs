@@ -1,0 +1,86 @@
+//! A push to local disk reports success only after its packs, then its index, then its
+//! snapshot are durable: each file is fsynced before it is renamed into place and its directory
+//! after, and the snapshot lands after every pack and index of the push. Read off the system
+//! calls of a real push (`strace -f -y`).
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+
+use kanister_testkit::agent::PASSWORD;
+use kanister_testkit::data::SqlDump;
+
+const BIN: &str = env!("CARGO_BIN_EXE_kanister-agent");
+
+#[test]
+fn packs_then_index_then_snapshot_are_fsynced_before_a_push_reports_success() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let store = format!("file://{}", repo.display());
+    let agent = |args: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.env("KANISTER_STORE", &store).env("KANISTER_REPO_PASSWORD", PASSWORD).args(args);
+        c
+    };
+    assert!(agent(&["repo", "init", "--pack-size", "1MiB"]).status().unwrap().success());
+    let input = dir.path().join("dump.sql");
+    let mut f = std::fs::File::create(&input).unwrap();
+    SqlDump::of_size(5, 6 << 20, 0.0).write(1, &mut f).unwrap();
+    drop(f);
+    let trace = dir.path().join("trace");
+    let out = Command::new("strace")
+        .args(["-f", "-y", "-qq", "-e", "trace=fsync,fdatasync,rename,renameat,renameat2", "-o"])
+        .arg(&trace)
+        .arg(BIN)
+        .args(["push", "--json"])
+        .arg(&input)
+        .env("KANISTER_STORE", &store)
+        .env("KANISTER_REPO_PASSWORD", PASSWORD)
+        .stdin(Stdio::null())
+        .output()
+        .expect("strace runs (apt-get install strace)");
+    assert!(out.status.success(), "push failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&trace).unwrap();
+    // Order of events: (index in the trace, what).
+    let mut synced: HashMap<String, usize> = HashMap::new();
+    let mut dir_synced: Vec<(usize, String)> = Vec::new();
+    let mut landed: Vec<(usize, String)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let path = line.split_once('<').and_then(|(_, r)| r.split_once('>')).map(|(p, _)| p.to_string());
+        if line.contains("fsync(") || line.contains("fdatasync(") {
+            let p = path.unwrap_or_default();
+            if std::path::Path::new(&p).is_dir() {
+                dir_synced.push((i, p));
+            } else {
+                synced.insert(p, i);
+            }
+        } else if line.contains("rename") && line.contains("= 0") {
+            // rename("from", "to") = 0: the object's final name.
+            let parts: Vec<&str> = line.split('"').collect();
+            if parts.len() >= 4 {
+                let (from, to) = (parts[1].to_string(), parts[3].to_string());
+                let fsynced_at = synced.get(&from).copied();
+                assert!(
+                    fsynced_at.is_some_and(|s| s < i),
+                    "{to} was renamed into place before its data was fsynced:\n{text}"
+                );
+                landed.push((i, to));
+            }
+        }
+    }
+    let of = |folder: &str| -> Vec<usize> {
+        landed.iter().filter(|(_, p)| p.contains(&format!("/{folder}/"))).map(|(i, _)| *i).collect()
+    };
+    let (packs, indexes, snaps) = (of("data"), of("index"), of("snapshots"));
+    assert!(packs.len() >= 2, "expected several packs: {landed:?}");
+    assert!(!indexes.is_empty() && snaps.len() == 1, "{landed:?}");
+    let snap = snaps[0];
+    assert!(packs.iter().chain(&indexes).all(|&i| i < snap), "the snapshot landed before its packs or index");
+    // Each object's directory is fsynced after the rename (so the name survives a crash).
+    for (i, to) in &landed {
+        let parent = std::path::Path::new(to).parent().unwrap().display().to_string();
+        assert!(
+            dir_synced.iter().any(|(j, d)| j > i && *d == parent),
+            "the directory of {to} was not fsynced after it landed"
+        );
+    }
+}
