@@ -39,8 +39,15 @@ struct Args {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Watch ActionSets in a cluster and run them.
+    /// Watch ActionSets in a cluster and run them; with --local DIR, without a cluster.
     Serve {
+        /// Run without a cluster: the same controller and API over a local cluster whose
+        /// objects come from the YAML files in DIR (read again when they change) and from the
+        /// API (kanctl); commands run as local processes. State (objects, statuses, events, the
+        /// repository-key Secret) is kept in DIR/.kanister, so a restart goes on where it
+        /// stopped. Listens on loopback; kanctl finds the token in DIR/.kanister/token.
+        #[arg(long, value_name = "DIR", env = "KANISTER_LOCAL")]
+        local: Option<PathBuf>,
         /// Namespace to watch (the coordinator's own by default).
         #[arg(long, env = "KANISTER_NAMESPACE", default_value = "kanister")]
         namespace: String,
@@ -50,15 +57,17 @@ enum Command {
         /// Watch every namespace.
         #[arg(long, env = "KANISTER_ALL_NAMESPACES")]
         all_namespaces: bool,
-        /// Address of `/healthz`, `/readyz` and `/metrics`.
-        #[arg(long, env = "KANISTER_LISTEN", default_value = "0.0.0.0:8000")]
-        listen: SocketAddr,
+        /// Address of `/healthz`, `/readyz` and `/metrics` (default 0.0.0.0:8000; with
+        /// --local 127.0.0.1:8000).
+        #[arg(long, env = "KANISTER_LISTEN")]
+        listen: Option<SocketAddr>,
         /// How many ActionSets are reconciled at once.
         #[arg(long, env = "KANISTER_CONCURRENCY", default_value_t = 16)]
         concurrency: u16,
-        /// Address of the gRPC API that kanctl speaks (`kanister.coordinator.v1`).
-        #[arg(long, env = "KANISTER_API_LISTEN", default_value = "0.0.0.0:7434")]
-        api_listen: SocketAddr,
+        /// Address of the gRPC API that kanctl speaks (`kanister.coordinator.v1`; default
+        /// 0.0.0.0:7434; with --local 127.0.0.1:7434).
+        #[arg(long, env = "KANISTER_API_LISTEN")]
+        api_listen: Option<SocketAddr>,
         /// TLS certificate (PEM) of the API; without it the API is plain HTTP/2.
         #[arg(long, env = "KANISTER_TLS_CERT", requires = "tls_key")]
         tls_cert: Option<PathBuf>,
@@ -174,6 +183,117 @@ fn api_config(
     Ok(ServeConfig { tls, token })
 }
 
+/// `serve --local DIR`: the controller and the API over a [`LocalCluster`] kept in DIR.
+async fn serve_local(
+    dir: &std::path::Path,
+    listen: SocketAddr,
+    api_listen: SocketAddr,
+    mut api_config: ServeConfig,
+    config: EngineConfig,
+) -> anyhow::Result<()> {
+    let state = dir.join(".kanister");
+    std::fs::create_dir_all(&state).with_context(|| format!("failed to create {}", state.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        // It holds the repository keys of the Profiles and the API token.
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("failed to restrict {}", state.display()))?;
+    }
+    let token_path = state.join("token");
+    if api_config.token.is_none() {
+        api_config.token = Some(local_token(&token_path)?);
+    }
+    let cluster = LocalCluster::with_state_file(state.join("state.json"))
+        .with_context(|| format!("failed to read the state in {}", state.display()))?;
+    let loaded =
+        cluster.load_dir(dir).with_context(|| format!("failed to load the YAML files of {}", dir.display()))?;
+    let cluster = Arc::new(cluster);
+    let engine = Engine::new(cluster.clone(), config);
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("failed to bind {listen}"))?;
+    let api_listener =
+        tokio::net::TcpListener::bind(api_listen).await.with_context(|| format!("failed to bind {api_listen}"))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let metrics_engine = engine.clone();
+    let health = tokio::spawn(serve_health(listener, ready.clone(), move || metrics_engine.metrics_text(), stopped()));
+    let api = tokio::spawn(kanister_coordinator::api::serve(
+        api_listener,
+        CoordinatorApi::new(cluster.clone()),
+        api_config,
+        stopped(),
+    ));
+    tracing::info!(dir = %dir.display(), objects = loaded, %api_listen, "local coordinator starting");
+    eprintln!(
+        "local coordinator on {api_listen}; for kanctl:\n  export KANCTL_COORDINATOR=http://{api_listen} KANCTL_TOKEN_FILE={}",
+        token_path.display()
+    );
+    ready.store(true, Ordering::Relaxed);
+    let mut version = LocalCluster::dir_version(dir).ok();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = &mut signal => break,
+        }
+        // YAML files added or edited: load them again (ActionSets that exist are kept).
+        let now = LocalCluster::dir_version(dir).ok();
+        if now != version {
+            version = now;
+            match cluster.load_dir(dir) {
+                Ok(n) => tracing::info!(objects = n, "reloaded the YAML files"),
+                Err(e) => tracing::warn!(error = %e, "cannot load the YAML files; keeping what was loaded"),
+            }
+        }
+        match cluster.list_actionsets("").await {
+            Ok(all) => {
+                for a in all {
+                    let ns = a.metadata.namespace.clone().unwrap_or_default();
+                    let name = a.metadata.name.clone().unwrap_or_default();
+                    if let Err(e) = engine.reconcile(&ns, &name).await {
+                        tracing::warn!(actionset = %name, namespace = %ns, error = %e, "reconcile failed");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list ActionSets"),
+        }
+    }
+    let _ = stop_tx.send(true);
+    // Runs still in progress are finished (or failed) by the next start's recovery.
+    engine.shutdown();
+    health.await.context("health server task failed")?.context("health server failed")?;
+    api.await.context("API server task failed")??;
+    tracing::info!("local coordinator stopped");
+    Ok(())
+}
+
+/// The API token of a local coordinator: read from `path`, or made (random, mode 0600) there.
+fn local_token(path: &std::path::Path) -> anyhow::Result<Zeroizing<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(Zeroizing::new(t.trim().to_string())),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("failed to read {}", path.display())),
+    }
+    let token = Zeroizing::new(hex::encode(rand::random::<[u8; 32]>()));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path).with_context(|| format!("failed to create {}", path.display()))?;
+    std::io::Write::write_all(&mut f, token.as_bytes())
+        .with_context(|| format!("failed to write {}", path.display()))?;
+    Ok(token)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -185,7 +305,14 @@ async fn main() -> anyhow::Result<()> {
         ..EngineConfig::default()
     };
     match args.command {
+        Command::Serve { local: Some(dir), listen, api_listen, tls_cert, tls_key, token_file, agent, .. } => {
+            let config = EngineConfig { agent: agent.load()?, ..config };
+            let listen = listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8000)));
+            let api_listen = api_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7434)));
+            serve_local(&dir, listen, api_listen, api_config(tls_cert, tls_key, token_file)?, config).await?;
+        }
         Command::Serve {
+            local: None,
             namespace,
             watch_namespaces,
             all_namespaces,
@@ -202,6 +329,8 @@ async fn main() -> anyhow::Result<()> {
         } => {
             // Read the agent client's files first: a missing token fails the start, not a backup.
             let config = EngineConfig { agent: agent.load()?, ..config };
+            let listen = listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8000)));
+            let api_listen = api_listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 7434)));
             let client = kube::Client::try_default().await.context("failed to create a Kubernetes client")?;
             let cluster = Arc::new(KubeCluster::new(client.clone(), "kanister-coordinator"));
             let engine = Engine::new(cluster, config);

@@ -438,7 +438,9 @@ impl LocalCluster {
         Ok(env)
     }
 
-    /// Adds (or replaces) the objects of a multi-document YAML text.
+    /// Adds (or replaces) the objects of a multi-document YAML text. An ActionSet that exists
+    /// already is kept as it is (as `kubectl create` would refuse it): loading the same files
+    /// again, after a restart or an edit of another file, never resets a run's status.
     pub fn load_yaml(&self, text: &str, origin: &str) -> Result<usize, LoadError> {
         let mut n = 0;
         for doc in serde_norway::Deserializer::from_str(text) {
@@ -446,13 +448,34 @@ impl LocalCluster {
             if value.is_null() {
                 continue;
             }
-            if object_key(&value).is_none() {
+            let Some(key) = object_key(&value) else {
                 return Err(LoadError::Incomplete { origin: origin.into() });
+            };
+            if value.get("kind").and_then(Value::as_str) == Some("ActionSet")
+                && lock(&self.state).objects.contains_key(&key)
+            {
+                continue;
             }
             self.put(value);
             n += 1;
         }
         Ok(n)
+    }
+
+    /// The newest modification time of the `.yaml`/`.yml` files in `dir` and their count, to
+    /// notice edits ([`Self::load_dir`] again when it changes).
+    pub fn dir_version(dir: &Path) -> std::io::Result<(std::time::SystemTime, usize)> {
+        let mut newest = std::time::SystemTime::UNIX_EPOCH;
+        let mut n = 0;
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                newest = newest.max(e.metadata()?.modified()?);
+                n += 1;
+            }
+        }
+        Ok((newest, n))
     }
 
     /// Adds the objects of every `.yaml`/`.yml` file in a directory (sorted by name).
@@ -969,11 +992,22 @@ impl Cluster for LocalCluster {
         Ok(version)
     }
 
+    /// A sidecar registered with [`LocalCluster::with_agent`], else the one the Pod object
+    /// describes, as on a cluster: its `status.podIP` and agent-port annotation.
     async fn agent_endpoint(&self, namespace: &str, pod: &str) -> Result<String> {
-        lock(&self.agents).get(&(namespace.to_string(), pod.to_string())).cloned().ok_or_else(|| Error::Rejected {
-            object: ObjectRef::new("Pod", namespace, pod),
-            message: "no agent sidecar is registered for this pod (LocalCluster::with_agent)".into(),
-        })
+        if let Some(e) = lock(&self.agents).get(&(namespace.to_string(), pod.to_string())).cloned() {
+            return Ok(e);
+        }
+        let value = self.get(&ObjectRef::new("Pod", namespace, pod)).await.map_err(|e| match e {
+            Error::NotFound(object) => Error::Rejected {
+                object,
+                message: "no such Pod: describe it in a YAML file (with status.podIP and the agent-port \
+                          annotation) or register its sidecar"
+                    .into(),
+            },
+            e => e,
+        })?;
+        super::agent_endpoint_of(&value, namespace, pod)
     }
 }
 
