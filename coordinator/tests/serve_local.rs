@@ -112,7 +112,7 @@ impl Local {
     }
 }
 
-fn write_world(dir: &Path, agent_port: u16, source: &Path, target: &Path, repo: &Path) {
+fn write_world(dir: &Path, agent_port: u16, source: &Path, target: &Path) {
     std::fs::write(
         dir.join("world.yaml"),
         format!(
@@ -124,12 +124,6 @@ metadata:
   namespace: app
   annotations: {{kanister.io/agent-port: "{agent_port}"}}
 status: {{podIP: 127.0.0.1}}
----
-apiVersion: cr.kanister.io/v1alpha1
-kind: Profile
-metadata: {{name: local, namespace: kanister}}
-location: {{type: local, path: "{repo}"}}
-credential: {{type: kopia}}
 ---
 apiVersion: cr.kanister.io/v1alpha1
 kind: Blueprint
@@ -161,7 +155,6 @@ actions:
       name: sleep
       args: {{namespace: app, image: busybox, command: [sh, -c, "sleep 3; echo slept"]}}
 "#,
-            repo = repo.display(),
             source = source.display(),
             target = target.display(),
         ),
@@ -196,11 +189,23 @@ fn kanctl_against_a_local_coordinator_backs_up_restores_and_survives_restarts() 
             .unwrap(),
     );
     wait_port(agent_port, "the agent");
-    write_world(&dir, agent_port, &source, &target, &work.path().join("repo"));
+    write_world(&dir, agent_port, &source, &target);
     let local = Local { dir: dir.clone(), api: free_port(), health: free_port(), agent_token };
     let coordinator = local.start();
 
-    // The seed's commands, against the local coordinator.
+    // The seed's commands, against the local coordinator: a local-disk Profile, a backup.
+    let repo = work.path().join("repo");
+    local.kanctl_ok(&[
+        "create",
+        "profile",
+        "local",
+        "--path",
+        repo.to_str().unwrap(),
+        "--namespace",
+        "kanister",
+        "--name",
+        "local",
+    ]);
     let out = local.kanctl_ok(&[
         "create",
         "actionset",

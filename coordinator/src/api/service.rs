@@ -333,6 +333,12 @@ impl<C: Cluster> CoordinatorApi<C> {
                 "secret": {"apiVersion": "v1", "kind": "Secret", "name": secret_name, "namespace": ns},
             }},
         });
+        // No key pair (a local directory needs no credential): the Secret, possibly empty, as a
+        // whole, so that nothing refers to a key that is not there.
+        if req.id_field.is_empty() {
+            profile["credential"] = json!({"type": "secret",
+                "secret": {"apiVersion": "v1", "kind": "Secret", "name": secret_name, "namespace": ns}});
+        }
         if req.skip_ssl_verify {
             profile["skipSSLVerify"] = Value::Bool(true);
         }
