@@ -84,7 +84,7 @@ echo "shop.orders: $BEFORE"
 step "start the database pod's agent sidecar (kanister-agent serve, as the chart's sidecar patch adds it)"
 AGENT_PORT=$(free_port 7433)
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$DIR/run/agent-token"
-kanister-agent serve --listen "127.0.0.1:$AGENT_PORT" --token-file "$DIR/run/agent-token" \
+kanister-agent serve --listen "127.0.0.1:$AGENT_PORT" --metrics-listen off --token-file "$DIR/run/agent-token" \
   >"$DIR/logs/agent.log" 2>&1 &
 PIDS+=($!)
 wait_for "the agent" bash -c "exec 3<>/dev/tcp/127.0.0.1/$AGENT_PORT"

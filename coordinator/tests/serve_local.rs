@@ -19,8 +19,19 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+fn port_up(port: u16, within: Duration) -> bool {
+    let until = Instant::now() + within;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
 fn wait_port(port: u16, what: &str) {
-    let until = Instant::now() + Duration::from_secs(30);
+    let until = Instant::now() + Duration::from_secs(60);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < until, "{what} never listened on {port}");
         std::thread::sleep(Duration::from_millis(50));
@@ -180,15 +191,20 @@ fn kanctl_against_a_local_coordinator_backs_up_restores_and_survives_restarts() 
     let agent_port = free_port();
     let _agent = Killed(
         Command::new(agent_binary())
-            .args(["serve", "--listen", &format!("127.0.0.1:{agent_port}"), "--token-file"])
+            .args(["serve", "--metrics-listen", "off", "--listen", &format!("127.0.0.1:{agent_port}"), "--token-file"])
             .arg(&agent_token)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(work.path().join("agent.log")).unwrap())
             .spawn()
             .unwrap(),
     );
-    wait_port(agent_port, "the agent");
+    if !port_up(agent_port, Duration::from_secs(60)) {
+        panic!(
+            "the agent never listened on {agent_port}: {}",
+            std::fs::read_to_string(work.path().join("agent.log")).unwrap_or_default()
+        );
+    }
     write_world(&dir, agent_port, &source, &target);
     let local = Local { dir: dir.clone(), api: free_port(), health: free_port(), agent_token };
     let coordinator = local.start();
@@ -260,4 +276,101 @@ fn kanctl_against_a_local_coordinator_backs_up_restores_and_survives_restarts() 
     let _coordinator = local.start();
     let state = local.wait_done(&slow);
     assert!(state == "complete" || state == "failed", "{state}");
+
+    // The rest of kanctl, unchanged: describe, validate, snapshots, cancel, delete.
+    let described = local.kanctl_ok(&["describe", "actionset", "-n", "kanister", &backup]);
+    assert!(described.contains("backupID") && described.contains("complete"), "{described}");
+    let valid = local.kanctl_ok(&["validate", "blueprint", "files", "-n", "kanister"]);
+    assert!(!valid.to_lowercase().contains("error"), "{valid}");
+    local.kanctl_ok(&["validate", "profile", "local", "-n", "kanister"]);
+    let snaps = local.kanctl_ok(&["snapshots", "--profile", "kanister/local"]);
+    assert!(snaps.contains(&backup), "the backup is not in the repository's list: {snaps}");
+    let out = local.kanctl_ok(&[
+        "create",
+        "actionset",
+        "--action",
+        "slow",
+        "--namespace",
+        "kanister",
+        "--blueprint",
+        "files",
+        "--namespacetargets",
+        "app",
+    ]);
+    let cancelled = Local::created_name(&out);
+    std::thread::sleep(Duration::from_millis(600));
+    local.kanctl_ok(&["cancel", "-n", "kanister", &cancelled]);
+    assert_eq!(local.wait_done(&cancelled), "failed", "a cancelled run must not end complete");
+    local.kanctl_ok(&["delete", "actionset", "-n", "kanister", &cancelled]);
+    let table = local.kanctl_ok(&["get", "actionsets", "-n", "kanister"]);
+    assert!(!table.contains(&cancelled), "the deleted ActionSet is still listed:\n{table}");
+}
+
+/// `run-local` finds the agent sidecar from the Pod's YAML too.
+#[test]
+fn run_local_backs_up_through_a_sidecar_found_from_pod_yaml() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("local");
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = work.path().join("source");
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::write(source.join("a"), "alpha ".repeat(1000)).unwrap();
+    let agent_token = work.path().join("agent-token");
+    std::fs::write(&agent_token, "run-local-agent-token-0123456789").unwrap();
+    let agent_port = free_port();
+    let _agent = Killed(
+        Command::new(agent_binary())
+            .args(["serve", "--metrics-listen", "off", "--listen", &format!("127.0.0.1:{agent_port}"), "--token-file"])
+            .arg(&agent_token)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(work.path().join("agent.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    if !port_up(agent_port, Duration::from_secs(60)) {
+        panic!(
+            "the agent never listened on {agent_port}: {}",
+            std::fs::read_to_string(work.path().join("agent.log")).unwrap_or_default()
+        );
+    }
+    write_world(&dir, agent_port, &source, &work.path().join("target"));
+    std::fs::write(
+        dir.join("run.yaml"),
+        format!(
+            r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: local-secret, namespace: kanister}}
+---
+apiVersion: cr.kanister.io/v1alpha1
+kind: Profile
+metadata: {{name: local, namespace: kanister}}
+location: {{type: local, path: "{repo}"}}
+credential: {{type: secret, secret: {{apiVersion: v1, kind: Secret, name: local-secret, namespace: kanister}}}}
+---
+apiVersion: cr.kanister.io/v1alpha1
+kind: ActionSet
+metadata: {{name: backup-once, namespace: kanister}}
+spec:
+  actions:
+  - name: backup
+    blueprint: files
+    object: {{kind: Namespace, name: app}}
+    profile: {{name: local, namespace: kanister}}
+"#,
+            repo = work.path().join("repo").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(COORDINATOR)
+        .args(["run-local", "--dir"])
+        .arg(&dir)
+        .arg("--agent-token-file")
+        .arg(&agent_token)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "run-local failed: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("state: complete") && text.contains("backupID"), "{text}");
 }

@@ -102,6 +102,9 @@ enum Command {
         /// Keep state (statuses, events) in this file, so a re-run resumes.
         #[arg(long, env = "KANISTER_LOCAL_STATE")]
         state: Option<PathBuf>,
+        /// How the coordinator reaches agent sidecars (token, TLS), found from the Pods' YAML.
+        #[command(flatten)]
+        agent: AgentClientArgs,
     },
 }
 
@@ -398,7 +401,8 @@ async fn main() -> anyhow::Result<()> {
             api.await.context("API server task failed")??;
             tracing::info!("coordinator stopped");
         }
-        Command::RunLocal { dir, state } => {
+        Command::RunLocal { dir, state, agent } => {
+            let config = EngineConfig { agent: agent.load()?, ..config };
             let cluster = match state {
                 Some(path) => LocalCluster::with_state_file(path)?,
                 None => LocalCluster::new(),
