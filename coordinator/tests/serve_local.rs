@@ -162,9 +162,9 @@ actions:
         backupIdentifier: "{{{{ .ArtifactsIn.files.KeyValue.backupID }}}}"
   slow:
     phases:
-    - func: KubeTask
-      name: sleep
-      args: {{namespace: app, image: busybox, command: [sh, -c, "sleep 3; echo slept"]}}
+    - func: BackupStream
+      name: dump
+      args: {{namespace: app, pod: app-0, container: app, command: [sh, -c, "sleep 3; head -c 200000 /dev/urandom"]}}
 "#,
             source = source.display(),
             target = target.display(),
@@ -264,6 +264,8 @@ fn kanctl_against_a_local_coordinator_backs_up_restores_and_survives_restarts() 
         "kanister",
         "--blueprint",
         "files",
+        "--profile",
+        "kanister/local",
         "--namespacetargets",
         "app",
     ]);
@@ -271,11 +273,13 @@ fn kanctl_against_a_local_coordinator_backs_up_restores_and_survives_restarts() 
     assert_eq!(local.wait_done(&restore), "complete");
     assert_eq!(tree(&target), tree(&source), "the restore put back other files");
 
-    // Killed in the middle of the slow run: after the restart it ends, it does not stay running.
+    // Killed in the middle of a backup (the sidecar's dump is still sleeping): after the restart
+    // the ActionSet ends, it does not stay running.
     drop(coordinator);
     let _coordinator = local.start();
     let state = local.wait_done(&slow);
     assert!(state == "complete" || state == "failed", "{state}");
+    eprintln!("the backup cut by a restart ended {state}");
 
     // The rest of kanctl, unchanged: describe, validate, snapshots, cancel, delete.
     let described = local.kanctl_ok(&["describe", "actionset", "-n", "kanister", &backup]);
@@ -294,6 +298,8 @@ fn kanctl_against_a_local_coordinator_backs_up_restores_and_survives_restarts() 
         "kanister",
         "--blueprint",
         "files",
+        "--profile",
+        "kanister/local",
         "--namespacetargets",
         "app",
     ]);
