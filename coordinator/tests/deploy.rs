@@ -646,8 +646,8 @@ fn sidecar_environment_matches_the_agent_flags() {
 }
 
 /// The coordinator's `KANISTER_*` variables are flags of `kanister-coordinator serve`; the agent
-/// client's token, CA and client certificate are files mounted read-only from the Secrets the
-/// values name (the token's from `agent.token`, in the release namespace).
+/// client's token, CA and client certificate, and the API's token when the API is served, are
+/// files mounted read-only from the Secrets the values name (in the release namespace).
 #[test]
 fn coordinator_environment_matches_its_flags_and_mounts_the_agent_secrets() {
     let src: String = ["coordinator/src/bin/coordinator.rs", "coordinator/src/engine/agent.rs"]
@@ -665,7 +665,8 @@ fn coordinator_environment_matches_its_flags_and_mounts_the_agent_secrets() {
                 ("KANISTER_AGENT_CLIENT_KEY", "coordinator-agent-client"),
             ],
         ),
-        ("cluster-wide", &[]),
+        // The API is served there: kanctl's token comes from its Secret.
+        ("cluster-wide", &[("KANISTER_TOKEN_FILE", "kanister-coordinator-token")]),
     ];
     for ((name, values), (want_name, files)) in value_sets().into_iter().zip(expected) {
         assert_eq!(name, want_name);
@@ -1049,4 +1050,43 @@ fn kind_script_is_shellcheck_clean() {
     {
         assert!(text.contains(needle), "tests/e2e/kind.sh lacks `{needle}`");
     }
+}
+
+/// The coordinator never serves its API to anyone: without a token file it refuses to start and
+/// says how to give one; `--insecure-no-auth` is refused on a non-loopback address; `--api-listen
+/// off` serves none; and a chart that serves the API must name the token's Secret.
+#[test]
+fn the_api_requires_a_token() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kanister-coordinator"))
+            .arg("serve")
+            .args(args)
+            .env_clear()
+            .env("KUBECONFIG", tmp.path().join("none"))
+            .env("HOME", tmp.path())
+            .output()
+            .expect("runs the coordinator")
+    };
+    let api = format!("127.0.0.1:{}", free_port());
+    let out = run(&["--api-listen", &api]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the API started without a token");
+    assert!(err.contains("--token-file") && err.contains("--api-listen off"), "{err}");
+    let out = run(&["--api-listen", "0.0.0.0:7434", "--insecure-no-auth"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("only for a loopback"), "{err}");
+    // Off, or loopback with the opt-out, gets past the check (to the Kubernetes client, which
+    // this test's missing kubeconfig stops).
+    for args in [&["--api-listen", "off"][..], &["--api-listen", &api, "--insecure-no-auth"][..]] {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("--token-file"), "{args:?}: {err}");
+        assert!(err.contains("Kubernetes client"), "{args:?}: {err}");
+    }
+    // The chart: the API off by default; served, it needs its token Secret.
+    let r = render(&json!({}));
+    assert!(r.coordinator()["args"].as_array().unwrap().contains(&json!("--api-listen=off")));
+    let failed = try_render(&json!({"service": {"grpc": {"enabled": true, "token": {"secretName": ""}}}}));
+    assert!(failed.is_err_and(|e| e.contains("service.grpc.token.secretName")), "rendered without a token Secret");
 }

@@ -173,10 +173,18 @@ for ns in "$KANISTER_NS" "$APP_NS"; do
     --from-file=token=/dev/stdin --dry-run=client -o yaml | kubectl apply -f -
 done
 
+log "the token kanctl sends to the coordinator's API"
+API_TOKEN_FILE=$(mktemp)
+random_secret >"$API_TOKEN_FILE"
+kubectl -n "$KANISTER_NS" create secret generic kanister-coordinator-token --from-file=token="$API_TOKEN_FILE" \
+  --dry-run=client -o yaml | kubectl apply -f -
+export KANCTL_TOKEN_FILE=$API_TOKEN_FILE
+
 log "installing the chart"
 helm upgrade --install kanister "$ROOT/deploy/helm/kanister" \
   --namespace "$KANISTER_NS" --create-namespace \
   --set "targetNamespaces={$APP_NS}" \
+  --set service.grpc.enabled=true \
   --set coordinator.image.repository=kanister-coordinator --set "coordinator.image.tag=$TAG" \
   --set coordinator.image.pullPolicy=Never \
   --set agent.image.repository=kanister-tools --set "agent.image.tag=$TAG" \

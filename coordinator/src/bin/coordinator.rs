@@ -65,9 +65,14 @@ enum Command {
         #[arg(long, env = "KANISTER_CONCURRENCY", default_value_t = 16)]
         concurrency: u16,
         /// Address of the gRPC API that kanctl speaks (`kanister.coordinator.v1`; default
-        /// 0.0.0.0:7434; with --local 127.0.0.1:7434).
-        #[arg(long, env = "KANISTER_API_LISTEN")]
-        api_listen: Option<SocketAddr>,
+        /// 0.0.0.0:7434; with --local 127.0.0.1:7434), or "off". Callers must send the token
+        /// of --token-file: without one the API refuses to start.
+        #[arg(long, env = "KANISTER_API_LISTEN", value_parser = parse_api_listen)]
+        api_listen: Option<ApiListen>,
+        /// Serve the API without a token. Only for a loopback --api-listen (a test, a port
+        /// forward); warns at every start.
+        #[arg(long, env = "KANISTER_INSECURE_NO_AUTH")]
+        insecure_no_auth: bool,
         /// TLS certificate (PEM) of the API; without it the API is plain HTTP/2.
         #[arg(long, env = "KANISTER_TLS_CERT", requires = "tls_key")]
         tls_cert: Option<PathBuf>,
@@ -106,6 +111,49 @@ enum Command {
         #[command(flatten)]
         agent: AgentClientArgs,
     },
+}
+
+/// Where the API listens, if anywhere.
+#[derive(Debug, Clone, Copy)]
+enum ApiListen {
+    Off,
+    At(SocketAddr),
+}
+
+fn parse_api_listen(s: &str) -> Result<ApiListen, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(ApiListen::Off);
+    }
+    s.parse().map(ApiListen::At).map_err(|e| format!("{e}: give ADDRESS:PORT or \"off\""))
+}
+
+/// The API's address, refusing to serve it without authentication: a token file is required,
+/// except with --insecure-no-auth on a loopback address.
+fn api_address(
+    listen: Option<ApiListen>,
+    default: SocketAddr,
+    token_file: &Option<PathBuf>,
+    insecure: bool,
+) -> anyhow::Result<Option<SocketAddr>> {
+    let addr = match listen.unwrap_or(ApiListen::At(default)) {
+        ApiListen::Off => return Ok(None),
+        ApiListen::At(a) => a,
+    };
+    if token_file.is_some() {
+        return Ok(Some(addr));
+    }
+    if !insecure {
+        anyhow::bail!(
+            "the API on {addr} would accept anyone's ActionSets: give --token-file FILE (KANISTER_TOKEN_FILE) \
+             with the token kanctl must send (the Helm chart mounts it from the Secret \
+             service.grpc.token.secretName), or --api-listen off to serve no API"
+        );
+    }
+    if !addr.ip().is_loopback() {
+        anyhow::bail!("--insecure-no-auth is only for a loopback --api-listen (127.0.0.1 or ::1), not {addr}");
+    }
+    tracing::warn!(%addr, "the API accepts calls without a token (--insecure-no-auth): anyone on this host can create ActionSets");
+    Ok(Some(addr))
 }
 
 fn init_tracing(format: &str) {
@@ -311,7 +359,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve { local: Some(dir), listen, api_listen, tls_cert, tls_key, token_file, agent, .. } => {
             let config = EngineConfig { agent: agent.load()?, ..config };
             let listen = listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8000)));
-            let api_listen = api_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7434)));
+            // The local coordinator makes its own token (DIR/.kanister/token) when given none.
+            let api_listen = match api_listen.unwrap_or(ApiListen::At(SocketAddr::from(([127, 0, 0, 1], 7434)))) {
+                ApiListen::At(a) => a,
+                ApiListen::Off => anyhow::bail!("serve --local needs its API: kanctl is how it is used"),
+            };
             serve_local(&dir, listen, api_listen, api_config(tls_cert, tls_key, token_file)?, config).await?;
         }
         Command::Serve {
@@ -325,6 +377,7 @@ async fn main() -> anyhow::Result<()> {
             tls_cert,
             tls_key,
             token_file,
+            insecure_no_auth,
             agent,
             maintenance_interval,
             maintenance_grace_period,
@@ -333,7 +386,8 @@ async fn main() -> anyhow::Result<()> {
             // Read the agent client's files first: a missing token fails the start, not a backup.
             let config = EngineConfig { agent: agent.load()?, ..config };
             let listen = listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8000)));
-            let api_listen = api_listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 7434)));
+            let api_listen =
+                api_address(api_listen, SocketAddr::from(([0, 0, 0, 0], 7434)), &token_file, insecure_no_auth)?;
             let client = kube::Client::try_default().await.context("failed to create a Kubernetes client")?;
             let cluster = Arc::new(KubeCluster::new(client.clone(), "kanister-coordinator"));
             let engine = Engine::new(cluster, config);
@@ -359,16 +413,20 @@ async fn main() -> anyhow::Result<()> {
             let health =
                 tokio::spawn(serve_health(listener, ready.clone(), move || metrics_engine.metrics_text(), stopped()));
             let api_config = api_config(tls_cert, tls_key, token_file)?;
-            let api_listener = tokio::net::TcpListener::bind(api_listen)
-                .await
-                .with_context(|| format!("failed to bind {api_listen}"))?;
-            // The controller runs what the API creates: the API only writes the custom resources.
-            let api = tokio::spawn(kanister_coordinator::api::serve(
-                api_listener,
-                CoordinatorApi::new(engine.cluster().clone()),
-                api_config,
-                stopped(),
-            ));
+            let api = match api_listen {
+                None => None,
+                Some(addr) => {
+                    let api_listener =
+                        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("failed to bind {addr}"))?;
+                    // The controller runs what the API creates: the API only writes the custom resources.
+                    Some(tokio::spawn(kanister_coordinator::api::serve(
+                        api_listener,
+                        CoordinatorApi::new(engine.cluster().clone()),
+                        api_config,
+                        stopped(),
+                    )))
+                }
+            };
             let maintenance = (!maintenance_interval.is_zero()).then(|| {
                 let config = kanister_coordinator::engine::maintenance::MaintenanceConfig {
                     interval: maintenance_interval,
@@ -385,7 +443,7 @@ async fn main() -> anyhow::Result<()> {
                 let stop = stopped();
                 tokio::spawn(async move { engine.run_maintenance(config, stop).await })
             });
-            tracing::info!(%listen, %api_listen, ?namespaces, ?maintenance_interval, "coordinator starting");
+            tracing::info!(%listen, ?api_listen, ?namespaces, ?maintenance_interval, "coordinator starting");
             ready.store(true, Ordering::Relaxed);
             let signal = async move {
                 shutdown_signal().await;
@@ -398,7 +456,9 @@ async fn main() -> anyhow::Result<()> {
                 m.await.context("maintenance task failed")?;
             }
             health.await.context("health server task failed")?.context("health server failed")?;
-            api.await.context("API server task failed")??;
+            if let Some(api) = api {
+                api.await.context("API server task failed")??;
+            }
             tracing::info!("coordinator stopped");
         }
         Command::RunLocal { dir, state, agent } => {

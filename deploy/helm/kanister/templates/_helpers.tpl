@@ -170,7 +170,14 @@ Whether the coordinator mounts a Secret for its agent client (token, CA, client 
 non-empty when it does.
 */}}
 {{- define "kanister.coordinator.agentSecrets" -}}
-{{- if or .Values.agent.token.secretName .Values.coordinator.agentClient.caSecretName .Values.coordinator.agentClient.clientCertSecretName -}}
+{{- if or .Values.agent.token.secretName .Values.coordinator.agentClient.caSecretName .Values.coordinator.agentClient.clientCertSecretName (include "kanister.coordinator.apiToken" .) -}}
 true
+{{- end -}}
+{{- end }}
+
+{{/* The Secret holding the token kanctl must send to the coordinator's API, when it is served. */}}
+{{- define "kanister.coordinator.apiToken" -}}
+{{- if .Values.service.grpc.enabled -}}
+{{- required "service.grpc.token.secretName: the API needs a token Secret (kanctl sends its token)" .Values.service.grpc.token.secretName -}}
 {{- end -}}
 {{- end }}
