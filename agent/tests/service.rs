@@ -927,3 +927,58 @@ impl Certs {
         Channel::from_shared(format!("https://{addr}")).unwrap().tls_config(tls).unwrap().connect().await.unwrap()
     }
 }
+
+/// `serve` never runs unauthenticated by accident: without a token or client certificates it
+/// refuses to start and says how to give one (before, an anonymous BackupStream ran any command
+/// in the agent's container); the clearly named opt-out works only on loopback, and warns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_to_start_without_authentication() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let r = service::serve(listener, ServeConfig::default(), std::future::pending()).await;
+    match r {
+        Err(ServeError::Unauthenticated(why)) => {
+            assert!(why.contains("--token-file") && why.contains("--tls-client-ca"), "{why}")
+        }
+        other => panic!("served without authentication: {other:?}"),
+    }
+    // The opt-out, off loopback: refused.
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let config = ServeConfig { insecure_no_auth: true, ..ServeConfig::default() };
+    match service::serve(listener, config, std::future::pending()).await {
+        Err(ServeError::Unauthenticated(why)) => assert!(why.contains("loopback"), "{why}"),
+        other => panic!("--insecure-no-auth served on all addresses: {other:?}"),
+    }
+    // On loopback it serves, and anyone may call.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = ServeConfig { insecure_no_auth: true, ..ServeConfig::default() };
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(service::serve(listener, config, async {
+        let _ = rx.await;
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let repo = pb::RepositoryRef {
+        store_url: format!("file://{}/none", dir.path().display()),
+        key: Some(pb::repository_ref::Key::Passphrase(b"x".to_vec())),
+        ..Default::default()
+    };
+    let e = client(plain_channel(addr).await, None)
+        .list_snapshots(pb::ListSnapshotsRequest { repository: Some(repo), tags: HashMap::new() })
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_ne!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    let _ = tx.send(());
+    task.await.unwrap().unwrap();
+
+    // The binary: the same refusal, with the fix, before serving anything.
+    let out = Command::new(env!("CARGO_BIN_EXE_kanister-agent"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "off"])
+        .env_remove("KANISTER_TOKEN_FILE")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "kanister-agent serve started without authentication");
+    assert!(err.contains("--token-file"), "{err}");
+}

@@ -185,8 +185,10 @@ fn value_sets() -> Vec<(&'static str, Value)> {
                     "tolerations": [{"key": "backup", "operator": "Exists", "effect": "NoSchedule"}],
                     "priorityClassName": "system-cluster-critical",
                     "podAnnotations": {"example.com/a": "b"},
+                    "agentClient": {"caSecretName": "agent-ca", "clientCertSecretName": "coordinator-agent-client"},
                 },
-                "agent": {"token": {"secretName": ""}},
+                // Mutual TLS instead of a token.
+                "agent": {"token": {"secretName": ""}, "tls": {"secretName": "agent-tls", "clientCASecretName": "agent-client-ca"}},
             }),
         ),
     ]
@@ -666,7 +668,15 @@ fn coordinator_environment_matches_its_flags_and_mounts_the_agent_secrets() {
             ],
         ),
         // The API is served there: kanctl's token comes from its Secret.
-        ("cluster-wide", &[("KANISTER_TOKEN_FILE", "kanister-coordinator-token")]),
+        (
+            "cluster-wide",
+            &[
+                ("KANISTER_TOKEN_FILE", "kanister-coordinator-token"),
+                ("KANISTER_AGENT_CA_FILE", "agent-ca"),
+                ("KANISTER_AGENT_CLIENT_CERT", "coordinator-agent-client"),
+                ("KANISTER_AGENT_CLIENT_KEY", "coordinator-agent-client"),
+            ],
+        ),
     ];
     for ((name, values), (want_name, files)) in value_sets().into_iter().zip(expected) {
         assert_eq!(name, want_name);
@@ -1089,4 +1099,7 @@ fn the_api_requires_a_token() {
     assert!(r.coordinator()["args"].as_array().unwrap().contains(&json!("--api-listen=off")));
     let failed = try_render(&json!({"service": {"grpc": {"enabled": true, "token": {"secretName": ""}}}}));
     assert!(failed.is_err_and(|e| e.contains("service.grpc.token.secretName")), "rendered without a token Secret");
+    // Nor a sidecar that would authenticate nobody.
+    let failed = try_render(&json!({"agent": {"token": {"secretName": ""}}}));
+    assert!(failed.is_err_and(|e| e.contains("without authentication")), "rendered a sidecar without authentication");
 }

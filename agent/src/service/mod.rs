@@ -61,9 +61,14 @@ pub struct ServeArgs {
     /// CA (PEM) of client certificates: callers must then present one it signed
     #[arg(long, env = "KANISTER_TLS_CLIENT_CA", requires = "tls_cert", value_name = "FILE")]
     pub tls_client_ca: Option<PathBuf>,
-    /// File holding the bearer token callers must send (authorization: Bearer TOKEN)
+    /// File holding the bearer token callers must send (authorization: Bearer TOKEN). The
+    /// service refuses to start without it, unless TLS with --tls-client-ca authenticates callers
     #[arg(long, env = "KANISTER_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// Serve without authentication: callers could then run commands in this container. Only
+    /// on a loopback --listen (a test, a local try); warns at every start
+    #[arg(long, env = "KANISTER_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
     /// Operations running at once
     #[arg(long, env = "KANISTER_MAX_OPERATIONS", default_value_t = 2)]
     pub max_operations: usize,
@@ -98,6 +103,8 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// Where `/metrics` is served, if anywhere.
     pub metrics_listener: Option<TcpListener>,
+    /// Serve without a token or client certificates; only on a loopback listener.
+    pub insecure_no_auth: bool,
 }
 
 impl Default for ServeConfig {
@@ -110,6 +117,7 @@ impl Default for ServeConfig {
             progress_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(20),
             metrics_listener: None,
+            insecure_no_auth: false,
         }
     }
 }
@@ -126,6 +134,33 @@ pub enum ServeError {
     /// The metrics server failed.
     #[error("the metrics server failed: {0}")]
     Metrics(#[source] std::io::Error),
+    /// Nothing would authenticate callers.
+    #[error("{0}")]
+    Unauthenticated(String),
+}
+
+/// Refuses a service that anyone could call: a bearer token, or TLS with client certificates,
+/// is required; `insecure_no_auth` is honoured only on a loopback address.
+fn require_authentication(config: &ServeConfig, listener: &TcpListener) -> Result<(), ServeError> {
+    let client_certs = config.tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some());
+    if config.token.is_some() || client_certs {
+        return Ok(());
+    }
+    let addr = listener.local_addr().map_err(ServeError::Metrics)?;
+    if !config.insecure_no_auth {
+        return Err(ServeError::Unauthenticated(format!(
+            "refusing to serve on {addr} without authentication: any caller could run commands in this \
+             container. Give --token-file FILE (KANISTER_TOKEN_FILE; the Helm chart mounts the Secret \
+             kanister-agent-token), or --tls-cert/--tls-key with --tls-client-ca FILE"
+        )));
+    }
+    if !addr.ip().is_loopback() {
+        return Err(ServeError::Unauthenticated(format!(
+            "--insecure-no-auth is only for a loopback --listen (127.0.0.1 or ::1), not {addr}"
+        )));
+    }
+    tracing::warn!(%addr, "serving WITHOUT authentication (--insecure-no-auth): anyone on this host can run commands here");
+    Ok(())
 }
 
 /// Serves the API on `listener` (and `/metrics` on `config.metrics_listener`) until `shutdown`
@@ -135,6 +170,7 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    require_authentication(&config, &listener)?;
     let tls = config.tls.as_ref().map(TlsSettings::acceptor).transpose()?;
     let metrics = Arc::new(metrics::Metrics::default());
     let registry = Arc::new(ops::Registry::new(config.limits, metrics.clone()));
@@ -246,6 +282,7 @@ pub async fn run(args: &ServeArgs, defaults: RepoDefaults) -> crate::Result<()> 
         progress_interval: args.progress_interval,
         shutdown_grace: args.shutdown_grace,
         metrics_listener,
+        insecure_no_auth: args.insecure_no_auth,
     };
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -254,7 +291,10 @@ pub async fn run(args: &ServeArgs, defaults: RepoDefaults) -> crate::Result<()> 
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
         }
     };
-    serve(listener, config, shutdown)
-        .await
-        .map_err(|e| crate::Error::io("the service failed", std::io::Error::other(e.to_string())))
+    serve(listener, config, shutdown).await.map_err(|e| match e {
+        ServeError::Unauthenticated(why) => {
+            crate::Error::io(why, std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+        }
+        e => crate::Error::io("the service failed", std::io::Error::other(e.to_string())),
+    })
 }

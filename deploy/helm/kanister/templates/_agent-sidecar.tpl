@@ -7,6 +7,9 @@ test checks each name still exists there. Secrets (token, TLS) are mounted from 
 workload's namespace, never inlined.
 */}}
 {{- define "kanister.agentSidecar.container" -}}
+{{- if not (or .Values.agent.token.secretName (and .Values.agent.tls.secretName .Values.agent.tls.clientCASecretName)) }}
+{{- fail "agent: the sidecar refuses to serve without authentication: set agent.token.secretName, or agent.tls.secretName with agent.tls.clientCASecretName" }}
+{{- end }}
 name: {{ .Values.agent.containerName }}
 image: {{ include "kanister.image" (list .Values.agent.image .) | quote }}
 imagePullPolicy: {{ .Values.agent.image.pullPolicy }}
