@@ -293,18 +293,28 @@ impl Repository<Closed> {
 /// holds another master key).
 fn open_config(slots: &[KeySlot], cred: &Credential<'_>, sealed: &[u8]) -> Result<(Keys, RepoConfig)> {
     let mut mismatch = None;
+    // A slot refused before any work (hostile cost parameters) does not stop another slot from
+    // opening the repository; if none does, the refusal is the answer.
+    let mut refused = None;
     for slot in slots {
-        if let Some(master) = slot.unwrap(cred)? {
-            let keys = master.keys();
-            match RepoConfig::decode(&keys, sealed) {
-                Ok(config) => return Ok((keys, config)),
-                Err(e) => mismatch = Some(e),
+        match slot.unwrap(cred) {
+            Ok(Some(master)) => {
+                let keys = master.keys();
+                match RepoConfig::decode(&keys, sealed) {
+                    Ok(config) => return Ok((keys, config)),
+                    Err(e) => mismatch = Some(e),
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(slot = %slot.id.short(), error = %e, "skipping a key slot");
+                refused.get_or_insert(e);
             }
         }
     }
-    Err(match mismatch {
-        Some(e) => e.into(),
-        None => kanister_repo::Error::WrongKey { slots: slots.len() }.into(),
+    Err(match (mismatch, refused) {
+        (Some(e), _) | (None, Some(e)) => e.into(),
+        (None, None) => kanister_repo::Error::WrongKey { slots: slots.len() }.into(),
     })
 }
 

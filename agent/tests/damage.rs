@@ -175,3 +175,39 @@ fn damaged_index_and_snapshot_objects_are_named() {
     assert!(objects.contains(&rel(&f, &index).as_str()), "{r}");
     assert!(objects.contains(&format!("snapshots/{}", f.b).as_str()), "{r}");
 }
+
+/// A key slot asking for absurd Argon2 costs (written by anyone who can write the bucket) is
+/// refused fast with an error naming it, instead of aborting the agent (m_cost = 4294967295:
+/// a 4 TiB allocation, exit 134) or hanging it (t_cost = 4294967295); another slot still opens
+/// the repository.
+#[test]
+fn hostile_key_slot_costs_are_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("repo");
+    let agent = Agent::new(BIN, format!("file://{}", root.display()));
+    agent.init();
+    let slot_path = files(&root.join("keys")).into_iter().next().unwrap();
+    let original = std::fs::read_to_string(&slot_path).unwrap();
+    for (field, value) in [("m_cost", u32::MAX), ("t_cost", u32::MAX), ("p_cost", u32::MAX)] {
+        let mut slot: serde_json::Value = serde_json::from_str(&original).unwrap();
+        slot["kdf"][field] = serde_json::json!(value);
+        std::fs::write(&slot_path, serde_json::to_vec(&slot).unwrap()).unwrap();
+        let started = std::time::Instant::now();
+        let o = agent.output(&["snapshots"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{field}: the agent did not fail cleanly ({}): {err}", o.status);
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{field}: took {:?}", started.elapsed());
+        let id = slot_path.file_name().unwrap().to_string_lossy();
+        assert!(err.contains(&id[..8]) && err.contains(field), "{field}: {err}");
+    }
+    // A hostile extra slot beside the real one: the repository still opens.
+    std::fs::write(&slot_path, &original).unwrap();
+    let mut hostile: serde_json::Value = serde_json::from_str(&original).unwrap();
+    hostile["kdf"]["m_cost"] = serde_json::json!(u32::MAX);
+    std::fs::write(
+        root.join("keys/0000000000000000000000000000000000000000000000000000000000000000"),
+        hostile.to_string(),
+    )
+    .unwrap();
+    agent.run(&["snapshots"]);
+}

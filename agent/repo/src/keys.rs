@@ -68,6 +68,39 @@ pub struct Argon2Params {
     pub p_cost: u32,
 }
 
+impl Argon2Params {
+    /// The most memory a slot may ask for: 128 MiB, seven times the default. A slot is read
+    /// from the store, which others may write: without a bound, `m_cost = 4294967295` made the
+    /// agent allocate 4 TiB and abort, under `serve` killing the sidecar for every caller.
+    pub const MAX_M_COST: u32 = 128 * 1024;
+    /// The most passes a slot may ask for (`t_cost = 4294967295` hung the agent for years).
+    pub const MAX_T_COST: u32 = 16;
+    /// The most lanes a slot may ask for.
+    pub const MAX_P_COST: u32 = 16;
+
+    /// Refuses parameters outside the bounds above (or below Argon2's own minimums), naming
+    /// what is wrong and where (`what`).
+    pub fn check(&self, what: &str) -> Result<()> {
+        let bad = |field: &str, value: u32, range: String| {
+            Err(Error::Invalid(format!(
+                "{what} asks for Argon2 {field} = {value}, outside {range}: refusing it before any work (the slot \
+                 was written by something other than this agent, or damaged)"
+            )))
+        };
+        if !(1..=Self::MAX_P_COST).contains(&self.p_cost) {
+            return bad("p_cost (lanes)", self.p_cost, format!("1..={}", Self::MAX_P_COST));
+        }
+        if !(1..=Self::MAX_T_COST).contains(&self.t_cost) {
+            return bad("t_cost (passes)", self.t_cost, format!("1..={}", Self::MAX_T_COST));
+        }
+        let min_m = 8 * self.p_cost;
+        if !(min_m..=Self::MAX_M_COST).contains(&self.m_cost) {
+            return bad("m_cost (KiB)", self.m_cost, format!("{min_m}..={}", Self::MAX_M_COST));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Argon2Params {
     /// 19 MiB, 2 passes, 1 lane: OWASP's recommended minimum for Argon2id, about 25 ms here,
     /// paid by every command that opens the repository with a passphrase. (Keys the coordinator
@@ -114,6 +147,7 @@ pub struct KeySlot {
 impl KeySlot {
     /// Wraps `master` under a key derived from `cred`, in a new slot.
     pub fn wrap(master: &MasterKey, cred: &Credential<'_>, params: Argon2Params, label: &str) -> Result<Self> {
+        params.check("the new key slot")?;
         let kdf = match cred {
             Credential::Passphrase(_) => {
                 let mut salt = [0u8; 16];
@@ -146,6 +180,9 @@ impl KeySlot {
         );
         if !kind_matches {
             return Ok(None);
+        }
+        if let Kdf::Argon2id { params, .. } = &self.kdf {
+            params.check(&format!("key slot {}", self.id.short()))?;
         }
         let wrapping = derive_wrapping_key(&self.kdf, cred)?;
         let sealed = hex::decode(&self.wrapped).map_err(|e| Error::malformed("key slot", e.to_string()))?;
@@ -241,6 +278,32 @@ mod tests {
         assert!(open_any(std::slice::from_ref(&slot), &Credential::KeyFile(b"0123456789abcdef0123")).is_ok());
         assert!(open_any(std::slice::from_ref(&slot), &Credential::Passphrase(b"0123456789abcdef0123")).is_err());
         assert!(KeySlot::wrap(&m, &Credential::KeyFile(b"short\n"), cheap(), "").is_err());
+    }
+
+    #[test]
+    fn hostile_cost_parameters_are_refused_fast_naming_the_slot() {
+        let master = MasterKey::generate();
+        let slot = KeySlot::wrap(&master, &Credential::Passphrase(b"pw"), cheap(), "t").unwrap();
+        for (m, t, p) in [(u32::MAX, 1, 1), (64, u32::MAX, 1), (64, 1, u32::MAX), (0, 1, 1), (64, 0, 1), (64, 1, 0)] {
+            let mut hostile = slot.clone();
+            if let Kdf::Argon2id { params, .. } = &mut hostile.kdf {
+                *params = Argon2Params { m_cost: m, t_cost: t, p_cost: p };
+            }
+            let started = std::time::Instant::now();
+            let e = hostile.unwrap(&Credential::Passphrase(b"pw")).err().expect("refused");
+            assert!(started.elapsed() < std::time::Duration::from_secs(1), "({m}, {t}, {p}) took long");
+            let text = e.to_string();
+            assert!(text.contains(&slot.id.short()) && text.contains("Argon2"), "{text}");
+        }
+        assert!(
+            KeySlot::wrap(
+                &master,
+                &Credential::Passphrase(b"pw"),
+                Argon2Params { m_cost: u32::MAX, t_cost: 1, p_cost: 1 },
+                "t"
+            )
+            .is_err()
+        );
     }
 
     #[test]
