@@ -507,3 +507,33 @@ spec:
     assert!(started.elapsed() < Duration::from_millis(1900), "took {:?}", started.elapsed());
     assert_eq!(a.status.as_ref().unwrap().progress.as_ref().unwrap().percent_completed, "100");
 }
+
+/// Timeouts a Go duration cannot hold (`99999999999999999h` once panicked inside the duration
+/// parser, outside the run's guard, and left the ActionSet `running` for good, also after a
+/// restart) fail the ActionSet with the reason; the longest valid one runs normally.
+#[tokio::test]
+async fn overflowing_timeouts_fail_the_actionset_instead_of_wedging_it() {
+    for (n, (phase_timeout, spec)) in
+        [("99999999999999999h", ""), ("1h", "timeout: 99999999999999999h"), ("-5s", ""), ("1h", "timeout: 1.5.5h")]
+            .into_iter()
+            .enumerate()
+    {
+        let cluster = cluster_with(phase_timeout);
+        let name = format!("wedge-{n}");
+        cluster.load_yaml(&actionset(&name, "slow", spec), "as").unwrap();
+        let engine = Engine::new(cluster.clone(), config());
+        let a = run_to_end(&engine, &name).await;
+        assert_eq!(a.status.as_ref().unwrap().state, State::Failed, "{phase_timeout} / {spec}");
+        let message = error_message(&a);
+        assert!(message.contains("timeout"), "{phase_timeout} / {spec}: {message}");
+        // A restart finds it finished: nothing to recover, nothing panics.
+        let again = Engine::new(cluster.clone(), config());
+        assert_eq!(again.reconcile("kanister", &name).await.unwrap(), Outcome::Finished);
+    }
+    // The longest Go duration is a valid timeout.
+    let cluster = cluster_with("2562047h47m16.854775807s");
+    cluster.load_yaml(&actionset("longest", "backup", "timeout: 2562047h47m16.854775807s"), "as").unwrap();
+    let engine = Engine::new(cluster.clone(), config());
+    let a = run_to_end(&engine, "longest").await;
+    assert_eq!(a.status.as_ref().unwrap().state, State::Complete, "{}", error_message(&a));
+}

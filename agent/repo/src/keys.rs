@@ -290,7 +290,7 @@ mod tests {
                 *params = Argon2Params { m_cost: m, t_cost: t, p_cost: p };
             }
             let started = std::time::Instant::now();
-            let e = hostile.unwrap(&Credential::Passphrase(b"pw")).err().expect("refused");
+            let e = hostile.unwrap(&Credential::Passphrase(b"pw")).expect_err("refused");
             assert!(started.elapsed() < std::time::Duration::from_secs(1), "({m}, {t}, {p}) took long");
             let text = e.to_string();
             assert!(text.contains(&slot.id.short()) && text.contains("Argon2"), "{text}");

@@ -634,35 +634,10 @@ async fn scale_workload<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
     Ok(JsonMap::from([("originalReplicaCount".to_string(), Value::from(original))]))
 }
 
-/// Parses a Go duration (`300ms`, `1.5h`, `1h30m`, `10s`).
+/// Parses a Go duration (`300ms`, `1.5h`, `1h30m`, `10s`) exactly as Go does; `None` for
+/// anything Go refuses, an overflow, or a negative duration ([`super::duration`] says why).
 pub fn parse_go_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    if s == "0" {
-        return Some(Duration::ZERO);
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-        let number: f64 = rest[..num_end].parse().ok()?;
-        rest = &rest[num_end..];
-        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        let scale = match &rest[..unit_end] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        total += number * scale;
-        rest = &rest[unit_end..];
-    }
-    Some(Duration::from_secs_f64(total))
+    super::duration::parse(s.trim()).ok()
 }
 
 #[derive(serde::Deserialize, Default)]

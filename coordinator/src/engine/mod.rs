@@ -45,6 +45,7 @@
 
 pub mod agent;
 mod data;
+pub mod duration;
 pub mod functions;
 pub mod maintenance;
 pub mod params;
@@ -512,7 +513,17 @@ impl<C: Cluster> Engine<C> {
         let span = tracing::info_span!("actionset", namespace = %namespace, actionset = %name);
         let task = tokio::spawn(
             async move {
-                run.execute(recover).await;
+                // Whatever happens inside the run, the ActionSet ends: a bug that panics fails it
+                // with the reason instead of leaving it `running` until the next restart.
+                let outcome = std::panic::AssertUnwindSafe(run.clone().execute(recover)).catch_unwind().await;
+                if let Err(panic) = outcome {
+                    let message = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    run.fail_after_panic(&message).await;
+                }
                 let _ = done_tx.send(true);
             }
             .instrument(span),
@@ -648,9 +659,27 @@ impl<C: Cluster> Run<C> {
         tracing::info!(state, "actionset finished");
     }
 
+    /// Ends an ActionSet whose run panicked: `failed`, with the reason, an event and the count.
+    async fn fail_after_panic(&self, message: &str) {
+        let message = format!("internal error: the run stopped unexpectedly ({message}); please report it");
+        tracing::error!(%message, "actionset run panicked");
+        self.update(|s| {
+            if let Some(p) = s.progress.as_mut() {
+                p.running_phase.clear();
+            }
+            s.state = State::Failed;
+            s.error = Some(StatusError { message: message.clone() });
+        })
+        .await;
+        lock(&self.engine.inner.metrics).finished.entry("failed").and_modify(|n| *n += 1).or_insert(1);
+        self.event(EventType::Warning, "ActionSetFailed", &message).await;
+    }
+
     /// Cancels the run on its timeout, on deletion of the ActionSet and on `spec.cancel`.
     async fn watch(&self, timeout: Duration) {
-        let deadline = tokio::time::Instant::now() + timeout;
+        // A timeout beyond what the clock can add (Go durations reach 292 years) never fires.
+        let now = tokio::time::Instant::now();
+        let deadline = now.checked_add(timeout).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86400));
         loop {
             let tick = tokio::time::sleep(self.config().watch_interval);
             tokio::select! {
