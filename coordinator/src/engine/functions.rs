@@ -462,11 +462,51 @@ pub(super) async fn run_pod<C: Cluster>(
     logs?;
     let what = format!("container {container} of pod {}/{name}", pod.namespace);
     let status = cluster.wait_container(&pod.namespace, &name, container).await?;
-    if fail_on_error && !status.success() {
-        tail.redact(&ctx.secrets());
-        return Err(Error::CommandFailed { what, code: status.code, tail });
+    if fail_on_error {
+        // The pod succeeded only if every container did: an init container that failed kept
+        // the others from starting (it explains the output container's failure best), and a
+        // background container (MultiContainerRun's database client fed through a pipe) may
+        // fail while the output container ends well.
+        for c in &pod.init_containers {
+            failed_container(ctx, &pod.namespace, &name, &c.name).await?;
+        }
+        if !status.success() {
+            tail.redact(&ctx.secrets());
+            return Err(Error::CommandFailed { what, code: status.code, tail });
+        }
+        for c in pod.containers.iter().filter(|c| c.name != container) {
+            failed_container(ctx, &pod.namespace, &name, &c.name).await?;
+        }
     }
     outputs.map_err(|source| Error::Output { what, source })
+}
+
+/// Waits for a container of a task pod to end; an error naming it, its exit code and the last
+/// lines of its log (secrets redacted) when it did not exit 0.
+async fn failed_container<C: Cluster>(ctx: &Context<C>, namespace: &str, pod: &str, container: &str) -> Result<()> {
+    let status = ctx.cluster.wait_container(namespace, pod, container).await?;
+    if status.success() {
+        return Ok(());
+    }
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16);
+    let tail_lines = ctx.tail_lines;
+    let consume = async move {
+        let mut parser = Parser::new(tail_lines);
+        while let Some(data) = rx.recv().await {
+            parser.feed(&data);
+        }
+        parser.finish()
+    };
+    let (logs, (_, mut tail)) = tokio::join!(ctx.cluster.pod_logs(namespace, pod, container, tx), consume);
+    if let Err(e) = logs {
+        tracing::warn!(pod, container, error = %e, "cannot read the log of a failed container");
+    }
+    tail.redact(&ctx.secrets());
+    Err(Error::CommandFailed {
+        what: format!("container {container} of pod {namespace}/{pod}"),
+        code: status.code,
+        tail,
+    })
 }
 
 impl<C: Cluster> Context<C> {

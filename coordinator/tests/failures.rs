@@ -1,0 +1,155 @@
+//! A failure is never reported as success: every container of a task pod counts, not only the
+//! one whose output the phase reads. Before, a `MultiContainerRun` whose background container
+//! failed (upstream's blueprint-v2 restores run the database client there, fed through a pipe
+//! by the output container) ended `complete` with nothing restored.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kanister_coordinator::cluster::local::LocalCluster;
+use kanister_coordinator::crd::{ActionSet, State};
+use kanister_coordinator::engine::Engine;
+
+mod support;
+use support::{engine_config, infra_var, run_to_end, unique_name};
+
+fn blueprint(shared: &str) -> String {
+    format!(
+        r#"
+apiVersion: cr.kanister.io/v1alpha1
+kind: Blueprint
+metadata: {{name: mcr, namespace: kanister}}
+actions:
+  backgroundFails:
+    phases:
+    - func: MultiContainerRun
+      name: run
+      args:
+        namespace: kanister
+        sharedVolumeDir: {shared}
+        backgroundImage: alpine
+        backgroundCommand: [sh, -c, "echo 'client: connection refused' >&2; exit 3"]
+        outputImage: alpine
+        outputCommand: [sh, -c, "echo '###Phase-output###: {{\"key\":\"done\",\"value\":\"yes\"}}'"]
+    deferPhase:
+      func: KubeTask
+      name: cleanup
+      args: {{namespace: kanister, image: alpine, command: [sh, -c, "echo cleaned"]}}
+  initFails:
+    phases:
+    - func: MultiContainerRun
+      name: run
+      args:
+        namespace: kanister
+        sharedVolumeDir: {shared}
+        initImage: alpine
+        initCommand: [sh, -c, "echo 'cannot prepare' >&2; exit 7"]
+        backgroundImage: alpine
+        backgroundCommand: [sh, -c, "true"]
+        outputImage: alpine
+        outputCommand: [sh, -c, "true"]
+  killedBackground:
+    phases:
+    - func: MultiContainerRun
+      name: run
+      args:
+        namespace: kanister
+        sharedVolumeDir: {shared}
+        backgroundImage: alpine
+        backgroundCommand: [sh, -c, "kill -9 $$"]
+        outputImage: alpine
+        outputCommand: [sh, -c, "true"]
+  v2Restore:
+    phases:
+    - func: MultiContainerRun
+      name: restore
+      args:
+        namespace: kanister
+        sharedVolumeDir: {shared}
+        initImage: alpine
+        initCommand: [sh, -c, "mkdir -p {shared} && rm -f {shared}/pipe && mkfifo {shared}/pipe"]
+        backgroundImage: mysql
+        backgroundCommand:
+        - sh
+        - -c
+        - exec mariadb --no-defaults -h 127.0.0.1 -P "{{{{ .Options.port }}}}" -u root no_such_database_x9 < {shared}/pipe
+        outputImage: kanister-tools
+        outputCommand: [sh, -c, "echo 'INSERT INTO t VALUES (1);' > {shared}/pipe"]
+  bothFine:
+    phases:
+    - func: MultiContainerRun
+      name: run
+      args:
+        namespace: kanister
+        sharedVolumeDir: {shared}
+        backgroundImage: alpine
+        backgroundCommand: [sh, -c, "sleep 0.2"]
+        outputImage: alpine
+        outputCommand: [sh, -c, "echo '###Phase-output###: {{\"key\":\"done\",\"value\":\"yes\"}}'"]
+"#
+    )
+}
+
+fn world() -> (Arc<LocalCluster>, Engine<LocalCluster>, tempfile::TempDir) {
+    let shared = tempfile::tempdir().unwrap();
+    let c = LocalCluster::new();
+    c.load_yaml(&blueprint(&shared.path().display().to_string()), "bp").unwrap();
+    let cluster = Arc::new(c);
+    let engine = Engine::new(cluster.clone(), engine_config(None));
+    (cluster, engine, shared)
+}
+
+async fn run(cluster: &LocalCluster, engine: &Engine<LocalCluster>, action: &str) -> ActionSet {
+    let name = unique_name("fail", action).to_lowercase();
+    cluster.put(serde_json::json!({
+        "apiVersion": "cr.kanister.io/v1alpha1",
+        "kind": "ActionSet",
+        "metadata": {"name": name, "namespace": "kanister"},
+        "spec": {"actions": [{
+            "name": action,
+            "blueprint": "mcr",
+            "object": {"kind": "Namespace", "name": "kanister"},
+            "options": {"port": infra_var("KANISTER_TEST_MYSQL_PORT")},
+        }]}
+    }));
+    run_to_end(engine, &name, Duration::from_secs(60)).await
+}
+
+fn failure(a: &ActionSet) -> String {
+    let s = a.status.as_ref().unwrap();
+    assert_eq!(s.state, State::Failed, "ended {:?}: {s:?}", s.state);
+    s.error.as_ref().map(|e| e.message.clone()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_container_of_a_multi_container_run_counts() {
+    let (cluster, engine, _shared) = world();
+
+    let a = run(&cluster, &engine, "backgroundFails").await;
+    let m = failure(&a);
+    assert!(m.contains("container background") && m.contains("exit code 3"), "{m}");
+    assert!(m.contains("connection refused"), "the message lacks the container's last lines: {m}");
+    let s = a.status.as_ref().unwrap();
+    assert_eq!(s.actions[0].defer_phase.as_ref().unwrap().state, State::Complete, "the defer phase did not run");
+
+    let m = failure(&run(&cluster, &engine, "initFails").await);
+    assert!(m.contains("container init") && m.contains("exit code 7") && m.contains("cannot prepare"), "{m}");
+
+    let m = failure(&run(&cluster, &engine, "killedBackground").await);
+    assert!(m.contains("container background") && m.contains("unknown (killed)"), "{m}");
+
+    let ok = run(&cluster, &engine, "bothFine").await;
+    assert_eq!(ok.status.as_ref().unwrap().state, State::Complete);
+    assert!(cluster.live_pods().is_empty(), "task pods remain: {:?}", cluster.live_pods());
+}
+
+/// A blueprint-v2-style restore: the output container feeds the database client in the
+/// background container through a pipe in the shared directory; the client (a real MariaDB
+/// client against the test server) fails: the ActionSet fails, it does not end `complete`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v2_restore_whose_database_client_fails_is_failed() {
+    let (cluster, engine, _shared) = world();
+    let m = failure(&run(&cluster, &engine, "v2Restore").await);
+    assert!(m.contains("container background"), "{m}");
+    assert!(m.contains("no_such_database_x9"), "the client's own error is not in the message: {m}");
+}
