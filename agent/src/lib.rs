@@ -16,6 +16,7 @@
 //! - [`service`]: `kanister-agent serve`, the gRPC API (`kanister.agent.v1`) the coordinator drives.
 
 pub mod check;
+pub mod childenv;
 pub mod cli;
 pub mod error;
 pub mod exclusive;

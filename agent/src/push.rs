@@ -294,11 +294,12 @@ fn read_stream(
                 .first()
                 .cloned()
                 .ok_or_else(|| Error::InputCommand { command: String::new(), status: "is empty".into() })?;
-            let mut child = std::process::Command::new(&program)
+            let mut cmd = std::process::Command::new(&program);
+            // The dump command has no business with the repository's or the store's secrets.
+            crate::childenv::scrub(&mut cmd);
+            let mut child = cmd
                 .args(&argv[1..])
                 .stdin(std::process::Stdio::null())
-                // The dump command has no business with the repository's secrets.
-                .env_remove("KANISTER_REPO_PASSWORD")
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::inherit())
                 .spawn()

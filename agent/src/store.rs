@@ -170,7 +170,50 @@ impl fmt::Display for Store {
 }
 
 fn bad_url(url: &str, reason: impl Into<String>) -> StoreError {
-    StoreError::BadUrl { url: url.to_string(), reason: reason.into() }
+    StoreError::BadUrl { url: redact_url(url), reason: redact_text(&reason.into(), url) }
+}
+
+/// A store URL fit to print: no password, and every query value replaced (a query may carry
+/// `aws_secret_access_key=...`), the keys kept so the message still says what was given.
+pub fn redact_url(url: &str) -> String {
+    let Ok(mut u) = url::Url::parse(url) else {
+        // Not even a URL: show only what precedes a query or credentials.
+        let cut = url.find(['?', '@']).unwrap_or(url.len());
+        return format!("{}{}", &url[..cut], if cut < url.len() { "<redacted>" } else { "" });
+    };
+    if u.password().is_some() {
+        let _ = u.set_password(Some("redacted"));
+    }
+    if u.query().is_some() {
+        let keys: Vec<String> = u.query_pairs().map(|(k, _)| format!("{k}=<redacted>")).collect();
+        u.set_query(Some(&keys.join("&")));
+    }
+    u.to_string()
+}
+
+/// `text` with the values of credential settings removed (a builder's error may quote them,
+/// and they may come from the URL, a file or the environment).
+fn redact_settings(text: &str, settings: &[(String, String)]) -> String {
+    let mut out = text.to_string();
+    let credential = |k: &str| {
+        ["secret", "key", "token", "password", "sas", "credential", "signature"].iter().any(|w| k.contains(w))
+    };
+    for (_, v) in settings.iter().filter(|(k, v)| credential(k) && v.len() >= 4) {
+        out = out.replace(v.as_str(), "<redacted>");
+    }
+    out
+}
+
+/// `text` with every query value and password of `url` removed (an error message of a
+/// builder may quote them).
+fn redact_text(text: &str, url: &str) -> String {
+    let Ok(u) = url::Url::parse(url) else { return text.to_string() };
+    let mut out = text.to_string();
+    let secrets = u.query_pairs().map(|(_, v)| v.into_owned()).chain(u.password().map(str::to_string));
+    for v in secrets.filter(|v| v.len() >= 4) {
+        out = out.replace(&v, "<redacted>");
+    }
+    out
 }
 
 /// Applies `key=value` settings to an object_store builder through its `with_config`, naming a
@@ -254,7 +297,7 @@ impl Store {
                     b = b.with_allow_http(true);
                 }
                 b = configure(b, &settings, |b, k, v| b.with_config(k, v))?;
-                (Arc::new(b.build().map_err(|e| bad_url(url, e.to_string()))?), None)
+                (Arc::new(b.build().map_err(|e| bad_url(url, redact_settings(&e.to_string(), &settings)))?), None)
             }
             "az" | "azure" | "abfs" => {
                 if host.is_empty() {
@@ -265,7 +308,7 @@ impl Store {
                     b = b.with_allow_http(true);
                 }
                 b = configure(b, &settings, |b, k, v| b.with_config(k, v))?;
-                (Arc::new(b.build().map_err(|e| bad_url(url, e.to_string()))?), None)
+                (Arc::new(b.build().map_err(|e| bad_url(url, redact_settings(&e.to_string(), &settings)))?), None)
             }
             "gs" | "gcs" => {
                 if host.is_empty() {
@@ -276,7 +319,7 @@ impl Store {
                     b = b.with_client_options(object_store::ClientOptions::new().with_allow_http(true));
                 }
                 b = configure(b, &settings, |b, k, v| b.with_config(k, v))?;
-                (Arc::new(b.build().map_err(|e| bad_url(url, e.to_string()))?), None)
+                (Arc::new(b.build().map_err(|e| bad_url(url, redact_settings(&e.to_string(), &settings)))?), None)
             }
             other => {
                 return Err(bad_url(url, format!("unknown scheme {other:?}; use file://, s3://, az:// or gs://")));

@@ -256,3 +256,40 @@ fn peak_memory_does_not_grow_with_the_stream() {
     // Sixteen times the data may not cost more than a few buffers more memory.
     assert!(large <= small + 24 * 1024, "peak RSS grew from {small} KiB (32 MiB) to {large} KiB (512 MiB)");
 }
+
+/// No secret leaks: a store URL carrying a credential in its query is never printed whole when
+/// the store cannot be built, and the command of `push --exec` inherits none of the agent's
+/// secrets (repository key or passphrase, store credentials of any provider).
+#[test]
+fn secrets_reach_neither_errors_nor_the_dump_command() {
+    const SECRET: &str = "sEcReT-9f8e7d6c5b4a";
+    let dir = tempfile::tempdir().unwrap();
+    for url in [
+        format!("s3://b/x?aws_secret_access_key={SECRET}&no_such_setting=1"),
+        format!("az://c/x?azure_storage_account_key={SECRET}&no_such_setting=1"),
+        format!("gs://b/x?google_service_account_key={SECRET}&no_such_setting=1"),
+        format!("s3://user:{SECRET}@b/x"),
+        format!("s3:/b/x?aws_secret_access_key={SECRET}"),
+        format!("nosuch://b/x?aws_secret_access_key={SECRET}"),
+    ] {
+        let o = Agent::new(BIN, url.clone()).output(&["snapshots"]);
+        let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(!o.status.success(), "{url}: {all}");
+        assert!(!all.contains(SECRET), "{url}: the secret is in the output:\n{all}");
+    }
+    let agent = Agent::new(BIN, format!("file://{}", dir.path().join("repo").display()))
+        .with_env("KANISTER_REPO_KEY", "kanister-repo-key-0123456789abcdef")
+        .with_env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .with_env("AWS_SESSION_TOKEN", SECRET)
+        .with_env("AZURE_STORAGE_ACCOUNT_KEY", SECRET)
+        .with_env("GOOGLE_SERVICE_ACCOUNT_KEY", SECRET);
+    agent.run(&["repo", "init"]);
+    let out = agent.json(&["push", "--exec", "env"]);
+    let id = out["snapshot_id"].as_str().unwrap().to_string();
+    let pulled = agent.cmd(&["pull", &id, "-"]).output().unwrap();
+    let env = String::from_utf8_lossy(&pulled.stdout);
+    assert!(env.contains("PATH="), "the command saw no environment at all: {env}");
+    for secret in [SECRET, "kanister-repo-key-0123456789abcdef", kanister_testkit::agent::PASSWORD] {
+        assert!(!env.contains(secret), "the dump command inherited a secret:\n{env}");
+    }
+}

@@ -25,7 +25,6 @@ pub const STDERR_LINES: usize = 20;
 /// Longest stderr line kept (longer ones are cut).
 const MAX_LINE: usize = 500;
 /// Environment prefixes that belong to the agent, never to its commands.
-const PRIVATE_ENV: [&str; 4] = ["KANISTER_", "AWS_", "AZURE_", "GOOGLE_"];
 
 #[derive(Debug, Default)]
 struct Shared {
@@ -76,11 +75,6 @@ impl Shared {
     }
 }
 
-/// Whether an environment variable belongs to the agent alone.
-fn is_private(name: &str) -> bool {
-    PRIVATE_ENV.iter().any(|p| name.starts_with(p))
-}
-
 /// A running command. Dropping it kills the command if it has not exited.
 #[derive(Debug)]
 pub struct Running {
@@ -104,11 +98,7 @@ pub fn spawn(spec: &pb::CommandSpec, pipes: Pipes) -> Result<(Running, Option<Ch
     })?;
     let mut cmd = Command::new(&program);
     cmd.args(&spec.argv[1..]);
-    for (k, _) in std::env::vars_os() {
-        if k.to_str().is_some_and(is_private) {
-            cmd.env_remove(k);
-        }
-    }
+    crate::childenv::scrub(&mut cmd);
     cmd.envs(&spec.env).stderr(Stdio::piped());
     match pipes {
         Pipes::Stdout => cmd.stdin(Stdio::null()).stdout(Stdio::piped()),
@@ -272,10 +262,10 @@ mod tests {
         for k in
             ["KANISTER_REPO_PASSWORD", "AWS_SECRET_ACCESS_KEY", "AZURE_STORAGE_ACCOUNT_KEY", "GOOGLE_SERVICE_ACCOUNT"]
         {
-            assert!(is_private(k), "{k}");
+            assert!(crate::childenv::is_private(k), "{k}");
         }
         for k in ["PATH", "HOME", "MYSQL_PWD", "PGPASSWORD"] {
-            assert!(!is_private(k), "{k}");
+            assert!(!crate::childenv::is_private(k), "{k}");
         }
         let mut s = spec(&["sh", "-c", "echo \"$GIVEN\""]);
         s.env.insert("GIVEN".into(), "given".into());
