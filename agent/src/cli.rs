@@ -375,12 +375,9 @@ fn run_kando(args: Vec<std::ffi::OsString>) -> ExitCode {
 
 /// Prints an error with its causes and a hint; the exit code for failures.
 fn report(e: &Error) -> ExitCode {
-    eprintln!("error: {e}");
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        eprintln!("  caused by: {s}");
-        src = s.source();
-    }
+    // One line: the error and each cause whose text it does not already hold (an S3 error
+    // repeated itself over nine lines).
+    eprintln!("error: {}", crate::error::error_chain(e));
     if let Some(h) = e.hint() {
         eprintln!("hint: {h}");
     }

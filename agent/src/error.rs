@@ -96,6 +96,8 @@ impl Error {
             Error::Format(kanister_repo::Error::WrongKey { .. }) => {
                 Some("use the passphrase or key file the repository was created with")
             }
+            // A bad argument or setting: the message says which; nothing is damaged.
+            Error::Format(kanister_repo::Error::Invalid(_)) => None,
             Error::Format(_) | Error::MissingBlob { .. } | Error::Damaged(_) => {
                 Some("run `kanister-agent check --read-data` to find every damaged object")
             }
@@ -106,6 +108,9 @@ impl Error {
             ),
             Error::LockLost(_) => Some("run the maintenance again: everything it did so far is safe to repeat"),
             Error::AmbiguousSnapshot { .. } => Some("give more digits of the snapshot id"),
+            Error::Store(StoreError::Truncated { .. }) => {
+                Some("the repository is damaged: run `kanister-agent check --read-data` to see what it affects")
+            }
             Error::Store(StoreError::NotFound(_)) => {
                 Some("an object the repository needs is missing: run `kanister-agent check` to see what it affects")
             }

@@ -234,8 +234,24 @@ impl Repository<Closed> {
 
     /// Opens the repository with `key`.
     pub async fn open(self, key: &RepoKey) -> Result<Repository<Open>> {
-        let slots = self.key_slots().await?;
+        let mut slots = self.key_slots().await?;
+        if slots.is_empty() && self.store.size(CONFIG).await?.is_some() {
+            // A creation racing this open writes its slot, then the config: look again.
+            slots = self.key_slots().await?;
+        }
         if slots.is_empty() {
+            // No key slot, but a repository's objects: its keys were lost, which is damage. Never
+            // call that "no repository": `repo init` there would hide what is left of it.
+            for folder in [CONFIG, DATA, INDEX, SNAPSHOTS] {
+                if !self.store.list(folder).await?.is_empty() {
+                    return Err(Error::Damaged(format!(
+                        "{} holds a repository ({folder} is there) but no key slot under keys/: its keys were \
+                         deleted or lost, and without one nothing in it can be read. Restore keys/ from a copy \
+                         of the bucket (or the repository-key Secret's slot); do NOT run `repo init` here",
+                        self.store
+                    )));
+                }
+            }
             return Err(Error::NotARepository(self.store.to_string()));
         }
         let sealed = match self.store.get(CONFIG).await {

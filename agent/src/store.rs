@@ -62,6 +62,16 @@ pub enum StoreError {
         source: std::io::Error,
     },
     /// The object does not exist.
+    /// An object is shorter than the repository knows it to be: damaged, not unreachable.
+    #[error("{key} is shorter than expected: read {got} of {wanted} bytes (the object was truncated)")]
+    Truncated {
+        /// The object.
+        key: String,
+        /// Bytes asked for.
+        wanted: u64,
+        /// Bytes there.
+        got: u64,
+    },
     #[error("{0} does not exist in the store")]
     NotFound(String),
     /// Any other failure of the store.
@@ -457,14 +467,7 @@ impl Store {
         let want = range.end - range.start;
         let b = self.inner.get_range(&Path::from(key), range).await.map_err(|e| Self::backend("read", key, e))?;
         if b.len() as u64 != want {
-            return Err(StoreError::Backend {
-                op: "read",
-                key: key.to_string(),
-                source: object_store::Error::Generic {
-                    store: "repository",
-                    source: format!("short read: wanted {want} bytes, got {} (object truncated?)", b.len()).into(),
-                },
-            });
+            return Err(StoreError::Truncated { key: key.to_string(), wanted: want, got: b.len() as u64 });
         }
         Ok(b)
     }

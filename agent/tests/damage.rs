@@ -211,3 +211,37 @@ fn hostile_key_slot_costs_are_refused_before_any_work() {
     .unwrap();
     agent.run(&["snapshots"]);
 }
+
+/// Errors say what is wrong and only what helps: one line per distinct cause; a truncated pack
+/// is damage (not "check the endpoint and credentials"); a repository whose keys/ was deleted
+/// is damaged, never "no repository ... run repo init", which would invite destroying it.
+#[test]
+fn errors_name_the_cause_and_a_damaged_repository_is_never_called_absent() {
+    let f = fixture();
+    // Truncated pack.
+    let pack = &f.a_packs[0];
+    let len = std::fs::metadata(pack).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(pack).unwrap();
+    file.set_len(len / 2).unwrap();
+    let o = f.agent.output(&["pull", &f.a, "/dev/null"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("truncated") && err.contains("check --read-data"), "{err}");
+    assert!(!err.contains("credentials") && !err.contains("endpoint"), "a misleading hint: {err}");
+    assert!(err.lines().count() <= 2, "more than the error and its hint:\n{err}");
+    // keys/ deleted.
+    std::fs::remove_dir_all(f.root.join("keys")).unwrap();
+    for args in [&["snapshots"][..], &["push", "--json"][..]] {
+        let o = f.agent.output(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(err.contains("no key slot") && err.contains("do NOT run `repo init`"), "{args:?}: {err}");
+        assert!(!err.contains("create a repository"), "{args:?}: {err}");
+    }
+    // Invalid parameters get no "damaged repository" hint.
+    let dir = tempfile::tempdir().unwrap();
+    let o =
+        Agent::new(BIN, format!("file://{}/r", dir.path().display())).output(&["repo", "init", "--pack-size", "1KiB"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("pack size") && !err.contains("check --read-data"), "{err}");
+}

@@ -148,10 +148,11 @@ impl Error {
             Error::Agent(e) => match &**e {
                 crate::Error::SnapshotNotFound(_) | crate::Error::NotARepository(_) => Code::NotFound,
                 crate::Error::AmbiguousSnapshot { .. } | crate::Error::NoCredential => Code::InvalidArgument,
+                crate::Error::Busy(_) => Code::Aborted,
                 crate::Error::AlreadyInitialized(_) => Code::AlreadyExists,
                 crate::Error::Format(kanister_repo::Error::WrongKey { .. }) => Code::PermissionDenied,
                 crate::Error::Format(_) | crate::Error::MissingBlob { .. } | crate::Error::Damaged(_) => Code::DataLoss,
-                crate::Error::Store(StoreError::NotFound(_)) => Code::DataLoss,
+                crate::Error::Store(StoreError::NotFound(_) | StoreError::Truncated { .. }) => Code::DataLoss,
                 crate::Error::Store(
                     StoreError::BadUrl { .. } | StoreError::BadOption { .. } | StoreError::CredentialsFile { .. },
                 ) => Code::InvalidArgument,
