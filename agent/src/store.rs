@@ -25,7 +25,7 @@
 use std::fmt;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -242,6 +242,36 @@ where
 }
 
 /// Parses a credentials file: `key=value` lines, `#` comments, optional `export `, quotes.
+/// How long a dead endpoint may keep a command waiting: connecting 5 s, each read 15 s, a whole
+/// request 5 min (a pack upload over a slow link), and retries with backoff for 30 s in all.
+/// object_store's own defaults retried for 3 minutes without a word. Settable per store:
+/// `connect_timeout`, `read_timeout`, `timeout` (object_store's keys) and `max_retries`,
+/// `retry_timeout` (ours), e.g. `--store-option retry_timeout=2m`.
+pub const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn network_settings(
+    settings: &mut Vec<(String, String)>,
+) -> Result<(object_store::RetryConfig, object_store::ClientOptions)> {
+    let mut retry =
+        object_store::RetryConfig { max_retries: 4, retry_timeout: DEFAULT_RETRY_TIMEOUT, ..Default::default() };
+    let mut take = |key: &str| settings.iter().position(|(k, _)| k == key).map(|i| settings.remove(i).1);
+    if let Some(v) = take("max_retries") {
+        retry.max_retries = v.parse().map_err(|_| StoreError::BadOption {
+            key: "max_retries".into(),
+            reason: format!("{v:?} is not a count"),
+        })?;
+    }
+    if let Some(v) = take("retry_timeout") {
+        retry.retry_timeout = humantime::parse_duration(&v)
+            .map_err(|e| StoreError::BadOption { key: "retry_timeout".into(), reason: format!("{v:?}: {e}") })?;
+    }
+    let client = object_store::ClientOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_read_timeout(Duration::from_secs(15))
+        .with_timeout(Duration::from_secs(300));
+    Ok((retry, client))
+}
+
 fn read_credentials(path: &FsPath) -> Result<Vec<(String, String)>> {
     let text = std::fs::read_to_string(path)
         .map_err(|source| StoreError::CredentialsFile { path: path.to_path_buf(), source })?;
@@ -280,6 +310,7 @@ impl Store {
         let host = parsed.host_str().unwrap_or_default().to_string();
         let mut display = format!("{}://{}{}", parsed.scheme(), host, parsed.path());
         let wants_http = settings.iter().any(|(k, v)| k.contains("endpoint") && v.starts_with("http://"));
+        let (retry, client) = network_settings(&mut settings)?;
 
         let (inner, local_root): (Arc<dyn ObjectStore>, Option<PathBuf>) = match parsed.scheme() {
             "file" => {
@@ -302,7 +333,10 @@ impl Store {
                 if host.is_empty() {
                     return Err(bad_url(url, "missing bucket: s3://bucket/prefix"));
                 }
-                let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(&host);
+                let mut b = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(&host)
+                    .with_retry(retry)
+                    .with_client_options(client);
                 if wants_http {
                     b = b.with_allow_http(true);
                 }
@@ -313,7 +347,10 @@ impl Store {
                 if host.is_empty() {
                     return Err(bad_url(url, "missing container: az://container/prefix"));
                 }
-                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env().with_container_name(&host);
+                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_container_name(&host)
+                    .with_retry(retry)
+                    .with_client_options(client);
                 if wants_http {
                     b = b.with_allow_http(true);
                 }
@@ -324,10 +361,11 @@ impl Store {
                 if host.is_empty() {
                     return Err(bad_url(url, "missing bucket: gs://bucket/prefix"));
                 }
-                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_bucket_name(&host);
-                if settings.iter().any(|(k, v)| k.contains("base_url") && v.starts_with("http://")) {
-                    b = b.with_client_options(object_store::ClientOptions::new().with_allow_http(true));
-                }
+                let http = settings.iter().any(|(k, v)| k.contains("base_url") && v.starts_with("http://"));
+                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(&host)
+                    .with_retry(retry)
+                    .with_client_options(client.with_allow_http(http));
                 b = configure(b, &settings, |b, k, v| b.with_config(k, v))?;
                 (Arc::new(b.build().map_err(|e| bad_url(url, redact_settings(&e.to_string(), &settings)))?), None)
             }

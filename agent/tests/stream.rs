@@ -293,3 +293,47 @@ fn secrets_reach_neither_errors_nor_the_dump_command() {
         assert!(!env.contains(secret), "the dump command inherited a secret:\n{env}");
     }
 }
+
+/// A store endpoint that never answers fails in about 30 seconds (it hung for 181 s, silently),
+/// with a message naming the endpoint; the budget is a store setting.
+#[test]
+fn a_dead_endpoint_fails_in_about_thirty_seconds_and_names_itself() {
+    // Accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming() {
+            held.push(s);
+        }
+    });
+    let opts = |extra: &[&str]| {
+        let mut o = vec![
+            format!("endpoint=http://127.0.0.1:{port}"),
+            "region=us-east-1".to_string(),
+            "aws_access_key_id=k".to_string(),
+            "aws_secret_access_key=s".to_string(),
+        ];
+        o.extend(extra.iter().map(|s| s.to_string()));
+        o
+    };
+    let started = std::time::Instant::now();
+    let o = Agent::new(BIN, "s3://b/x").with_options(&opts(&[])).output(&["snapshots"]);
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        took >= std::time::Duration::from_secs(15) && took <= std::time::Duration::from_secs(75),
+        "took {took:?}: {err}"
+    );
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "the error does not name the endpoint: {err}");
+    // A shorter budget, per store.
+    let started = std::time::Instant::now();
+    let o = Agent::new(BIN, "s3://b/x")
+        .with_options(&opts(&["retry_timeout=1s", "read_timeout=1s"]))
+        .output(&["snapshots"]);
+    assert!(!o.status.success());
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
+    let o = Agent::new(BIN, "s3://b/x").with_options(&opts(&["retry_timeout=soon"])).output(&["snapshots"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("retry_timeout"), "{}", String::from_utf8_lossy(&o.stderr));
+}
