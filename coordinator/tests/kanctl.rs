@@ -820,3 +820,48 @@ async fn tls_with_a_token_and_settings_from_a_config_file() {
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
+
+/// kanctl checks what it can before connecting: a missing --action is reported as such (it was
+/// reported as an unreachable coordinator), and a Blueprint file is parsed and validated with no
+/// coordinator at all.
+#[test]
+fn kanctl_checks_arguments_and_files_without_a_coordinator() {
+    let dir = tempfile::tempdir().unwrap();
+    // A coordinator address where nothing listens.
+    let kanctl = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kanctl"))
+            .args(args)
+            .env("KANCTL_COORDINATOR", "http://127.0.0.1:9")
+            .env_remove("KANCTL_TOKEN_FILE")
+            .env("HOME", dir.path())
+            .output()
+            .unwrap()
+    };
+    let o = kanctl(&["create", "actionset", "--blueprint", "bp", "--namespace", "kanister"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--action is required"), "{err}");
+    assert!(!err.contains("127.0.0.1:9"), "it tried the coordinator first: {err}");
+    let o = kanctl(&["create", "actionset", "--action", "backup", "--secrets", "nonsense"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--secrets"), "{err}");
+
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        "apiVersion: cr.kanister.io/v1alpha1\nkind: Blueprint\nmetadata: {name: b, namespace: kanister}\nactions:\n  backup:\n    phases:\n    - func: KubeTask\n      name: p\n      args: {image: alpine, command: [echo, hi]}\n",
+    )
+    .unwrap();
+    let o = kanctl(&["validate", "blueprint", "-f", good.to_str().unwrap()]);
+    assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("is valid"));
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "apiVersion: cr.kanister.io/v1alpha1\nkind: Blueprint\nmetadata: {name: b}\nactions:\n  backup:\n    phases:\n    - func: NoSuchFunction\n      name: p\n").unwrap();
+    let o = kanctl(&["validate", "blueprint", "-f", bad.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success() && out.contains("NoSuchFunction"), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(&broken, "actions: [unclosed").unwrap();
+    let o = kanctl(&["validate", "blueprint", "-f", broken.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("does not parse"), "{err}");
+}

@@ -272,6 +272,25 @@ fn parse_actionset(a: &pb::ActionSet) -> Result<ActionSet> {
 
 /// Runs a parsed command. `env_token` is `KANCTL_TOKEN`.
 pub async fn run(cli: Cli, env_token: Option<String>, io: &mut Io<'_>) -> Result<Outcome> {
+    // What needs no coordinator is checked (or done) here first: a missing flag or an unreadable
+    // file is reported as such, not as an unreachable coordinator.
+    match &cli.command {
+        Command::Create(CreateCommand::Actionset(args)) => {
+            if args.action.as_deref().is_none_or(str::is_empty) {
+                return Err(Error::Usage("--action is required: e.g. --action backup".into()));
+            }
+            if args.from.is_none() {
+                actionset::build(args, None)?;
+            }
+        }
+        Command::Create(CreateCommand::Profile(p)) => {
+            profile::request(p)?;
+        }
+        Command::Validate(ValidateCommand::Blueprint { file: Some(f), .. }) => {
+            return validate_blueprint_file(f, io);
+        }
+        _ => {}
+    }
     let conn = Connection::resolve(&cli.connection, env_token)?;
     match cli.command {
         Command::Create(CreateCommand::Actionset(args)) => create_actionset(&conn, &args, io).await,
@@ -396,6 +415,21 @@ pub async fn run(cli: Cli, env_token: Option<String>, io: &mut Io<'_>) -> Result
             Ok(Outcome::Success)
         }
     }
+}
+
+/// `validate blueprint -f FILE`: parsed and checked here, with the validator the coordinator
+/// uses; no coordinator needed.
+fn validate_blueprint_file(file: &std::path::Path, io: &mut Io<'_>) -> Result<Outcome> {
+    let what = format!("blueprint file {}", file.display());
+    let text =
+        std::fs::read_to_string(file).map_err(|e| Error::Usage(format!("-f: cannot read {}: {e}", file.display())))?;
+    let bp: crate::crd::Blueprint = serde_norway::from_str(&text)
+        .map_err(|e| Error::Usage(format!("{what} does not parse as a Blueprint: {e}")))?;
+    let problems: Vec<pb::Problem> = crate::validate::problems(&bp)
+        .into_iter()
+        .map(|p| pb::Problem { location: p.location.to_string(), message: p.kind.to_string() })
+        .collect();
+    report_problems(&what, &problems, io)
 }
 
 fn report_problems(what: &str, problems: &[pb::Problem], io: &mut Io<'_>) -> Result<Outcome> {
