@@ -1050,6 +1050,24 @@ pub fn has_tags(s: &Snapshot, filter: &BTreeMap<String, String>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The decoders of what others can write into the store (backup markers are plain
+        /// JSON; prune marks' entry lists; repository references from gRPC requests) return
+        /// errors on any input, never panic; entry lists round-trip.
+        #[test]
+        fn untrusted_decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400), text in "\\PC{0,80}") {
+            let _ = serde_json::from_slice::<Lock>(&bytes);
+            let _ = serde_json::from_slice::<crate::exclusive::Holder>(&bytes);
+            let _ = serde_json::from_slice::<PruneMarkWire>(&bytes);
+            if let Some(entries) = decode_pack_entries(&bytes) {
+                prop_assert_eq!(encode_pack_entries(&entries), bytes);
+            }
+            let _ = store_of_ref(&text, HashMap::from([(text.clone(), text.clone())]));
+            let _ = parse_tags(std::slice::from_ref(&text));
+        }
+    }
 
     #[test]
     fn a_process_that_exited_has_ended_and_a_running_one_has_not() {

@@ -66,7 +66,12 @@ impl RepoConfig {
     /// Opens a stored config.
     pub fn decode(keys: &Keys, bytes: &[u8]) -> Result<Self> {
         let plain = open_object(&keys.data_key, AAD, "config", "config", None, bytes)?;
-        let c: RepoConfig = serde_json::from_slice(&plain).map_err(|source| Error::Json { what: "config", source })?;
+        Self::from_plaintext(&plain)
+    }
+
+    /// Parses a config's plaintext (what [`Self::decode`] opened).
+    pub fn from_plaintext(plain: &[u8]) -> Result<Self> {
+        let c: RepoConfig = serde_json::from_slice(plain).map_err(|source| Error::Json { what: "config", source })?;
         if c.version > REPO_VERSION {
             return Err(Error::Version { what: "repository", found: c.version, supported: REPO_VERSION });
         }

@@ -38,6 +38,19 @@ impl IndexFile {
     pub fn encode(&self, keys: &Keys) -> (IndexId, Vec<u8>) {
         let n: usize = self.packs.iter().map(|p| 44 + p.blobs.len() * ENTRY_LEN).sum();
         let mut plain = crate::crypto::object_buffer(9 + self.supersedes.len() * 32 + n);
+        self.write_plaintext(&mut plain);
+        let (id, bytes) = crate::crypto::seal_object_buffer(&keys.data_key, AAD, plain);
+        (IndexId(id), bytes)
+    }
+
+    /// The plaintext [`Self::encode`] seals (for tests and fuzzing seeds).
+    pub fn to_plaintext(&self) -> Vec<u8> {
+        let mut plain = Vec::new();
+        self.write_plaintext(&mut plain);
+        plain
+    }
+
+    fn write_plaintext(&self, plain: &mut Vec<u8>) {
         plain.push(VERSION);
         plain.extend_from_slice(&(self.supersedes.len() as u32).to_le_bytes());
         for s in &self.supersedes {
@@ -49,17 +62,21 @@ impl IndexFile {
             plain.extend_from_slice(&p.size.to_le_bytes());
             plain.extend_from_slice(&(p.blobs.len() as u32).to_le_bytes());
             for b in &p.blobs {
-                b.encode_into(&mut plain);
+                b.encode_into(plain);
             }
         }
-        let (id, bytes) = crate::crypto::seal_object_buffer(&keys.data_key, AAD, plain);
-        (IndexId(id), bytes)
     }
 
     /// Verifies and opens a stored index.
     pub fn decode(keys: &Keys, id: &IndexId, bytes: &[u8]) -> Result<Self> {
         let plain = open_object(&keys.data_key, AAD, "index", &format!("index {id}"), Some(&id.0), bytes)?;
-        let mut r = crate::wire::Reader::new(&plain, "index");
+        Self::from_plaintext(&plain)
+    }
+
+    /// Parses an index's plaintext (what [`Self::decode`] opened). Untrusted bytes: every
+    /// length is checked against what is there.
+    pub fn from_plaintext(plain: &[u8]) -> Result<Self> {
+        let mut r = crate::wire::Reader::new(plain, "index");
         let v = r.take(1)?[0];
         if v != VERSION {
             return Err(Error::Version { what: "index", found: v.into(), supported: VERSION.into() });
@@ -82,7 +99,7 @@ impl IndexFile {
             packs.push(IndexPack { id, size, blobs });
         }
         if !r.b.is_empty() {
-            return Err(Error::malformed("index", format!("{id} has trailing bytes")));
+            return Err(Error::malformed("index", "trailing bytes after the last pack".to_string()));
         }
         Ok(IndexFile { supersedes, packs })
     }

@@ -138,6 +138,11 @@ pub fn trailer_len(tail: &[u8]) -> Result<u32> {
 /// Opens a pack's sealed trailer (the bytes just before the tail) and lists its blobs.
 pub fn parse_trailer(data_key: &SecretKey, pack: &PackId, trailer: &[u8]) -> Result<Vec<PackEntry>> {
     let plain = data_key.open(TRAILER_AAD, trailer, || format!("trailer of pack {pack}"))?;
+    parse_trailer_plaintext(pack, &plain)
+}
+
+/// Parses an opened trailer (what [`parse_trailer`] decrypted). Untrusted bytes.
+pub fn parse_trailer_plaintext(pack: &PackId, plain: &[u8]) -> Result<Vec<PackEntry>> {
     if plain.first() != Some(&TRAILER_VERSION) || plain.len() < 5 {
         return Err(Error::malformed("pack trailer", format!("pack {pack}: unknown trailer version")));
     }

@@ -121,7 +121,12 @@ impl Snapshot {
     /// Verifies and opens a stored snapshot.
     pub fn decode(keys: &Keys, id: &SnapshotId, bytes: &[u8]) -> Result<Self> {
         let plain = open_object(&keys.data_key, AAD, "snapshot", &format!("snapshot {id}"), Some(&id.0), bytes)?;
-        let s: Snapshot = serde_json::from_slice(&plain).map_err(|source| Error::Json { what: "snapshot", source })?;
+        Self::from_plaintext(&plain)
+    }
+
+    /// Parses a snapshot's plaintext (what [`Self::decode`] opened).
+    pub fn from_plaintext(plain: &[u8]) -> Result<Self> {
+        let s: Snapshot = serde_json::from_slice(plain).map_err(|source| Error::Json { what: "snapshot", source })?;
         if s.version > SNAPSHOT_VERSION {
             return Err(Error::Version { what: "snapshot", found: s.version, supported: SNAPSHOT_VERSION });
         }
