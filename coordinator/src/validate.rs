@@ -51,6 +51,10 @@ pub enum ProblemKind {
     },
     /// Rule 4: a phase without a name.
     UnnamedPhase,
+    /// A warning, not an error ([`warnings`]): a shell pipeline feeds `kando location push`
+    /// without `pipefail`, so a dump that fails halfway still ends in a backup that looks
+    /// complete.
+    PipeWithoutPipefail,
     /// Rule 4: a phase name used before.
     DuplicatePhase {
         /// The repeated name.
@@ -110,6 +114,11 @@ impl fmt::Display for ProblemKind {
                 write!(f, "function {function} does not take argument {argument:?}{hint}")
             }
             ProblemKind::UnnamedPhase => write!(f, "phase has no name"),
+            ProblemKind::PipeWithoutPipefail => write!(
+                f,
+                "the command pipes into `kando location push` without `set -o pipefail` (or `bash -o pipefail`): \
+                 a dump that fails halfway would still leave a backup that looks complete"
+            ),
             ProblemKind::DuplicatePhase { name, first_action } => write!(
                 f,
                 "phase name {name:?} is already used in action {first_action:?}; phase names \
@@ -176,6 +185,42 @@ pub fn check(bp: &Blueprint) -> Result<(), Error> {
     } else {
         Err(Error::Invalid { blueprint: bp.metadata.name.clone().unwrap_or_default(), problems })
     }
+}
+
+/// What is allowed but probably wrong: every phase whose command pipes into `kando location
+/// push` without `pipefail` (`set -o pipefail`, `set -eo pipefail`, `bash -o pipefail ...`).
+pub fn warnings(bp: &Blueprint) -> Vec<Problem> {
+    let name = bp.metadata.name.clone().unwrap_or_default();
+    let mut out = Vec::new();
+    for (action_name, action) in &bp.spec.actions {
+        for phase in action.all_phases() {
+            let words: Vec<String> = phase
+                .args
+                .values()
+                .flat_map(|v| match v {
+                    serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
+                    serde_json::Value::String(s) => vec![s.clone()],
+                    _ => vec![],
+                })
+                .collect();
+            let text = words.join(" ");
+            let pipes_into_push = text.split('|').skip(1).any(|after| {
+                let t = after.trim_start();
+                t.starts_with("kando location push") || t.starts_with("kando  location push")
+            });
+            let pipefail = text.contains("pipefail");
+            if pipes_into_push && !pipefail {
+                out.push(Problem {
+                    location: Location {
+                        argument: "command".into(),
+                        ..Location::phase(&name, action_name, &phase.name)
+                    },
+                    kind: ProblemKind::PipeWithoutPipefail,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// Every problem of a Blueprint, in a stable order (actions by name, phases in order).

@@ -859,6 +859,16 @@ fn kanctl_checks_arguments_and_files_without_a_coordinator() {
     let o = kanctl(&["validate", "blueprint", "-f", bad.to_str().unwrap()]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(!o.status.success() && out.contains("NoSuchFunction"), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    let piped = dir.path().join("piped.yaml");
+    std::fs::write(
+        &piped,
+        "apiVersion: cr.kanister.io/v1alpha1\nkind: Blueprint\nmetadata: {name: b, namespace: kanister}\nactions:\n  backup:\n    phases:\n    - func: KubeTask\n      name: dump\n      args: {image: tools, command: [sh, -c, 'pg_dumpall | kando location push --profile p --path x -']}\n",
+    )
+    .unwrap();
+    let o = kanctl(&["validate", "blueprint", "-f", piped.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "a warning failed the validation: {err}");
+    assert!(err.contains("warning") && err.contains("dump") && err.contains("pipefail"), "{err}");
     let broken = dir.path().join("broken.yaml");
     std::fs::write(&broken, "actions: [unclosed").unwrap();
     let o = kanctl(&["validate", "blueprint", "-f", broken.to_str().unwrap()]);

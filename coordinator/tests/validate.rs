@@ -150,3 +150,29 @@ fn all_problems_are_reported_at_once() {
     let text = validate::check(&bp).expect_err("invalid").to_string();
     assert!(text.starts_with("blueprint \"bp\" is invalid (3 problems):\n  - "), "{text}");
 }
+
+/// A shell pipeline into `kando location push` without pipefail is warned about, naming the
+/// phase: the dump could fail halfway and still leave a backup that looks complete.
+#[test]
+fn pipes_into_kando_push_without_pipefail_are_warned_about() {
+    let bp = |command: &str| -> kanister_coordinator::crd::Blueprint {
+        serde_norway::from_str(&format!(
+            "apiVersion: cr.kanister.io/v1alpha1\nkind: Blueprint\nmetadata: {{name: b}}\nactions:\n  backup:\n    phases:\n    - func: KubeTask\n      name: dump\n      args:\n        image: tools\n        command: {command}\n"
+        ))
+        .unwrap()
+    };
+    let warned = kanister_coordinator::validate::warnings(&bp(
+        r#"[bash, -c, "mysqldump --all-databases | gzip | kando location push --profile p --path x -"]"#,
+    ));
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    let text = warned[0].to_string();
+    assert!(text.contains("dump") && text.contains("pipefail"), "{text}");
+    for fine in [
+        r#"[bash, -o, pipefail, -c, "mysqldump | kando location push --profile p --path x -"]"#,
+        r#"[bash, -c, "set -eo pipefail; mysqldump | kando location push --profile p --path x -"]"#,
+        r#"[bash, -c, "kando location push --profile p --path x /backup.sql"]"#,
+        r#"[sh, -c, "mysqldump > /tmp/d; kando output k v"]"#,
+    ] {
+        assert!(kanister_coordinator::validate::warnings(&bp(fine)).is_empty(), "{fine}");
+    }
+}

@@ -656,7 +656,7 @@ impl<C: Cluster> pb::coordinator_service_server::CoordinatorService for Coordina
     ) -> Result<Response<pb::ValidationReport>, Status> {
         let r = request.into_inner();
         let problems = CoordinatorApi::validate_profile(self, &r.namespace, &r.name).await?;
-        Ok(Response::new(pb::ValidationReport { problems }))
+        Ok(Response::new(pb::ValidationReport { problems, warnings: vec![] }))
     }
 
     async fn validate_blueprint(
@@ -678,11 +678,11 @@ impl<C: Cluster> pb::coordinator_service_server::CoordinatorService for Coordina
             serde_norway::from_str(&r.blueprint_yaml)
                 .map_err(|e| Error::InvalidArgument(format!("the blueprint does not parse: {e}")))?
         };
-        let problems = crate::validate::problems(&bp)
-            .into_iter()
-            .map(|p| pb::Problem { location: p.location.to_string(), message: p.kind.to_string() })
-            .collect();
-        Ok(Response::new(pb::ValidationReport { problems }))
+        let to_pb =
+            |p: crate::validate::Problem| pb::Problem { location: p.location.to_string(), message: p.kind.to_string() };
+        let problems = crate::validate::problems(&bp).into_iter().map(to_pb).collect();
+        let warnings = crate::validate::warnings(&bp).into_iter().map(to_pb).collect();
+        Ok(Response::new(pb::ValidationReport { problems, warnings }))
     }
 
     async fn list_snapshots(

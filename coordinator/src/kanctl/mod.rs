@@ -338,6 +338,7 @@ pub async fn run(cli: Cli, env_token: Option<String>, io: &mut Io<'_>) -> Result
                 })
                 .await?
                 .into_inner();
+            report_warnings(&report.warnings, io)?;
             report_problems(&what, &report.problems, io)
         }
         Command::Get(GetCommand::Actionsets { name, namespace, all_namespaces, output }) => {
@@ -425,11 +426,20 @@ fn validate_blueprint_file(file: &std::path::Path, io: &mut Io<'_>) -> Result<Ou
         std::fs::read_to_string(file).map_err(|e| Error::Usage(format!("-f: cannot read {}: {e}", file.display())))?;
     let bp: crate::crd::Blueprint = serde_norway::from_str(&text)
         .map_err(|e| Error::Usage(format!("{what} does not parse as a Blueprint: {e}")))?;
-    let problems: Vec<pb::Problem> = crate::validate::problems(&bp)
-        .into_iter()
-        .map(|p| pb::Problem { location: p.location.to_string(), message: p.kind.to_string() })
-        .collect();
+    let to_pb =
+        |p: crate::validate::Problem| pb::Problem { location: p.location.to_string(), message: p.kind.to_string() };
+    let problems: Vec<pb::Problem> = crate::validate::problems(&bp).into_iter().map(to_pb).collect();
+    let warnings: Vec<pb::Problem> = crate::validate::warnings(&bp).into_iter().map(to_pb).collect();
+    report_warnings(&warnings, io)?;
     report_problems(&what, &problems, io)
+}
+
+/// Prints warnings (they do not fail the validation).
+fn report_warnings(warnings: &[pb::Problem], io: &mut Io<'_>) -> Result<()> {
+    for w in warnings {
+        writeln!(io.err, "warning: {}: {}", w.location, w.message)?;
+    }
+    Ok(())
 }
 
 fn report_problems(what: &str, problems: &[pb::Problem], io: &mut Io<'_>) -> Result<Outcome> {
