@@ -505,15 +505,24 @@ async fn restore_into_volumes<C: Cluster>(
         Snapshot::Tag(tag) => {
             let repo = existing_repository(ctx).await?;
             let wanted = BTreeMap::from([(BACKUP_TAG.to_string(), tag.clone())]);
-            let mut tagged: Vec<_> = repo
-                .snapshots()
-                .await
-                .map_err(data_err(ctx))?
-                .into_iter()
-                .filter_map(|(id, s)| {
-                    s.ok().filter(|s| kanister_agent::repository::has_tags(s, &wanted)).map(|s| (s.time, id))
-                })
-                .collect();
+            let mut tagged = Vec::new();
+            for (id, s) in repo.snapshots().await.map_err(data_err(ctx))? {
+                match s {
+                    Ok(s) if kanister_agent::repository::has_tags(&s, &wanted) => tagged.push((s.time, id)),
+                    Ok(_) => {}
+                    // An unreadable snapshot may be the latest with this tag: restoring an older
+                    // one instead would report success with the wrong data.
+                    Err(e) => {
+                        return Err(Error::Data {
+                            function: ctx.function(),
+                            message: format!(
+                                "snapshot {id} cannot be read ({e}), so the latest backup tagged {tag} is unknown: \
+                                 run `kanister-agent check` against the repository, or restore by backupID"
+                            ),
+                        });
+                    }
+                }
+            }
             tagged.sort();
             tagged
                 .pop()

@@ -384,6 +384,7 @@ impl<C: Cluster> Engine<C> {
     pub async fn wait(&self, namespace: &str, name: &str) {
         let rx = lock(&self.inner.runs).get(&(namespace.to_string(), name.to_string())).map(|h| h.done.clone());
         if let Some(mut rx) = rx {
+            // An error means the run's task is gone: it ended too.
             let _ = rx.wait_for(|done| *done).await;
         }
     }
@@ -396,7 +397,8 @@ impl<C: Cluster> Engine<C> {
         }
     }
 
-    /// The metrics in the Prometheus text format.
+    /// The metrics in the Prometheus text format. (`let _ = writeln!` here and in
+    /// `maintenance` writes to a `String`, which cannot fail.)
     pub fn metrics_text(&self) -> String {
         let m = lock(&self.inner.metrics);
         let mut out = String::new();
@@ -524,6 +526,7 @@ impl<C: Cluster> Engine<C> {
                         .unwrap_or_default();
                     run.fail_after_panic(&message).await;
                 }
+                // Nobody waiting for the end is not an error.
                 let _ = done_tx.send(true);
             }
             .instrument(span),
