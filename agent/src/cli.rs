@@ -390,8 +390,10 @@ fn stdout_file() -> Result<std::fs::File> {
 }
 
 fn init_tracing(g: &Global) {
+    // object_store's retries are announced ("... backing off for 2 seconds, retry 1 of 4"), so a
+    // slow or dead endpoint never looks like a hang.
     let default = match g.verbose {
-        0 => "warn",
+        0 => "warn,object_store::client::retry=info",
         1 => "info,kanister_agent=info",
         _ => "debug",
     };

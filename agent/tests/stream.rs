@@ -327,6 +327,7 @@ fn a_dead_endpoint_fails_in_about_thirty_seconds_and_names_itself() {
         "took {took:?}: {err}"
     );
     assert!(err.contains(&format!("127.0.0.1:{port}")), "the error does not name the endpoint: {err}");
+    assert!(err.contains("backing off") && err.contains("retry 1 of"), "no word of the retries while waiting: {err}");
     // A shorter budget, per store.
     let started = std::time::Instant::now();
     let o = Agent::new(BIN, "s3://b/x")
