@@ -338,3 +338,26 @@ fn a_dead_endpoint_fails_in_about_thirty_seconds_and_names_itself() {
     let o = Agent::new(BIN, "s3://b/x").with_options(&opts(&["retry_timeout=soon"])).output(&["snapshots"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("retry_timeout"), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// A dump command that dies after writing part of its output never leaves a snapshot that
+/// looks complete: exit 1, SIGKILL and SIGTERM halfway all fail the push, and the repository
+/// holds no snapshot afterwards.
+#[test]
+fn a_dump_that_dies_halfway_leaves_no_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::new(BIN, format!("file://{}", dir.path().join("repo").display()));
+    agent.init();
+    for (how, script) in [
+        ("exit 1", "head -c 3000000 /dev/urandom; exit 1"),
+        ("SIGKILL", "head -c 3000000 /dev/urandom; kill -9 $$"),
+        ("SIGTERM", "head -c 3000000 /dev/urandom; kill -TERM $$"),
+        ("SIGABRT", "head -c 3000000 /dev/urandom; kill -ABRT $$"),
+    ] {
+        let o = agent.output(&["push", "--json", "--exec", "sh", "-c", script]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{how}: the push succeeded: {}", String::from_utf8_lossy(&o.stdout));
+        assert!(err.contains("no snapshot was written"), "{how}: {err}");
+        let snaps = agent.json(&["snapshots"]);
+        assert_eq!(snaps["snapshots"].as_array().map(Vec::len), Some(0), "{how}: {snaps}");
+    }
+}
