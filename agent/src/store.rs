@@ -241,7 +241,6 @@ where
     Ok(b)
 }
 
-/// Parses a credentials file: `key=value` lines, `#` comments, optional `export `, quotes.
 /// How long a dead endpoint may keep a command waiting: connecting 5 s, each read 15 s, a whole
 /// request 5 min (a pack upload over a slow link), and retries with backoff for 30 s in all.
 /// object_store's own defaults retried for 3 minutes without a word. Settable per store:
@@ -272,6 +271,7 @@ fn network_settings(
     Ok((retry, client))
 }
 
+/// Parses a credentials file: `key=value` lines, `#` comments, optional `export `, quotes.
 fn read_credentials(path: &FsPath) -> Result<Vec<(String, String)>> {
     let text = std::fs::read_to_string(path)
         .map_err(|source| StoreError::CredentialsFile { path: path.to_path_buf(), source })?;

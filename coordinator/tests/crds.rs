@@ -52,7 +52,8 @@ fn crds_are_upstream_compatible() {
         schema.and_then(|s| s.properties.as_ref()).map(|p| p.keys().cloned().collect()).unwrap_or_default()
     };
     assert_eq!(top_level(1), ["actions"]);
-    assert_eq!(top_level(2), ["credential", "location", "skipSSLVerify"]);
+    // `storeOptions` is our addition (optional, so upstream Profiles stay valid).
+    assert_eq!(top_level(2), ["credential", "location", "skipSSLVerify", "storeOptions"]);
     assert_eq!(top_level(0), ["spec", "status"]);
 }
 

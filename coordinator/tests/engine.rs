@@ -537,3 +537,58 @@ async fn overflowing_timeouts_fail_the_actionset_instead_of_wedging_it() {
     let a = run_to_end(&engine, "longest").await;
     assert_eq!(a.status.as_ref().unwrap().state, State::Complete, "{}", error_message(&a));
 }
+
+/// A Profile's `storeOptions` take only the store client's network settings, with values the
+/// agent can parse: anything else fails the ActionSet with the option named, before any phase
+/// runs, and a credential never goes there.
+#[tokio::test]
+async fn profile_store_options_are_checked_before_any_phase_runs() {
+    let cases = [
+        ("aws_secret_access_key: hunter2", "storeOptions has \"aws_secret_access_key\"; it takes only connect_timeout"),
+        ("retry_timeout: soon", "storeOptions retry_timeout is \"soon\"; it must be a duration like 30s or 2m"),
+        ("max_retries: many", "storeOptions max_retries is \"many\"; it must be a count like 4"),
+    ];
+    for (i, (option, expected)) in cases.iter().enumerate() {
+        let cluster = cluster_with("1h");
+        let profile = format!(
+            r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: creds, namespace: kanister}}
+stringData: {{id: AKID, secret: never-shown}}
+---
+apiVersion: cr.kanister.io/v1alpha1
+kind: Profile
+metadata: {{name: p, namespace: kanister}}
+location: {{type: s3Compliant, bucket: b, endpoint: "http://127.0.0.1:9"}}
+credential:
+  type: keyPair
+  keyPair: {{idField: id, secretField: secret, secret: {{apiVersion: v1, kind: secret, name: creds, namespace: kanister}}}}
+storeOptions: {{{option}}}
+"#
+        );
+        cluster.load_yaml(&profile, "profile").unwrap();
+        let name = format!("opts-{i}");
+        cluster
+            .load_yaml(
+                &actionset(&name, "backup", "")
+                    .replace("    secrets:", "    profile: {name: p, namespace: kanister}\n    secrets:"),
+                "as",
+            )
+            .unwrap();
+        let engine = Engine::new(cluster.clone(), config());
+        let outcome = engine.reconcile("kanister", &name).await.unwrap();
+        if outcome == Outcome::Started {
+            tokio::time::timeout(Duration::from_secs(20), engine.wait("kanister", &name)).await.expect("run ends");
+        }
+        let a = cluster.get_actionset("kanister", &name).await.unwrap();
+        let status = a.status.as_ref().unwrap();
+        assert_eq!(status.state, State::Failed, "{option}");
+        assert!(error_message(&a).contains(expected), "{option}: {}", error_message(&a));
+        assert!(!serde_json::to_string(&a).unwrap().contains("hunter2"));
+        assert!(
+            status.actions[0].phases.iter().all(|p| p.state != State::Complete),
+            "no phase may run with a bad Profile: {status:?}"
+        );
+    }
+}

@@ -74,6 +74,7 @@ fn params() -> TemplateParams {
             secret: None,
         },
         skip_ssl_verify: false,
+        store_options: Default::default(),
     });
     p.artifacts_in.insert(
         "mysqlCloudDump".into(),

@@ -31,7 +31,16 @@ pub struct ProfileSpec {
     /// absent means `false`).
     #[serde(rename = "skipSSLVerify", default, skip_serializing_if = "Option::is_none")]
     pub skip_ssl_verify: Option<bool>,
+    /// Addition: how the agents' store client waits and retries on this location:
+    /// `connect_timeout`, `read_timeout`, `timeout` (one request), `max_retries`,
+    /// `retry_timeout` (all retries of a request), durations like `30s` or `2m`. Defaults: 5s,
+    /// 15s, 5m, 4, 30s. No other key is accepted (credentials belong in the Secret).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub store_options: std::collections::BTreeMap<String, String>,
 }
+
+/// The keys [`ProfileSpec::store_options`] accepts.
+pub const STORE_OPTION_KEYS: [&str; 5] = ["connect_timeout", "read_timeout", "timeout", "max_retries", "retry_timeout"];
 
 /// Kind of storage behind a [`Location`].
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -262,7 +262,8 @@ pub async fn connect(endpoint: &str, config: &AgentClientConfig) -> Result<Clien
 pub fn repository_ref(profile: &ProfileParams, key: Zeroizing<Vec<u8>>) -> Result<pb::RepositoryRef> {
     let l = &profile.location;
     let prefix = l.prefix.trim_matches('/');
-    let mut opts = std::collections::HashMap::new();
+    let mut opts: std::collections::HashMap<String, String> =
+        profile.store_options.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let endpoint = if l.endpoint.is_empty() || l.endpoint.contains("://") {
         l.endpoint.clone()
     } else {
@@ -380,6 +381,18 @@ mod tests {
         assert_eq!(r.store_options["endpoint"], "https://minio:9000");
         assert_eq!(r.store_options["region"], "us-east-1");
         assert_eq!(r.store_options["aws_secret_access_key"], "s3cret");
+        assert!(!r.store_options.contains_key("retry_timeout"));
+
+        // The Profile's storeOptions reach the agent's store client; the Profile's own fields
+        // win over them.
+        p.store_options = [("retry_timeout", "2m"), ("max_retries", "1"), ("region", "eu-west-9")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let r = repository_ref(&p, Zeroizing::new(b"k".repeat(64))).unwrap();
+        assert_eq!(r.store_options["retry_timeout"], "2m");
+        assert_eq!(r.store_options["max_retries"], "1");
+        assert_eq!(r.store_options["region"], "us-east-1");
         assert!(
             format!("{:?}", AgentClientConfig { token: Some(Zeroizing::new("t0k".into())), ..Default::default() })
                 .contains("<redacted>")

@@ -185,7 +185,31 @@ pub async fn profile<C: Cluster>(cluster: &C, r: &ObjectReference) -> Result<Pro
         }
         CredentialType::Kopia => {}
     }
-    Ok(ProfileParams { location: spec.location, credential, skip_ssl_verify: spec.skip_ssl_verify.unwrap_or(false) })
+    if let Some(k) = spec.store_options.keys().find(|k| !crate::crd::profile::STORE_OPTION_KEYS.contains(&k.as_str())) {
+        return Err(Error::Profile {
+            profile: name,
+            problem: format!(
+                "storeOptions has {k:?}; it takes only {} (credentials belong in the Secret)",
+                crate::crd::profile::STORE_OPTION_KEYS.join(", ")
+            ),
+        });
+    }
+    for (k, v) in &spec.store_options {
+        let ok = if k == "max_retries" { v.parse::<u32>().is_ok() } else { humantime::parse_duration(v).is_ok() };
+        if !ok {
+            let want = if k == "max_retries" { "a count like 4" } else { "a duration like 30s or 2m" };
+            return Err(Error::Profile {
+                profile: name,
+                problem: format!("storeOptions {k} is {v:?}; it must be {want}"),
+            });
+        }
+    }
+    Ok(ProfileParams {
+        location: spec.location,
+        credential,
+        skip_ssl_verify: spec.skip_ssl_verify.unwrap_or(false),
+        store_options: spec.store_options,
+    })
 }
 
 /// `.StatefulSet` / `.Deployment`: the pods selected by `spec.selector.matchLabels`, their

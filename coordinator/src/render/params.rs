@@ -153,6 +153,9 @@ pub struct ProfileParams {
     pub credential: CredentialParams,
     /// `.SkipSSLVerify`.
     pub skip_ssl_verify: bool,
+    /// The Profile's `storeOptions` (network settings of the agents' store client; not a
+    /// template field).
+    pub store_options: BTreeMap<String, String>,
 }
 
 /// `.Profile.Credential`.
