@@ -4,13 +4,15 @@
 #   bash tests/fuzz.sh smoke [SECONDS]   each target for SECONDS (default 10): what CI runs
 #   bash tests/fuzz.sh run TARGET [SECONDS]   one target (default 600 s)
 # Runs on a copy of the committed seed corpus, so the repository's corpus stays small.
-# Installs cargo-fuzz from crates.io when missing. A crash fails the run and leaves the input
+# Installs the nightly toolchain (rustup) and cargo-fuzz (crates.io) when missing. A crash fails the run and leaves the input
 # under agent/repo/fuzz/artifacts/.
 set -euo pipefail
 cd "$(dirname "$0")/../agent/repo/fuzz"
 if ! rustup toolchain list | grep -q '^nightly'; then
-  echo "fuzz: the nightly toolchain is missing (rustup toolchain install nightly)" >&2
-  exit 1
+  rustup toolchain install nightly --profile minimal || {
+    echo "fuzz: the nightly toolchain is missing and could not be installed (rustup toolchain install nightly)" >&2
+    exit 1
+  }
 fi
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz@0.13.2
 TARGETS=$(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -v -e '^kanister-repo-fuzz$' -e '^seeds$')
