@@ -213,7 +213,18 @@ async fn a_pod_without_an_agent_fails_the_phase_clearly() {
             "artifacts": {"dump": {"keyValue": {"backupID": "0123abcd"}}},
         }]}
     }));
-    // The blueprint names pod mysql-test/mysql-0: point it at a pod with no agent instead.
+    // The blueprint names pod mysql-test/mysql-0: point it at a pod with no agent instead
+    // (nothing listens on its agent port).
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    cluster
+        .load_yaml(
+            &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: mysql-1, namespace: mysql-test, annotations: \
+                 {{kanister.io/agent-port: '{free}'}}}}\nstatus: {{podIP: 127.0.0.1}}\n"
+            ),
+            "pod",
+        )
+        .unwrap();
     let bp = BLUEPRINT.replace("pod: mysql-0", "pod: mysql-1");
     cluster.load_yaml(&bp, "blueprint").unwrap();
     engine.reconcile("kanister", "no-agent").await.unwrap();
@@ -222,6 +233,6 @@ async fn a_pod_without_an_agent_fails_the_phase_clearly() {
     let status = a.status.unwrap();
     assert_eq!(status.state, State::Failed);
     let message = status.error.unwrap().message;
-    assert!(message.contains("no agent sidecar"), "{message}");
+    assert!(message.contains("pod mysql-test/mysql-1: failed to connect to the agent"), "{message}");
     agent.stop().await;
 }

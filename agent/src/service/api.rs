@@ -605,3 +605,55 @@ impl AgentService for Api {
         Ok(Response::new(pb::CancelResponse { state: state as i32 }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use prost::Message;
+
+    const SECRET: &str = "Zq9-never-echoed-9qZ";
+
+    /// What a handler checks before any work, for one request's parts.
+    fn validate(
+        defaults: &RepoDefaults,
+        repository: Option<pb::RepositoryRef>,
+        t: std::collections::HashMap<String, String>,
+    ) {
+        let _ = digest(&[&repository, &t]);
+        if let Err(e) = defaults.resolve(repository) {
+            let text = format!("{e} {e:?} {}", Status::from(e.clone()).message());
+            assert!(!text.contains(SECRET), "a request's secret is echoed: {text}");
+        }
+        let _ = tags(t);
+    }
+
+    proptest! {
+        /// Requests are untrusted bytes from the network: any bytes decode to a request or an
+        /// error, and validating what decodes never panics and never echoes a store option's
+        /// value or a key (the secret planted in every option value here).
+        #[test]
+        fn hostile_requests_are_refused_without_panics_or_echoed_secrets(
+            bytes in proptest::collection::vec(any::<u8>(), 0..600),
+            url in "(s3|gs|az|file|http|x)://[a-z0-9./?=&%-]{0,40}",
+            keys in proptest::collection::vec("[a-z_]{0,24}", 0..4),
+        ) {
+            let defaults = RepoDefaults::default();
+            if let Ok(r) = pb::BackupStreamRequest::decode(bytes.as_slice()) {
+                let _ = super::super::ops::check_id(&r.op_id);
+                validate(&defaults, r.repository, r.tags);
+            }
+            if let Ok(r) = pb::RestoreStreamRequest::decode(bytes.as_slice()) {
+                validate(&defaults, r.repository, Default::default());
+            }
+            if let Ok(r) = pb::RepositoryRef::decode(bytes.as_slice()) {
+                validate(&defaults, Some(r), Default::default());
+            }
+            let options = keys.into_iter().map(|k| (k, SECRET.to_string())).collect();
+            let key = Some(pb::repository_ref::Key::Passphrase(SECRET.as_bytes().to_vec()));
+            validate(&defaults, Some(pb::RepositoryRef { store_url: url.clone(), store_options: options, key }), Default::default());
+            let with_secret_in_url = format!("{url}?aws_secret_access_key={SECRET}");
+            validate(&defaults, Some(pb::RepositoryRef { store_url: with_secret_in_url, ..Default::default() }), Default::default());
+        }
+    }
+}

@@ -24,7 +24,6 @@ use super::error::{CommandFailure, Error, Result};
 pub const STDERR_LINES: usize = 20;
 /// Longest stderr line kept (longer ones are cut).
 const MAX_LINE: usize = 500;
-/// Environment prefixes that belong to the agent, never to its commands.
 
 #[derive(Debug, Default)]
 struct Shared {

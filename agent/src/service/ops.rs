@@ -212,7 +212,7 @@ pub struct Registry {
 /// Longest operation id.
 const MAX_ID: usize = 128;
 
-fn check_id(id: &str) -> Result<()> {
+pub(crate) fn check_id(id: &str) -> Result<()> {
     if id.is_empty() || id.len() > MAX_ID || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b)) {
         return Err(Error::InvalidArgument(format!(
             "op_id must be 1 to {MAX_ID} characters of letters, digits and - _ . : / (got {} characters)",
