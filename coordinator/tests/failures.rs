@@ -136,7 +136,7 @@ async fn every_container_of_a_multi_container_run_counts() {
     assert!(m.contains("container init") && m.contains("exit code 7") && m.contains("cannot prepare"), "{m}");
 
     let m = failure(&run(&cluster, &engine, "killedBackground").await);
-    assert!(m.contains("container background") && m.contains("unknown (killed)"), "{m}");
+    assert!(m.contains("container background") && m.contains("was killed by signal 9 (SIGKILL)"), "{m}");
 
     let ok = run(&cluster, &engine, "bothFine").await;
     assert_eq!(ok.status.as_ref().unwrap().state, State::Complete);
@@ -152,4 +152,73 @@ async fn a_v2_restore_whose_database_client_fails_is_failed() {
     let m = failure(&run(&cluster, &engine, "v2Restore").await);
     assert!(m.contains("container background"), "{m}");
     assert!(m.contains("no_such_database_x9"), "the client's own error is not in the message: {m}");
+}
+
+/// A fan-out over several pods: every pod that failed is named with how it failed, the phase
+/// fails, and the outputs of the pods that succeeded are recorded (and reach the deferPhase).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_names_every_failed_pod_and_keeps_the_outputs_of_the_others() {
+    let c = LocalCluster::new();
+    let mut world = String::new();
+    for pod in ["db-0", "db-1", "db-2"] {
+        world.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: db}}\nspec: {{containers: [{{name: db, image: mariadb}}]}}\n"
+        ));
+    }
+    c.load_yaml(&world, "world").unwrap();
+    c.load_yaml(
+        r#"
+apiVersion: cr.kanister.io/v1alpha1
+kind: Blueprint
+metadata: {name: fan, namespace: kanister}
+actions:
+  dump:
+    phases:
+    - func: KubeExecAll
+      name: dump
+      args:
+        namespace: db
+        pods: db-0 db-1 db-2
+        containers: db
+        command:
+        - sh
+        - -c
+        - |
+          case "$HOSTNAME" in
+            db-0) echo '###Phase-output###: {"key":"first","value":"dumped"}' ;;
+            db-1) echo 'disk full' >&2; exit 5 ;;
+            db-2) kill -TERM $$ ;;
+          esac
+    deferPhase:
+      func: KubeTask
+      name: report
+      args:
+        namespace: kanister
+        image: alpine
+        command: [sh, -c, "echo '###Phase-output###: {\"key\":\"seen\",\"value\":\"{{ .Phases.dump.Output.first }}\"}'"]
+"#,
+        "bp",
+    )
+    .unwrap();
+    let cluster = Arc::new(c);
+    let engine = Engine::new(cluster.clone(), engine_config(None));
+    let name = unique_name("fan", "out").to_lowercase();
+    cluster.put(serde_json::json!({
+        "apiVersion": "cr.kanister.io/v1alpha1",
+        "kind": "ActionSet",
+        "metadata": {"name": name, "namespace": "kanister"},
+        "spec": {"actions": [{"name": "dump", "blueprint": "fan", "object": {"kind": "Namespace", "name": "db"}}]}
+    }));
+    let a = run_to_end(&engine, &name, Duration::from_secs(60)).await;
+    let m = failure(&a);
+    assert!(m.contains("2 failed"), "{m}");
+    assert!(m.contains("pod db/db-1") && m.contains("exit code 5") && m.contains("disk full"), "{m}");
+    assert!(m.contains("pod db/db-2") && m.contains("signal 15 (SIGTERM)"), "{m}");
+    assert!(!m.contains("pod db/db-0"), "the pod that succeeded is named as failed: {m}");
+    let action = &a.status.as_ref().unwrap().actions[0];
+    let dump = &action.phases[0];
+    assert_eq!(dump.state, State::Failed);
+    assert_eq!(dump.output.get("first").and_then(|v| v.as_str()), Some("dumped"), "{:?}", dump.output);
+    let report = action.defer_phase.as_ref().unwrap();
+    assert_eq!(report.output.get("seen").and_then(|v| v.as_str()), Some("dumped"), "{report:?}");
 }

@@ -212,9 +212,9 @@ impl KubeCluster {
 }
 
 fn exit_from_status(status: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>) -> ExitStatus {
-    let Some(status) = status else { return ExitStatus { code: None } };
+    let Some(status) = status else { return ExitStatus::exited(None) };
     if status.status.as_deref() == Some("Success") {
-        return ExitStatus { code: Some(0) };
+        return ExitStatus::exited(Some(0));
     }
     let code = status
         .details
@@ -223,7 +223,7 @@ fn exit_from_status(status: Option<k8s_openapi::apimachinery::pkg::apis::meta::v
         .flatten()
         .find(|c| c.reason.as_deref() == Some("ExitCode"))
         .and_then(|c| c.message.and_then(|m| m.parse().ok()));
-    ExitStatus { code }
+    ExitStatus::exited(code)
 }
 
 async fn pump(mut r: impl tokio::io::AsyncRead + Unpin, stream: Stream, tx: mpsc::Sender<Chunk>) {
@@ -367,7 +367,11 @@ impl Cluster for KubeCluster {
                 .and_then(|c| c.state)
                 .and_then(|s| s.terminated);
             if let Some(t) = terminated {
-                return Ok(ExitStatus { code: Some(t.exit_code) });
+                return Ok(ExitStatus {
+                    code: Some(t.exit_code),
+                    signal: t.signal.filter(|s| *s != 0),
+                    reason: t.reason,
+                });
             }
             tokio::time::sleep(self.poll).await;
         }

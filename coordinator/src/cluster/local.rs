@@ -132,7 +132,7 @@ struct State {
     next_version: u64,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Progress {
     len: usize,
     exit: Option<ExitStatus>,
@@ -188,7 +188,7 @@ impl Drop for LocalPod {
         self.runner.abort();
         for c in self.containers.values() {
             c.kill();
-            c.exit(ExitStatus { code: None });
+            c.exit(ExitStatus::exited(None));
         }
     }
 }
@@ -633,21 +633,21 @@ async fn run_container(cmd: Result<Command>, state: Arc<LocalContainer>) -> Exit
         Ok(child) => child,
         Err(e) => {
             state.append(format!("failed to start: {e}\n").as_bytes());
-            let status = ExitStatus { code: Some(127) };
-            state.exit(status);
+            let status = ExitStatus::exited(Some(127));
+            state.exit(status.clone());
             return status;
         }
     };
     *lock(&state.pgid) = child.id();
     let out = child.stdout.take().map(|o| tokio::spawn(log_lines(o, state.clone())));
     let err = child.stderr.take().map(|e| tokio::spawn(log_lines(e, state.clone())));
-    let status = child.wait().await.map(|s| ExitStatus { code: s.code() }).unwrap_or(ExitStatus { code: None });
+    let status = child.wait().await.map(ExitStatus::of_process).unwrap_or_default();
     // Background children of the container die with it, as in a pod.
     state.kill();
     for t in [out, err].into_iter().flatten() {
         let _ = t.await;
     }
-    state.exit(status);
+    state.exit(status.clone());
     status
 }
 
@@ -720,8 +720,10 @@ impl Cluster for LocalCluster {
             command: request.command.clone(),
         });
         let what = format!("exec in pod {}/{}", request.namespace, request.pod);
+        // As in a pod, HOSTNAME is the pod's name.
         let mut child = self
             .command(&request.command, &what)?
+            .env("HOSTNAME", &request.pod)
             .spawn()
             .map_err(|e| Error::Transient { what: what.clone(), message: e.to_string() })?;
         let mut guard = GroupGuard(child.id());
@@ -735,7 +737,7 @@ impl Cluster for LocalCluster {
         for t in [out, err].into_iter().flatten() {
             let _ = t.await;
         }
-        Ok(ExitStatus { code: status.code() })
+        Ok(ExitStatus::of_process(status))
     }
 
     async fn create_pod(&self, pod: &TaskPod) -> Result<String> {
@@ -775,7 +777,7 @@ impl Cluster for LocalCluster {
             for (init, cmd, state) in commands {
                 if init_failed {
                     state.append(b"not started: an init container failed\n");
-                    state.exit(ExitStatus { code: None });
+                    state.exit(ExitStatus::exited(None));
                 } else if init {
                     init_failed = !run_container(cmd, state).await.success();
                 } else {
@@ -810,7 +812,7 @@ impl Cluster for LocalCluster {
         let mut rx = state.progress.subscribe();
         let mut offset = 0;
         loop {
-            let progress = *rx.borrow_and_update();
+            let progress = rx.borrow_and_update().clone();
             if progress.len > offset {
                 let data = lock(&state.log)[offset..progress.len].to_vec();
                 offset = progress.len;
@@ -835,7 +837,7 @@ impl Cluster for LocalCluster {
             .wait_for(|p| p.exit.is_some())
             .await
             .map_err(|_| Error::NotFound(ObjectRef::new("Pod", namespace, name)))?;
-        Ok(progress.exit.unwrap_or(ExitStatus { code: None }))
+        Ok(progress.exit.clone().unwrap_or_default())
     }
 
     async fn delete_pod(&self, namespace: &str, name: &str) -> Result<()> {

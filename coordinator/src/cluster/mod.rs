@@ -194,16 +194,70 @@ pub struct ExecRequest {
 }
 
 /// How a command or container ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ExitStatus {
     /// The exit code; `None` when the process was killed by a signal or the code is unknown.
     pub code: Option<i32>,
+    /// The signal that ended the process, when known.
+    pub signal: Option<i32>,
+    /// Kubernetes' reason for the end (`OOMKilled`, `Error`, `ContainerCannotRun`, ...).
+    pub reason: Option<String>,
 }
 
 impl ExitStatus {
+    /// A process that ended with `code` (`None`: unknown).
+    pub fn exited(code: Option<i32>) -> Self {
+        ExitStatus { code, ..Default::default() }
+    }
+
+    /// How a local process ended.
+    pub fn of_process(s: std::process::ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        ExitStatus { code: s.code(), signal: s.signal(), reason: None }
+    }
+
     /// Whether the command succeeded (exit code 0).
     pub fn success(&self) -> bool {
         self.code == Some(0)
+    }
+
+    /// How it ended, for a message after the name of what ran: `failed with exit code 1`,
+    /// `was killed by signal 9 (SIGKILL)`, `was killed for using more memory than its limit
+    /// (OOMKilled, exit code 137)`.
+    pub fn describe(&self) -> String {
+        if self.reason.as_deref() == Some("OOMKilled") {
+            let code = self.code.map(|c| format!(", exit code {c}")).unwrap_or_default();
+            return format!("was killed for using more memory than its limit (OOMKilled{code})");
+        }
+        let reason = match self.reason.as_deref() {
+            None | Some("Error" | "Completed" | "") => String::new(),
+            Some(r) => format!(" ({r})"),
+        };
+        if let Some(sig) = self.signal {
+            return format!("was killed by signal {sig}{}{reason}", signal_name(sig));
+        }
+        match self.code {
+            // A shell or container runtime reports death by signal N as 128 + N.
+            Some(c @ 129..=159) => {
+                format!("failed with exit code {c}{reason} (128 + signal {}{})", c - 128, signal_name(c - 128))
+            }
+            Some(c) => format!("failed with exit code {c}{reason}"),
+            None => format!("ended without an exit code (killed, or its status was lost){reason}"),
+        }
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        1 => " (SIGHUP)",
+        2 => " (SIGINT)",
+        3 => " (SIGQUIT)",
+        6 => " (SIGABRT)",
+        9 => " (SIGKILL)",
+        11 => " (SIGSEGV)",
+        13 => " (SIGPIPE)",
+        15 => " (SIGTERM)",
+        _ => "",
     }
 }
 
@@ -553,5 +607,32 @@ pub async fn write_status<C: Cluster>(
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ExitStatus;
+
+    #[test]
+    fn an_exit_status_says_how_the_process_ended() {
+        let with = |code: Option<i32>, signal: Option<i32>, reason: Option<&str>| {
+            ExitStatus { code, signal, reason: reason.map(str::to_string) }.describe()
+        };
+        assert_eq!(with(Some(1), None, None), "failed with exit code 1");
+        assert_eq!(with(Some(1), None, Some("Error")), "failed with exit code 1");
+        assert_eq!(with(None, Some(9), None), "was killed by signal 9 (SIGKILL)");
+        assert_eq!(with(Some(143), None, Some("Error")), "failed with exit code 143 (128 + signal 15 (SIGTERM))");
+        assert_eq!(
+            with(Some(137), None, Some("OOMKilled")),
+            "was killed for using more memory than its limit (OOMKilled, exit code 137)"
+        );
+        assert_eq!(with(Some(128), None, Some("ContainerCannotRun")), "failed with exit code 128 (ContainerCannotRun)");
+        assert!(with(None, None, None).contains("without an exit code"));
+        let ok = ExitStatus::of_process(std::process::Command::new("true").status().unwrap());
+        assert!(ok.success() && ok.signal.is_none());
+        let killed =
+            ExitStatus::of_process(std::process::Command::new("sh").args(["-c", "kill -9 $$"]).status().unwrap());
+        assert_eq!((killed.code, killed.signal), (None, Some(9)));
     }
 }

@@ -357,8 +357,9 @@ struct BackupInfo {
     backup_tag: String,
 }
 
-/// Runs `f` for every pod at once; all errors are reported, not just the first.
-async fn for_each_pod<'a, T, F, Fut>(pods: &'a [String], f: F) -> Result<Vec<(String, T)>>
+/// Runs `f` for every pod at once: what succeeded, and one error naming every pod that failed
+/// (not just the first).
+async fn for_each_pod<'a, T, F, Fut>(pods: &'a [String], f: F) -> (Vec<(String, T)>, Option<Error>)
 where
     F: Fn(&'a str) -> Fut,
     Fut: Future<Output = Result<T>>,
@@ -374,11 +375,7 @@ where
             Err(e) => errors.push(e),
         }
     }
-    match errors.len() {
-        0 => Ok(done),
-        1 => Err(errors.remove(0)),
-        _ => Err(Error::Many(errors)),
-    }
+    (done, super::functions::all_errors(errors))
 }
 
 pub(super) async fn backup_data_all<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
@@ -387,14 +384,14 @@ pub(super) async fn backup_data_all<C: Cluster>(ctx: &Context<C>) -> Result<Json
     let container = ctx.opt_str("container")?;
     let pods = pods_of(ctx)?;
     let sum = ProgressSum { ctx, backup: true, parts: Mutex::default() };
-    let done = for_each_pod(&pods, |pod| {
+    let (done, failed) = for_each_pod(&pods, |pod| {
         let (namespace, container, path, sum) = (&namespace, container.as_deref(), &path, &sum);
         async move {
             let op_id = format!("{}/{pod}", ctx.op_id);
             backup_tree(ctx, namespace, pod, container, path, &op_id, |p| sum.update(pod, p)).await
         }
     })
-    .await?;
+    .await;
     let info: BTreeMap<&str, BackupInfo> = done
         .iter()
         .map(|(pod, b)| {
@@ -404,12 +401,19 @@ pub(super) async fn backup_data_all<C: Cluster>(ctx: &Context<C>) -> Result<Json
         })
         .collect();
     let total = |f: fn(&pb::BackupStats) -> u64| Value::from(done.iter().map(|(_, b)| f(&b.stats)).sum::<u64>());
-    Ok(JsonMap::from([
+    let outputs = JsonMap::from([
         ("BackupAllInfo".to_string(), Value::String(serde_json::to_string(&info).expect("plain strings serialize"))),
         ("fileCount".to_string(), total(|s| s.files)),
         ("size".to_string(), total(|s| s.size)),
         ("phySize".to_string(), total(|s| s.bytes_uploaded)),
-    ]))
+    ]);
+    match failed {
+        None => Ok(outputs),
+        // The snapshots of the pods that succeeded exist: their ids stay findable (to restore
+        // or delete them) while the phase fails.
+        Some(e) if !done.is_empty() => Err(super::functions::partial(outputs, e)),
+        Some(e) => Err(e),
+    }
 }
 
 /// Restores snapshot `snapshot_id` into `target` through the agent of pod `namespace/pod`.
@@ -578,8 +582,9 @@ pub(super) async fn restore_data_all<C: Cluster>(ctx: &Context<C>) -> Result<Jso
             restore_tree(ctx, namespace, pod, snapshot, target, &op_id, |p| sum.update(pod, p)).await
         }
     })
-    .await?;
-    Ok(JsonMap::new())
+    .await
+    .1
+    .map_or(Ok(JsonMap::new()), Err)
 }
 
 /// The ids of `backupID` (one, a comma-separated list, or a list).

@@ -59,12 +59,12 @@ pub enum Error {
         expected: String,
     },
     /// A command or container ended with a non-zero exit code.
-    #[error("{what} failed with exit code {}{tail}", code.map_or("unknown (killed)".to_string(), |c| c.to_string()))]
+    #[error("{what} {}{tail}", status.describe())]
     CommandFailed {
         /// Which command (`command in pod ns/p container c`).
         what: String,
-        /// The exit code.
-        code: Option<i32>,
+        /// How it ended.
+        status: cluster::ExitStatus,
         /// The last log lines, redacted.
         tail: LogTail,
     },
@@ -89,8 +89,17 @@ pub enum Error {
         last_error: Option<String>,
     },
     /// Several commands failed (`KubeExecAll`).
-    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    #[error("{} failed: {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Many(Vec<Error>),
+    /// A fan-out function failed for some pods and succeeded for others: the phase fails, and
+    /// the outputs of those that succeeded are recorded (their backups exist).
+    #[error("{source}")]
+    Partial {
+        /// Outputs of the pods that succeeded.
+        outputs: JsonMap,
+        /// What failed.
+        source: Box<Error>,
+    },
     /// A template in the arguments (wait conditions) does not render.
     #[error(transparent)]
     Render(#[from] crate::render::Error),
@@ -381,7 +390,7 @@ async fn exec_one<C: Cluster>(ctx: &Context<C>, request: ExecRequest) -> Result<
     if !status.success() {
         let mut tail = if err_tail.is_empty() { out_tail } else { err_tail };
         tail.redact(&ctx.secrets());
-        return Err(Error::CommandFailed { what, code: status.code, tail });
+        return Err(Error::CommandFailed { what, status, tail });
     }
     outputs.map_err(|source| Error::Output { what, source })
 }
@@ -429,11 +438,25 @@ async fn kube_exec_all<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
             Err(e) => errors.push(e),
         }
     }
-    match errors.len() {
-        0 => Ok(out),
-        1 => Err(errors.remove(0)),
-        _ => Err(Error::Many(errors)),
+    match all_errors(errors) {
+        None => Ok(out),
+        Some(e) => Err(partial(out, e)),
     }
+}
+
+/// One error for the failures of a fan-out: `None` when there were none, the error itself when
+/// one failed, all of them when several did.
+pub(super) fn all_errors(mut errors: Vec<Error>) -> Option<Error> {
+    match errors.len() {
+        0 => None,
+        1 => Some(errors.remove(0)),
+        _ => Some(Error::Many(errors)),
+    }
+}
+
+/// `error`, carrying the outputs of what succeeded when there are any.
+pub(super) fn partial(outputs: JsonMap, error: Error) -> Error {
+    if outputs.is_empty() { error } else { Error::Partial { outputs, source: Box::new(error) } }
 }
 
 /// Creates a pod, streams the log of `container` through the output parser, waits for that
@@ -472,7 +495,7 @@ pub(super) async fn run_pod<C: Cluster>(
         }
         if !status.success() {
             tail.redact(&ctx.secrets());
-            return Err(Error::CommandFailed { what, code: status.code, tail });
+            return Err(Error::CommandFailed { what, status, tail });
         }
         for c in pod.containers.iter().filter(|c| c.name != container) {
             failed_container(ctx, &pod.namespace, &name, &c.name).await?;
@@ -502,11 +525,7 @@ async fn failed_container<C: Cluster>(ctx: &Context<C>, namespace: &str, pod: &s
         tracing::warn!(pod, container, error = %e, "cannot read the log of a failed container");
     }
     tail.redact(&ctx.secrets());
-    Err(Error::CommandFailed {
-        what: format!("container {container} of pod {namespace}/{pod}"),
-        code: status.code,
-        tail,
-    })
+    Err(Error::CommandFailed { what: format!("container {container} of pod {namespace}/{pod}"), status, tail })
 }
 
 impl<C: Cluster> Context<C> {

@@ -913,9 +913,26 @@ impl<C: Cluster> Run<C> {
                     &params.secret_values(),
                 );
                 tracing::warn!(error = %message, "phase failed");
+                // A fan-out that failed for some pods: the outputs of the others (their backups
+                // exist) are recorded, and a deferPhase can use them.
+                let partial = match &e {
+                    PhaseError::Function(functions::Error::Partial { outputs, .. }) => Some(outputs.clone()),
+                    _ => None,
+                };
+                if let Some(output) = &partial {
+                    match slot {
+                        Slot::Regular(_) => {
+                            params.phases.entry(phase.name.clone()).or_default().output = output.clone()
+                        }
+                        Slot::Defer => params.defer_phase.output = output.clone(),
+                    }
+                }
                 self.update(|s| {
                     if let Some(p) = Self::phase_status(s, i, slot) {
                         p.state = State::Failed;
+                        if let Some(output) = &partial {
+                            p.output = output.clone();
+                        }
                     }
                     if let Some(p) = s.progress.as_mut() {
                         p.running_phase.clear();
