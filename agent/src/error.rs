@@ -47,6 +47,9 @@ pub enum Error {
         /// How it ended.
         status: String,
     },
+    /// The input is a database dump that was cut off (see [`crate::dumpcheck`]).
+    #[error("{0}")]
+    IncompleteDump(String),
     /// Reading the input or writing the output failed.
     #[error("{what}: {source}")]
     Io {
@@ -114,6 +117,10 @@ impl Error {
             Error::Store(StoreError::NotFound(_)) => {
                 Some("an object the repository needs is missing: run `kanister-agent check` to see what it affects")
             }
+            // object_store names its local backend in every error of it.
+            Error::Store(StoreError::Backend { source, .. }) if source.to_string().contains("LocalFileSystem") => {
+                Some("check that the repository directory exists and is writable, and the disk has free space")
+            }
             Error::Store(StoreError::Backend { .. }) => {
                 Some("check the store's endpoint, bucket and credentials (--store-option, --store-credentials)")
             }
@@ -164,5 +171,23 @@ mod tests {
         assert_eq!(error_chain(&e), "backup failed: reading the index: permission denied");
         let e = Outer::Repeats(Middle(io()));
         assert_eq!(error_chain(&e), "backup failed: reading the index: permission denied");
+    }
+}
+
+#[cfg(test)]
+mod hint_tests {
+    use super::{Error, StoreError};
+
+    #[test]
+    fn a_local_disk_failure_is_not_blamed_on_endpoints_or_credentials() {
+        let backend = |store: &'static str| {
+            Error::Store(StoreError::Backend {
+                op: "put",
+                key: "data/ab/cd".into(),
+                source: object_store::Error::Generic { store, source: "Unable to rename file".into() },
+            })
+        };
+        assert!(backend("LocalFileSystem").hint().unwrap().contains("directory exists and is writable"));
+        assert!(backend("S3").hint().unwrap().contains("endpoint, bucket and credentials"));
     }
 }

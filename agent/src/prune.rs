@@ -38,8 +38,9 @@
 //!   never change; the index is read again when they need it). Of the due marks' packs,
 //!   those with a used blob are kept (put back); the others are "gone". (D4) write one index
 //!   of every pack of the index read so far except the gone ones, delete the index objects it
-//!   was read from, delete the gone packs, then the due marks. Leftovers of killed writers older than the grace
-//!   period and stale backup markers are removed last.
+//!   was read from, delete the gone packs, then the due marks. Leftovers of killed writers
+//!   older than the grace period (and never younger than [`IN_FLIGHT`]: a fresh staging file
+//!   may be another process's upload in progress) and stale backup markers are removed last.
 //!
 //! ## Why the order keeps the invariant
 //!
@@ -404,8 +405,13 @@ async fn add_snapshots(
     }
 }
 
+/// How old a local upload's staging file must be before it counts as left over: no single
+/// upload takes this long (request timeout 5 min), so a younger one may still be written.
+pub const IN_FLIGHT: Duration = Duration::from_secs(10 * 60);
+
 /// Removes what killed writers left, once older than the grace period: staging files of
-/// interrupted uploads, and markers of backups that stopped renewing them.
+/// interrupted uploads (and at least [`IN_FLIGHT`] old), and markers of backups that stopped
+/// renewing them.
 async fn remove_leftovers(
     repo: &Repository,
     grace: Duration,
@@ -414,9 +420,12 @@ async fn remove_leftovers(
     report: &mut PruneReport,
 ) -> Result<()> {
     let leftovers = repo.store().leftovers().map_err(|e| Error::io("cannot list upload leftovers", e))?;
+    // A staging file younger than IN_FLIGHT may belong to an upload still running (another
+    // prune's lock, a backup's pack): whatever the grace period, it stays.
+    let min_age = grace.max(IN_FLIGHT);
     for l in leftovers {
         // Local files: the store's clock is this machine's.
-        if SystemTime::now().duration_since(l.last_modified).is_ok_and(|age| age >= grace) {
+        if SystemTime::now().duration_since(l.last_modified).is_ok_and(|age| age >= min_age) {
             repo.store().delete_leftover(&l).map_err(|e| Error::io(format!("cannot remove {}", l.key), e))?;
             report.leftovers_deleted += 1;
             report.bytes_leftovers += l.size;
