@@ -18,6 +18,7 @@
 pub mod check;
 pub mod childenv;
 pub mod cli;
+pub mod dumpcheck;
 pub mod error;
 pub mod exclusive;
 pub mod kando;

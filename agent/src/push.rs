@@ -206,7 +206,7 @@ async fn push_inner(
     // The reader's error (a failing command, an unreadable input) explains a short stream
     // better than anything downstream, so it wins.
     let read_result = reader.await.map_err(|e| Error::Task(e.to_string()))?;
-    read_result?;
+    let verdict = read_result?;
     body_result?;
 
     if !list.is_empty() || lists.is_empty() {
@@ -222,7 +222,14 @@ async fn push_inner(
         version: snapshot::SNAPSHOT_VERSION,
         time: start_time,
         hostname: opts.hostname.clone(),
-        tags: opts.tags.clone(),
+        tags: {
+            // How the input ended: a dump of a known tool with its end mark, or unverified.
+            let mut tags = opts.tags.clone();
+            if let Some(v) = verdict {
+                tags.entry(crate::dumpcheck::INPUT_TAG.into()).or_insert_with(|| v.tag_value());
+            }
+            tags
+        },
         root: Root::Stream { lists },
         size: bytes_read,
         stats: SnapshotStats {
@@ -286,7 +293,7 @@ fn read_stream(
     tx: mpsc::Sender<Vec<u8>>,
     progress: &Progress,
     slot: &ChildSlot,
-) -> Result<()> {
+) -> Result<Option<crate::dumpcheck::Verdict>> {
     let (reader, has_child, program): (Box<dyn Read + Send>, _, _) = match source {
         Source::Reader(r) => (r, false, String::new()),
         Source::Command(argv) => {
@@ -312,11 +319,23 @@ fn read_stream(
             (Box::new(stdout), true, program)
         }
     };
+    let checked = crate::dumpcheck::DumpCheck::new(reader);
+    let outcome = checked.outcome();
     let mut stopped_early = false;
-    for chunk in Chunker::new(reader, params, seed) {
+    for chunk in Chunker::new(checked, params, seed) {
         let chunk = match chunk {
             Ok(c) => c,
             Err(e) => {
+                if let Some(Err(cut)) = outcome.get() {
+                    // A dump cut off: the command's own failure, when it has one, says why.
+                    if has_child
+                        && let Ok(status) = slot.wait()
+                        && !status.success()
+                    {
+                        return Err(Error::InputCommand { command: program, status: describe_exit(status) });
+                    }
+                    return Err(Error::IncompleteDump(cut.clone()));
+                }
                 slot.kill();
                 return Err(Error::io("reading the input failed", std::io::Error::other(e.to_string())));
             }
@@ -337,7 +356,7 @@ fn read_stream(
             return Err(Error::InputCommand { command: program, status: describe_exit(status) });
         }
     }
-    Ok(())
+    Ok(outcome.get().and_then(|o| o.as_ref().ok().copied()))
 }
 
 /// The input command, shared by the reader thread (which waits for it) and the pipeline's

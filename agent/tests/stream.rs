@@ -361,3 +361,40 @@ fn a_dump_that_dies_halfway_leaves_no_snapshot() {
         assert_eq!(snaps["snapshots"].as_array().map(Vec::len), Some(0), "{how}: {snaps}");
     }
 }
+
+/// A dump cut off where nothing reports it (a shell pipeline without pipefail ends with the
+/// status of its last command): the stream lacks the dump tool's end line, so the push fails
+/// and writes no snapshot. A complete dump is recorded as such in the snapshot's tags.
+#[test]
+fn a_dump_cut_off_without_an_error_is_refused_and_a_whole_one_is_tagged() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::new(BIN, format!("file://{}", dir.path().join("repo").display()));
+    agent.init();
+    let dump = "printf -- '-- MariaDB dump 10.19\\n--\\n'; for i in $(seq 1 3000); do echo \"INSERT INTO t VALUES ($i);\"; done";
+    let end = "echo '-- Dump completed on 2026-12-03'";
+    for (how, script, tool) in [
+        ("plain", format!("{{ {dump}; {end}; }} | head -c 20000"), "mysqldump"),
+        ("gzip", format!("{{ {dump}; {end}; }} | head -c 20000 | gzip"), "mysqldump"),
+        ("pg_dump", "printf -- '--\\n-- PostgreSQL database dump\\n--\\n'; seq 1 5000".to_string(), "pg_dump"),
+    ] {
+        let o = agent.output(&["push", "--json", "--exec", "sh", "-c", &script]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{how}: the push of a cut dump succeeded");
+        assert!(
+            err.contains(&format!("the input is a {tool} dump")) && err.contains("nothing was stored"),
+            "{how}: {err}"
+        );
+        let snaps = agent.json(&["snapshots"]);
+        assert_eq!(snaps["snapshots"].as_array().map(Vec::len), Some(0), "{how}: {snaps}");
+    }
+    let whole = agent.json(&["push", "--exec", "sh", "-c", &format!("{{ {dump}; {end}; }} | gzip")]);
+    let id = whole["snapshot_id"].as_str().unwrap().to_string();
+    let other = agent.json(&["push", "--exec", "sh", "-c", "seq 1 1000"]);
+    let snaps = agent.json(&["snapshots"]);
+    let tag = |id: &str| {
+        let s = snaps["snapshots"].as_array().unwrap().iter().find(|s| s["id"] == id).unwrap();
+        s["tags"]["input"].as_str().unwrap_or_default().to_string()
+    };
+    assert_eq!(tag(&id), "complete:mysqldump", "{snaps}");
+    assert_eq!(tag(other["snapshot_id"].as_str().unwrap()), "unverified", "{snaps}");
+}

@@ -68,6 +68,23 @@ actions:
             --single-transaction --skip-dump-date --databases '{{ .Options.database }}' \
             | gzip -n | kando location push --profile @PROFILE@ --path "$path" -
           kando output path "$path"
+  mysqlBackupCut:
+    phases:
+    - func: KubeTask
+      name: dump
+      args:
+        namespace: db
+        image: ghcr.io/kanisterio/mysql-sidecar:0.112.0
+        podOverride: @MYSQL_PWD@
+        command:
+        - bash
+        - -ec
+        - |
+          # No pipefail: the dump dies (cut off by head), the pipeline's status is kando's.
+          mysqldump --no-defaults -u'{{ index .Secrets.db.Data "username" | toString }}' \
+            -h '{{ index .Secrets.db.Data "host" | toString }}' -P '{{ index .Secrets.db.Data "port" | toString }}' \
+            --single-transaction --databases '{{ .Options.database }}' \
+            | head -c 20000 | gzip -n | kando location push --profile @PROFILE@ --path mysql/cut.sql.gz -
   mysqlRestore:
     inputArtifactNames: [dump]
     phases:
@@ -191,6 +208,13 @@ fn world() -> World {
 impl World {
     /// Runs `action` to its end and returns the ActionSet.
     async fn run(&self, name: &str, action: &str, secret: &str, options: Value, artifacts: Value) -> ActionSet {
+        let a = self.run_any(name, action, secret, options, artifacts).await;
+        assert_complete(&a);
+        a
+    }
+
+    /// Runs `action` to its end, however it ends.
+    async fn run_any(&self, name: &str, action: &str, secret: &str, options: Value, artifacts: Value) -> ActionSet {
         self.cluster.put(json!({
             "apiVersion": "cr.kanister.io/v1alpha1",
             "kind": "ActionSet",
@@ -205,9 +229,7 @@ impl World {
                 "artifacts": artifacts,
             }]}
         }));
-        let a = run_to_end(&self.engine, name, Duration::from_secs(120)).await;
-        assert_complete(&a);
-        a
+        run_to_end(&self.engine, name, Duration::from_secs(120)).await
     }
 
     /// Adds the database's Secret `db/<name>` (the ActionSet's `db` Secret).
@@ -330,6 +352,15 @@ async fn mysqldump_through_kando_backs_up_restores_dedups_and_deletes() {
     let added = second_bytes - first_bytes;
     assert!(added * 10 < first_bytes, "the second backup added {added} bytes after {first_bytes}: no dedup");
 
+    // A dump cut off halfway in a pipeline without pipefail: kando sees the dump lacks its
+    // end line, stores no snapshot, and the phase fails.
+    let cut = w.run_any("my-backup-cut", "mysqlBackupCut", "mysql", options("cut"), json!({})).await;
+    let status = cut.status.as_ref().unwrap();
+    assert_eq!(status.state, kanister_coordinator::crd::State::Failed, "{status:?}");
+    let message = status.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
+    assert!(message.contains("mysqldump dump (gzip-compressed) that ends before its"), "{message}");
+    assert_eq!(w.stored("snapshots").1, 2, "the cut dump left a snapshot");
+
     // The key, the S3 credential and the password went to the task pods through the
     // environment from Secrets; their commands hold none of them.
     let key = w.repository_key().await;
@@ -364,7 +395,7 @@ async fn mysqldump_through_kando_backs_up_restores_dedups_and_deletes() {
     assert_eq!(w.stored("snapshots").1, 0, "snapshots left after delete");
     assert!(!kando_pull_works(&w, &key, &path), "the deleted path can still be pulled");
 
-    let names = ["my-backup-1", "my-backup-2", "my-restore", "my-delete-1", "my-delete-2"];
+    let names = ["my-backup-1", "my-backup-2", "my-backup-cut", "my-restore", "my-delete-1", "my-delete-2"];
     assert_no_secret_anywhere(&w, scan, &names, &[pw, s3_secret, key], &logs).await;
 }
 
