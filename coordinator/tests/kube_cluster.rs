@@ -387,3 +387,58 @@ async fn wait_container_polls_the_pod_until_the_container_terminated() {
     assert_eq!(status.code, Some(3));
     assert!(!status.success());
 }
+
+/// A task pod that cannot start fails the phase at once with Kubernetes' reason (an image that
+/// cannot be pulled, a Secret that is missing); one that is only unschedulable waits for its
+/// timeout and then says why. A real API server has no kubelet here to produce these states.
+#[tokio::test]
+async fn a_pod_that_cannot_start_fails_with_the_reason_kubernetes_gives() {
+    let path = "/api/v1/namespaces/db/pods/kanister-job-x7k2p";
+    let pod = |status: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "kanister-job-x7k2p", "namespace": "db"},
+               "status": status})
+    };
+    let waiting = |name: &str, reason: &str, message: &str| {
+        json!({"name": name, "state": {"waiting": {"reason": reason, "message": message}}, "ready": false,
+               "restartCount": 0, "image": "a", "imageID": ""})
+    };
+    for (reason, message, init) in [
+        ("ImagePullBackOff", "Back-off pulling image \"mysql-sidecar:nope\"", false),
+        ("ErrImagePull", "rpc error: manifest unknown", true),
+        ("CreateContainerConfigError", "secret \"db-credentials\" not found", false),
+    ] {
+        let (cluster, mut server) = setup();
+        let cluster = cluster.with_poll_interval(std::time::Duration::from_millis(10));
+        let client = tokio::spawn(async move {
+            cluster.wait_pod_started("db", "kanister-job-x7k2p", std::time::Duration::from_secs(600)).await
+        });
+        let creating = waiting("container", "ContainerCreating", "");
+        expect(&mut server, "GET", path, 200, pod(json!({"phase": "Pending", "containerStatuses": [creating]}))).await;
+        let stuck = waiting(if init { "init" } else { "container" }, reason, message);
+        let status = if init {
+            json!({"phase": "Pending", "initContainerStatuses": [stuck]})
+        } else {
+            json!({"phase": "Pending", "containerStatuses": [stuck]})
+        };
+        expect(&mut server, "GET", path, 200, pod(status)).await;
+        let e = client.await.unwrap().unwrap_err().to_string();
+        assert!(e.contains(reason) && e.contains(message) && e.contains("cannot start"), "{e}");
+        assert!(e.contains(if init { "container init" } else { "container container" }), "{e}");
+    }
+
+    // Unschedulable: waits (an autoscaler may add a node), then the timeout says why.
+    let (cluster, mut server) = setup();
+    let cluster = cluster.with_poll_interval(std::time::Duration::from_millis(10));
+    let client = tokio::spawn(async move {
+        cluster.wait_pod_started("db", "kanister-job-x7k2p", std::time::Duration::from_millis(50)).await
+    });
+    let unschedulable = pod(json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+        "reason": "Unschedulable", "message": "0/3 nodes are available: 3 Insufficient memory."}]}));
+    // Answer every poll until the client gives up (and drops its end of the mock).
+    while let Some((request, send)) = server.next_request().await {
+        assert_eq!(request.uri().path(), path);
+        send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&unschedulable).unwrap())).unwrap());
+    }
+    let e = client.await.unwrap().unwrap_err().to_string();
+    assert!(e.contains("Unschedulable: 0/3 nodes are available: 3 Insufficient memory."), "{e}");
+}

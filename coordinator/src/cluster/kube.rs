@@ -211,6 +211,59 @@ impl KubeCluster {
     }
 }
 
+/// Why a pending pod has not started, as Kubernetes says it.
+#[derive(Debug)]
+struct Waiting {
+    text: String,
+    /// It will not start without someone changing something (the image name, the registry's
+    /// credentials, a missing Secret or ConfigMap): waiting longer only hides the reason.
+    never: bool,
+}
+
+/// Waiting reasons of a container that does not get better by waiting. Kubernetes retries
+/// these too, with backoff, but a task pod has no one to fix the image or the Secret while it
+/// waits (upstream Kanister fails on image pull errors the same way). A pod that is merely
+/// unschedulable is not here: an autoscaler may still add a node; its reason goes into the
+/// timeout's message instead.
+const NEVER_STARTS: [&str; 7] = [
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// What keeps a pending pod from starting: its containers' (init containers' first) waiting
+/// reasons and an unschedulable condition, with Kubernetes' messages.
+fn not_started(pod: &k8s_openapi::api::core::v1::Pod) -> Vec<Waiting> {
+    let Some(status) = &pod.status else { return Vec::new() };
+    let mut out = Vec::new();
+    let containers = status.init_container_statuses.iter().flatten().chain(status.container_statuses.iter().flatten());
+    for c in containers {
+        let Some(w) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) else { continue };
+        let Some(reason) =
+            w.reason.as_deref().filter(|r| !r.is_empty() && *r != "ContainerCreating" && *r != "PodInitializing")
+        else {
+            continue;
+        };
+        let message = w.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
+        out.push(Waiting {
+            text: format!("container {} is {reason}{message}", c.name),
+            never: NEVER_STARTS.contains(&reason),
+        });
+    }
+    for c in status.conditions.iter().flatten() {
+        if c.type_ == "PodScheduled" && c.status == "False" {
+            let reason = c.reason.as_deref().unwrap_or("not scheduled");
+            let message = c.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
+            out.push(Waiting { text: format!("{reason}{message}"), never: false });
+        }
+    }
+    out
+}
+
 fn exit_from_status(status: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>) -> ExitStatus {
     let Some(status) = status else { return ExitStatus::exited(None) };
     if status.status.as_deref() == Some("Success") {
@@ -321,8 +374,18 @@ impl Cluster for KubeCluster {
             if matches!(phase.as_str(), "Running" | "Succeeded" | "Failed") {
                 return Ok(());
             }
+            let waiting = not_started(&pod);
+            if let Some(w) = waiting.iter().find(|w| w.never) {
+                return Err(Error::Rejected { object, message: format!("the pod cannot start: {}", w.text) });
+            }
             if tokio::time::Instant::now() >= deadline {
-                return Err(Error::Timeout { what: format!("pod {namespace}/{name} to start"), after: timeout });
+                let why = waiting.iter().map(|w| w.text.as_str()).collect::<Vec<_>>().join("; ");
+                let what = if why.is_empty() {
+                    format!("pod {namespace}/{name} to start")
+                } else {
+                    format!("pod {namespace}/{name} to start (it waits: {why})")
+                };
+                return Err(Error::Timeout { what, after: timeout });
             }
             tokio::time::sleep(self.poll).await;
         }
