@@ -449,6 +449,19 @@ async fn status_conflicts_are_retried_not_lost() {
     assert_eq!(a.status.as_ref().unwrap().actions[0].artifacts["cloud"].key_value["size"], "42");
 }
 
+/// The final status write meets an API server that is briefly unreachable: it is retried, so
+/// the ActionSet does not stay `running` after its run ended (before, the error was logged and
+/// the state never written).
+#[tokio::test]
+async fn a_final_status_write_that_fails_is_retried() {
+    let cluster = cluster_with("1h");
+    cluster.load_yaml(&actionset("backup-3", "backup", ""), "as").unwrap();
+    cluster.inject_final_status_failures(2);
+    let engine = Engine::new(cluster.clone(), config());
+    let a = run_to_end(&engine, "backup-3").await;
+    assert_eq!(a.status.as_ref().unwrap().state, State::Complete);
+}
+
 #[tokio::test]
 async fn kube_ops_and_waits() {
     let cluster = cluster_with("1h");

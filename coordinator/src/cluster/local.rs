@@ -224,6 +224,7 @@ pub struct LocalCluster {
     pod_records: Mutex<Vec<PodRecord>>,
     scales: Mutex<Vec<(ObjectRef, i32)>>,
     conflicts: AtomicUsize,
+    final_failures: AtomicUsize,
     agents: Mutex<HashMap<(String, String), String>>,
     volumes: Mutex<HashMap<(String, String), PathBuf>>,
     status_writes: Mutex<Vec<(String, String, Value)>>,
@@ -348,6 +349,7 @@ impl LocalCluster {
             pod_records: Mutex::new(Vec::new()),
             scales: Mutex::new(Vec::new()),
             conflicts: AtomicUsize::new(0),
+            final_failures: AtomicUsize::new(0),
             agents: Mutex::new(HashMap::new()),
             volumes: Mutex::new(HashMap::new()),
             status_writes: Mutex::new(Vec::new()),
@@ -513,6 +515,12 @@ impl LocalCluster {
     /// Makes the next `n` status writes fail with a conflict, as when another writer raced.
     pub fn inject_status_conflicts(&self, n: usize) {
         self.conflicts.store(n, Ordering::SeqCst);
+    }
+
+    /// Makes the next `n` writes of a final status (`complete`, `failed`) fail as when the API
+    /// server is briefly unreachable: a failure a real server cannot produce on demand.
+    pub fn inject_final_status_failures(&self, n: usize) {
+        self.final_failures.store(n, Ordering::SeqCst);
     }
 
     /// The recorded events, oldest first.
@@ -981,6 +989,15 @@ impl Cluster for LocalCluster {
         let object = ObjectRef::actionset(namespace, name);
         let status = serde_json::to_value(status)
             .map_err(|e| Error::Rejected { object: object.clone(), message: e.to_string() })?;
+        let terminal = matches!(status.get("state").and_then(Value::as_str), Some("complete" | "failed"));
+        if terminal
+            && self.final_failures.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+        {
+            return Err(Error::Transient {
+                what: format!("write status of {object}"),
+                message: "connection reset".into(),
+            });
+        }
         let injected = self.conflicts.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
         let version = self.update(&object, |v| {
             let current = v.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default();

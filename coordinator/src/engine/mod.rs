@@ -141,6 +141,9 @@ pub struct EngineConfig {
     pub tools_image: String,
 }
 
+/// Attempts to write an ActionSet status through transient API errors (backoff 0.25 s, doubling).
+const STATUS_WRITE_ATTEMPTS: u32 = 5;
+
 /// The default [`EngineConfig::tools_image`]: the tools image of this release.
 pub const DEFAULT_TOOLS_IMAGE: &str = concat!("ghcr.io/kanister-rs/kanister-tools:", env!("CARGO_PKG_VERSION"));
 
@@ -578,7 +581,10 @@ impl<C: Cluster> Run<C> {
     }
 
     /// Applies `f` to the status and writes it. A deleted ActionSet cancels the run; other
-    /// write failures are logged (the next write carries the change too).
+    /// write failures are retried a few times with backoff (the API server restarting), then
+    /// logged: the next write carries the change too, and a run whose last write never landed
+    /// is found `running` by the next reconcile, which fails the interrupted phase rather than
+    /// report it complete.
     async fn update(&self, f: impl FnOnce(&mut ActionSetStatus)) {
         let mut guard = self.status.lock().await;
         let (status, rv) = &mut *guard;
@@ -589,10 +595,26 @@ impl<C: Cluster> Run<C> {
             progress.percent_completed = percent;
         }
         progress.last_transition_time = Some(now());
-        match write_status(&**self.cluster(), self.namespace(), self.name(), rv, status).await {
-            Ok(new_rv) => *rv = new_rv,
-            Err(cluster::Error::NotFound(_)) => self.cancel.cancel("cancelled: the ActionSet was deleted"),
-            Err(e) => tracing::warn!(error = %e, "failed to write actionset status"),
+        let mut wait = Duration::from_millis(250);
+        for attempt in 1..=STATUS_WRITE_ATTEMPTS {
+            match write_status(&**self.cluster(), self.namespace(), self.name(), rv, status).await {
+                Ok(new_rv) => {
+                    *rv = new_rv;
+                    return;
+                }
+                Err(cluster::Error::NotFound(_)) => {
+                    self.cancel.cancel("cancelled: the ActionSet was deleted");
+                    return;
+                }
+                Err(e) if attempt == STATUS_WRITE_ATTEMPTS => {
+                    tracing::warn!(error = %e, attempts = attempt, "failed to write actionset status");
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, attempt, "status write failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+            }
         }
     }
 
