@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Builds the test control plane from the Go module proxy: kube-apiserver,
+# kube-controller-manager and kube-scheduler of k8s.io/kubernetes and etcd of
+# go.etcd.io/etcd/server/v3, at the versions pinned in versions.env, go.mod,
+# etcd/go.mod and their go.sum files. Test tooling only, never shipped.
+#
+# The binaries go into a cache outside the clone:
+#   ${KANISTER_CLUSTER_CACHE:-$HOME/.cache/kanister-cluster}/<key>/bin/
+# where <key> names both versions and a hash of everything that decides the
+# build (go.mod and go.sum files, Go version, link flags). A binary already in
+# the cache is not built again, so a second run builds nothing.
+#
+# Usage: build.sh [--print-bin-dir]
+#   Progress and timings go to stderr; the bin directory is printed on stdout
+#   as the last line. --print-bin-dir prints it without building anything.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+. "$here/versions.env"
+
+log() { echo "build.sh: $*" >&2; }
+die() { echo "build.sh: ERROR: $*" >&2; exit 1; }
+
+command -v go >/dev/null 2>&1 || die "no 'go' command on PATH; install Go 1.26 or newer"
+goversion="$(cd "$here" && go env GOVERSION)" || die "'go env GOVERSION' failed"
+
+# The version stamp kube-apiserver reports (`kubectl version`) and the others
+# log, as Kubernetes' hack/lib/version.sh sets it. The build date is the time
+# the module proxy gives for the tag, so that the build is reproducible.
+kube_minor="${KUBERNETES_VERSION#v1.}"
+kube_minor="${kube_minor%%.*}"
+kube_info="$(cd "$here" && go mod download -json "k8s.io/kubernetes@${KUBERNETES_VERSION}" \
+	| sed -n 's/^[[:space:]]*"Info": "\(.*\)",$/\1/p')" \
+	|| die "cannot fetch k8s.io/kubernetes@${KUBERNETES_VERSION} from the Go module proxy"
+build_date="$(sed -n 's/.*"Time":"\([^"]*\)".*/\1/p' "$kube_info")"
+[ -n "$build_date" ] || build_date="1970-01-01T00:00:00Z"
+kube_ldflags="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+	kube_ldflags+=" -X ${pkg}.gitVersion=${KUBERNETES_VERSION}"
+	kube_ldflags+=" -X ${pkg}.gitMajor=1"
+	kube_ldflags+=" -X ${pkg}.gitMinor=${kube_minor}"
+	kube_ldflags+=" -X ${pkg}.gitTreeState=archive"
+	kube_ldflags+=" -X ${pkg}.buildDate=${build_date}"
+done
+etcd_ldflags="-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=${ETCD_VERSION}"
+
+hash="$( (cd "$here" && cat go.mod go.sum etcd/go.mod etcd/go.sum; \
+	echo "$goversion"; echo "$kube_ldflags"; echo "$etcd_ldflags"; echo trimpath) \
+	| sha256sum | cut -c1-16)"
+key="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_${hash}"
+cache="${KANISTER_CLUSTER_CACHE:-$HOME/.cache/kanister-cluster}"
+case "$cache" in /*) ;; *) cache="$PWD/$cache" ;; esac
+case "$cache/" in "$(cd "$here/../.." && pwd)/"*) die "the cache $cache must be outside the clone" ;; esac
+bin="$cache/$key/bin"
+
+if [ "${1:-}" = "--print-bin-dir" ]; then
+	echo "$bin"
+	exit 0
+fi
+
+mkdir -p "$bin" "$cache/$key/logs"
+# One build at a time per key; a second caller waits, then finds the binaries.
+exec 9>"$cache/$key/lock"
+flock 9
+
+# build NAME MODULE_DIR PACKAGE LDFLAGS
+build() {
+	local name="$1" dir="$2" pkg="$3" ldflags="$4"
+	if [ -x "$bin/$name" ]; then
+		log "$name: cached ($bin/$name)"
+		return 0
+	fi
+	local blog="$cache/$key/logs/$name.build.log" start end
+	log "$name: building $pkg (log: $blog) ..."
+	start="$(date +%s)"
+	if ! (cd "$here/$dir" && nice -n 10 go build -trimpath -ldflags "$ldflags" \
+		-o "$bin/.$name.tmp" "$pkg") >"$blog" 2>&1; then
+		rm -f "$bin/.$name.tmp"
+		echo "build.sh: ERROR: building $name ($pkg) failed; the end of $blog:" >&2
+		tail -n 30 "$blog" >&2
+		exit 1
+	fi
+	mv -f "$bin/.$name.tmp" "$bin/$name"
+	end="$(date +%s)"
+	log "$name: built in $((end - start))s"
+}
+
+total_start="$(date +%s)"
+log "key $key ($goversion)"
+build etcd etcd go.etcd.io/etcd/server/v3 "$etcd_ldflags"
+build kube-apiserver . k8s.io/kubernetes/cmd/kube-apiserver "$kube_ldflags"
+build kube-controller-manager . k8s.io/kubernetes/cmd/kube-controller-manager "$kube_ldflags"
+build kube-scheduler . k8s.io/kubernetes/cmd/kube-scheduler "$kube_ldflags"
+log "all binaries in $bin ($(( $(date +%s) - total_start ))s)"
+echo "$bin"
