@@ -222,3 +222,157 @@ actions:
     let report = action.defer_phase.as_ref().unwrap();
     assert_eq!(report.output.get("seen").and_then(|v| v.as_str()), Some("dumped"), "{report:?}");
 }
+
+/// How an injected command fails.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Exit1,
+    Killed,
+    NeverStarts,
+}
+
+impl Fault {
+    /// The command, as a YAML flow sequence.
+    fn command(self) -> &'static str {
+        match self {
+            Fault::Exit1 => r#"[sh, -c, "echo 'it broke' >&2; exit 1"]"#,
+            Fault::Killed => r#"[sh, -c, "echo 'dying' >&2; kill -9 $$"]"#,
+            Fault::NeverStarts => "[/nonexistent/kanister-no-such-program]",
+        }
+    }
+
+    /// What the message must say about how it ended.
+    fn says(self) -> &'static str {
+        match self {
+            Fault::Exit1 => "failed with exit code 1",
+            Fault::Killed => "killed by signal 9 (SIGKILL)",
+            Fault::NeverStarts => "kanister-no-such-program",
+        }
+    }
+}
+
+const OK: &str = r#"[sh, -c, "echo '###Phase-output###: {\"key\":\"path\",\"value\":\"/backups/x\"}'"]"#;
+
+/// Every position where a function runs something, with the fault injected there: the phase's
+/// arguments and what the failure message must name.
+fn positions(fault: Fault) -> Vec<(&'static str, String, &'static str)> {
+    let bad = fault.command();
+    vec![
+        (
+            "KubeExec",
+            format!("func: KubeExec\n      args: {{namespace: db, pod: db-0, container: db, command: {bad}}}"),
+            "pod db/db-0",
+        ),
+        (
+            "KubeExecAll, second pod",
+            format!(
+                "func: KubeExecAll\n      args: {{namespace: db, pods: db-0 db-1, containers: db, command: [sh, -c, \
+                 'if [ \"$HOSTNAME\" = db-1 ]; then exec {}; fi; echo fine']}}",
+                match fault {
+                    Fault::Exit1 => "sh -c \"exit 1\"",
+                    Fault::Killed => "sh -c \"kill -9 \\$\\$\"",
+                    Fault::NeverStarts => "/nonexistent/kanister-no-such-program",
+                }
+            ),
+            "pod db/db-1",
+        ),
+        (
+            "KubeTask",
+            format!("func: KubeTask\n      args: {{namespace: kanister, image: alpine, command: {bad}}}"),
+            "container container",
+        ),
+        (
+            "MultiContainerRun init",
+            format!(
+                "func: MultiContainerRun\n      args: {{namespace: kanister, initImage: a, initCommand: {bad}, \
+                 backgroundImage: a, backgroundCommand: [sh, -c, 'true'], outputImage: a, outputCommand: {OK}}}"
+            ),
+            "container init",
+        ),
+        (
+            "MultiContainerRun background",
+            format!(
+                "func: MultiContainerRun\n      args: {{namespace: kanister, backgroundImage: a, backgroundCommand: {bad}, \
+                 outputImage: a, outputCommand: {OK}}}"
+            ),
+            "container background",
+        ),
+        (
+            "MultiContainerRun output",
+            format!(
+                "func: MultiContainerRun\n      args: {{namespace: kanister, backgroundImage: a, \
+                 backgroundCommand: [sh, -c, 'true'], outputImage: a, outputCommand: {bad}}}"
+            ),
+            "container output",
+        ),
+    ]
+}
+
+/// Failure injection over every function that runs something and every position in it (init,
+/// background, output container; each pod of a fan-out): a command that exits 1, one killed by
+/// a signal, one that never starts. Each time the ActionSet ends `failed`, the message names
+/// the right pod or container and how it ended, the deferPhase runs, and no artifact claims a
+/// backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_failure_of_every_function_fails_the_actionset() {
+    let mut world = String::new();
+    for pod in ["db-0", "db-1"] {
+        world.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: db}}\nspec: {{containers: [{{name: db, image: mariadb}}]}}\n"
+        ));
+    }
+    let mut table = Vec::new();
+    for fault in [Fault::Exit1, Fault::Killed, Fault::NeverStarts] {
+        for (function, phase, names) in positions(fault) {
+            let c = LocalCluster::new();
+            c.load_yaml(&world, "world").unwrap();
+            let blueprint = format!(
+                r#"
+apiVersion: cr.kanister.io/v1alpha1
+kind: Blueprint
+metadata: {{name: inject, namespace: kanister}}
+actions:
+  backup:
+    outputArtifacts:
+      cloud:
+        keyValue: {{path: "{{{{ .Phases.run.Output.path }}}}"}}
+    phases:
+    - name: run
+      {phase}
+    deferPhase:
+      func: KubeTask
+      name: cleanup
+      args: {{namespace: kanister, image: alpine, command: [sh, -c, "echo cleaned"]}}
+"#
+            );
+            c.load_yaml(&blueprint, "bp").unwrap();
+            let cluster = Arc::new(c);
+            let engine = Engine::new(cluster.clone(), engine_config(None));
+            let name = unique_name("inject", "x").to_lowercase();
+            cluster.put(serde_json::json!({
+                "apiVersion": "cr.kanister.io/v1alpha1",
+                "kind": "ActionSet",
+                "metadata": {"name": name, "namespace": "kanister"},
+                "spec": {"actions": [{"name": "backup", "blueprint": "inject", "object": {"kind": "Namespace", "name": "db"}}]}
+            }));
+            let a = run_to_end(&engine, &name, Duration::from_secs(60)).await;
+            let s = a.status.as_ref().unwrap();
+            let message = s.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
+            let defer = s.actions[0].defer_phase.as_ref().map(|d| d.state);
+            let ok = s.state == State::Failed
+                && message.contains(names)
+                && message.contains(fault.says())
+                && defer == Some(State::Complete)
+                && s.actions[0].artifacts.is_empty();
+            table.push(format!(
+                "{} {function:<30} {fault:?}: {:?}, defer {defer:?}, artifacts {:?}: {message}",
+                if ok { "ok  " } else { "FAIL" },
+                s.state,
+                s.actions[0].artifacts.keys().collect::<Vec<_>>()
+            ));
+        }
+    }
+    let report = table.join("\n");
+    println!("{report}");
+    assert!(!report.contains("FAIL"), "{report}");
+}

@@ -168,7 +168,7 @@ credential:
     assert_eq!(snaps.len(), 1, "{out}");
     let s = &snaps[0];
     assert_eq!((s["kind"].as_str(), s["path"].as_str()), (Some("kando"), Some("manual/dump.sql")), "{out}");
-    assert_eq!(s["tags"], json!({"kando.path": "manual/dump.sql"}), "{out}");
+    assert_eq!(s["tags"], json!({"kando.path": "manual/dump.sql", "input": "unverified"}), "{out}");
     assert_eq!(s["logicalBytes"].as_u64(), Some(data.len() as u64), "{out}");
     assert!(s["storedBytes"].as_u64().unwrap() < data.len() as u64, "repetitive data compresses: {out}");
     assert!(s.get("actionSet").is_none() && s.get("artifact").is_none(), "{out}");

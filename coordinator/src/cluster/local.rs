@@ -635,7 +635,8 @@ async fn log_lines(r: impl AsyncRead + Unpin, container: Arc<LocalContainer>) {
 
 async fn run_container(cmd: Result<Command>, state: Arc<LocalContainer>) -> ExitStatus {
     let spawned = cmd.and_then(|mut c| {
-        c.spawn().map_err(|e| Error::Transient { what: "start local container".into(), message: e.to_string() })
+        let program = c.as_std().get_program().to_string_lossy().into_owned();
+        c.spawn().map_err(|e| Error::Transient { what: format!("start {program}"), message: e.to_string() })
     });
     let mut child = match spawned {
         Ok(child) => child,
@@ -729,11 +730,18 @@ impl Cluster for LocalCluster {
         });
         let what = format!("exec in pod {}/{}", request.namespace, request.pod);
         // As in a pod, HOSTNAME is the pod's name.
-        let mut child = self
-            .command(&request.command, &what)?
-            .env("HOSTNAME", &request.pod)
-            .spawn()
-            .map_err(|e| Error::Transient { what: what.clone(), message: e.to_string() })?;
+        let spawned = self.command(&request.command, &what)?.env("HOSTNAME", &request.pod).spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            // As a container runtime answers an exec of a program that is not there: exit 127
+            // and a line naming it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let line = format!("exec {}: {e}\n", request.command[0]);
+                let _ = output.send(Chunk { stream: Stream::Stderr, data: line.into_bytes() }).await;
+                return Ok(ExitStatus::exited(Some(127)));
+            }
+            Err(e) => return Err(Error::Transient { what: what.clone(), message: e.to_string() }),
+        };
         let mut guard = GroupGuard(child.id());
         let out = child.stdout.take().map(|o| tokio::spawn(pump(o, Stream::Stdout, output.clone())));
         let err = child.stderr.take().map(|e| tokio::spawn(pump(e, Stream::Stderr, output)));

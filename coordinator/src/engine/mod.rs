@@ -694,6 +694,10 @@ impl<C: Cluster> Run<C> {
             }
             s.state = State::Failed;
             s.error = Some(StatusError { message: message.clone() });
+            // What an action of a run that stopped this way claims cannot be trusted.
+            for a in &mut s.actions {
+                a.artifacts.clear();
+            }
         })
         .await;
         lock(&self.engine.inner.metrics).finished.entry("failed").and_modify(|n| *n += 1).or_insert(1);
@@ -729,9 +733,13 @@ impl<C: Cluster> Run<C> {
     }
 
     /// Runs one action; returns the message of its first failure.
-    async fn fail_action(&self, message: String) -> std::result::Result<(), String> {
+    /// Fails action `i` with `message`; its artifacts (still the blueprint's templates) go.
+    async fn fail_action(&self, i: usize, message: String) -> std::result::Result<(), String> {
         self.update(|s| {
             s.error.get_or_insert(StatusError { message: message.clone() });
+            if let Some(a) = s.actions.get_mut(i) {
+                a.artifacts.clear();
+            }
         })
         .await;
         Err(message)
@@ -740,7 +748,7 @@ impl<C: Cluster> Run<C> {
     async fn run_action(&self, i: usize, recover: bool) -> std::result::Result<(), String> {
         let spec = &self.actionset.spec.actions[i];
         {
-            let fail = |m| self.fail_action(m);
+            let fail = |m| self.fail_action(i, m);
             let (blueprint, bpa) =
                 match self.engine.blueprint_action(self.namespace(), &spec.blueprint, &spec.name).await {
                     Ok(b) => b,
@@ -824,6 +832,15 @@ impl<C: Cluster> Run<C> {
                 }
             }
             if let Some(e) = core_err.or(defer_err) {
+                // The status held the blueprint's artifact templates while the action ran; a
+                // failed action made no backup, so no artifact may claim one (`--from` it, a
+                // restore would use a template as a backup's path).
+                self.update(|s| {
+                    if let Some(a) = s.actions.get_mut(i) {
+                        a.artifacts.clear();
+                    }
+                })
+                .await;
                 return Err(e);
             }
             let location = Location { blueprint: blueprint.clone(), action: spec.name.clone(), ..Default::default() };
