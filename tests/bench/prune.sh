@@ -2,14 +2,15 @@
 # Prune benchmark: a repository of about 1,000,000 blobs in 200 snapshots, half of them forgotten.
 #
 # Generates the repository through the agent's own CLI: 256-byte average chunks (the smallest
-# FastCDC allows), 200 stream pushes of BENCH_BLOBS_PER_SNAPSHOT (default 5000) chunks' worth of
-# random bytes each (fixed seed), so every snapshot brings its own blobs and packs. Then forgets
+# FastCDC allows), 200 stream pushes of BENCH_BLOBS_PER_SNAPSHOT (default 6000) chunks' worth of
+# random bytes each (fixed seed), so every snapshot brings its own blobs and packs (FastCDC's
+# chunks come out a little larger than the average asked for: 6000 gives about 5000 blobs). Then forgets
 # every other snapshot and times, under /usr/bin/time -v:
 #   prune --grace-period 0s          the work of a real prune: half the blobs unreachable
 #   prune --grace-period 0s (again)  nothing left to free: the cost of the scheduled no-op
 #   check                            the light check maintenance runs after prune
-# and, under strace, which files prune opens: it must not open a pack it does not rewrite (this
-# prune rewrites none: packs are deleted whole once nothing uses them).
+# and, under strace, the bytes prune reads from packs: only the kept snapshots' ID lists, never
+# a data blob (this prune rewrites no pack: packs are deleted whole once nothing uses them).
 # restic runs the same data, snapshots and forgets in the same run for reference; its 512 KiB
 # minimum chunk makes a few hundred blobs of what are a million here, so the ratio measures
 # repositories of equal bytes, not of equal blob counts.
@@ -17,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SNAPSHOTS=${BENCH_SNAPSHOTS:-200}
-PER=${BENCH_BLOBS_PER_SNAPSHOT:-5000}
+PER=${BENCH_BLOBS_PER_SNAPSHOT:-6000}
 W=${BENCH_DIR:-/tmp/kanister-bench-prune}
 cargo build --release -q -p kanister-agent
 AGENT=$PWD/target/release/kanister-agent
@@ -32,13 +33,15 @@ OURS=file://$W/ours
 "$AGENT" -s "$OURS" repo init --chunk-size 256 >/dev/null
 restic -q -r "$W/restic" init >/dev/null
 
-# Each snapshot's data: PER chunks of 256 bytes on average, from a fixed seed.
+# Each snapshot's data: PER chunks of 256 bytes on average, from a fixed seed (AES-CTR of
+# zeros: random-looking, so nothing deduplicates or compresses; head ends it with SIGPIPE).
 BYTES=$((PER * 256))
+random_bytes() { openssl enc -aes-128-ctr -nosalt -pass "pass:bench-$1" -pbkdf2 -iter 1 < /dev/zero 2>/dev/null || true; }
 echo "generating $SNAPSHOTS snapshots of $BYTES bytes ..." >&2
 gen_start=$SECONDS
 for i in $(seq 1 "$SNAPSHOTS"); do
   f=$W/data/s$i
-  openssl enc -aes-128-ctr -nosalt -pass "pass:bench-$i" -pbkdf2 -iter 1 < /dev/zero 2>/dev/null | head -c "$BYTES" > "$f"
+  random_bytes "$i" | head -c "$BYTES" > "$f"
   "$AGENT" -s "$OURS" push --tag n="$i" --json < "$f" > "$W/data/s$i.json"
   restic -q -r "$W/restic" backup --stdin --stdin-filename "s$i" --tag "n=$i" < "$f" > /dev/null
   rm "$f"
@@ -80,20 +83,34 @@ measure restic-prune restic -q -r "$W/restic" prune
 R_WALL=$WALL R_RSS=$RSS
 RAFTER=$(du -sb "$W/restic" | cut -f1)
 
-# Which files does prune open? The same prune again, on the copy, under strace.
-strace -f -qq -e trace=openat -o "$W/strace.txt" "$AGENT" -s "file://$W/ours-copy" prune --grace-period 0s --json > "$W/ours-prune-copy.out"
-PACK_OPENS=$(grep -c '/ours-copy/data/' "$W/strace.txt" || true)
+# What does prune read from packs? The same prune again, on the copy, under strace: bytes read
+# from files under data/. Prune reads the kept snapshots' ID lists (the blobs that say which
+# chunks a stream has; they live in packs like data) and never a data blob.
+strace -f -qq -y -e trace=read,pread64 -o "$W/strace.txt" "$AGENT" -s "file://$W/ours-copy" prune --grace-period 0s --json > "$W/ours-prune-copy.out"
+PACK_READ=$(python3 - "$W/strace.txt" "$W/ours-copy/data/" <<'PY'
+import re, sys
+total = 0
+for line in open(sys.argv[1]):
+    m = re.search(r'(?:read|pread64)\(\d+<([^>]*)>.*\)\s*=\s*(\d+)', line)
+    if m and m.group(1).startswith(sys.argv[2]):
+        total += int(m.group(2))
+print(total)
+PY
+)
+PACK_BYTES=$(du -sb "$W/ours-copy/data" | cut -f1)
 DELETED=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["packs_deleted"])' "$W/ours-prune.out")
+# Each kept data blob is named once in an ID list: 32 bytes of id.
+ID_BYTES=$((BLOBS / 2 * 32))
 
 # Every kept snapshot still restores; the forgotten ones are gone.
 for i in 1 $((SNAPSHOTS - 1)); do
   id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["snapshot_id"])' "$W/data/s$i.json")
-  openssl enc -aes-128-ctr -nosalt -pass "pass:bench-$i" -pbkdf2 -iter 1 < /dev/zero 2>/dev/null | head -c "$BYTES" > "$W/expect"
+  random_bytes "$i" | head -c "$BYTES" > "$W/expect"
   "$AGENT" -s "$OURS" pull "$id" - 2>/dev/null | cmp -s - "$W/expect" || { echo "snapshot $i does not restore" >&2; exit 1; }
 done
 "$AGENT" -s "$OURS" check --read-data >/dev/null || { echo "check --read-data failed after prune" >&2; exit 1; }
 
-mib() { python3 -c "print(f'{$1/1048576:.1f}')"; }
+mib() { python3 -c "print(f'{$1/1048576:.2f}')"; }
 ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
 cat <<EOF
 
@@ -107,5 +124,6 @@ Repository: $BLOBS blobs in $PACKS packs, $SNAPSHOTS snapshots, $(mib "$BEFORE")
 | prune with nothing to free s | $P2_WALL (RSS $P2_RSS MiB) | | |
 | check s | $C_WALL (RSS $C_RSS MiB) | | |
 
-Prune deleted $DELETED packs and opened $PACK_OPENS files under data/ (packs): it reads no pack contents.
+Prune deleted $DELETED packs. It read $(mib "$PACK_READ") MiB from packs of $(mib "$PACK_BYTES") MiB: the kept
+snapshots' ID lists (about $(mib "$ID_BYTES") MiB of chunk ids); no data blob.
 EOF
