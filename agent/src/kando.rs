@@ -110,6 +110,10 @@ pub struct GoProfile {
     /// Accept any TLS certificate.
     #[serde(rename = "SkipSSLVerify", default)]
     pub skip_ssl_verify: bool,
+    /// Our addition: the Profile's `storeOptions` (how the store client waits and retries;
+    /// only [`crate::store::NETWORK_OPTION_KEYS`]).
+    #[serde(rename = "StoreOptions", default)]
+    pub store_options: std::collections::BTreeMap<String, String>,
 }
 
 /// `Location`: Go JSON tags, lower case.
@@ -307,6 +311,15 @@ impl GoProfile {
         if self.skip_ssl_verify {
             opts.push(("allow_invalid_certificates".into(), "true".into()));
         }
+        for (k, v) in &self.store_options {
+            if !crate::store::NETWORK_OPTION_KEYS.contains(&k.as_str()) {
+                return Err(bad_profile(format!(
+                    "StoreOptions has {k:?}; it takes only {}",
+                    crate::store::NETWORK_OPTION_KEYS.join(", ")
+                )));
+            }
+            opts.push((k.clone(), v.clone()));
+        }
         Ok(Store::open(&url, &StoreOptions { options: opts, credentials_file: None })?)
     }
 }
@@ -456,6 +469,18 @@ mod tests {
         let err = GoProfile::parse(r#"{"Location":{"type":"kopia"}}"#).unwrap().store().unwrap_err().to_string();
         assert!(err.contains("not supported"), "{err}");
         assert!(GoProfile::parse("{}").is_err());
+
+        // Our StoreOptions: the network settings reach the store; anything else is refused.
+        let with = |opts: &str| {
+            let json = local
+                .replace(r#""SkipSSLVerify":false}"#, &format!(r#""SkipSSLVerify":false,"StoreOptions":{opts}}}"#));
+            GoProfile::parse(&json).unwrap().store().map(|s| s.to_string()).map_err(|e| e.to_string())
+        };
+        assert_eq!(with(r#"{"retry_timeout":"2m","max_retries":"1"}"#).unwrap(), "file:///backups/x");
+        let e = with(r#"{"retry_timeout":"soon"}"#).unwrap_err();
+        assert!(e.contains("retry_timeout"), "{e}");
+        let e = with(r#"{"aws_secret_access_key":"hunter2"}"#).unwrap_err();
+        assert!(e.contains("takes only connect_timeout") && !e.contains("hunter2"), "{e}");
     }
 
     #[test]

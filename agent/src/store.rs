@@ -248,6 +248,11 @@ where
 /// `retry_timeout` (ours), e.g. `--store-option retry_timeout=2m`.
 pub const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The store settings that only say how to wait and retry (a Profile's `storeOptions`): no
+/// location, no credential.
+pub const NETWORK_OPTION_KEYS: [&str; 5] =
+    ["connect_timeout", "read_timeout", "timeout", "max_retries", "retry_timeout"];
+
 fn network_settings(
     settings: &mut Vec<(String, String)>,
 ) -> Result<(object_store::RetryConfig, object_store::ClientOptions)> {

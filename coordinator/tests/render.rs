@@ -221,6 +221,15 @@ fn to_json_of_profile_references_the_credential_for_task_pods() {
     let mut p3 = p.clone();
     p3.profile.as_mut().unwrap().credential = CredentialParams::default();
     assert!(!r.render(&at(), "{{ toJson .Profile }}", &p3).unwrap().contains("FromEnv"));
+
+    // A Profile's storeOptions travel to kando under StoreOptions (absent when empty, so the
+    // JSON above stays upstream's).
+    let mut p4 = p.clone();
+    p4.profile.as_mut().unwrap().store_options = BTreeMap::from([("retry_timeout".into(), "2m".into())]);
+    let json = r.render(&at(), "{{ toJson .Profile }}", &p4).unwrap();
+    assert!(json.ends_with(r#""SkipSSLVerify":false,"StoreOptions":{"retry_timeout":"2m"}}"#), "{json}");
+    let parsed = kanister_agent::kando::GoProfile::parse_with(&json, |_| Some(credential.to_string())).unwrap();
+    assert_eq!(parsed.store_options["retry_timeout"], "2m");
 }
 
 #[test]

@@ -40,7 +40,7 @@ pub struct ProfileSpec {
 }
 
 /// The keys [`ProfileSpec::store_options`] accepts.
-pub const STORE_OPTION_KEYS: [&str; 5] = ["connect_timeout", "read_timeout", "timeout", "max_retries", "retry_timeout"];
+pub const STORE_OPTION_KEYS: [&str; 5] = kanister_agent::store::NETWORK_OPTION_KEYS;
 
 /// Kind of storage behind a [`Location`].
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

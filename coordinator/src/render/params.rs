@@ -370,6 +370,9 @@ struct GoProfile<'a> {
     credential: GoCredential<'a>,
     #[serde(rename = "SkipSSLVerify")]
     skip_ssl_verify: bool,
+    /// Our addition, for our kando: the Profile's `storeOptions` (upstream's kando ignores it).
+    #[serde(rename = "StoreOptions", skip_serializing_if = "BTreeMap::is_empty")]
+    store_options: &'a BTreeMap<String, String>,
 }
 
 impl ProfileParams {
@@ -457,6 +460,7 @@ impl ProfileParams {
                 location: self.go_location(),
                 credential: self.go_credential(credential_by_reference),
                 skip_ssl_verify: self.skip_ssl_verify,
+                store_options: &self.store_options,
             },
         )
     }
