@@ -291,32 +291,31 @@ do_start() {
 	echo "export KUBECONFIG=$state/admin.kubeconfig"
 }
 
+# Stops the recorded processes one at a time, the last started first, so that
+# kube-apiserver still has etcd while it shuts down.
 do_stop() {
-	local i c pid left=()
+	local i c pid stopped=()
 	[ -f "$pids" ] || { log "nothing recorded in $pids"; return 0; }
 	for ((i = ${#components[@]} - 1; i >= 0; i--)); do
 		c="${components[$i]}"
-		if pid="$(recorded_pid "$c")"; then
-			kill -TERM "$pid" 2>/dev/null || true
-			left+=("$c")
-		fi
-	done
-	for _ in $(seq 1 100); do
-		running_any || break
-		sleep 0.1
-	done
-	for c in "${left[@]}"; do
-		if pid="$(recorded_pid "$c")"; then
-			log "$c ($pid) did not stop on TERM; killing it"
+		pid="$(recorded_pid "$c")" || continue
+		kill -TERM "$pid" 2>/dev/null || true
+		for _ in $(seq 1 150); do
+			recorded_pid "$c" >/dev/null || break
+			sleep 0.1
+		done
+		if recorded_pid "$c" >/dev/null; then
+			log "$c ($pid) did not stop within 15s of TERM; killing it"
 			kill -KILL "$pid" 2>/dev/null || true
+			for _ in $(seq 1 50); do
+				recorded_pid "$c" >/dev/null || break
+				sleep 0.1
+			done
 		fi
-	done
-	for _ in $(seq 1 50); do
-		running_any || break
-		sleep 0.1
+		stopped+=("$c")
 	done
 	running_any && die "some recorded processes still run: $(cat "$pids")"
-	[ "${#left[@]}" -eq 0 ] && log "nothing was running" || log "stopped ${left[*]}"
+	if [ "${#stopped[@]}" -eq 0 ]; then log "nothing was running"; else log "stopped ${stopped[*]}"; fi
 	rm -f "$pids"
 }
 
