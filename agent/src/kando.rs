@@ -235,6 +235,14 @@ impl GoProfile {
 
     /// The store this profile names, with its credentials as store settings (never in the URL).
     pub fn store(&self) -> Result<Store> {
+        let (url, options) = self.store_settings()?;
+        Ok(Store::open(&url, &StoreOptions { options, credentials_file: None })?)
+    }
+
+    /// The store URL and settings this Profile names: the one mapping from a Profile to a store,
+    /// which the coordinator also uses for the repository references it sends the agents.
+    /// Settings hold the credentials: secret.
+    pub fn store_settings(&self) -> Result<(String, Vec<(String, String)>)> {
         let l = &self.location;
         let prefix = l.prefix.trim_matches('/');
         let mut opts: Vec<(String, String)> = Vec::new();
@@ -320,7 +328,7 @@ impl GoProfile {
             }
             opts.push((k.clone(), v.clone()));
         }
-        Ok(Store::open(&url, &StoreOptions { options: opts, credentials_file: None })?)
+        Ok((url, opts))
     }
 }
 

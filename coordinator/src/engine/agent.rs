@@ -260,82 +260,24 @@ pub async fn connect(endpoint: &str, config: &AgentClientConfig) -> Result<Clien
 /// The store URL and settings of a Profile, as `kando` maps upstream's `toJson .Profile`, and
 /// the repository key (the Profile's key Secret value, as `KANISTER_REPO_KEY` carries it).
 pub fn repository_ref(profile: &ProfileParams, key: Zeroizing<Vec<u8>>) -> Result<pb::RepositoryRef> {
-    let l = &profile.location;
-    let prefix = l.prefix.trim_matches('/');
-    let mut opts: std::collections::HashMap<String, String> =
-        profile.store_options.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let endpoint = if l.endpoint.is_empty() || l.endpoint.contains("://") {
-        l.endpoint.clone()
-    } else {
-        format!("https://{}", l.endpoint)
-    };
-    let kp = profile.credential.key_pair.as_ref();
-    let secret = |keys: &[&str]| {
-        let s = profile.credential.secret.as_ref()?;
-        keys.iter().find_map(|k| s.data.get(*k).map(|v| String::from_utf8_lossy(v).into_owned()))
-    };
-    let store_url = match l.location_type {
-        LocationType::S3Compliant => {
-            if !endpoint.is_empty() {
-                opts.insert("endpoint".to_string(), endpoint);
-            }
-            opts.insert("region".into(), if l.region.is_empty() { "us-east-1".into() } else { l.region.clone() });
-            let (id, key) = match kp {
-                Some(kp) => (Some(kp.id.clone()), Some(kp.secret.clone())),
-                None => (
-                    secret(&["aws_access_key_id", "access_key_id"]),
-                    secret(&["aws_secret_access_key", "secret_access_key"]),
-                ),
-            };
-            if let (Some(id), Some(key)) = (id, key) {
-                opts.insert("aws_access_key_id".into(), id);
-                opts.insert("aws_secret_access_key".into(), key);
-            }
-            format!("s3://{}/{prefix}", l.bucket)
-        }
-        LocationType::Gcs => {
-            if !endpoint.is_empty() {
-                opts.insert("base_url".into(), endpoint);
-            }
-            let key = kp.map(|kp| kp.secret.clone()).or_else(|| secret(&["service-account.json"]));
-            if let Some(k) = key.filter(|k| !k.is_empty()) {
-                opts.insert("google_service_account_key".into(), k);
-            }
-            format!("gs://{}/{prefix}", l.bucket)
-        }
-        LocationType::Azure => {
-            let (account, key) = match kp {
-                Some(kp) => (Some(kp.id.clone()), Some(kp.secret.clone())),
-                None => (
-                    secret(&["azure_storage_account_id", "azure_storage_account_name"]),
-                    secret(&["azure_storage_key", "azure_storage_account_key"]),
-                ),
-            };
-            if let Some(a) = account {
-                opts.insert("azure_storage_account_name".into(), a);
-            }
-            if let Some(k) = key {
-                opts.insert("azure_storage_account_key".into(), k);
-            }
-            if !endpoint.is_empty() {
-                opts.insert("azure_storage_endpoint".into(), endpoint);
-            }
-            format!("az://{}/{prefix}", l.bucket)
-        }
-        LocationType::Local => {
-            let dir = l
-                .path
-                .clone()
-                .filter(|p| !p.is_empty())
-                .ok_or_else(|| Error::Profile("a local location needs a path".into()))?;
-            format!("file://{}/{prefix}", dir.trim_end_matches('/'))
-        }
-        LocationType::Kopia => return Err(Error::Profile("kopia locations are not served by agents".into())),
-    };
-    if profile.skip_ssl_verify {
-        opts.insert("allow_invalid_certificates".into(), "true".into());
+    if profile.location.location_type == LocationType::Kopia {
+        return Err(Error::Profile("kopia locations are not served by agents".into()));
     }
-    Ok(pb::RepositoryRef { store_url, store_options: opts, key: Some(pb::repository_ref::Key::RawKey(key.to_vec())) })
+    // One mapping from a Profile to a store: kando's, from the JSON kando itself would read.
+    let go = kanister_agent::kando::GoProfile::parse_with(&profile.upstream_json(), |_| None)
+        .and_then(|g| g.store_settings())
+        .map_err(|e| match e {
+            kanister_agent::Error::Store(kanister_agent::store::StoreError::BadUrl { reason, .. }) => {
+                Error::Profile(reason)
+            }
+            e => Error::Profile(e.to_string()),
+        })?;
+    let (store_url, opts) = go;
+    Ok(pb::RepositoryRef {
+        store_url,
+        store_options: opts.into_iter().collect(),
+        key: Some(pb::repository_ref::Key::RawKey(key.to_vec())),
+    })
 }
 
 /// Follows an operation's events to its result, handing every progress to `on_progress`.
@@ -383,9 +325,9 @@ mod tests {
         assert_eq!(r.store_options["aws_secret_access_key"], "s3cret");
         assert!(!r.store_options.contains_key("retry_timeout"));
 
-        // The Profile's storeOptions reach the agent's store client; the Profile's own fields
-        // win over them.
-        p.store_options = [("retry_timeout", "2m"), ("max_retries", "1"), ("region", "eu-west-9")]
+        // The Profile's storeOptions reach the agent's store client; nothing but the network
+        // settings may go there.
+        p.store_options = [("retry_timeout", "2m"), ("max_retries", "1")]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
@@ -393,6 +335,13 @@ mod tests {
         assert_eq!(r.store_options["retry_timeout"], "2m");
         assert_eq!(r.store_options["max_retries"], "1");
         assert_eq!(r.store_options["region"], "us-east-1");
+        p.store_options.insert("region".into(), "eu-west-9".into());
+        let e = repository_ref(&p, Zeroizing::new(b"k".repeat(64))).unwrap_err().to_string();
+        assert!(e.contains("StoreOptions has \"region\""), "{e}");
+        p.store_options.clear();
+        p.location.location_type = LocationType::Local;
+        let e = repository_ref(&p, Zeroizing::new(b"k".repeat(64))).unwrap_err().to_string();
+        assert!(e.contains("a local location needs a path"), "{e}");
         assert!(
             format!("{:?}", AgentClientConfig { token: Some(Zeroizing::new("t0k".into())), ..Default::default() })
                 .contains("<redacted>")

@@ -411,6 +411,18 @@ impl ProfileParams {
         }
     }
 
+    /// `toJson .Profile` with the credential's values in it, as kando would read it. Secret.
+    pub fn upstream_json(&self) -> zeroize::Zeroizing<String> {
+        let go = GoProfile {
+            location: self.go_location(),
+            credential: self.go_credential(false),
+            skip_ssl_verify: self.skip_ssl_verify,
+            store_options: &self.store_options,
+        };
+        // Serializing these plain structs cannot fail (string keys, no non-finite floats).
+        zeroize::Zeroizing::new(serde_json::to_string(&go).unwrap_or_default())
+    }
+
     /// Whether the credential holds secret values (a key pair's secret, a Secret's data).
     pub fn has_credential_values(&self) -> bool {
         let c = &self.credential;
