@@ -154,18 +154,37 @@ async fn a_v2_restore_whose_database_client_fails_is_failed() {
     assert!(m.contains("no_such_database_x9"), "the client's own error is not in the message: {m}");
 }
 
+/// YAML of pods `db/<name>` with one container `db` each (exec targets of a fan-out).
+fn db_pods(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|pod| {
+            format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: db}}\nspec: {{containers: [{{name: db, image: mariadb}}]}}\n"
+            )
+        })
+        .collect()
+}
+
+/// Runs `action` of blueprint `blueprint` on namespace `db` in `cluster` to its end.
+async fn run_on_db(cluster: Arc<LocalCluster>, blueprint: &str, action: &str) -> ActionSet {
+    let engine = Engine::new(cluster.clone(), engine_config(None));
+    let name = unique_name(blueprint, action).to_lowercase();
+    cluster.put(serde_json::json!({
+        "apiVersion": "cr.kanister.io/v1alpha1",
+        "kind": "ActionSet",
+        "metadata": {"name": name, "namespace": "kanister"},
+        "spec": {"actions": [{"name": action, "blueprint": blueprint, "object": {"kind": "Namespace", "name": "db"}}]}
+    }));
+    run_to_end(&engine, &name, Duration::from_secs(60)).await
+}
+
 /// A fan-out over several pods: every pod that failed is named with how it failed, the phase
 /// fails, and the outputs of the pods that succeeded are recorded (and reach the deferPhase).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fan_out_names_every_failed_pod_and_keeps_the_outputs_of_the_others() {
     let c = LocalCluster::new();
-    let mut world = String::new();
-    for pod in ["db-0", "db-1", "db-2"] {
-        world.push_str(&format!(
-            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: db}}\nspec: {{containers: [{{name: db, image: mariadb}}]}}\n"
-        ));
-    }
-    c.load_yaml(&world, "world").unwrap();
+    c.load_yaml(&db_pods(&["db-0", "db-1", "db-2"]), "world").unwrap();
     c.load_yaml(
         r#"
 apiVersion: cr.kanister.io/v1alpha1
@@ -200,16 +219,7 @@ actions:
         "bp",
     )
     .unwrap();
-    let cluster = Arc::new(c);
-    let engine = Engine::new(cluster.clone(), engine_config(None));
-    let name = unique_name("fan", "out").to_lowercase();
-    cluster.put(serde_json::json!({
-        "apiVersion": "cr.kanister.io/v1alpha1",
-        "kind": "ActionSet",
-        "metadata": {"name": name, "namespace": "kanister"},
-        "spec": {"actions": [{"name": "dump", "blueprint": "fan", "object": {"kind": "Namespace", "name": "db"}}]}
-    }));
-    let a = run_to_end(&engine, &name, Duration::from_secs(60)).await;
+    let a = run_on_db(Arc::new(c), "fan", "dump").await;
     let m = failure(&a);
     assert!(m.contains("2 failed"), "{m}");
     assert!(m.contains("pod db/db-1") && m.contains("exit code 5") && m.contains("disk full"), "{m}");
@@ -315,12 +325,7 @@ fn positions(fault: Fault) -> Vec<(&'static str, String, &'static str)> {
 /// backup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_failure_of_every_function_fails_the_actionset() {
-    let mut world = String::new();
-    for pod in ["db-0", "db-1"] {
-        world.push_str(&format!(
-            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: db}}\nspec: {{containers: [{{name: db, image: mariadb}}]}}\n"
-        ));
-    }
+    let world = db_pods(&["db-0", "db-1"]);
     let mut table = Vec::new();
     for fault in [Fault::Exit1, Fault::Killed, Fault::NeverStarts] {
         for (function, phase, names) in positions(fault) {
@@ -346,16 +351,7 @@ actions:
 "#
             );
             c.load_yaml(&blueprint, "bp").unwrap();
-            let cluster = Arc::new(c);
-            let engine = Engine::new(cluster.clone(), engine_config(None));
-            let name = unique_name("inject", "x").to_lowercase();
-            cluster.put(serde_json::json!({
-                "apiVersion": "cr.kanister.io/v1alpha1",
-                "kind": "ActionSet",
-                "metadata": {"name": name, "namespace": "kanister"},
-                "spec": {"actions": [{"name": "backup", "blueprint": "inject", "object": {"kind": "Namespace", "name": "db"}}]}
-            }));
-            let a = run_to_end(&engine, &name, Duration::from_secs(60)).await;
+            let a = run_on_db(Arc::new(c), "inject", "backup").await;
             let s = a.status.as_ref().unwrap();
             let message = s.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
             let defer = s.actions[0].defer_phase.as_ref().map(|d| d.state);
