@@ -22,16 +22,18 @@ log() { echo "build.sh: $*" >&2; }
 die() { echo "build.sh: ERROR: $*" >&2; exit 1; }
 
 command -v go >/dev/null 2>&1 || die "no 'go' command on PATH; install Go 1.26 or newer"
-goversion="$(cd "$here" && go env GOVERSION)" || die "'go env GOVERSION' failed"
+goversion="$(cd "$here" && go env GOVERSION GOOS GOARCH CGO_ENABLED | paste -sd ' ')" \
+	|| die "'go env' failed"
 
 # The version stamp kube-apiserver reports (`kubectl version`) and the others
 # log, as Kubernetes' hack/lib/version.sh sets it. The build date is the time
 # the module proxy gives for the tag, so that the build is reproducible.
 kube_minor="${KUBERNETES_VERSION#v1.}"
 kube_minor="${kube_minor%%.*}"
-kube_info="$(cd "$here" && go mod download -json "k8s.io/kubernetes@${KUBERNETES_VERSION}" \
-	| sed -n 's/^[[:space:]]*"Info": "\(.*\)",$/\1/p')" \
-	|| die "cannot fetch k8s.io/kubernetes@${KUBERNETES_VERSION} from the Go module proxy"
+kube_dl="$(cd "$here" && go mod download -json "k8s.io/kubernetes@${KUBERNETES_VERSION}" 2>&1)" \
+	|| die "cannot fetch k8s.io/kubernetes@${KUBERNETES_VERSION} from the Go module proxy:
+$kube_dl"
+kube_info="$(printf '%s\n' "$kube_dl" | sed -n 's/^[[:space:]]*"Info": "\(.*\)",$/\1/p')"
 build_date="$(sed -n 's/.*"Time":"\([^"]*\)".*/\1/p' "$kube_info")"
 [ -n "$build_date" ] || build_date="1970-01-01T00:00:00Z"
 kube_ldflags="-s -w"
