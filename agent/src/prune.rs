@@ -282,24 +282,24 @@ async fn prune_locked(repo: &Repository, opts: &PruneOptions, lock: &ExclusiveLo
             }
         }
     }
+    // What is decided no longer needs the blob sets: free them before the index is written
+    // (prune's peak memory is here, with the index and its encoding).
+    drop(usage);
+    let due: Vec<String> = due.into_iter().map(|(key, _)| key).collect();
     // D4: one index without the packs about to go (compacting many index objects into one).
     if !gone.is_empty() || index.index_ids.len() > 1 {
-        let packs = index
-            .packs
-            .iter()
-            .enumerate()
-            .filter(|(_, (id, _))| !gone.contains_key(id))
-            .map(|(pos, (id, size))| IndexPack { id: *id, size: *size, blobs: index.entries_of(pos as u32).to_vec() })
-            .collect::<Vec<_>>();
+        let index_ids = std::mem::take(&mut index.index_ids);
+        // The index is consumed: its entries move into the new index object, uncopied.
+        let packs = index.into_packs().filter(|p| !gone.contains_key(&p.id)).collect::<Vec<_>>();
         lock.ensure_held()?;
         // Nothing left to index (every pack went): the old index objects simply go.
         if !packs.is_empty() {
-            repo.write_index(&IndexFile { supersedes: index.index_ids.clone(), packs }).await?;
+            repo.write_index(&IndexFile { supersedes: index_ids.clone(), packs }).await?;
         }
-        for id in &index.index_ids {
+        for id in &index_ids {
             repo.store().delete(&format!("{INDEX}/{id}")).await?;
         }
-        report.indexes_compacted = index.index_ids.len();
+        report.indexes_compacted = index_ids.len();
     }
     for (id, size) in &gone {
         lock.ensure_held()?;
@@ -307,7 +307,7 @@ async fn prune_locked(repo: &Repository, opts: &PruneOptions, lock: &ExclusiveLo
         report.packs_deleted += 1;
         report.bytes_deleted += size;
     }
-    for (key, _) in due {
+    for key in due {
         repo.store().delete(&key).await?;
     }
     remove_leftovers(repo, opts.grace, now, &locks, &mut report).await?;

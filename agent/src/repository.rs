@@ -397,6 +397,12 @@ impl MasterIndex {
         self.pack_blobs.push(p.blobs);
     }
 
+    /// The packs with their blobs, consuming the index (no copy of the entries: what prune
+    /// writes when it compacts the index).
+    pub fn into_packs(self) -> impl Iterator<Item = IndexPack> {
+        self.packs.into_iter().zip(self.pack_blobs).map(|((id, size), blobs)| IndexPack { id, size, blobs })
+    }
+
     /// Whether the pack is indexed.
     pub fn has_pack(&self, id: &PackId) -> bool {
         self.pack_pos.contains_key(id)
