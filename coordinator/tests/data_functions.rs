@@ -570,3 +570,29 @@ async fn first_backups_at_once_create_one_repository() {
         agent.stop().await;
     }
 }
+
+/// `BackupDataAll` where one pod's backup fails: the phase fails and names that pod, the pod
+/// whose backup succeeded is still recorded in the phase's `BackupAllInfo` (its snapshot exists
+/// and must stay findable, to restore or delete it), and no artifact of the failed action
+/// claims a backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fan_out_backup_that_fails_for_one_pod_records_the_others() {
+    let a0 = Agent::start(TOKEN).await;
+    // app-1 has no agent sidecar: its backup cannot run.
+    let (cluster, engine) = world_of(&[("app-0", &a0)]);
+    let source = tempfile::tempdir().unwrap();
+    std::fs::write(source.path().join("f.txt"), "data ".repeat(1000)).unwrap();
+    let src = json!({"source": source.path().display().to_string()});
+    let all = run(&cluster, &engine, "all-partial", "backupAll", src, json!({})).await;
+    let status = all.status.as_ref().unwrap();
+    assert_eq!(status.state, State::Failed);
+    let message = status.error.as_ref().unwrap().message.clone();
+    assert!(message.contains("app/app-1"), "{message}");
+    assert!(!message.contains("app/app-0"), "{message}");
+    let info: Value = serde_json::from_str(output(&all, 0)["BackupAllInfo"].as_str().unwrap()).unwrap();
+    let id = info["app-0"]["BackupID"].as_str().unwrap().to_string();
+    assert!(info.get("app-1").is_none(), "{info}");
+    assert!(snapshots(&cluster).await.contains_key(&id), "the recorded backup does not exist");
+    assert!(status.actions[0].artifacts.is_empty(), "{:?}", status.actions[0].artifacts);
+    a0.stop().await;
+}
