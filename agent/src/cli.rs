@@ -229,6 +229,10 @@ struct PushArgs {
     /// Packs uploaded at once (default: 2 for file://, 4 otherwise)
     #[arg(long)]
     uploads: Option<usize>,
+    /// Store a database dump even when it lacks its tool's end line (by default a stream that
+    /// starts like a mysqldump, pg_dump or pg_dumpall dump but was cut off is refused)
+    #[arg(long)]
+    accept_incomplete_dump: bool,
     /// Read the stream from this command's stdout; a non-zero exit fails the push and writes no
     /// snapshot. Everything after --exec is the command
     #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "CMD", conflicts_with = "input")]
@@ -543,6 +547,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 opts.workers = w;
             }
             opts.uploads = a.uploads.unwrap_or(if remote { 4 } else { 2 });
+            opts.check_dump = !a.accept_incomplete_dump;
             let source = if !a.exec.is_empty() {
                 crate::push::Source::Command(a.exec.clone())
             } else {

@@ -23,6 +23,8 @@ const TAIL: usize = 4096;
 pub enum Verdict {
     /// A dump of a known tool with its end mark.
     Complete(&'static str),
+    /// A dump of a known tool without its end mark, stored because the user asked for it.
+    Incomplete(&'static str),
     /// Not a format whose end can be recognised.
     Unverified,
 }
@@ -32,6 +34,7 @@ impl Verdict {
     pub fn tag_value(&self) -> String {
         match self {
             Verdict::Complete(tool) => format!("complete:{tool}"),
+            Verdict::Incomplete(tool) => format!("incomplete:{tool}"),
             Verdict::Unverified => "unverified".into(),
         }
     }
@@ -90,6 +93,7 @@ pub struct DumpCheck<R> {
     sink: Sink,
     verdict: Option<Verdict>,
     outcome: Outcome,
+    refuse: bool,
 }
 
 impl<R> std::fmt::Debug for DumpCheck<R> {
@@ -104,7 +108,13 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 impl<R: Read> DumpCheck<R> {
     /// Wraps `inner`.
     pub fn new(inner: R) -> Self {
-        DumpCheck { inner, sink: Sink::Undecided(Vec::new()), verdict: None, outcome: Outcome::default() }
+        DumpCheck { inner, sink: Sink::Undecided(Vec::new()), verdict: None, outcome: Outcome::default(), refuse: true }
+    }
+
+    /// With `false`, a cut dump passes (recorded as [`Verdict::Incomplete`]) instead of failing.
+    pub fn refusing(mut self, refuse: bool) -> Self {
+        self.refuse = refuse;
+        self
     }
 
     /// Where the outcome appears when the stream ends, for whoever consumes the reader.
@@ -188,6 +198,9 @@ impl<R: Read> DumpCheck<R> {
             if memchr_find(&tail, end.as_bytes()) {
                 return Ok(Verdict::Complete(tool));
             }
+            if !self.refuse {
+                return Ok(Verdict::Incomplete(tool));
+            }
             let through = compressed.map(|c| format!(" ({c}-compressed)")).unwrap_or_default();
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
@@ -195,7 +208,7 @@ impl<R: Read> DumpCheck<R> {
                     "the input is a {tool} dump{through} that ends before its {end:?} line: the dump \
                      command failed or was killed, and this is not a complete backup (nothing was \
                      stored). Find the dump's own error above; in a shell pipeline, `set -o pipefail` \
-                     makes the pipeline report it"
+                     makes the pipeline report it (to store it anyway: push --accept-incomplete-dump)"
                 ),
             ));
         }
@@ -298,6 +311,15 @@ mod tests {
         let all = b"--\n-- PostgreSQL database cluster dump\n--\n\nCREATE ROLE x;\n\n--\n-- PostgreSQL database cluster dump complete\n--\n\n";
         assert_eq!(run(all).unwrap(), Verdict::Complete("pg_dumpall"));
         assert!(run(&all[..50]).is_err());
+    }
+
+    #[test]
+    fn a_cut_dump_can_be_accepted_and_is_recorded_so() {
+        let cut = mysqldump(100, false);
+        let mut r = DumpCheck::new(&cut[..]).refusing(false);
+        std::io::copy(&mut r, &mut std::io::sink()).unwrap();
+        assert_eq!(r.verdict(), Some(Verdict::Incomplete("mysqldump")));
+        assert_eq!(r.verdict().unwrap().tag_value(), "incomplete:mysqldump");
     }
 
     #[test]

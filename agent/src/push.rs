@@ -64,6 +64,8 @@ pub struct PushOptions {
     pub workers: usize,
     /// Packs uploaded at once.
     pub uploads: usize,
+    /// Refuse a recognised database dump that lacks its end line ([`crate::dumpcheck`]).
+    pub check_dump: bool,
 }
 
 impl Default for PushOptions {
@@ -73,6 +75,7 @@ impl Default for PushOptions {
             hostname: hostname(),
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             uploads: 2,
+            check_dump: true,
         }
     }
 }
@@ -159,7 +162,10 @@ async fn push_inner(
     // blocked on the command's stdout and could not notice by itself.
     let child = Arc::new(ChildSlot::default());
     let _kill_on_drop = KillOnDrop(child.clone());
-    let reader = tokio::task::spawn_blocking(move || read_stream(source, params, seed, tx, &reader_progress, &child));
+    let check_dump = opts.check_dump;
+    let reader = tokio::task::spawn_blocking(move || {
+        read_stream(source, params, seed, check_dump, tx, &reader_progress, &child)
+    });
 
     let chunks = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
     let processed = chunks
@@ -290,6 +296,7 @@ fn read_stream(
     source: Source,
     params: kanister_repo::chunker::ChunkerParams,
     seed: u64,
+    check_dump: bool,
     tx: mpsc::Sender<Vec<u8>>,
     progress: &Progress,
     slot: &ChildSlot,
@@ -319,7 +326,7 @@ fn read_stream(
             (Box::new(stdout), true, program)
         }
     };
-    let checked = crate::dumpcheck::DumpCheck::new(reader);
+    let checked = crate::dumpcheck::DumpCheck::new(reader).refusing(check_dump);
     let outcome = checked.outcome();
     let mut stopped_early = false;
     for chunk in Chunker::new(checked, params, seed) {

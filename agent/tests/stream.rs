@@ -387,6 +387,10 @@ fn a_dump_cut_off_without_an_error_is_refused_and_a_whole_one_is_tagged() {
         let snaps = agent.json(&["snapshots"]);
         assert_eq!(snaps["snapshots"].as_array().map(Vec::len), Some(0), "{how}: {snaps}");
     }
+    // Asked to, it stores one, recorded as incomplete.
+    let cut = format!("{{ {dump}; {end}; }} | head -c 20000");
+    let accepted = agent.json(&["push", "--accept-incomplete-dump", "--exec", "sh", "-c", &cut]);
+    let accepted = accepted["snapshot_id"].as_str().unwrap().to_string();
     let whole = agent.json(&["push", "--exec", "sh", "-c", &format!("{{ {dump}; {end}; }} | gzip")]);
     let id = whole["snapshot_id"].as_str().unwrap().to_string();
     let other = agent.json(&["push", "--exec", "sh", "-c", "seq 1 1000"]);
@@ -396,5 +400,6 @@ fn a_dump_cut_off_without_an_error_is_refused_and_a_whole_one_is_tagged() {
         s["tags"]["input"].as_str().unwrap_or_default().to_string()
     };
     assert_eq!(tag(&id), "complete:mysqldump", "{snaps}");
+    assert_eq!(tag(&accepted), "incomplete:mysqldump", "{snaps}");
     assert_eq!(tag(other["snapshot_id"].as_str().unwrap()), "unverified", "{snaps}");
 }
