@@ -100,7 +100,7 @@ PY
 PACK_BYTES=$(du -sb "$W/ours-copy/data" | cut -f1)
 DELETED=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["packs_deleted"])' "$W/ours-prune.out")
 # Each kept data blob is named once in an ID list: 32 bytes of id.
-ID_BYTES=$((BLOBS / 2 * 32))
+ID_BYTES=$((BLOBS * 32 / 2))
 
 # Every kept snapshot still restores; the forgotten ones are gone.
 for i in 1 $((SNAPSHOTS - 1)); do
