@@ -2,7 +2,8 @@
 # A real Kubernetes control plane on loopback for the tests: etcd,
 # kube-apiserver, kube-controller-manager and kube-scheduler, built from the Go
 # module proxy by tests/cluster/build.sh (see tests/cluster/README.md).
-# There is no node yet: pods are created and scheduled nowhere (Pending).
+# and one node, kanister-node: a virtual kubelet (tests/cluster/node) that runs
+# each pod's containers as host processes.
 #
 # Usage: tests/cluster.sh start|stop|status|env
 #   start   build what is missing, make certificates, start the four
@@ -20,7 +21,8 @@ kubectl="${KUBECTL:-kubectl}"
 marker="$state/.kanister-cluster"
 pids="$state/pids"
 # Start order; stop goes the other way.
-components=(etcd kube-apiserver kube-controller-manager kube-scheduler)
+components=(etcd kube-apiserver kube-controller-manager kube-scheduler kanister-node)
+node_name=kanister-node
 
 log() { echo "cluster.sh: $*" >&2; }
 die() { echo "cluster.sh: ERROR: $*" >&2; exit 1; }
@@ -104,6 +106,11 @@ wait_for() {
 	done
 }
 
+node_ready() {
+	[ "$("$kubectl" --kubeconfig "$state/admin.kubeconfig" get node "$node_name" \
+		-o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
+}
+
 fail_start() {
 	local c
 	echo "cluster.sh: ERROR: $*" >&2
@@ -180,6 +187,13 @@ make_pki() {
 	cert admin "/O=system:masters/CN=kanister-test-admin"
 	cert kube-controller-manager "/CN=system:kube-controller-manager"
 	cert kube-scheduler "/CN=system:kube-scheduler"
+	# The node: its client cert (Node authorizer: system:node:<name> in
+	# system:nodes), its serving cert for the kubelet port (the API server
+	# checks it against the cluster CA), and the API server's client cert for
+	# the kubelet port (logs, exec).
+	cert "$node_name" "/O=system:nodes/CN=system:node:$node_name"
+	cert "$node_name-serving" "/CN=$node_name" "IP:127.0.0.1,DNS:$node_name,DNS:localhost"
+	cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client"
 	openssl genrsa -out "$d/sa.key" 2048 2>/dev/null
 	openssl rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
 	chmod 600 "$d"/*.key
@@ -216,9 +230,11 @@ do_start() {
 	chmod 700 "$state/etcd"
 	touch "$marker" "$pids"
 
-	local etcd_port peer_port api_port kcm_port sched_port ports
-	ports="$(free_ports 5)"
-	read -r etcd_port peer_port api_port kcm_port sched_port <<<"$ports"
+	local etcd_port peer_port api_port kcm_port sched_port kubelet_port ports node_bin
+	node_bin="$(bash "$here/cluster/build.sh" --print-node-bin)"
+	[ -x "$node_bin" ] || die "build.sh did not leave $node_bin"
+	ports="$(free_ports 6)"
+	read -r etcd_port peer_port api_port kcm_port sched_port kubelet_port <<<"$ports"
 	# Virtual addresses only: nothing listens on them and no node routes them.
 	service_range="10.0.0.0/24"
 	service_ip="10.0.0.1"
@@ -226,11 +242,13 @@ do_start() {
 	kubeconfig "$state/admin.kubeconfig" admin "$api_port"
 	kubeconfig "$state/kube-controller-manager.kubeconfig" kube-controller-manager "$api_port"
 	kubeconfig "$state/kube-scheduler.kubeconfig" kube-scheduler "$api_port"
+	kubeconfig "$state/$node_name.kubeconfig" "$node_name" "$api_port"
 	{
 		echo "etcd=http://127.0.0.1:$etcd_port"
 		echo "apiserver=https://127.0.0.1:$api_port"
 		echo "controller_manager=https://127.0.0.1:$kcm_port"
 		echo "scheduler=https://127.0.0.1:$sched_port"
+		echo "kubelet=https://127.0.0.1:$kubelet_port"
 	} >"$state/endpoints"
 
 	launch etcd "$bin/etcd" \
@@ -263,6 +281,10 @@ do_start() {
 		--requestheader-extra-headers-prefix=X-Remote-Extra- \
 		--proxy-client-cert-file="$state/pki/front-proxy-client.crt" \
 		--proxy-client-key-file="$state/pki/front-proxy-client.key" \
+		--kubelet-certificate-authority="$state/pki/ca.crt" \
+		--kubelet-client-certificate="$state/pki/apiserver-kubelet-client.crt" \
+		--kubelet-client-key="$state/pki/apiserver-kubelet-client.key" \
+		--kubelet-preferred-address-types=InternalIP \
 		--allow-privileged=true --profiling=false \
 		--endpoint-reconciler-type=none
 	wait_for kube-apiserver 120 "$kubectl" --kubeconfig "$state/admin.kubeconfig" get --raw /readyz
@@ -286,6 +308,41 @@ do_start() {
 	wait_for kube-controller-manager 60 curl -fsSk "https://127.0.0.1:$kcm_port/healthz"
 	wait_for kube-scheduler 60 curl -fsSk "https://127.0.0.1:$sched_port/healthz"
 	wait_for "/readyz" 60 "$kubectl" --kubeconfig "$state/admin.kubeconfig" get --raw /readyz
+
+	# virtual-kubelet's informers list and watch all secrets and configmaps,
+	# which the Node authorizer does not allow (the kubelet gets them one by
+	# one); RBAC grants exactly that to this node.
+	"$kubectl" --kubeconfig "$state/admin.kubeconfig" apply -f - >/dev/null <<EOF || fail_start "cannot create the node's RBAC"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: kanister-test:node-informers
+rules:
+- apiGroups: [""]
+  resources: [secrets, configmaps, services]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: kanister-test:node-informers
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: kanister-test:node-informers
+subjects:
+- apiGroup: rbac.authorization.k8s.io
+  kind: User
+  name: system:node:$node_name
+EOF
+	mkdir -p "$state/node"
+	launch kanister-node "$node_bin" \
+		--name="$node_name" --kubeconfig="$state/$node_name.kubeconfig" \
+		--root="$state/node" --port="$kubelet_port" \
+		--tls-cert="$state/pki/$node_name-serving.crt" --tls-key="$state/pki/$node_name-serving.key" \
+		--client-ca="$state/pki/ca.crt" \
+		--api-host=127.0.0.1 --api-port="$api_port"
+	wait_for "node $node_name Ready" 60 node_ready
 
 	log "control plane ready in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')s (state $state, logs $state/logs)"
 	echo "export KUBECONFIG=$state/admin.kubeconfig"
