@@ -34,6 +34,7 @@ import (
 	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
 	authv1 "k8s.io/api/authentication/v1"
 	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -255,6 +256,19 @@ func (p *provider) DeletePod(ctx context.Context, pod *v1.Pod) error {
 	}
 	p.mu.Unlock()
 	os.RemoveAll(ps.dir)
+	// As the kubelet does once a pod's processes are gone: remove it from the
+	// API at once. (virtual-kubelet alone waits out the pod's grace period.)
+	if pod.DeletionTimestamp != nil {
+		go func() {
+			opts := metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0)),
+				Preconditions: &metav1.Preconditions{UID: &pod.UID}}
+			time.Sleep(100 * time.Millisecond)
+			err := p.client.CoreV1().Pods(pod.Namespace).Delete(context.Background(), pod.Name, opts)
+			if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+				log.L.Warnf("deleting pod %s from the API: %v", k, err)
+			}
+		}()
+	}
 	return nil
 }
 
