@@ -367,12 +367,9 @@ func (p *provider) run(ctx context.Context, ps *podState) {
 				fail("InitContainerFailed", fmt.Sprintf("init container %s exited with %d", c.spec.Name, code))
 				return
 			}
-			if !sleepCtx(ctx, backoff(c.status.RestartCount)) {
+			if !p.waitRestart(ctx, ps, c) {
 				return
 			}
-			ps.mu.Lock()
-			c.status.RestartCount++
-			ps.mu.Unlock()
 		}
 	}
 	ps.mu.Lock()
@@ -398,12 +395,9 @@ func (p *provider) run(ctx context.Context, ps *podState) {
 					}
 					return
 				}
-				if !sleepCtx(ctx, backoff(c.status.RestartCount)) {
+				if !p.waitRestart(ctx, ps, c) {
 					return
 				}
-				ps.mu.Lock()
-				c.status.RestartCount++
-				ps.mu.Unlock()
 			}
 		}(c)
 	}
@@ -421,6 +415,27 @@ func (p *provider) run(ctx context.Context, ps *podState) {
 	}
 	ps.mu.Unlock()
 	p.push(ps)
+}
+
+// waitRestart: the container waits in CrashLoopBackOff, then restarts;
+// false when the pod is being stopped.
+func (p *provider) waitRestart(ctx context.Context, ps *podState, c *ctr) bool {
+	ps.mu.Lock()
+	d := backoff(c.status.RestartCount)
+	if c.status.State.Terminated != nil {
+		c.status.LastTerminationState = v1.ContainerState{Terminated: c.status.State.Terminated}
+	}
+	c.status.State = v1.ContainerState{Waiting: &v1.ContainerStateWaiting{Reason: "CrashLoopBackOff",
+		Message: fmt.Sprintf("back-off %s restarting container %s", d, c.spec.Name)}}
+	ps.mu.Unlock()
+	p.push(ps)
+	if !sleepCtx(ctx, d) {
+		return false
+	}
+	ps.mu.Lock()
+	c.status.RestartCount++
+	ps.mu.Unlock()
+	return true
 }
 
 func backoff(restarts int32) time.Duration {
@@ -441,9 +456,8 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 func (p *provider) runOnce(ctx context.Context, ps *podState, c *ctr) int32 {
 	terminate := func(code int32, reason, msg string, started metav1.Time) int32 {
 		ps.mu.Lock()
-		if c.status.State.Terminated != nil || c.status.State.Running != nil {
-			last := c.status.State
-			c.status.LastTerminationState = v1.ContainerState{Terminated: last.Terminated}
+		if c.status.State.Terminated != nil {
+			c.status.LastTerminationState = v1.ContainerState{Terminated: c.status.State.Terminated}
 		}
 		c.status.State = v1.ContainerState{Terminated: &v1.ContainerStateTerminated{
 			ExitCode: code, Reason: reason, Message: msg, StartedAt: started, FinishedAt: metav1.Now()}}
