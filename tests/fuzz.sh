@@ -8,7 +8,7 @@
 # under agent/repo/fuzz/artifacts/.
 set -euo pipefail
 cd "$(dirname "$0")/../agent/repo/fuzz"
-if ! rustup toolchain list | grep -q '^nightly'; then
+if ! grep -q '^nightly' <<<"$(rustup toolchain list)"; then
   rustup toolchain install nightly --profile minimal || {
     echo "fuzz: the nightly toolchain is missing and could not be installed (rustup toolchain install nightly)" >&2
     exit 1

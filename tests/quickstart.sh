@@ -173,7 +173,9 @@ run kanctl watch -n kanister "$DELETE"
 run kanctl get actionsets -n kanister
 run kanctl snapshots --profile mysql-test/local-profile
 for a in "$BACKUP" "$RESTORE" "$SECOND" "$DELETE"; do
-  kanctl get actionsets -n kanister "$a" -o json | grep -q '"state": *"complete"' || {
+  # Whole output first: grep -q stops reading at its match, and kanctl would see a broken pipe.
+  state=$(kanctl get actionsets -n kanister "$a" -o json)
+  grep -q '"state": *"complete"' <<<"$state" || {
     echo "quickstart: ActionSet $a did not complete" >&2
     kanctl describe actionset -n kanister "$a" >&2 || true
     exit 1

@@ -98,7 +98,7 @@ if [ -z "${KANCTL:-}" ]; then
   KANCTL=$ROOT/target/release/kanctl
 fi
 
-if ! kind get clusters | grep -qx "$CLUSTER"; then
+if ! grep -qx "$CLUSTER" <<<"$(kind get clusters)"; then
   log "creating kind cluster $CLUSTER"
   kind create cluster --name "$CLUSTER" --wait 120s
   CREATED_CLUSTER=1
