@@ -2,7 +2,9 @@
 # Builds the test control plane from the Go module proxy: kube-apiserver,
 # kube-controller-manager and kube-scheduler of k8s.io/kubernetes and etcd of
 # go.etcd.io/etcd/server/v3, at the versions pinned in versions.env, go.mod,
-# etcd/go.mod and their go.sum files. Test tooling only, never shipped.
+# etcd/go.mod and their go.sum files; and the test node, kanister-node, a
+# virtual-kubelet provider (node/, its own module node/go.mod). Test tooling
+# only, never shipped.
 #
 # The binaries go into a cache outside the clone:
 #   ${KANISTER_CLUSTER_CACHE:-$HOME/.cache/kanister-cluster}/<key>/bin/
@@ -10,9 +12,12 @@
 # build (go.mod and go.sum files, Go version, link flags). A binary already in
 # the cache is not built again, so a second run builds nothing.
 #
-# Usage: build.sh [--print-bin-dir]
+# The node goes to ${cache}/node-vk-<version>_<hash of node/>/bin/kanister-node.
+#
+# Usage: build.sh [--print-bin-dir | --print-node-bin]
 #   Progress and timings go to stderr; the bin directory is printed on stdout
-#   as the last line. --print-bin-dir prints it without building anything.
+#   as the last line. --print-bin-dir prints it without building anything;
+#   --print-node-bin prints the node binary's path without building.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
