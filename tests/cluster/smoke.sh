@@ -2,9 +2,10 @@
 # Smoke checks of the test cluster's node against a started cluster
 # (bash tests/cluster.sh start): (1) the node is Ready; (2) a pod runs and
 # `kubectl logs` shows its output; (3) `kubectl exec` returns output and exit
-# codes; (4) a Deployment scaled 0->2->0 and a Job; (5) a Secret volume, a
+# codes; (4) a Deployment and a StatefulSet scaled 0->2->0, and a Job; (5) a Secret volume, a
 # secretKeyRef env var and, beside them, configMapKeyRef, fieldRef, an init
-# container and a PVC directory that outlives its pod. Exits non-zero on the
+# container and a PVC directory that outlives its pod; (6) the server's
+# version, the project's CRDs and their schema. Exits non-zero on the
 # first failure, saying which. Works in a namespace of its own, deleted at
 # the end. Test tooling only; not wired into CI yet.
 set -euo pipefail
@@ -101,6 +102,32 @@ k scale deploy web --replicas=0 >/dev/null
 for _ in $(seq 1 120); do [ -z "$(k get pods -l app=web -o name)" ] && break; sleep 0.25; done
 [ -z "$(k get pods -l app=web -o name)" ] || fail "(4) web pods left after scaling to 0: $(k get pods -l app=web -o name)"
 ok "(4) Deployment scaled to 0: pods gone in $(since "$t0")s"
+# A StatefulSet the same way: pods db-0 and db-1, then none.
+k apply -f - >/dev/null <<EOF || fail "(4) cannot create the StatefulSet"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  replicas: 0
+  serviceName: db
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      terminationGracePeriodSeconds: 5
+      containers:
+      - {name: db, image: none, command: [sh, -c, "while true; do sleep 1; done"]}
+EOF
+t0="$(now)"
+k scale statefulset db --replicas=2 >/dev/null
+k rollout status statefulset db --timeout=60s >/dev/null || fail "(4) StatefulSet db did not reach 2 ready replicas"
+[ "$(k get pods -l app=db -o name | sort | tr '\n' ' ')" = "pod/db-0 pod/db-1 " ] ||
+	fail "(4) StatefulSet pods are '$(k get pods -l app=db -o name | tr '\n' ' ')'"
+ok "(4) StatefulSet scaled to 2: db-0 and db-1 in $(since "$t0")s"
+k scale statefulset db --replicas=0 >/dev/null
+for _ in $(seq 1 160); do [ -z "$(k get pods -l app=db -o name)" ] && break; sleep 0.25; done
+[ -z "$(k get pods -l app=db -o name)" ] || fail "(4) db pods left after scaling to 0"
+ok "(4) StatefulSet scaled to 0"
 k wait --for=condition=complete job/job --timeout=60s >/dev/null || fail "(4) Job job did not complete: $(k get job job -o jsonpath='{.status}')"
 [ "$(k logs job/job)" = "job done" ] || fail "(4) Job log is '$(k logs job/job)'"
 ok "(4) Job completed"
@@ -172,6 +199,24 @@ ok "(5) Secret volume and secretKeyRef seen: $got"
 pvc_pod sec2 | k apply -f - >/dev/null || fail "(5) cannot create pod sec2"
 k wait --for=jsonpath='{.status.phase}'=Succeeded pod/sec2 --timeout=60s >/dev/null || fail "(5) pod sec2 did not succeed"
 case "$(k logs sec2 -c main)" in *"pvc=x") ok "(5) the PVC directory outlived pod sec1" ;; *) fail "(5) pod sec2 did not see sec1's PVC file: $(k logs sec2 -c main)" ;; esac
+
+# (6) the server reports the built version; our CRDs apply and their schema is enforced
+root="$(cd "$here/../.." && pwd)"
+version="$(kubectl version -o json 2>/dev/null | sed -n 's/.*"gitVersion": *"\(v[^"]*\)".*/\1/p' | tail -1)"
+want_version="$(sed -n 's/^KUBERNETES_VERSION=//p' "$here/versions.env")"
+[ "$version" = "$want_version" ] || fail "(6) the server reports '$version', built $want_version"
+kubectl apply -f "$root/deploy/crds/" >/dev/null || fail "(6) the CRDs in deploy/crds do not apply"
+kubectl wait --for=condition=Established crd/actionsets.cr.kanister.io --timeout=30s >/dev/null ||
+	fail "(6) the ActionSet CRD is not established"
+bad="apiVersion: cr.kanister.io/v1alpha1
+kind: ActionSet
+metadata: {name: bad, namespace: $ns}
+spec: {actions: not-a-list}"
+if out="$(k apply -f - <<<"$bad" 2>&1)"; then
+	fail "(6) the server accepted an ActionSet whose spec.actions is a string"
+fi
+case "$out" in *"spec.actions"*) ;; *) fail "(6) the rejection does not name spec.actions: $out" ;; esac
+ok "(6) server $version; CRDs applied; an ActionSet violating the schema is rejected"
 
 k delete pod hello --wait=false >/dev/null
 echo "smoke.sh: all checks passed"
