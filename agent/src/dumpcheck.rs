@@ -80,8 +80,28 @@ enum Sink {
     Plain(Ends),
     Gzip(Box<flate2::write::MultiGzDecoder<Ends>>),
     Zstd(Box<zstd::stream::write::Decoder<'static, Ends>>),
-    /// The compressed stream is damaged (or not what its magic said): nothing to conclude.
+    /// Nothing to conclude: the start is no known dump's (the rest is not even decompressed),
+    /// or a compressed stream is damaged (or not what its magic said).
     Broken,
+}
+
+impl Sink {
+    fn ends(&self) -> Option<&Ends> {
+        match self {
+            Sink::Plain(e) => Some(e),
+            Sink::Gzip(d) => Some(d.get_ref()),
+            Sink::Zstd(d) => Some(d.get_ref()),
+            Sink::Undecided(_) | Sink::Broken => None,
+        }
+    }
+}
+
+/// The known format whose start `head` has: tool, end mark.
+fn format_of(head: &[u8]) -> Option<(&'static str, &'static str)> {
+    FORMATS
+        .iter()
+        .find(|(_, starts, _)| starts.iter().any(|s| starts_a_line(head, s.as_bytes())))
+        .map(|(tool, _, end)| (*tool, *end))
 }
 
 /// How a checked stream ended: set once, at its end (the error's text when a dump was cut).
@@ -91,14 +111,13 @@ pub type Outcome = std::sync::Arc<std::sync::OnceLock<Result<Verdict, String>>>;
 pub struct DumpCheck<R> {
     inner: R,
     sink: Sink,
-    verdict: Option<Verdict>,
     outcome: Outcome,
     refuse: bool,
 }
 
 impl<R> std::fmt::Debug for DumpCheck<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DumpCheck").field("verdict", &self.verdict).finish_non_exhaustive()
+        f.debug_struct("DumpCheck").field("outcome", &self.outcome.get()).finish_non_exhaustive()
     }
 }
 
@@ -108,7 +127,7 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 impl<R: Read> DumpCheck<R> {
     /// Wraps `inner`.
     pub fn new(inner: R) -> Self {
-        DumpCheck { inner, sink: Sink::Undecided(Vec::new()), verdict: None, outcome: Outcome::default(), refuse: true }
+        DumpCheck { inner, sink: Sink::Undecided(Vec::new()), outcome: Outcome::default(), refuse: true }
     }
 
     /// With `false`, a cut dump passes (recorded as [`Verdict::Incomplete`]) instead of failing.
@@ -124,7 +143,7 @@ impl<R: Read> DumpCheck<R> {
 
     /// The verdict, once the stream has ended without an error.
     pub fn verdict(&self) -> Option<Verdict> {
-        self.verdict
+        self.outcome.get().and_then(|o| o.as_ref().ok().copied())
     }
 
     fn feed(&mut self, buf: &[u8]) {
@@ -161,7 +180,10 @@ impl<R: Read> DumpCheck<R> {
             Sink::Zstd(d) => d.write_all(buf).is_ok(),
             Sink::Undecided(_) | Sink::Broken => true,
         };
-        if !ok {
+        // Once the start is known not to be a dump's, nothing more is looked at (a gzip'd
+        // tarball is not decompressed to the end for nothing).
+        let not_a_dump = self.sink.ends().is_some_and(|e| e.head.len() >= HEAD && format_of(&e.head).is_none());
+        if !ok || not_a_dump {
             self.sink = Sink::Broken;
         }
     }
@@ -173,52 +195,42 @@ impl<R: Read> DumpCheck<R> {
             self.sink = Self::sink_for(&first);
             self.write_sink(&first);
         }
-        let (ends, compressed) = match std::mem::replace(&mut self.sink, Sink::Broken) {
-            Sink::Plain(e) => (Some(e), None),
-            // A compressed stream cut off (the compressor killed) decodes as far as it goes:
-            // what it holds is judged like a plain one.
-            Sink::Gzip(mut d) => {
+        // A compressed stream cut off (the compressor killed) decodes as far as it goes: what
+        // it holds is judged like a plain one.
+        let compressed = match &mut self.sink {
+            Sink::Gzip(d) => {
                 let _ = d.try_finish();
-                (Some(d.get_ref().clone_ends()), Some("gzip"))
+                Some("gzip")
             }
-            Sink::Zstd(mut d) => {
+            Sink::Zstd(d) => {
                 let _ = d.flush();
-                (Some(d.get_ref().clone_ends()), Some("zstd"))
+                Some("zstd")
             }
-            Sink::Undecided(_) | Sink::Broken => (None, None),
+            _ => None,
         };
-        let Some(ends) = ends else {
+        let Some(ends) = self.sink.ends() else {
+            return Ok(Verdict::Unverified);
+        };
+        let Some((tool, end)) = format_of(&ends.head) else {
             return Ok(Verdict::Unverified);
         };
         let tail: Vec<u8> = ends.tail.iter().copied().collect();
-        for (tool, starts, end) in FORMATS {
-            if !starts.iter().any(|s| starts_a_line(&ends.head, s.as_bytes())) {
-                continue;
-            }
-            if memchr_find(&tail, end.as_bytes()) {
-                return Ok(Verdict::Complete(tool));
-            }
-            if !self.refuse {
-                return Ok(Verdict::Incomplete(tool));
-            }
-            let through = compressed.map(|c| format!(" ({c}-compressed)")).unwrap_or_default();
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!(
-                    "the input is a {tool} dump{through} that ends before its {end:?} line: the dump \
+        if tail.windows(end.len()).any(|w| w == end.as_bytes()) {
+            return Ok(Verdict::Complete(tool));
+        }
+        if !self.refuse {
+            return Ok(Verdict::Incomplete(tool));
+        }
+        let through = compressed.map(|c| format!(" ({c}-compressed)")).unwrap_or_default();
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "the input is a {tool} dump{through} that ends before its {end:?} line: the dump \
                      command failed or was killed, and this is not a complete backup (nothing was \
                      stored). Find the dump's own error above; in a shell pipeline, `set -o pipefail` \
                      makes the pipeline report it (to store it anyway: push --accept-incomplete-dump)"
-                ),
-            ));
-        }
-        Ok(Verdict::Unverified)
-    }
-}
-
-impl Ends {
-    fn clone_ends(&self) -> Ends {
-        Ends { head: self.head.clone(), tail: self.tail.clone() }
+            ),
+        ))
     }
 }
 
@@ -228,21 +240,16 @@ fn starts_a_line(head: &[u8], marker: &[u8]) -> bool {
     head.starts_with(marker) || head.windows(marker.len() + 1).any(|w| w[0] == b'\n' && &w[1..] == marker)
 }
 
-fn memchr_find(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
 impl<R: Read> Read for DumpCheck<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.verdict.is_some() {
+        if self.outcome.get().is_some() {
             return Ok(0);
         }
         let n = self.inner.read(buf)?;
         if n == 0 {
             let concluded = self.conclude();
             let _ = self.outcome.set(concluded.as_ref().map(|v| *v).map_err(ToString::to_string));
-            self.verdict = Some(concluded?);
-            return Ok(0);
+            return concluded.map(|_| 0);
         }
         self.feed(&buf[..n]);
         Ok(n)
@@ -320,6 +327,24 @@ mod tests {
         std::io::copy(&mut r, &mut std::io::sink()).unwrap();
         assert_eq!(r.verdict(), Some(Verdict::Incomplete("mysqldump")));
         assert_eq!(r.verdict().unwrap().tag_value(), "incomplete:mysqldump");
+    }
+
+    #[test]
+    fn a_stream_that_starts_like_no_dump_is_looked_at_no_further() {
+        let mut text: Vec<u8> =
+            (0..20_000u32).flat_map(|i| format!("log line {}\n", i.wrapping_mul(2_654_435_761)).into_bytes()).collect();
+        text.extend_from_slice(b"-- Dump completed");
+        let compressed = gzip(&text);
+        let mut r = DumpCheck::new(&compressed[..]);
+        let mut buf = [0u8; 64];
+        while r.read(&mut buf).unwrap() > 0 {
+            if r.sink.ends().is_none() {
+                break;
+            }
+        }
+        assert!(matches!(r.sink, Sink::Broken), "the decompressor still runs past the start");
+        std::io::copy(&mut r, &mut std::io::sink()).unwrap();
+        assert_eq!(r.verdict(), Some(Verdict::Unverified));
     }
 
     #[test]
