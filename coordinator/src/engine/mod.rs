@@ -732,8 +732,10 @@ impl<C: Cluster> Run<C> {
         }
     }
 
-    /// Runs one action; returns the message of its first failure.
-    /// Fails action `i` with `message`; its artifacts (still the blueprint's templates) go.
+    /// Fails action `i` with `message` (the status's error, unless an earlier failure set it).
+    /// Its artifacts go: the status held the blueprint's templates while it ran, and a failed
+    /// action made no backup, so none may claim one (`--from` it, a restore would use a
+    /// template as a backup's path).
     async fn fail_action(&self, i: usize, message: String) -> std::result::Result<(), String> {
         self.update(|s| {
             s.error.get_or_insert(StatusError { message: message.clone() });
@@ -745,6 +747,7 @@ impl<C: Cluster> Run<C> {
         Err(message)
     }
 
+    /// Runs one action; returns the message of its first failure.
     async fn run_action(&self, i: usize, recover: bool) -> std::result::Result<(), String> {
         let spec = &self.actionset.spec.actions[i];
         {
@@ -832,16 +835,7 @@ impl<C: Cluster> Run<C> {
                 }
             }
             if let Some(e) = core_err.or(defer_err) {
-                // The status held the blueprint's artifact templates while the action ran; a
-                // failed action made no backup, so no artifact may claim one (`--from` it, a
-                // restore would use a template as a backup's path).
-                self.update(|s| {
-                    if let Some(a) = s.actions.get_mut(i) {
-                        a.artifacts.clear();
-                    }
-                })
-                .await;
-                return Err(e);
+                return fail(e).await;
             }
             let location = Location { blueprint: blueprint.clone(), action: spec.name.clone(), ..Default::default() };
             match self.engine.inner.renderer.render_artifacts(&location, &bpa.output_artifacts, &params) {
