@@ -320,12 +320,7 @@ impl GoProfile {
             opts.push(("allow_invalid_certificates".into(), "true".into()));
         }
         for (k, v) in &self.store_options {
-            if !crate::store::NETWORK_OPTION_KEYS.contains(&k.as_str()) {
-                return Err(bad_profile(format!(
-                    "StoreOptions has {k:?}; it takes only {}",
-                    crate::store::NETWORK_OPTION_KEYS.join(", ")
-                )));
-            }
+            crate::store::check_network_option(k, v).map_err(|e| bad_profile(format!("StoreOptions {e}")))?;
             opts.push((k.clone(), v.clone()));
         }
         Ok((url, opts))

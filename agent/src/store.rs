@@ -253,6 +253,21 @@ pub const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const NETWORK_OPTION_KEYS: [&str; 5] =
     ["connect_timeout", "read_timeout", "timeout", "max_retries", "retry_timeout"];
 
+/// Checks one network setting as a Profile gives it: a key of [`NETWORK_OPTION_KEYS`] with a
+/// value the store client will take. The message names the key; an unknown key's value (it may
+/// be a credential put in the wrong place) is never shown.
+pub fn check_network_option(key: &str, value: &str) -> std::result::Result<(), String> {
+    if !NETWORK_OPTION_KEYS.contains(&key) {
+        return Err(format!("has {key:?}; it takes only {}", NETWORK_OPTION_KEYS.join(", ")));
+    }
+    let (ok, want) = if key == "max_retries" {
+        (value.parse::<usize>().is_ok(), "a count like 4")
+    } else {
+        (humantime::parse_duration(value).is_ok(), "a duration like 30s or 2m")
+    };
+    if ok { Ok(()) } else { Err(format!("{key} is {value:?}; it must be {want}")) }
+}
+
 fn network_settings(
     settings: &mut Vec<(String, String)>,
 ) -> Result<(object_store::RetryConfig, object_store::ClientOptions)> {

@@ -39,9 +39,6 @@ pub struct ProfileSpec {
     pub store_options: std::collections::BTreeMap<String, String>,
 }
 
-/// The keys [`ProfileSpec::store_options`] accepts.
-pub const STORE_OPTION_KEYS: [&str; 5] = kanister_agent::store::NETWORK_OPTION_KEYS;
-
 /// Kind of storage behind a [`Location`].
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum LocationType {

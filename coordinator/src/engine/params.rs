@@ -185,24 +185,10 @@ pub async fn profile<C: Cluster>(cluster: &C, r: &ObjectReference) -> Result<Pro
         }
         CredentialType::Kopia => {}
     }
-    if let Some(k) = spec.store_options.keys().find(|k| !crate::crd::profile::STORE_OPTION_KEYS.contains(&k.as_str())) {
-        return Err(Error::Profile {
-            profile: name,
-            problem: format!(
-                "storeOptions has {k:?}; it takes only {} (credentials belong in the Secret)",
-                crate::crd::profile::STORE_OPTION_KEYS.join(", ")
-            ),
-        });
-    }
-    for (k, v) in &spec.store_options {
-        let ok = if k == "max_retries" { v.parse::<u32>().is_ok() } else { humantime::parse_duration(v).is_ok() };
-        if !ok {
-            let want = if k == "max_retries" { "a count like 4" } else { "a duration like 30s or 2m" };
-            return Err(Error::Profile {
-                profile: name,
-                problem: format!("storeOptions {k} is {v:?}; it must be {want}"),
-            });
-        }
+    if let Some(problem) =
+        spec.store_options.iter().find_map(|(k, v)| kanister_agent::store::check_network_option(k, v).err())
+    {
+        return Err(Error::Profile { profile: name, problem: format!("storeOptions {problem}") });
     }
     Ok(ProfileParams {
         location: spec.location,
