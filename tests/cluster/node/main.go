@@ -61,6 +61,7 @@ type podState struct {
 	pod     *v1.Pod
 	ip      string
 	dir     string // per-pod root: cwd and HOME of every process
+	hosts   string // the /etc/hosts its processes see (services.go)
 	ctrs    []*ctr
 	byName  map[string]*ctr
 	deleted bool
@@ -74,6 +75,8 @@ type provider struct {
 	apiHost    string
 	apiPort    string
 	client     kubernetes.Interface
+	self       string    // this binary, started as `pod-exec` for every pod process
+	svc        *services // Service names and proxies (services.go)
 	secrets    corev1listers.SecretLister
 	configMaps corev1listers.ConfigMapLister
 
@@ -101,6 +104,28 @@ func (p *provider) push(ps *podState) {
 	if cb != nil {
 		cb(pod)
 	}
+	if p.svc != nil {
+		p.svc.changed()
+	}
+}
+
+// command: a pod process; it runs in a mount namespace of its own where the
+// pod's hosts file is /etc/hosts (podExec in services.go), in the pod root.
+func (p *provider) command(ctx context.Context, ps *podState, argv []string, env []string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, p.self, append([]string{"pod-exec", ps.hosts, "--"}, argv...)...)
+	cmd.Env = env
+	cmd.Dir = ps.dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Unshareflags: syscall.CLONE_NEWNS}
+	return cmd
+}
+
+// missing: a command name (no slash) that is not on the node's PATH.
+func missing(name string) error {
+	if strings.Contains(name, "/") {
+		return nil
+	}
+	_, err := exec.LookPath(name)
+	return err
 }
 
 // snapshot: the pod with its current status; ps.mu held.
@@ -335,6 +360,14 @@ func (p *provider) run(ctx context.Context, ps *podState) {
 		fail("CreatePodRootFailed", err.Error())
 		return
 	}
+	hosts, err := p.svc.hostsFile(pod.Namespace)
+	if err != nil {
+		fail("CreatePodRootFailed", err.Error())
+		return
+	}
+	ps.mu.Lock()
+	ps.hosts = hosts
+	ps.mu.Unlock()
 	mounts, err := p.prepareVolumes(ctx, ps)
 	if err != nil {
 		fail("VolumeSetupFailed", err.Error())
@@ -476,12 +509,12 @@ func (p *provider) runOnce(ctx context.Context, ps *podState, c *ctr) int32 {
 		return terminate(128, "StartError", err.Error(), metav1.Now())
 	}
 	defer logf.Close()
-	cmd := exec.Command(c.argv[0], c.argv[1:]...)
-	cmd.Env = c.env
-	cmd.Dir = ps.dir
+	if err := missing(c.argv[0]); err != nil {
+		return terminate(127, "StartError", err.Error(), metav1.Now())
+	}
+	cmd := p.command(context.Background(), ps, c.argv, c.env)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	ps.mu.Lock()
 	if ps.deleted {
 		ps.mu.Unlock()
@@ -503,11 +536,40 @@ func (p *provider) runOnce(ctx context.Context, ps *podState, c *ctr) int32 {
 	}
 	c.status.State = v1.ContainerState{Running: &v1.ContainerStateRunning{StartedAt: started}}
 	c.status.Started = ptr(true)
-	c.status.Ready = !c.init
+	c.status.Ready = !c.init && c.spec.ReadinessProbe == nil
 	c.status.ContainerID = fmt.Sprintf("process://%d", cmd.Process.Pid)
 	ps.mu.Unlock()
 	p.push(ps)
+	// Probes (probes.go) while this run of the container lasts.
+	pctx, stopProbes := context.WithCancel(context.Background())
+	proc := cmd.Process
+	if !c.init && c.spec.ReadinessProbe != nil {
+		go p.probe(pctx, ps, c, c.spec.ReadinessProbe, func(ok bool, _ string) {
+			ps.mu.Lock()
+			changed := c.proc == proc && c.status.Ready != ok
+			if changed {
+				c.status.Ready = ok
+			}
+			ps.mu.Unlock()
+			if changed {
+				p.push(ps)
+			}
+		})
+	}
+	if !c.init && c.spec.LivenessProbe != nil {
+		go p.probe(pctx, ps, c, c.spec.LivenessProbe, func(ok bool, msg string) {
+			if ok {
+				return
+			}
+			log.L.Infof("pod %s/%s container %s: liveness probe failed, killing it: %s", ps.pod.Namespace, ps.pod.Name, c.spec.Name, msg)
+			syscall.Kill(-proc.Pid, syscall.SIGTERM)
+			if sleepCtx(pctx, 5*time.Second) {
+				syscall.Kill(-proc.Pid, syscall.SIGKILL)
+			}
+		})
+	}
 	err = cmd.Wait()
+	stopProbes()
 	code := int32(0)
 	reason := "Completed"
 	if err != nil {
@@ -937,9 +999,14 @@ func (p *provider) RunInContainer(ctx context.Context, ns, podName, name string,
 	if len(cmdline) == 0 {
 		return errdefs.InvalidInput("no command")
 	}
-	cmd := exec.CommandContext(ctx, cmdline[0], cmdline[1:]...)
-	cmd.Env = env
-	cmd.Dir = ps.dir
+	if err := missing(cmdline[0]); err != nil {
+		if e := attach.Stderr(); e != nil {
+			fmt.Fprintf(e, "%v\n", err)
+		}
+		return utilexec.CodeExitError{Err: err, Code: 127}
+	}
+	cmd := p.command(ctx, ps, cmdline, env)
+	cmd.SysProcAttr.Setpgid = false
 	if in := attach.Stdin(); in != nil {
 		cmd.Stdin = in
 	}
@@ -1066,6 +1133,14 @@ func seekTail(f *os.File, n int) error {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "pod-exec" {
+		podExec(os.Args[2:])
+		return
+	}
+	self, err := os.Executable()
+	if err != nil {
+		panic(err)
+	}
 	var (
 		name       = flag.String("name", "kanister-node", "node name")
 		kubeconfig = flag.String("kubeconfig", "", "kubeconfig of the node (user system:node:<name>)")
@@ -1102,7 +1177,7 @@ func main() {
 	var prov *provider
 	mux := http.NewServeMux()
 	n, err := nodeutil.NewNode(*name, func(cfg nodeutil.ProviderConfig) (nodeutil.Provider, node.NodeProvider, error) {
-		prov = &provider{name: *name, root: *root, apiHost: *apiHost, apiPort: *apiPort, client: client,
+		prov = &provider{name: *name, root: *root, apiHost: *apiHost, apiPort: *apiPort, client: client, self: self,
 			secrets: cfg.Secrets, configMaps: cfg.ConfigMaps, pods: map[string]*podState{}, ips: map[string]string{}}
 		nd := cfg.Node
 		nd.Status.Capacity = v1.ResourceList{
@@ -1154,6 +1229,10 @@ func main() {
 			go func() { defer wg.Done(); ps.cancel(); prov.killAll(ps, 2*time.Second) }()
 		}
 		wg.Wait()
+	}
+	prov.svc = newServices(prov)
+	if err := prov.svc.start(ctx, client); err != nil {
+		lg.Fatal(err)
 	}
 	lg.Infof("node %s: kubelet API on 127.0.0.1:%d, pod roots under %s", *name, *port, *root)
 	err = n.Run(ctx)
