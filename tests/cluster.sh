@@ -10,14 +10,15 @@
 #           processes, wait for /readyz, print `export KUBECONFIG=...`
 #   stop    stop exactly the processes start recorded in <state>/pids
 #   status  say what runs
-#   env     print the export line
+#   env     print the export lines (KUBECONFIG, and PATH with the built kubectl first)
 # State: ${KANISTER_CLUSTER_DIR:-/tmp/kanister-cluster} (certs, kubeconfigs,
 # etcd data, logs/, pids). Binaries: ${KANISTER_CLUSTER_CACHE:-~/.cache/kanister-cluster}.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 state="${KANISTER_CLUSTER_DIR:-/tmp/kanister-cluster}"
 case "$state" in /*) ;; *) state="$PWD/$state" ;; esac
-kubectl="${KUBECTL:-kubectl}"
+# kubectl: the one build.sh made, of the server's version, unless KUBECTL names another.
+kubectl="${KUBECTL:-$(bash "$here/cluster/build.sh" --print-bin-dir)/kubectl}"
 marker="$state/.kanister-cluster"
 pids="$state/pids"
 # Start order; stop goes the other way.
@@ -25,6 +26,10 @@ components=(etcd kube-apiserver kube-controller-manager kube-scheduler kanister-
 node_name=kanister-node
 
 log() { echo "cluster.sh: $*" >&2; }
+exports() {
+	echo "export KUBECONFIG=$state/admin.kubeconfig"
+	echo "export PATH=\"$(dirname "$kubectl"):\$PATH\""
+}
 die() { echo "cluster.sh: ERROR: $*" >&2; exit 1; }
 
 # recorded_pid NAME: the pid start recorded for NAME, if that process still
@@ -205,18 +210,18 @@ do_start() {
 	if running_any; then
 		if "$kubectl" --kubeconfig "$state/admin.kubeconfig" get --raw /readyz >/dev/null 2>&1; then
 			log "already running (state $state)"
-			echo "export KUBECONFIG=$state/admin.kubeconfig"
+			exports
 			return 0
 		fi
 		die "some processes of an earlier start still run but the cluster is not ready; run '$0 stop' first"
 	fi
 	command -v openssl >/dev/null || die "openssl is needed"
 	command -v curl >/dev/null || die "curl is needed"
-	command -v "$kubectl" >/dev/null || die "kubectl is needed (or set KUBECTL)"
 
 	bin="$(bash "$here/cluster/build.sh" | tail -n 1)" || die "building the control plane failed (see above)"
+	command -v "$kubectl" >/dev/null || die "no kubectl at $kubectl (unset KUBECTL to use the built one)"
 	local b
-	for b in etcd kube-apiserver kube-controller-manager kube-scheduler; do
+	for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl; do
 		[ -x "$bin/$b" ] || die "build.sh did not leave $bin/$b"
 	done
 
@@ -345,7 +350,7 @@ EOF
 	wait_for "node $node_name Ready" 60 node_ready
 
 	log "control plane ready in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')s (state $state, logs $state/logs)"
-	echo "export KUBECONFIG=$state/admin.kubeconfig"
+	exports
 }
 
 # Stops the recorded processes one at a time, the last started first, so that
@@ -393,7 +398,7 @@ do_status() {
 	[ -f "$state/endpoints" ] && sed 's/^/endpoint /' "$state/endpoints"
 	if [ "$any" = 1 ] && "$kubectl" --kubeconfig "$state/admin.kubeconfig" get --raw /readyz >/dev/null 2>&1; then
 		echo "apiserver /readyz: ok"
-		echo "export KUBECONFIG=$state/admin.kubeconfig"
+		exports
 		return 0
 	fi
 	echo "apiserver /readyz: not ready"
@@ -406,7 +411,7 @@ stop) do_stop ;;
 status) do_status ;;
 env)
 	[ -f "$state/admin.kubeconfig" ] || die "no cluster state in $state; run '$0 start'"
-	echo "export KUBECONFIG=$state/admin.kubeconfig"
+	exports
 	;;
 *)
 	echo "usage: $0 start|stop|status|env" >&2

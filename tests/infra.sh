@@ -7,7 +7,8 @@
 #   PostgreSQL 15                   127.0.0.1:5433  user postgres, trust auth
 #
 # Usage: tests/infra.sh install | start | stop | env
-#   install  apt packages, a Python venv and Azurite under $INFRA_DIR (idempotent)
+#   install  apt packages, a Python venv and Azurite under $INFRA_DIR, and the test cluster's
+#            binaries (tests/cluster/build.sh, cached outside the clone) (idempotent)
 #   start    starts every server with fresh data and waits until each answers
 #   stop     stops what start started (only our own pids)
 #   env      prints the environment variables the tests read (eval "$(tests/infra.sh env)")
@@ -41,6 +42,8 @@ install() {
   command -v hyperfine >/dev/null || need+=(hyperfine)
   [ -x /usr/bin/time ] || need+=(time)
   command -v strace >/dev/null || need+=(strace)
+  command -v openssl >/dev/null || need+=(openssl)
+  command -v curl >/dev/null || need+=(curl)
   if [ ${#need[@]} -gt 0 ]; then
     apt-get update -q
     apt-get install -y -q --no-install-recommends "${need[@]}"
@@ -54,6 +57,11 @@ install() {
     (cd "$V/node" && { [ -f package.json ] || npm init -y >/dev/null; } &&
       npm install --no-audit --no-fund azurite@3.37.0 >/dev/null)
   fi
+  # The test cluster (tests/cluster.sh): Kubernetes, etcd, kubectl and the node, built with Go
+  # from the module proxy into a cache outside the clone; cold, this is the longest step.
+  local t0=$SECONDS
+  bash "$(dirname "$0")/cluster/build.sh" >/dev/null
+  echo "infra: test cluster binaries ready in $((SECONDS - t0))s"
   echo "infra: installed"
 }
 

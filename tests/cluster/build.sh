@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the test control plane from the Go module proxy: kube-apiserver,
-# kube-controller-manager and kube-scheduler of k8s.io/kubernetes and etcd of
+# kube-controller-manager, kube-scheduler and kubectl of k8s.io/kubernetes and etcd of
 # go.etcd.io/etcd/server/v3, at the versions pinned in versions.env, go.mod,
 # etcd/go.mod and their go.sum files; and the test node, kanister-node, a
 # virtual-kubelet provider (node/, its own module node/go.mod). Test tooling
@@ -109,6 +109,9 @@ build etcd etcd go.etcd.io/etcd/server/v3 "$etcd_ldflags"
 build kube-apiserver . k8s.io/kubernetes/cmd/kube-apiserver "$kube_ldflags"
 build kube-controller-manager . k8s.io/kubernetes/cmd/kube-controller-manager "$kube_ldflags"
 build kube-scheduler . k8s.io/kubernetes/cmd/kube-scheduler "$kube_ldflags"
+# kubectl of the same version: the tests and cluster.sh use it, so no client of
+# another version (and no version-skew warning) is involved.
+build kubectl . k8s.io/kubernetes/cmd/kubectl "$kube_ldflags"
 # The node binary goes to its own key directory.
 key_bin="$bin"
 bin="$node_bin"

@@ -4,9 +4,11 @@
 //!   version in which a given share of rows changed.
 //! - [`agent`]: running the `kanister-agent` binary with a repository's environment.
 //! - [`infra`]: where the test servers started by `tests/infra.sh` listen.
+//! - [`cluster`]: the real Kubernetes cluster `tests/cluster.sh` runs, a namespace per test.
 //! - [`tls`]: a CA with server and client certificates, for TLS tests.
 
 pub mod agent;
+pub mod cluster;
 pub mod data;
 pub mod infra;
 pub mod tls;

@@ -1,0 +1,145 @@
+//! The real Kubernetes cluster of the tests (`tests/cluster.sh`, see `tests/cluster/README.md`):
+//! `tests/run.sh` starts one per test run and sets `KUBECONFIG` and `PATH` (the `kubectl` built
+//! with the server); each test works in a [`Namespace`] of its own, deleted when it drops.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Runs `kubectl ARGS` with `stdin`, against the test cluster.
+pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
+    ready();
+    run_kubectl(args, stdin)
+}
+
+fn run_kubectl(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new("kubectl");
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    let mut child = cmd.spawn().unwrap_or_else(|e| {
+        panic!(
+            "cannot run kubectl: {e}; run the tests with `bash tests/run.sh`, which puts the cluster's kubectl on PATH"
+        )
+    });
+    if let Some(input) = stdin {
+        child.stdin.take().expect("piped stdin").write_all(input.as_bytes()).expect("write kubectl's stdin");
+    }
+    child.wait_with_output().expect("kubectl runs")
+}
+
+/// `kubectl ARGS` that must succeed; its stdout, trimmed.
+pub fn kubectl_ok(args: &[&str], stdin: Option<&str>) -> String {
+    let out = kubectl(args, stdin);
+    assert!(
+        out.status.success(),
+        "kubectl {} failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Fails the test, with the fix, unless the cluster answers `/readyz`; checked once per process.
+pub fn ready() {
+    static READY: OnceLock<Result<(), String>> = OnceLock::new();
+    let r = READY.get_or_init(|| {
+        let kubeconfig = std::env::var("KUBECONFIG").map_err(|_| {
+            "KUBECONFIG is not set: run the tests with `bash tests/run.sh`, which starts the test cluster (tests/cluster.sh start) and sets it".to_string()
+        })?;
+        let out = run_kubectl(&["get", "--raw", "/readyz"], None);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the test cluster at {kubeconfig} is not ready ({}): {}; `bash tests/cluster.sh status` says what runs, its logs are in /tmp/kanister-cluster/logs",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    });
+    if let Err(e) = r {
+        panic!("{e}");
+    }
+}
+
+/// A namespace of the test cluster for one test, deleted (without waiting) on drop.
+#[derive(Debug)]
+pub struct Namespace {
+    pub name: String,
+}
+
+impl Namespace {
+    /// Creates `<tag>-<unique>` and waits for its `default` ServiceAccount (pods need it).
+    pub fn new(tag: &str) -> Namespace {
+        ready();
+        let name = crate::infra::unique(tag);
+        assert!(name.len() <= 63, "namespace name {name} too long");
+        kubectl_ok(&["create", "namespace", &name], None);
+        let ns = Namespace { name };
+        ns.eventually("the default ServiceAccount", Duration::from_secs(20), || {
+            ns.kubectl(&["get", "serviceaccount", "default"], None).status.success().then_some(())
+        });
+        ns
+    }
+
+    /// `kubectl -n NAME ARGS`.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        run_kubectl(&all, stdin)
+    }
+
+    /// `kubectl -n NAME ARGS` that must succeed; its stdout, trimmed.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args, None);
+        assert!(
+            out.status.success(),
+            "kubectl -n {} {} failed ({}): {}",
+            self.name,
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// `kubectl apply -f -` of `yaml` in this namespace.
+    pub fn apply(&self, yaml: &str) {
+        let out = self.kubectl(&["apply", "-f", "-"], Some(yaml));
+        assert!(out.status.success(), "kubectl apply failed: {}\n{yaml}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// `kubectl wait --for=COND WHAT`; on a timeout, fails with the object's status.
+    pub fn wait(&self, what: &str, cond: &str, timeout: Duration) {
+        let t = format!("--timeout={}s", timeout.as_secs());
+        let out = self.kubectl(&["wait", &format!("--for={cond}"), what, &t], None);
+        if !out.status.success() {
+            let status = self.kubectl(&["get", what, "-o", "jsonpath={.status}"], None);
+            panic!(
+                "{what} did not reach {cond} in {timeout:?}: {}; status: {}",
+                String::from_utf8_lossy(&out.stderr).trim(),
+                String::from_utf8_lossy(&status.stdout)
+            );
+        }
+    }
+
+    /// Polls `f` every 200 ms until it gives a value; fails naming `what` after `timeout`.
+    pub fn eventually<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(start.elapsed() < timeout, "namespace {}: no {what} within {timeout:?}", self.name);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = run_kubectl(&["delete", "namespace", &self.name, "--wait=false"], None);
+    }
+}
