@@ -64,6 +64,22 @@ pub fn ready() {
     }
 }
 
+/// Applies the project's CRDs (`deploy/crds/`) once per process and waits until they are
+/// established; fails the test when they do not apply.
+pub fn crds() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds");
+        kubectl_ok(&["apply", "-f", dir.to_str().expect("utf-8 path")], None);
+        for crd in ["actionsets", "blueprints", "profiles"] {
+            kubectl_ok(
+                &["wait", "--for=condition=Established", &format!("crd/{crd}.cr.kanister.io"), "--timeout=30s"],
+                None,
+            );
+        }
+    });
+}
+
 /// A namespace of the test cluster for one test, deleted (without waiting) on drop.
 #[derive(Debug)]
 pub struct Namespace {

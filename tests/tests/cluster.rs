@@ -3,7 +3,7 @@
 //! exec through the API server, workloads scaled by the real controllers and scheduler, Secrets,
 //! PVCs and Services. Each test in a namespace of its own.
 
-use kanister_testkit::cluster::{Namespace, kubectl, kubectl_ok};
+use kanister_testkit::cluster::{Namespace, crds, kubectl, kubectl_ok};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
@@ -25,14 +25,7 @@ fn server_reports_its_built_version_and_enforces_the_crd_schema() {
     assert_eq!(v["serverVersion"]["gitVersion"], want, "server version: {v}");
     assert_eq!(v["clientVersion"]["gitVersion"], want, "the tests' kubectl is the one built with the server: {v}");
 
-    let crds = repo_root().join("deploy/crds");
-    kubectl_ok(&["apply", "-f", crds.to_str().expect("utf-8 path")], None);
-    for crd in ["actionsets", "blueprints", "profiles"] {
-        kubectl_ok(
-            &["wait", "--for=condition=Established", &format!("crd/{crd}.cr.kanister.io"), "--timeout=30s"],
-            None,
-        );
-    }
+    crds();
     let bad =
         "apiVersion: cr.kanister.io/v1alpha1\nkind: ActionSet\nmetadata: {name: bad}\nspec: {actions: not-a-list}\n";
     let out = ns.kubectl(&["apply", "-f", "-"], Some(bad));
