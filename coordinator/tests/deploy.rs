@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kanister_testkit::infra::tool;
 use serde_json::{Value, json};
 
 const RELEASE_NAMESPACE: &str = "kanister";
@@ -39,60 +40,12 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
-/// A test tool from an environment variable set by `tests/infra.sh env`; missing is a failure.
-fn tool(var: &str, what: &str) -> PathBuf {
-    let path = match std::env::var_os(var) {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => panic!(
-            "{var} is not set: it names {what}. Run `bash tests/infra.sh install` and \
-             `eval \"$(bash tests/infra.sh env)\"` (the tools live in the Python venv under $INFRA_DIR)"
-        ),
-    };
-    assert!(path.is_file(), "{var}={} does not exist: run `bash tests/infra.sh install`", path.display());
-    path
-}
-
-/// Renders the chart through Helm's Go SDK: values are checked against values.schema.json
-/// first, as `helm install`/`helm template` do. Prints `{"manifests": {template: text}}` or
-/// `{"error": message}`.
-const RENDER_PY: &str = r#"
-import json, sys
-try:
-    import helm_python as helm
-except ImportError as e:
-    sys.exit("helm-python-sdk is not installed in this Python: %s" % e)
-chart_dir, values, namespace, mode = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
-try:
-    if mode == "lint":
-        print(json.dumps(helm.lint(chart_dir, values, strict=True, namespace=namespace,
-                                   kube_version="v1.33.0")))
-    else:
-        with helm.Chart.load(chart_dir) as chart:
-            chart.validate_schema(values)
-            out = chart.render(values, name="kanister", namespace=namespace, is_install=True)
-            print(json.dumps({"manifests": out}))
-except Exception as e:  # rendering errors are data for the test
-    print(json.dumps({"error": "%s: %s" % (type(e).__name__, e)}))
-"#;
-
 fn helm(values: &Value, mode: &str) -> Value {
     helm_in(&chart_dir(), values, mode)
 }
 
 fn helm_in(chart: &Path, values: &Value, mode: &str) -> Value {
-    let python = tool("KANISTER_TEST_HELM_PYTHON", "a Python with PyPI `helm-python-sdk` (Helm's Go SDK)");
-    let out = Command::new(&python)
-        .arg("-c")
-        .arg(RENDER_PY)
-        .arg(chart)
-        .arg(values.to_string())
-        .arg(RELEASE_NAMESPACE)
-        .arg(mode)
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", python.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "helm ({mode}) failed: {}{}", stdout, String::from_utf8_lossy(&out.stderr));
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("helm ({mode}) printed no JSON ({e}): {stdout}"))
+    kanister_testkit::helm::run(chart, values, RELEASE_NAMESPACE, mode)
 }
 
 /// The rendered chart: template path → its YAML documents (empty ones dropped).

@@ -10,6 +10,19 @@ pub fn var(name: &str) -> String {
     })
 }
 
+/// A test tool from an environment variable set by `tests/infra.sh env`; missing is a failure.
+pub fn tool(var: &str, what: &str) -> std::path::PathBuf {
+    let path = match std::env::var_os(var) {
+        Some(p) if !p.is_empty() => std::path::PathBuf::from(p),
+        _ => panic!(
+            "{var} is not set: it names {what}. Run `bash tests/infra.sh install` and \
+             `eval \"$(bash tests/infra.sh env)\"` (the tools live in the Python venv under $INFRA_DIR)"
+        ),
+    };
+    assert!(path.is_file(), "{var}={} does not exist: run `bash tests/infra.sh install`", path.display());
+    path
+}
+
 /// A name unique to this process and call, for repository prefixes and databases.
 pub fn unique(tag: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);

@@ -3,6 +3,7 @@
 //! - [`data`]: deterministic generators: mixed text/random streams and SQL dumps with a second
 //!   version in which a given share of rows changed.
 //! - [`agent`]: running the `kanister-agent` binary with a repository's environment.
+//! - [`helm`]: the Helm chart rendered offline by Helm's Go SDK.
 //! - [`infra`]: where the test servers started by `tests/infra.sh` listen.
 //! - [`cluster`]: the real Kubernetes cluster `tests/cluster.sh` runs, a namespace per test.
 //! - [`tls`]: a CA with server and client certificates, for TLS tests.
@@ -10,6 +11,7 @@
 pub mod agent;
 pub mod cluster;
 pub mod data;
+pub mod helm;
 pub mod infra;
 pub mod tls;
 

@@ -135,12 +135,12 @@ metadata: {{name: {name}}}
 spec:
   restartPolicy: Never
   initContainers:
-  - {{name: init, image: none, command: [sh, -c, 'echo init > data/from-init'], volumeMounts: [{{name: data, mountPath: /data}}]}}
+  - {{name: init, image: none, command: [sh, -c, 'echo init > /data/from-init'], volumeMounts: [{{name: data, mountPath: /data}}]}}
   containers:
   - name: main
     image: none
     command: [sh, -c]
-    args: ['echo "vol=$(cat etc/creds/password) mnt=$(cat $MOUNT_CREDS/password) env=$PASS mode=$MODE ns=$NS ip=$IP/$POD_IP init=$(cat data/from-init) pvc=$(cat pvc/count 2>/dev/null)"; echo x >> pvc/count']
+    args: ['echo "vol=$(cat etc/creds/password) abs=$(cat /etc/creds/password) mnt=$(cat $MOUNT_CREDS/password) ro=$(touch /etc/creds/x 2>/dev/null && echo writable || echo read-only) env=$PASS mode=$MODE ns=$NS ip=$IP/$POD_IP init=$(cat /data/from-init) pvc=$(cat /pvc/count 2>/dev/null)"; echo x >> /pvc/count']
     env:
     - {{name: PASS, valueFrom: {{secretKeyRef: {{name: creds, key: password}}}}}}
     - {{name: MODE, valueFrom: {{configMapKeyRef: {{name: cfg, key: mode}}}}}}
@@ -162,7 +162,9 @@ spec:
     let ip = ns.ok(&["get", "pod", "first", "-o", "jsonpath={.status.podIP}"]);
     assert_eq!(
         ns.ok(&["logs", "first", "-c", "main"]),
-        format!("vol=s3cret mnt=s3cret env=s3cret mode=fast ns={n} ip={ip}/{ip} init=init pvc=")
+        format!(
+            "vol=s3cret abs=s3cret mnt=s3cret ro=read-only env=s3cret mode=fast ns={n} ip={ip}/{ip} init=init pvc="
+        )
     );
     ns.apply(&pod("second"));
     ns.wait("pod/second", "jsonpath={.status.phase}=Succeeded", T);
@@ -300,4 +302,49 @@ spec:
     let last =
         ns.ok(&["get", "pod", "p", "-o", "jsonpath={.status.containerStatuses[0].lastState.terminated.exitCode}"]);
     assert_eq!(last, "143", "the failing container was stopped by TERM");
+}
+
+#[test]
+fn a_pod_waits_for_a_missing_secret_instead_of_failing() {
+    let ns = Namespace::new("wait");
+    // A Deployment whose pod mounts a Secret that does not exist yet: one pod, Pending, its
+    // container waiting with the reason (a failed pod would be replaced at once, forever).
+    ns.apply(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: w}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: w}}
+  template:
+    metadata: {labels: {app: w}}
+    spec:
+      containers:
+      - name: c
+        image: none
+        command: [sh, -c, "cat /etc/late/token; exec sleep 600"]
+        volumeMounts: [{name: late, mountPath: /etc/late}]
+      volumes: [{name: late, secret: {secretName: late}}]
+"#,
+    );
+    let reason = ns.eventually("a waiting reason", T, || {
+        let r = ns.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=w",
+            "-o",
+            "jsonpath={.items[*].status.containerStatuses[0].state.waiting.message}",
+        ]);
+        r.contains("late").then_some(r)
+    });
+    assert!(reason.contains("not found") || reason.contains("late"), "the wait names the Secret: {reason}");
+    std::thread::sleep(Duration::from_secs(3));
+    let all = pods(&ns, "app=w");
+    assert_eq!(all.len(), 1, "one pod, not replaced: {all:?}");
+    assert_eq!(ns.ok(&["get", "pods", "-l", "app=w", "-o", "jsonpath={.items[0].status.phase}"]), "Pending");
+    ns.ok(&["create", "secret", "generic", "late", "--from-literal=token=arrived"]);
+    ns.ok(&["rollout", "status", "deployment", "w", "--timeout=60s"]);
+    ns.eventually("the Secret's file in the log", T, || (ns.ok(&["logs", "deployment/w"]) == "arrived").then_some(()));
+    assert_eq!(pods(&ns, "app=w"), all, "the same pod ran");
 }

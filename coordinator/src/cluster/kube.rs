@@ -53,6 +53,15 @@ fn map_err(object: &ObjectRef, what: &str) -> impl FnOnce(kube::Error) -> Error 
             404 => Error::NotFound(object),
             409 => Error::Conflict(object),
             429 | 500.. => Error::Transient { what, message: status.message },
+            403 => Error::Rejected {
+                object,
+                message: format!(
+                    "{} ({}); the coordinator's ServiceAccount lacks this permission: with the Helm chart, list \
+                     the namespace in targetNamespaces (workloads) or watchNamespaces (ActionSets), or add the \
+                     rule with rbac.extraRules",
+                    status.message, status.reason
+                ),
+            },
             _ => Error::Rejected { object, message: format!("{} ({})", status.message, status.reason) },
         },
         other => Error::Transient { what, message: other.to_string() },

@@ -52,6 +52,7 @@ type ctr struct {
 	env     []string
 	argv    []string
 	logPath string
+	binds   string // file of the volume binds its processes get (podExec)
 	status  v1.ContainerStatus
 	proc    *os.Process
 }
@@ -111,8 +112,8 @@ func (p *provider) push(ps *podState) {
 
 // command: a pod process; it runs in a mount namespace of its own where the
 // pod's hosts file is /etc/hosts (podExec in services.go), in the pod root.
-func (p *provider) command(ctx context.Context, ps *podState, argv []string, env []string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, p.self, append([]string{"pod-exec", ps.hosts, "--"}, argv...)...)
+func (p *provider) command(ctx context.Context, ps *podState, c *ctr, argv []string, env []string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, p.self, append([]string{"pod-exec", ps.hosts, c.binds, "--"}, argv...)...)
 	cmd.Env = env
 	cmd.Dir = ps.dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Unshareflags: syscall.CLONE_NEWNS}
@@ -368,19 +369,40 @@ func (p *provider) run(ctx context.Context, ps *podState) {
 	ps.mu.Lock()
 	ps.hosts = hosts
 	ps.mu.Unlock()
-	mounts, err := p.prepareVolumes(ctx, ps)
-	if err != nil {
-		fail("VolumeSetupFailed", err.Error())
-		return
-	}
-	for _, c := range ps.ctrs {
-		env, err := p.containerEnv(ps, c, mounts)
+	// As the kubelet: a volume or an env var whose Secret or ConfigMap is missing keeps the
+	// pod Pending, its containers waiting with the reason, and is tried again; the pod
+	// does not fail (a Deployment would replace a failed pod at once, forever).
+	for attempt := 0; ; attempt++ {
+		reason, msg := "", ""
+		mounts, err := p.prepareVolumes(ctx, ps)
 		if err != nil {
-			fail("CreateContainerConfigError", fmt.Sprintf("container %s: %v", c.spec.Name, err))
+			reason, msg = "ContainerCreating", "MountVolume.SetUp failed: "+err.Error()
+		} else {
+			for _, c := range ps.ctrs {
+				env, err := p.containerEnv(ps, c, mounts)
+				if err != nil {
+					reason, msg = "CreateContainerConfigError", fmt.Sprintf("container %s: %v", c.spec.Name, err)
+					break
+				}
+				c.env = env
+				c.argv = expandArgv(c.spec, env)
+			}
+		}
+		if reason == "" {
+			break
+		}
+		if attempt == 0 {
+			log.L.Infof("pod %s/%s waits: %s", pod.Namespace, pod.Name, msg)
+		}
+		ps.mu.Lock()
+		for _, c := range ps.ctrs {
+			c.status.State = v1.ContainerState{Waiting: &v1.ContainerStateWaiting{Reason: reason, Message: msg}}
+		}
+		ps.mu.Unlock()
+		p.push(ps)
+		if !sleepCtx(ctx, 2*time.Second) {
 			return
 		}
-		c.env = env
-		c.argv = expandArgv(c.spec, env)
 	}
 	p.push(ps)
 	policy := pod.Spec.RestartPolicy
@@ -512,7 +534,7 @@ func (p *provider) runOnce(ctx context.Context, ps *podState, c *ctr) int32 {
 	if err := missing(c.argv[0]); err != nil {
 		return terminate(127, "StartError", err.Error(), metav1.Now())
 	}
-	cmd := p.command(context.Background(), ps, c.argv, c.env)
+	cmd := p.command(context.Background(), ps, c, c.argv, c.env)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	ps.mu.Lock()
@@ -747,6 +769,21 @@ func (p *provider) prepareVolumes(ctx context.Context, ps *podState) (map[string
 			if err := os.Symlink(target, link); err != nil {
 				return nil, fmt.Errorf("mount %s at %s: %w", m.Name, m.MountPath, err)
 			}
+		}
+	}
+	// And at the absolute mountPath, in each process's mount namespace (podExec).
+	for _, c := range ps.ctrs {
+		var b strings.Builder
+		for _, m := range c.spec.VolumeMounts {
+			ro := m.ReadOnly || readOnlyVolume(pod.Spec.Volumes, m.Name)
+			fmt.Fprintf(&b, "%t\t%s\t%s\n", ro, filepath.Join(dirs[m.Name], m.SubPath), filepath.Clean("/"+m.MountPath))
+		}
+		c.binds = filepath.Join(ps.dir, ".binds", c.spec.Name)
+		if err := os.MkdirAll(filepath.Dir(c.binds), 0o755); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(c.binds, []byte(b.String()), 0o644); err != nil {
+			return nil, err
 		}
 	}
 	return dirs, nil
@@ -1005,7 +1042,7 @@ func (p *provider) RunInContainer(ctx context.Context, ns, podName, name string,
 		}
 		return utilexec.CodeExitError{Err: err, Code: 127}
 	}
-	cmd := p.command(ctx, ps, cmdline, env)
+	cmd := p.command(ctx, ps, c, cmdline, env)
 	cmd.SysProcAttr.Setpgid = false
 	if in := attach.Stdin(); in != nil {
 		cmd.Stdin = in

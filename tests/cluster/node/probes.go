@@ -92,7 +92,7 @@ func (p *provider) probeOnce(ctx context.Context, ps *podState, c *ctr, pr *v1.P
 		if len(pr.Exec.Command) == 0 {
 			return fmt.Errorf("exec probe without a command")
 		}
-		cmd := p.command(ctx, ps, pr.Exec.Command, env)
+		cmd := p.command(ctx, ps, c, pr.Exec.Command, env)
 		cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 		out, err := cmd.CombinedOutput()
 		if err != nil {

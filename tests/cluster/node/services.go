@@ -423,19 +423,73 @@ func rewriteInPlace(path, content string) error {
 	return f.Truncate(int64(len(content)))
 }
 
-// podExec is the node binary started as `kanister-node pod-exec HOSTS -- ARGV...`
-// in a new mount namespace (SysProcAttr.Unshareflags, which also makes / a
-// private mount): it binds HOSTS over /etc/hosts, then becomes ARGV.
+// podExec is the node binary started as
+// `kanister-node pod-exec HOSTS BINDS -- ARGV...` in a new mount namespace
+// (SysProcAttr.Unshareflags, which also makes / a private mount): it binds
+// HOSTS over /etc/hosts and each volume of BINDS (lines "READONLY\tSRC\tDST")
+// at its absolute mountPath, then becomes ARGV. A missing mount point is
+// created on the host (an empty directory, or an empty file for a file), as
+// nothing can be mounted where nothing is; what is mounted is seen only in
+// the namespace.
 func podExec(args []string) {
-	if len(args) < 3 || args[1] != "--" {
-		fmt.Fprintln(os.Stderr, "usage: kanister-node pod-exec HOSTS -- COMMAND [ARGS...]")
+	if len(args) < 4 || args[2] != "--" {
+		fmt.Fprintln(os.Stderr, "usage: kanister-node pod-exec HOSTS BINDS -- COMMAND [ARGS...]")
 		os.Exit(2)
 	}
-	if err := syscall.Mount(args[0], "/etc/hosts", "", syscall.MS_BIND, ""); err != nil {
-		fmt.Fprintf(os.Stderr, "kanister-node: binding %s over /etc/hosts: %v\n", args[0], err)
+	fail := func(format string, a ...any) {
+		fmt.Fprintf(os.Stderr, "kanister-node: "+format+"\n", a...)
 		os.Exit(126)
 	}
-	argv := args[2:]
+	if err := syscall.Mount(args[0], "/etc/hosts", "", syscall.MS_BIND, ""); err != nil {
+		fail("binding %s over /etc/hosts: %v", args[0], err)
+	}
+	if args[1] != "" {
+		data, err := os.ReadFile(args[1])
+		if err != nil {
+			fail("reading the volume binds: %v", err)
+		}
+		type bind struct {
+			ro       bool
+			src, dst string
+		}
+		var binds []bind
+		for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+			f := strings.Split(line, "\t")
+			if len(f) == 3 {
+				binds = append(binds, bind{f[0] == "true", f[1], f[2]})
+			}
+		}
+		// Parents before children: /data before /data/sub.
+		sort.SliceStable(binds, func(i, j int) bool { return len(binds[i].dst) < len(binds[j].dst) })
+		for _, b := range binds {
+			fi, err := os.Stat(b.src)
+			if err != nil {
+				fail("volume at %s: %v", b.dst, err)
+			}
+			if fi.IsDir() {
+				err = os.MkdirAll(b.dst, 0o755)
+			} else if _, serr := os.Stat(b.dst); os.IsNotExist(serr) {
+				if err = os.MkdirAll(filepath.Dir(b.dst), 0o755); err == nil {
+					var f *os.File
+					if f, err = os.OpenFile(b.dst, os.O_CREATE|os.O_WRONLY, 0o644); err == nil {
+						f.Close()
+					}
+				}
+			}
+			if err != nil {
+				fail("mount point %s: %v", b.dst, err)
+			}
+			if err := syscall.Mount(b.src, b.dst, "", syscall.MS_BIND|syscall.MS_REC, ""); err != nil {
+				fail("binding %s at %s: %v", b.src, b.dst, err)
+			}
+			if b.ro {
+				if err := syscall.Mount("", b.dst, "", syscall.MS_BIND|syscall.MS_REMOUNT|syscall.MS_RDONLY|syscall.MS_REC, ""); err != nil {
+					fail("making %s read-only: %v", b.dst, err)
+				}
+			}
+		}
+	}
+	argv := args[3:]
 	path := argv[0]
 	if !strings.Contains(path, "/") {
 		lp, err := exec.LookPath(path)
@@ -451,4 +505,15 @@ func podExec(args []string) {
 		os.Exit(127)
 	}
 	os.Exit(126)
+}
+
+// readOnlyVolume: Secret, ConfigMap, projected and downward API volumes are
+// mounted read-only, as the kubelet does.
+func readOnlyVolume(vols []v1.Volume, name string) bool {
+	for _, v := range vols {
+		if v.Name == name {
+			return v.Secret != nil || v.ConfigMap != nil || v.Projected != nil || v.DownwardAPI != nil
+		}
+	}
+	return false
 }
