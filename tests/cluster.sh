@@ -28,6 +28,9 @@ node_name=kanister-node
 log() { echo "cluster.sh: $*" >&2; }
 exports() {
 	echo "export KUBECONFIG=$state/admin.kubeconfig"
+	# The node's image file: `REPOSITORY ENTRYPOINT...` lines, the command of a container
+	# of that image that has none (tests/cluster/README.md).
+	echo "export KANISTER_CLUSTER_IMAGES=$state/images"
 	echo "export PATH=\"$(dirname "$kubectl"):\$PATH\""
 }
 die() { echo "cluster.sh: ERROR: $*" >&2; exit 1; }
@@ -343,7 +346,7 @@ EOF
 	mkdir -p "$state/node"
 	launch kanister-node "$node_bin" \
 		--name="$node_name" --kubeconfig="$state/$node_name.kubeconfig" \
-		--root="$state/node" --port="$kubelet_port" \
+		--root="$state/node" --port="$kubelet_port" --images="$state/images" \
 		--tls-cert="$state/pki/$node_name-serving.crt" --tls-key="$state/pki/$node_name-serving.key" \
 		--client-ca="$state/pki/ca.crt" \
 		--api-host=127.0.0.1 --api-port="$api_port"

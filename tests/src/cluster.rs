@@ -80,6 +80,24 @@ pub fn crds() {
     });
 }
 
+/// Tells the test node that a container of image `repository` (any tag) without a command runs
+/// `entrypoint` (or, for a command at an absolute path missing on the host, the entrypoint of
+/// the same file name): the image's ENTRYPOINT, which a node of host processes cannot read.
+/// Written to the file `KANISTER_CLUSTER_IMAGES` names (`tests/cluster.sh env`).
+pub fn register_image(repository: &str, entrypoint: &[&str]) {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ready();
+    let path = std::path::PathBuf::from(crate::infra::var("KANISTER_CLUSTER_IMAGES"));
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut lines: Vec<String> =
+        old.lines().filter(|l| l.split_whitespace().next() != Some(repository)).map(str::to_string).collect();
+    lines.push(format!("{repository} {}", entrypoint.join(" ")));
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, lines.join("\n") + "\n").expect("write the node's image file");
+    std::fs::rename(&tmp, &path).expect("replace the node's image file");
+}
+
 /// A namespace of the test cluster for one test, deleted (without waiting) on drop.
 #[derive(Debug)]
 pub struct Namespace {
@@ -155,7 +173,12 @@ impl Namespace {
 }
 
 impl Drop for Namespace {
+    /// Deletes the namespace, unless KANISTER_TEST_KEEP_NAMESPACES is set (to look into a failure).
     fn drop(&mut self) {
+        if std::env::var_os("KANISTER_TEST_KEEP_NAMESPACES").is_some() {
+            eprintln!("keeping namespace {}", self.name);
+            return;
+        }
         let _ = run_kubectl(&["delete", "namespace", &self.name, "--wait=false"], None);
     }
 }

@@ -348,3 +348,74 @@ spec:
     ns.eventually("the Secret's file in the log", T, || (ns.ok(&["logs", "deployment/w"]) == "arrived").then_some(()));
     assert_eq!(pods(&ns, "app=w"), all, "the same pod ran");
 }
+
+#[test]
+fn a_statefulset_pod_replaced_under_its_name_keeps_running_with_its_volumes() {
+    let ns = Namespace::new("roll");
+    ns.ok(&["create", "secret", "generic", "s", "--from-literal=token=t0"]);
+    ns.apply(
+        r#"apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  replicas: 1
+  serviceName: db
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: c
+        image: none
+        command: [sh, -c, "exec sleep 600"]
+        volumeMounts: [{name: s, mountPath: /etc/s}]
+      volumes: [{name: s, secret: {secretName: s}}]
+"#,
+    );
+    ns.ok(&["rollout", "status", "statefulset", "db", "--timeout=60s"]);
+    let first = ns.ok(&["get", "pod", "db-0", "-o", "jsonpath={.metadata.uid}"]);
+    // A change of the template: the controller deletes db-0 and creates a new db-0.
+    ns.ok(&["patch", "statefulset", "db", "-p", r#"{"spec":{"template":{"metadata":{"annotations":{"rev":"2"}}}}}"#]);
+    ns.ok(&["rollout", "status", "statefulset", "db", "--timeout=60s"]);
+    let second = ns.ok(&["get", "pod", "db-0", "-o", "jsonpath={.metadata.uid}"]);
+    assert_ne!(first, second, "db-0 was replaced");
+    // A late delete of the first db-0 must not touch the second (it removed its volumes).
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(ns.ok(&["exec", "db-0", "--", "cat", "/etc/s/token"]), "t0");
+    assert_eq!(ns.ok(&["get", "pod", "db-0", "-o", "jsonpath={.status.containerStatuses[0].restartCount}"]), "0");
+}
+
+/// A volume at /tmp (the agent sidecar's emptyDir) hides the host's /tmp in the pod: the pod's
+/// other volumes (whose directories are under the node's state, often in /tmp) and a program
+/// under /tmp on the host (a clone built in /tmp) must still reach the pod.
+#[test]
+fn a_volume_at_tmp_hides_neither_the_other_volumes_nor_the_program() {
+    let ns = Namespace::new("tmpvol");
+    ns.ok(&["create", "secret", "generic", "s", "--from-literal=token=t1"]);
+    let dir = std::env::temp_dir().join(&ns.name);
+    std::fs::create_dir_all(&dir).expect("a directory under /tmp");
+    let program = dir.join("program.sh");
+    std::fs::write(&program, "#!/bin/sh\necho \"$(cat /var/run/s/token) $(ls -A /tmp | wc -l)\"\nexec sleep 600\n")
+        .expect("the program");
+    std::process::Command::new("chmod").args(["+x"]).arg(&program).status().expect("chmod");
+    ns.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: p}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: none
+    command: [{program}]
+    volumeMounts: [{{name: tmp, mountPath: /tmp}}, {{name: s, mountPath: /var/run/s}}]
+  volumes: [{{name: tmp, emptyDir: {{}}}}, {{name: s, secret: {{secretName: s}}}}]
+"#,
+        program = program.display()
+    ));
+    ns.ok(&["wait", "pod/p", "--for=condition=Ready", "--timeout=60s"]);
+    // The Secret's file, and an empty /tmp: the emptyDir, not the host's.
+    ns.eventually("the program's line", T, || (ns.ok(&["logs", "p"]) == "t1 0").then_some(()));
+    let _ = std::fs::remove_dir_all(&dir);
+}

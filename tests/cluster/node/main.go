@@ -77,6 +77,7 @@ type provider struct {
 	apiPort    string
 	client     kubernetes.Interface
 	self       string    // this binary, started as `pod-exec` for every pod process
+	images     string    // file: image repository -> entrypoint (entrypoint in images.go)
 	svc        *services // Service names and proxies (services.go)
 	secrets    corev1listers.SecretLister
 	configMaps corev1listers.ConfigMapLister
@@ -232,7 +233,7 @@ func (p *provider) UpdatePod(ctx context.Context, pod *v1.Pod) error {
 	p.mu.Lock()
 	ps := p.pods[key(pod.Namespace, pod.Name)]
 	p.mu.Unlock()
-	if ps != nil {
+	if ps != nil && ps.pod.UID == pod.UID {
 		ps.mu.Lock()
 		ps.pod.ObjectMeta = *pod.ObjectMeta.DeepCopy()
 		ps.mu.Unlock()
@@ -245,8 +246,10 @@ func (p *provider) DeletePod(ctx context.Context, pod *v1.Pod) error {
 	p.mu.Lock()
 	ps := p.pods[k]
 	p.mu.Unlock()
-	if ps == nil {
-		return errdefs.NotFoundf("pod %s not found", k)
+	// A StatefulSet's pods reuse their names: a late delete of an earlier pod of this name
+	// must not touch the pod that runs under it now.
+	if ps == nil || ps.pod.UID != pod.UID {
+		return errdefs.NotFoundf("pod %s (uid %s) not found", k, pod.UID)
 	}
 	grace := int64(30)
 	if pod.DeletionGracePeriodSeconds != nil {
@@ -385,7 +388,7 @@ func (p *provider) run(ctx context.Context, ps *podState) {
 					break
 				}
 				c.env = env
-				c.argv = expandArgv(c.spec, env)
+				c.argv = p.expandArgv(c.spec, env)
 			}
 		}
 		if reason == "" {
@@ -524,7 +527,7 @@ func (p *provider) runOnce(ctx context.Context, ps *podState, c *ctr) int32 {
 		return code
 	}
 	if len(c.argv) == 0 {
-		return terminate(128, "NoCommand", "the container has no command: this node runs host processes and cannot read an image's entrypoint; set command", metav1.Now())
+		return terminate(128, "NoCommand", "the container has no command and the node's image file (--images) names no entrypoint for image "+c.spec.Image+": this node runs host processes and cannot read an image's entrypoint; set command or add the image to that file", metav1.Now())
 	}
 	logf, err := os.OpenFile(c.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -988,8 +991,22 @@ func expand(s string, vals map[string]string) string {
 	})
 }
 
-func expandArgv(c v1.Container, env []string) []string {
-	if len(c.Command) == 0 {
+// expandArgv: the container's command and args with $(VAR) expanded; an
+// image without command gets the entrypoint the node's image file names.
+func (p *provider) expandArgv(c v1.Container, env []string) []string {
+	command := c.Command
+	if len(command) == 0 {
+		command = p.entrypoint(c.Image)
+	} else if filepath.IsAbs(command[0]) {
+		// A program at its path in the image (/usr/local/bin/kanister-agent), missing
+		// on the host: the image file's entrypoint of the same name stands for it.
+		if _, err := os.Stat(command[0]); err != nil {
+			if ep := p.entrypoint(c.Image); len(ep) > 0 && filepath.Base(ep[0]) == filepath.Base(command[0]) {
+				command = append([]string{ep[0]}, command[1:]...)
+			}
+		}
+	}
+	if len(command) == 0 {
 		return nil
 	}
 	vals := map[string]string{}
@@ -998,7 +1015,7 @@ func expandArgv(c v1.Container, env []string) []string {
 		vals[kv[:i]] = kv[i+1:]
 	}
 	var argv []string
-	for _, a := range append(append([]string{}, c.Command...), c.Args...) {
+	for _, a := range append(append([]string{}, command...), c.Args...) {
 		argv = append(argv, expand(a, vals))
 	}
 	return argv
@@ -1188,6 +1205,7 @@ func main() {
 		clientCA   = flag.String("client-ca", "", "CA of the clients allowed on the kubelet port (the API server's)")
 		apiHost    = flag.String("api-host", "", "KUBERNETES_SERVICE_HOST given to pods")
 		apiPort    = flag.String("api-port", "", "KUBERNETES_SERVICE_PORT given to pods")
+		images     = flag.String("images", "", "file of `IMAGE ENTRYPOINT...` lines: the command of a container of that image without command (read at each pod start)")
 		verbose    = flag.Bool("v", false, "debug logs")
 	)
 	flag.Parse()
@@ -1214,7 +1232,7 @@ func main() {
 	var prov *provider
 	mux := http.NewServeMux()
 	n, err := nodeutil.NewNode(*name, func(cfg nodeutil.ProviderConfig) (nodeutil.Provider, node.NodeProvider, error) {
-		prov = &provider{name: *name, root: *root, apiHost: *apiHost, apiPort: *apiPort, client: client, self: self,
+		prov = &provider{name: *name, root: *root, apiHost: *apiHost, apiPort: *apiPort, client: client, self: self, images: *images,
 			secrets: cfg.Secrets, configMaps: cfg.ConfigMaps, pods: map[string]*podState{}, ips: map[string]string{}}
 		nd := cfg.Node
 		nd.Status.Capacity = v1.ResourceList{

@@ -1,9 +1,9 @@
 // Probes on the test node: a container with a readinessProbe is Ready only
 // while the probe passes; a failing livenessProbe kills the container's
 // processes, and its restartPolicy decides what follows. exec, tcpSocket and
-// httpGet probes run as a kubelet runs them (periodSeconds, timeoutSeconds,
-// initialDelaySeconds, successThreshold, failureThreshold and their
-// defaults); a grpc probe is not supported and never passes.
+// httpGet and grpc (grpc.health.v1, plaintext, as the kubelet) probes run as
+// a kubelet runs them (periodSeconds, timeoutSeconds, initialDelaySeconds,
+// successThreshold, failureThreshold and their defaults).
 package main
 
 import (
@@ -16,6 +16,9 @@ import (
 	"syscall"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
@@ -143,7 +146,26 @@ func (p *provider) probeOnce(ctx context.Context, ps *podState, c *ctr, pr *v1.P
 			return fmt.Errorf("HTTP probe %s: status %d", req.URL, resp.StatusCode)
 		}
 		return nil
+	case pr.GRPC != nil:
+		conn, err := grpc.NewClient(net.JoinHostPort(ps.ip, fmt.Sprint(pr.GRPC.Port)),
+			grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		service := ""
+		if pr.GRPC.Service != nil {
+			service = *pr.GRPC.Service
+		}
+		resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: service})
+		if err != nil {
+			return fmt.Errorf("gRPC probe: %v", err)
+		}
+		if resp.Status != healthpb.HealthCheckResponse_SERVING {
+			return fmt.Errorf("gRPC probe: service %q is %v", service, resp.Status)
+		}
+		return nil
 	default:
-		return fmt.Errorf("this node runs exec, tcpSocket and httpGet probes only")
+		return fmt.Errorf("a probe without a handler")
 	}
 }

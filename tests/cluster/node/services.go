@@ -38,6 +38,7 @@ import (
 	"syscall"
 
 	"github.com/virtual-kubelet/virtual-kubelet/log"
+	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
@@ -440,53 +441,39 @@ func podExec(args []string) {
 		fmt.Fprintf(os.Stderr, "kanister-node: "+format+"\n", a...)
 		os.Exit(126)
 	}
-	if err := syscall.Mount(args[0], "/etc/hosts", "", syscall.MS_BIND, ""); err != nil {
-		fail("binding %s over /etc/hosts: %v", args[0], err)
+	// Every source, and the program, is opened before anything is mounted: a volume at /tmp
+	// would hide the pod directories (and a program built) under /tmp on the host. Mounts take
+	// their source from /proc/self/fd, so what was opened is what is bound.
+	opath := func(path string) int {
+		fd, err := syscall.Open(path, unix.O_PATH, 0)
+		if err != nil {
+			fail("opening %s: %v", path, err)
+		}
+		return fd
 	}
+	hosts := opath(args[0])
+	type bind struct {
+		ro       bool
+		src, dst string
+		fd       int
+	}
+	var binds []bind
 	if args[1] != "" {
 		data, err := os.ReadFile(args[1])
 		if err != nil {
 			fail("reading the volume binds: %v", err)
 		}
-		type bind struct {
-			ro       bool
-			src, dst string
-		}
-		var binds []bind
 		for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
 			f := strings.Split(line, "\t")
 			if len(f) == 3 {
-				binds = append(binds, bind{f[0] == "true", f[1], f[2]})
+				binds = append(binds, bind{ro: f[0] == "true", src: f[1], dst: f[2]})
 			}
 		}
-		// Parents before children: /data before /data/sub.
-		sort.SliceStable(binds, func(i, j int) bool { return len(binds[i].dst) < len(binds[j].dst) })
-		for _, b := range binds {
-			fi, err := os.Stat(b.src)
-			if err != nil {
-				fail("volume at %s: %v", b.dst, err)
+		for i := range binds {
+			if _, err := os.Stat(binds[i].src); err != nil {
+				fail("volume at %s: %v", binds[i].dst, err)
 			}
-			if fi.IsDir() {
-				err = os.MkdirAll(b.dst, 0o755)
-			} else if _, serr := os.Stat(b.dst); os.IsNotExist(serr) {
-				if err = os.MkdirAll(filepath.Dir(b.dst), 0o755); err == nil {
-					var f *os.File
-					if f, err = os.OpenFile(b.dst, os.O_CREATE|os.O_WRONLY, 0o644); err == nil {
-						f.Close()
-					}
-				}
-			}
-			if err != nil {
-				fail("mount point %s: %v", b.dst, err)
-			}
-			if err := syscall.Mount(b.src, b.dst, "", syscall.MS_BIND|syscall.MS_REC, ""); err != nil {
-				fail("binding %s at %s: %v", b.src, b.dst, err)
-			}
-			if b.ro {
-				if err := syscall.Mount("", b.dst, "", syscall.MS_BIND|syscall.MS_REMOUNT|syscall.MS_RDONLY|syscall.MS_REC, ""); err != nil {
-					fail("making %s read-only: %v", b.dst, err)
-				}
-			}
+			binds[i].fd = opath(binds[i].src)
 		}
 	}
 	argv := args[3:]
@@ -498,6 +485,55 @@ func podExec(args []string) {
 			os.Exit(127)
 		}
 		path = lp
+	}
+	var program syscall.Stat_t
+	progFd, progErr := syscall.Open(path, unix.O_PATH, 0) // no O_CLOEXEC: a script's interpreter reads it
+	if progErr == nil {
+		progErr = syscall.Fstat(progFd, &program)
+	}
+	fdPath := func(fd int) string { return fmt.Sprintf("/proc/self/fd/%d", fd) }
+	if err := syscall.Mount(fdPath(hosts), "/etc/hosts", "", syscall.MS_BIND, ""); err != nil {
+		fail("binding %s over /etc/hosts: %v", args[0], err)
+	}
+	syscall.Close(hosts)
+	// Parents before children: /data before /data/sub.
+	sort.SliceStable(binds, func(i, j int) bool { return len(binds[i].dst) < len(binds[j].dst) })
+	for _, b := range binds {
+		var fi syscall.Stat_t
+		err := syscall.Fstat(b.fd, &fi)
+		if err == nil {
+			if fi.Mode&syscall.S_IFMT == syscall.S_IFDIR {
+				err = os.MkdirAll(b.dst, 0o755)
+			} else if _, serr := os.Stat(b.dst); os.IsNotExist(serr) {
+				if err = os.MkdirAll(filepath.Dir(b.dst), 0o755); err == nil {
+					var f *os.File
+					if f, err = os.OpenFile(b.dst, os.O_CREATE|os.O_WRONLY, 0o644); err == nil {
+						f.Close()
+					}
+				}
+			}
+		}
+		if err != nil {
+			fail("mount point %s: %v", b.dst, err)
+		}
+		if err := syscall.Mount(fdPath(b.fd), b.dst, "", syscall.MS_BIND|syscall.MS_REC, ""); err != nil {
+			fail("binding %s at %s: %v", b.src, b.dst, err)
+		}
+		if b.ro {
+			if err := syscall.Mount("", b.dst, "", syscall.MS_BIND|syscall.MS_REMOUNT|syscall.MS_RDONLY|syscall.MS_REC, ""); err != nil {
+				fail("making %s read-only: %v", b.dst, err)
+			}
+		}
+		syscall.Close(b.fd)
+	}
+	// The program by its path, unless a volume now hides it there: then by what was opened.
+	if progErr == nil {
+		var now syscall.Stat_t
+		if err := syscall.Stat(path, &now); err != nil || now.Dev != program.Dev || now.Ino != program.Ino {
+			path = fdPath(progFd)
+		} else {
+			syscall.Close(progFd)
+		}
 	}
 	err := syscall.Exec(path, argv, os.Environ())
 	fmt.Fprintf(os.Stderr, "%s: %v\n", argv[0], err)
