@@ -430,6 +430,20 @@ const TARGET_RULES: &[(&str, &str, &[&str])] = &[
     ("events.k8s.io", "events", &["create", "patch"]),
 ];
 
+/// What the gRPC API (service.grpc.enabled) adds where ActionSets live (api/service.rs): kanctl
+/// creates, cancels (patch) and deletes ActionSets, and creates Profiles.
+const API_RULES: &[(&str, &str, &[&str])] =
+    &[("cr.kanister.io", "actionsets", &["create", "patch", "delete"]), ("cr.kanister.io", "profiles", &["create"])];
+
+/// What the gRPC API adds where workloads live: Profiles there, and the workloads a
+/// `kanctl create actionset --selector` picks.
+const API_TARGET_RULES: &[(&str, &str, &[&str])] = &[
+    ("cr.kanister.io", "profiles", &["create"]),
+    ("apps", "statefulsets", &["list"]),
+    ("apps", "deployments", &["list"]),
+    ("", "persistentvolumeclaims", &["list"]),
+];
+
 #[test]
 fn rbac_is_least_privilege() {
     // Defaults: one Role in the release namespace, nothing cluster-scoped.
@@ -442,8 +456,20 @@ fn rbac_is_least_privilege() {
     let args: Vec<&str> = r.coordinator()["args"].as_array().expect("args").iter().filter_map(Value::as_str).collect();
     assert!(!args.contains(&"--all-namespaces") && !args.iter().any(|a| a.starts_with("--watch-namespaces")));
 
-    // Lists: a Role and a RoleBinding per namespace, bound to the coordinator's account.
+    // With the gRPC API on, both kinds of Role gain the API's rules, and only then.
     let (_, values) = &value_sets()[1];
+    let mut with_api = values.clone();
+    with_api["service"] = json!({"grpc": {"enabled": true}});
+    for role in render(&with_api).kind("Role") {
+        let target = role["metadata"]["name"].as_str().is_some_and(|n| n.ends_with("-target"));
+        let t = rule_table(&role["rules"]);
+        for (k, verbs) in table(if target { API_TARGET_RULES } else { API_RULES }) {
+            let got = t.get(&k).cloned().unwrap_or_default();
+            assert!(verbs.is_subset(&got), "{}: {k:?} {got:?} lacks {verbs:?}", role["metadata"]["name"]);
+        }
+    }
+
+    // Lists: a Role and a RoleBinding per namespace, bound to the coordinator's account.
     let r = render(values);
     let mut by_ns: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for role in r.kind("Role") {
@@ -486,8 +512,10 @@ fn rbac_is_least_privilege() {
     let r = render(&value_sets()[2].1);
     assert_eq!(r.kind("Role").count(), 0);
     let mut want = table(CONTROLLER_RULES);
-    for (k, v) in table(TARGET_RULES) {
-        want.entry(k).or_default().extend(v);
+    for rules in [TARGET_RULES, API_RULES, API_TARGET_RULES] {
+        for (k, v) in table(rules) {
+            want.entry(k).or_default().extend(v);
+        }
     }
     want.extend(table(&[
         ("", "namespaces", &["get"]),

@@ -366,20 +366,30 @@ impl<C: Cluster> CoordinatorApi<C> {
         if req.dry_run {
             return Ok(info);
         }
-        let secret_ref = self.cluster.apply(secret, &ns).await.map_err(|e| match e {
+        // The coordinator may create Secrets but never delete them (deploy/README.md, RBAC), so
+        // refuse a taken name before writing anything, and name what a late failure leaves behind.
+        let taken = || Error::AlreadyExists(format!("profile {ns}/{name} already exists: choose another name"));
+        match self.cluster.get(&ObjectRef::new("Profile", &ns, &name)).await {
+            Ok(_) => return Err(taken()),
+            Err(cluster::Error::NotFound(_)) => {}
+            Err(other) => return Err(Error::Cluster(other)),
+        }
+        self.cluster.apply(secret, &ns).await.map_err(|e| match e {
             cluster::Error::Rejected { message, .. } if message.contains("already exists") => Error::AlreadyExists(
                 format!("secret {ns}/{secret_name} already exists: delete it or choose another profile name"),
             ),
             other => Error::Cluster(other),
         })?;
         if let Err(e) = self.cluster.apply(profile, &ns).await {
-            // Remove what this call created.
-            let _ = self.cluster.delete(&secret_ref).await;
+            let left = format!(
+                "the Secret {ns}/{secret_name} was created but not the profile: delete it \
+                 (kubectl delete secret -n {ns} {secret_name}) before trying again"
+            );
             return Err(match e {
                 cluster::Error::Rejected { message, .. } if message.contains("already exists") => {
-                    Error::AlreadyExists(format!("profile {ns}/{name} already exists: choose another name"))
+                    Error::AlreadyExists(format!("{}; {left}", taken()))
                 }
-                other => Error::Cluster(other),
+                other => Error::Unavailable(format!("creating profile {ns}/{name}: {other}; {left}")),
             });
         }
         tracing::info!(profile = %name, namespace = %ns, "profile created");

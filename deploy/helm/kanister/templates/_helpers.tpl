@@ -79,6 +79,9 @@ and cluster/kube.rs):
 - events.k8s.io Events: create, patch (kube-runtime's Recorder).
 - Pods: task pods (KubeTask defaults to the ActionSet's namespace) are created, watched (the
   controller owns them), read, deleted; their logs read.
+- With the gRPC API on (service.grpc.enabled; api/service.rs), for kanctl: ActionSets create,
+  patch (cancel), delete; Profiles create (with their Secret: create, as above; a Secret is
+  never deleted, a failed creation names the one it left).
 */}}
 {{- define "kanister.rules.controller" -}}
 - apiGroups: ["cr.kanister.io"]
@@ -111,6 +114,19 @@ and cluster/kube.rs):
 - apiGroups: [""]
   resources: ["pods/log"]
   verbs: ["get"]
+{{- include "kanister.rules.api" . }}
+{{- end }}
+
+{{/* Rules of the gRPC API (kanctl), where ActionSets live and where workloads live. */}}
+{{- define "kanister.rules.api" -}}
+{{- if .Values.service.grpc.enabled }}
+- apiGroups: ["cr.kanister.io"]
+  resources: ["actionsets"]
+  verbs: ["create", "patch", "delete"]
+- apiGroups: ["cr.kanister.io"]
+  resources: ["profiles"]
+  verbs: ["create"]
+{{- end }}
 {{- end }}
 
 {{/*
@@ -122,7 +138,9 @@ engine/functions.rs and cluster/kube.rs):
   before);
 - KubeTask and the data functions: task pods create/get/delete, logs;
 - Profiles (e.g. mysql-test/s3-profile) and the Secrets/ConfigMaps the ActionSet names: get;
-- scheduled maintenance (engine/maintenance.rs): Profiles list, events about them create/patch.
+- scheduled maintenance (engine/maintenance.rs): Profiles list, events about them create/patch;
+- with the gRPC API on: `kanctl create profile` (Profiles create) and
+  `kanctl create actionset --selector` (Deployments, StatefulSets, PVCs list).
 */}}
 {{- define "kanister.rules.target" -}}
 - apiGroups: ["apps"]
@@ -152,6 +170,17 @@ engine/functions.rs and cluster/kube.rs):
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- if .Values.service.grpc.enabled }}
+- apiGroups: ["cr.kanister.io"]
+  resources: ["profiles"]
+  verbs: ["create"]
+- apiGroups: ["apps"]
+  resources: ["statefulsets", "deployments"]
+  verbs: ["list"]
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["list"]
+{{- end }}
 {{- if .Values.rbac.openshift }}
 - apiGroups: ["apps.openshift.io"]
   resources: ["deploymentconfigs"]
