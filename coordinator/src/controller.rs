@@ -94,13 +94,27 @@ pub async fn run(
         };
         let config = ControllerConfig::default().concurrency(concurrency).debounce(Duration::from_millis(500));
         Controller::new(actionsets, watcher::Config::default())
-            .owns(pods, watcher::Config::default().labels("kanister.io/actionset"))
+            .owns(pods, watcher::Config::default().labels(engine::ACTIONSET_LABEL))
             .with_config(config)
             .graceful_shutdown_on(shutdown.clone())
             .run(reconcile, error_policy, ctx.clone())
-            .for_each(|result| async move {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "controller event");
+            .for_each({
+                let ctx = ctx.clone();
+                move |result| {
+                    match result {
+                        // A deleted ActionSet: the controller cannot reconcile what is gone, so
+                        // its run (if any) is stopped here, at once, rather than when it next
+                        // writes its status or loses its task pods to the garbage collector.
+                        Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
+                            let ns = object.namespace.clone().unwrap_or_default();
+                            if ctx.engine.cancel(&ns, &object.name, engine::DELETED) {
+                                tracing::info!(actionset = %object.name, namespace = %ns, "ActionSet deleted: stopping its run");
+                            }
+                        }
+                        Err(e) => tracing::debug!(error = %e, "controller event"),
+                        Ok(_) => {}
+                    }
+                    futures::future::ready(())
                 }
             })
     });

@@ -4,7 +4,9 @@
 //! scheduled to the test node and read their logs, and scale the Deployment through the real
 //! controller. Each test has a namespace of its own, which the coordinator watches.
 
-use kanister_testkit::cluster::{Namespace, crds, kubectl};
+mod support;
+
+use kanister_testkit::cluster::{Namespace, crds, kubectl, register_image};
 use serde_json::{Value, json};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -112,6 +114,21 @@ actions:
     - func: ScaleWorkload
       name: scale
       args: {replicas: 2}
+  slow:
+    phases:
+    - func: KubeTask
+      name: wait
+      args:
+        namespace: "{{ .Deployment.Namespace }}"
+        image: ghcr.io/kanisterio/kanister-tools:0.110.0
+        command: [sh, -c, "echo started; exec sleep 300"]
+    deferPhase:
+      func: KubeExec
+      name: cleanup
+      args:
+        namespace: "{{ .Deployment.Namespace }}"
+        pod: "{{ index .Deployment.Pods 0 }}"
+        command: [sh, -c, "echo deferred > deferred.txt"]
   fail:
     phases:
     - func: KubeTask
@@ -127,6 +144,33 @@ fn actionset(ns: &Namespace, name: &str, action: &str) -> String {
         "apiVersion: cr.kanister.io/v1alpha1\nkind: ActionSet\nmetadata: {{name: {name}}}\nspec:\n  actions:\n  - name: {action}\n    blueprint: bp\n    object: {{kind: Deployment, name: app, namespace: {}}}\n",
         ns.name
     )
+}
+
+/// Waits until the `slow` action's task pod runs; its name.
+fn running_task_pod(ns: &Namespace, co: &Coordinator) -> String {
+    let start = Instant::now();
+    loop {
+        let pods = ns.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "kanister.io/actionset",
+            "--field-selector=status.phase=Running",
+            "-o",
+            "name",
+        ]);
+        if let Some(p) = pods.lines().next() {
+            return p.trim_start_matches("pod/").to_string();
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no running task pod; coordinator log:\n{}", co.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The file the `slow` action's defer phase writes in the app's pod, if it ran.
+fn deferred(ns: &Namespace) -> String {
+    let out = ns.kubectl(&["exec", "deploy/app", "--", "sh", "-c", "cat deferred.txt 2>/dev/null || true"], None);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// Pods of the namespace other than the Deployment's: task pods left behind.
@@ -179,20 +223,27 @@ fn a_failing_task_pod_fails_the_actionset_with_its_exit_code_and_stderr() {
     ns.eventually("task pods deleted", Duration::from_secs(30), || leftover_task_pods(&ns).is_empty().then_some(()));
 }
 
-/// The chart as a user installs it (offline rendering, `kubectl apply`), the coordinator running
-/// as its Deployment on the test node under the chart's ServiceAccount and Roles. Two changes,
-/// for the node: pods are host processes, so the container gets the built binary as its
-/// command, and they share the host's network, so the coordinator listens on its pod's address
-/// instead of 0.0.0.0.
-#[test]
-fn the_chart_installs_and_its_roles_run_an_actionset_and_a_missing_rule_is_named() {
-    crds();
-    let ns = Namespace::new("chart");
-    let n = ns.name.clone();
+/// The chart installed as a user installs it (offline rendering, secrets created with kubectl,
+/// `kubectl apply`), the coordinator running as its Deployment on the test node under the
+/// chart's ServiceAccount and Roles, Ready (its readiness probe passed). The node knows the
+/// images' entrypoints from the workspace's binaries. One change, for the node: pods share the
+/// host's network, so the coordinator listens on its pod's address instead of 0.0.0.0. Returns
+/// the Deployment's name.
+fn install_chart(release: &Namespace, targets: &[&str], grpc: bool) -> String {
+    let coordinator = env!("CARGO_BIN_EXE_kanister-coordinator");
+    let agent = support::agent_binary();
+    let agent = agent.to_str().expect("utf-8 path");
+    register_image("ghcr.io/kanister-rs/kanister-coordinator", &[coordinator]);
+    register_image("ghcr.io/kanister-rs/kanister-tools", &[agent]);
+    register_image("ghcr.io/kanister-rs/kanister-agent", &[agent]);
     let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/helm/kanister");
-    let values = json!({"targetNamespaces": [n], "coordinator": {"maintenance": {"interval": "0s"}}});
+    let values = json!({
+        "targetNamespaces": targets,
+        "coordinator": {"maintenance": {"interval": "0s"}},
+        "service": {"grpc": {"enabled": grpc}},
+    });
     let mut items = Vec::new();
-    for (path, text) in kanister_testkit::helm::render(&chart, &values, &n) {
+    for (path, text) in kanister_testkit::helm::render(&chart, &values, &release.name) {
         for doc in serde_norway::Deserializer::from_str(&text) {
             let mut v: Value = serde::Deserialize::deserialize(doc).unwrap_or_else(|e| panic!("{path}: {e}"));
             if v.is_null() {
@@ -200,7 +251,6 @@ fn the_chart_installs_and_its_roles_run_an_actionset_and_a_missing_rule_is_named
             }
             if v["kind"] == "Deployment" {
                 let c = &mut v["spec"]["template"]["spec"]["containers"][0];
-                c["command"] = json!([env!("CARGO_BIN_EXE_kanister-coordinator")]);
                 let args: Vec<Value> = c["args"]
                     .as_array()
                     .expect("the coordinator's args")
@@ -212,22 +262,52 @@ fn the_chart_installs_and_its_roles_run_an_actionset_and_a_missing_rule_is_named
             items.push(v);
         }
     }
-    let deployment = items.iter().find(|v| v["kind"] == "Deployment").expect("the chart's Deployment");
-    let name = deployment["metadata"]["name"].as_str().expect("its name").to_string();
-    let target_role = format!("{name}-target");
-    assert!(
-        items.iter().any(|v| v["kind"] == "Role" && v["metadata"]["name"] == target_role.as_str()),
-        "a target Role"
-    );
-    // The agent token the chart mounts (deploy/README.md: created by the user).
-    ns.ok(&["create", "secret", "generic", "kanister-agent-token", "--from-literal=token=chart-test-token"]);
+    let name = items
+        .iter()
+        .find(|v| v["kind"] == "Deployment")
+        .and_then(|d| d["metadata"]["name"].as_str())
+        .expect("the chart's Deployment")
+        .to_string();
+    // The Secrets deploy/README.md has the user create: the agent token, the API token.
+    release.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "kanister-agent-token",
+        &format!("--from-literal=token={AGENT_TOKEN}"),
+    ]);
+    if grpc {
+        release.ok(&[
+            "create",
+            "secret",
+            "generic",
+            "kanister-coordinator-token",
+            &format!("--from-literal=token={API_TOKEN}"),
+        ]);
+    }
     let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
     let out = kubectl(&["apply", "-f", "-"], Some(&list.to_string()));
     assert!(out.status.success(), "applying the chart: {}", String::from_utf8_lossy(&out.stderr));
-    // Ready means its readiness probe (GET /readyz on the http port) passed.
-    ns.ok(&["rollout", "status", "deployment", &name, "--timeout=90s"]);
-    let logs =
-        || String::from_utf8_lossy(&ns.kubectl(&["logs", &format!("deployment/{name}")], None).stdout).to_string();
+    release.ok(&["rollout", "status", "deployment", &name, "--timeout=90s"]);
+    name
+}
+
+const AGENT_TOKEN: &str = "agent-token-of-the-real-cluster-tests";
+const API_TOKEN: &str = "api-token-of-the-real-cluster-tests";
+
+fn pod_logs(ns: &Namespace, what: &str) -> String {
+    let out = ns.kubectl(&["logs", what, "--all-containers"], None);
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[test]
+fn the_chart_installs_and_its_roles_run_an_actionset_and_a_missing_rule_is_named() {
+    crds();
+    let ns = Namespace::new("chart");
+    let n = ns.name.clone();
+    let name = install_chart(&ns, &[&n], false);
+    let target_role = format!("{name}-target");
+    let logs = || pod_logs(&ns, &format!("deployment/{name}"));
 
     ns.apply(APP);
     ns.ok(&["rollout", "status", "deployment", "app", "--timeout=60s"]);
@@ -272,4 +352,285 @@ fn the_chart_installs_and_its_roles_run_an_actionset_and_a_missing_rule_is_named
         "jsonpath={.items[*].message}",
     ]);
     assert!(events.contains("pods/exec"), "an event names the missing permission: {events}");
+}
+
+/// MariaDB as the StatefulSet `mysql-release` (Secret and Service of that name), with the chart's
+/// agent sidecar patched in as deploy/README.md says.
+fn mariadb(ns: &Namespace, password: &str) -> String {
+    ns.ok(&["create", "secret", "generic", "mysql-release", &format!("--from-literal=mysql-root-password={password}")]);
+    ns.ok(&["create", "secret", "generic", "kanister-agent-token", &format!("--from-literal=token={AGENT_TOKEN}")]);
+    let n = &ns.name;
+    // No provisioner: a PV for the claim of the StatefulSet's pod.
+    ns.apply(&format!(
+        "apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: {n}-data}}\nspec:\n  capacity: {{storage: 1Gi}}\n  accessModes: [ReadWriteOnce]\n  storageClassName: ''\n  claimRef: {{namespace: {n}, name: data-mysql-release-0}}\n  hostPath: {{path: /nonexistent/{n}}}\n"
+    ));
+    // The server listens where the blueprint's defaults look (127.0.0.1:3306: the pod's loopback
+    // on a real cluster, the host's here) and on the pod's address, for the Service. Not on
+    // 0.0.0.0: pods share the host's network, where the node's Service proxy holds 127.1.x.y:3306.
+    let script = r#"set -e
+if [ ! -d /var/lib/mysql/mysql ]; then
+  mariadb-install-db --no-defaults --datadir=/var/lib/mysql --user=root --auth-root-authentication-method=normal --skip-test-db >/dev/null
+  init=1
+fi
+mariadbd --no-defaults --datadir=/var/lib/mysql --socket="/run/mysqld/mysqld.sock" --port=3306 --bind-address="127.0.0.1,$POD_IP" --user=root --skip-name-resolve --pid-file=/run/mysqld/mysqld.pid &
+pid=$!
+for i in $(seq 1 100); do mariadb-admin --no-defaults -S "/run/mysqld/mysqld.sock" -uroot ping >/dev/null 2>&1 && break; sleep 0.2; done
+if [ -n "$init" ]; then
+  mariadb --no-defaults -S "/run/mysqld/mysqld.sock" -uroot <<SQL
+CREATE OR REPLACE USER 'root'@'127.0.0.1' IDENTIFIED BY '$MARIADB_ROOT_PASSWORD';
+GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION;
+SQL
+fi
+wait $pid
+"#;
+    ns.apply(&format!(
+        r#"apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: mysql-release}}
+spec:
+  replicas: 1
+  serviceName: mysql-release
+  selector: {{matchLabels: {{app: mysql-release}}}}
+  template:
+    metadata: {{labels: {{app: mysql-release}}}}
+    spec:
+      terminationGracePeriodSeconds: 10
+      containers:
+      - name: mysql
+        image: mariadb:11
+        command: [bash, -c, {script}]
+        env:
+        - {{name: MARIADB_ROOT_PASSWORD, valueFrom: {{secretKeyRef: {{name: mysql-release, key: mysql-root-password}}}}}}
+        ports: [{{name: mysql, containerPort: 3306}}]
+        readinessProbe: {{exec: {{command: [sh, -c, 'mariadb-admin --no-defaults -S "/run/mysqld/mysqld.sock" -uroot ping']}}, periodSeconds: 1}}
+        volumeMounts: [{{name: data, mountPath: /var/lib/mysql}}, {{name: run, mountPath: /run/mysqld}}]
+      volumes: [{{name: run, emptyDir: {{}}}}]
+  volumeClaimTemplates:
+  - metadata: {{name: data}}
+    spec:
+      accessModes: [ReadWriteOnce]
+      storageClassName: ''
+      resources: {{requests: {{storage: 1Gi}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: mysql-release}}
+spec:
+  selector: {{app: mysql-release}}
+  ports: [{{name: mysql, port: 3306, targetPort: mysql}}]
+"#,
+        script = serde_json::to_string(script).expect("json string")
+    ));
+    ns.ok(&["rollout", "status", "statefulset", "mysql-release", "--timeout=90s"]);
+    "mysql-release-0".to_string()
+}
+
+/// `mariadb` in the database's container, through `kubectl exec`.
+fn sql(ns: &Namespace, query: &str) -> String {
+    ns.ok(&[
+        "exec",
+        "mysql-release-0",
+        "-c",
+        "mysql",
+        "--",
+        "sh",
+        "-c",
+        &format!("mariadb --no-defaults -S \"/run/mysqld/mysqld.sock\" -uroot -N -e \"{query}\""),
+    ])
+}
+
+/// The seed's story on the real cluster: the chart (API on), MariaDB with the chart's agent
+/// sidecar, a Profile on SeaweedFS created by kanctl, the mysql blueprint of deploy/examples,
+/// and exactly the seed's commands (namespaces are the test's own).
+#[test]
+fn the_seeds_story_runs_on_the_real_cluster() {
+    crds();
+    let kanister = Namespace::new("kanister");
+    let db = Namespace::new("mysql-test");
+    let (k, d) = (kanister.name.clone(), db.name.clone());
+    let name = install_chart(&kanister, &[&d], true);
+    let logs = || pod_logs(&kanister, &format!("deployment/{name}"));
+    let password = format!("pw-{}", kanister_testkit::infra::unique("x"));
+    mariadb(&db, &password);
+    // The chart's sidecar patch, applied as deploy/README.md says.
+    let patch = kanister.ok(&["get", "configmap", "kanister-agent-sidecar", "-o", "jsonpath={.data.patch\\.yaml}"]);
+    let file = std::env::temp_dir().join(format!("{d}-sidecar.yaml"));
+    std::fs::write(&file, patch).expect("write the patch");
+    db.ok(&["patch", "statefulset", "mysql-release", "--patch-file", file.to_str().expect("utf-8")]);
+    db.ok(&["rollout", "status", "statefulset", "mysql-release", "--timeout=120s"]);
+    sql(
+        &db,
+        "CREATE DATABASE shop; USE shop; CREATE TABLE orders (id INT PRIMARY KEY, note TEXT); INSERT INTO orders SELECT seq, MD5(seq) FROM seq_1_to_2000",
+    );
+    let fingerprint = || sql(&db, "SELECT COUNT(*) FROM shop.orders; CHECKSUM TABLE shop.orders EXTENDED");
+    let before = fingerprint();
+
+    // kanctl reaches the coordinator's API at its pod's address (no port-forward on this node).
+    let pod_ip = kanister.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/component=coordinator",
+        "-o",
+        "jsonpath={.items[0].status.podIP}",
+    ]);
+    let token = std::env::temp_dir().join(format!("{k}-token"));
+    std::fs::write(&token, API_TOKEN).expect("token file");
+    let kanctl_run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kanctl"))
+            .args(args)
+            .env("KANCTL_COORDINATOR", format!("http://{pod_ip}:7434"))
+            .env("KANCTL_TOKEN_FILE", &token)
+            .env("AWS_SECRET_ACCESS_KEY", kanister_testkit::infra::var("KANISTER_TEST_S3_SECRET_KEY"))
+            .output()
+            .expect("kanctl runs")
+    };
+    let kanctl = |args: &[&str]| {
+        let out = kanctl_run(args);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "kanctl {} failed: {text}{}\ncoordinator log:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            logs()
+        );
+        text
+    };
+    let created = |out: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix("actionset ").and_then(|r| r.strip_suffix(" created")))
+            .expect("actionset ... created")
+            .to_string()
+    };
+    let prefix = kanister_testkit::infra::unique("seed");
+    let (bucket, endpoint, access) = (
+        kanister_testkit::infra::var("KANISTER_TEST_S3_BUCKET"),
+        kanister_testkit::infra::var("KANISTER_TEST_S3_ENDPOINT"),
+        kanister_testkit::infra::var("KANISTER_TEST_S3_ACCESS_KEY"),
+    );
+    let create_profile = [
+        "create",
+        "profile",
+        "s3compliant",
+        "--bucket",
+        &bucket,
+        "--endpoint",
+        &endpoint,
+        "--region",
+        "us-east-1",
+        "--prefix",
+        &prefix,
+        "--access-key",
+        &access,
+        "--namespace",
+        &d,
+        "--name",
+        "s3-profile",
+    ];
+    kanctl(&create_profile);
+    // Again: refused as a taken Profile name, before anything is written (the coordinator may
+    // create Secrets, never update or delete them).
+    let version = || db.ok(&["get", "secret", "s3-profile-secret", "-o", "jsonpath={.metadata.resourceVersion}"]);
+    let first = version();
+    let again = kanctl_run(&create_profile);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success() && err.contains(&format!("profile {d}/s3-profile already exists")), "{err}");
+    assert_eq!(version(), first, "the Profile's Secret was left alone");
+    let bp = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/mysql-blueprint.yaml");
+    let bp = std::fs::read_to_string(bp)
+        .expect("the example blueprint")
+        .replace("namespace: kanister", &format!("namespace: {k}"));
+    kanister.apply(&bp);
+
+    let backup = created(&kanctl(&[
+        "create",
+        "actionset",
+        "--action",
+        "backup",
+        "--namespace",
+        &k,
+        "--blueprint",
+        "mysql-blueprint",
+        "--statefulset",
+        &format!("{d}/mysql-release"),
+        "--profile",
+        &format!("{d}/s3-profile"),
+        "--secrets",
+        &format!("mysql={d}/mysql-release"),
+    ]));
+    let status = finished(&kanister, &backup, logs, Duration::from_secs(180));
+    assert_eq!(status["state"], "complete", "backup: {status:#}\ncoordinator log:\n{}", logs());
+    // `kubectl get actionset`: the seed's columns, filled.
+    let table = kanister.ok(&["get", "actionset", &backup]);
+    let mut lines = table.lines();
+    let header = lines.next().unwrap_or_default();
+    for col in ["PROGRESS", "RUNNING PHASE", "LAST TRANSITION TIME", "STATE"] {
+        assert!(header.contains(col), "column {col} in: {table}");
+    }
+    let row = lines.next().unwrap_or_default();
+    assert!(row.contains("100") && row.contains("complete"), "a filled row: {table}");
+
+    sql(&db, "DROP TABLE shop.orders");
+    let restore =
+        created(&kanctl(&["create", "actionset", "--action", "restore", "--namespace", &k, "--from", &backup]));
+    let status = finished(&kanister, &restore, logs, Duration::from_secs(180));
+    assert_eq!(status["state"], "complete", "restore: {status:#}\ncoordinator log:\n{}", logs());
+    assert_eq!(fingerprint(), before, "the restored rows match the backed-up ones");
+
+    let delete = created(&kanctl(&["create", "actionset", "--action", "delete", "--namespace", &k, "--from", &backup]));
+    let status = finished(&kanister, &delete, logs, Duration::from_secs(180));
+    assert_eq!(status["state"], "complete", "delete: {status:#}\ncoordinator log:\n{}", logs());
+    let _ = kubectl(&["delete", "pv", &format!("{d}-data"), "--wait=false"], None);
+}
+
+/// kill -9 of the coordinator while a task pod runs: the next coordinator fails the ActionSet
+/// with the reason (never leaves it `running`), runs the defer phase, and deletes the task pod
+/// the killed one left behind.
+#[test]
+fn a_coordinator_killed_mid_phase_is_followed_by_one_that_fails_the_actionset_and_cleans_up() {
+    crds();
+    let ns = Namespace::new("kill");
+    ns.apply(APP);
+    ns.ok(&["rollout", "status", "deployment", "app", "--timeout=60s"]);
+    ns.apply(BLUEPRINT);
+    let mut co = Coordinator::start(&ns);
+    ns.apply(&actionset(&ns, "slow", "slow"));
+    let pod = running_task_pod(&ns, &co);
+    co.child.kill().expect("SIGKILL");
+    let _ = co.child.wait();
+    let first = co.log();
+    drop(co);
+    assert_eq!(ns.ok(&["get", "actionset", "slow", "-o", "jsonpath={.status.state}"]), "running");
+
+    let co = Coordinator::start(&ns);
+    let logs = || format!("{first}\n--- restarted ---\n{}", co.log());
+    let status = finished(&ns, "slow", logs, Duration::from_secs(60));
+    assert_eq!(status["state"], "failed", "status: {status:#}");
+    let msg = status["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("interrupted") && msg.contains("restarted"), "the error says why: {msg}");
+    ns.eventually("the defer phase ran", Duration::from_secs(30), || (deferred(&ns) == "deferred").then_some(()));
+    ns.eventually("the orphaned task pod deleted", Duration::from_secs(30), || {
+        (!ns.ok(&["get", "pods", "-o", "name"]).contains(&pod)).then_some(())
+    });
+}
+
+/// `kubectl delete actionset` while its task pod runs: the pod is stopped and the defer phase
+/// runs (the ActionSet is gone, so no status tells it: the pod and the defer phase's file do).
+#[test]
+fn deleting_a_running_actionset_stops_its_pod_and_runs_the_defer_phase() {
+    crds();
+    let ns = Namespace::new("cancel");
+    ns.apply(APP);
+    ns.ok(&["rollout", "status", "deployment", "app", "--timeout=60s"]);
+    ns.apply(BLUEPRINT);
+    let co = Coordinator::start(&ns);
+    ns.apply(&actionset(&ns, "slow", "slow"));
+    let pod = running_task_pod(&ns, &co);
+    ns.ok(&["delete", "actionset", "slow", "--wait=false"]);
+    ns.eventually("the defer phase ran", Duration::from_secs(30), || (deferred(&ns) == "deferred").then_some(()));
+    ns.eventually("the task pod deleted", Duration::from_secs(30), || {
+        (!ns.ok(&["get", "pods", "-o", "name"]).contains(&pod)).then_some(())
+    });
+    assert!(co.log().contains("ActionSet deleted"), "the coordinator says why it stopped: {}", co.log());
 }

@@ -144,6 +144,14 @@ pub struct EngineConfig {
 /// Attempts to write an ActionSet status through transient API errors (backoff 0.25 s, doubling).
 const STATUS_WRITE_ATTEMPTS: u32 = 5;
 
+/// Why the run of a deleted ActionSet stopped (its defer phase still runs).
+pub const DELETED: &str = "cancelled: the ActionSet was deleted";
+
+/// Label of task pods: the name of their ActionSet (the controller watches pods by it).
+pub const ACTIONSET_LABEL: &str = "kanister.io/actionset";
+/// Label of task pods: the UID of their ActionSet (a later ActionSet may reuse the name).
+pub const ACTIONSET_UID_LABEL: &str = "kanister.io/actionset-uid";
+
 /// The default [`EngineConfig::tools_image`]: the tools image of this release.
 pub const DEFAULT_TOOLS_IMAGE: &str = concat!("ghcr.io/kanister-rs/kanister-tools:", env!("CARGO_PKG_VERSION"));
 
@@ -196,12 +204,15 @@ struct CancelState {
 }
 
 impl CancelState {
-    fn cancel(&self, reason: &str) {
+    /// Cancels with `reason` unless already cancelled; whether this call did.
+    fn cancel(&self, reason: &str) -> bool {
         let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
-        if r.is_none() {
+        let first = r.is_none();
+        if first {
             *r = Some(reason.to_string());
         }
         self.token.cancel();
+        first
     }
 
     fn reason(&self) -> String {
@@ -299,8 +310,11 @@ impl<C: Cluster> Engine<C> {
         let actionset = match self.inner.cluster.get_actionset(namespace, name).await {
             Ok(a) => a,
             Err(cluster::Error::NotFound(_)) => {
-                if let Some(h) = lock(&self.inner.runs).get(&key) {
-                    h.cancel.cancel("cancelled: the ActionSet was deleted");
+                if let Some(h) = lock(&self.inner.runs).get(&key)
+                    && !*h.done.borrow()
+                    && h.cancel.cancel(DELETED)
+                {
+                    tracing::info!(actionset = %key.1, namespace = %key.0, "ActionSet deleted: stopping its run");
                 }
                 return Ok(Outcome::Missing);
             }
@@ -367,13 +381,11 @@ impl<C: Cluster> Engine<C> {
     }
 
     /// Asks a run to stop: the running phase is interrupted, its pods deleted, the defer phase
-    /// runs, and the ActionSet ends `failed` with `reason`. Returns whether a run was found.
+    /// runs, and the ActionSet ends `failed` with `reason`. Returns whether this call stopped a
+    /// run (false: none in progress, or it was stopped already).
     pub fn cancel(&self, namespace: &str, name: &str, reason: &str) -> bool {
         match lock(&self.inner.runs).get(&(namespace.to_string(), name.to_string())) {
-            Some(h) => {
-                h.cancel.cancel(reason);
-                true
-            }
+            Some(h) => !*h.done.borrow() && h.cancel.cancel(reason),
             None => false,
         }
     }
@@ -572,6 +584,45 @@ impl<C: Cluster> Run<C> {
         if actions.iter().filter(|a| &a.name == name).count() > 1 { format!("{name}:{i}") } else { name.clone() }
     }
 
+    /// Deletes the task pods a killed coordinator left behind for this ActionSet (by its
+    /// name and UID labels), in its namespace and those of its actions' objects: the run that
+    /// created them, and would have deleted them, is gone. Best effort: failures are logged.
+    async fn delete_orphaned_pods(&self) {
+        let uid = self.actionset.metadata.uid.clone().unwrap_or_default();
+        let mut namespaces = std::collections::BTreeSet::from([self.namespace().to_string()]);
+        namespaces.extend(self.actionset.spec.actions.iter().filter_map(|a| {
+            let ns = &a.object.namespace;
+            (!ns.is_empty()).then(|| ns.clone())
+        }));
+        let labels = BTreeMap::from([
+            (ACTIONSET_LABEL.to_string(), self.name().to_string()),
+            (ACTIONSET_UID_LABEL.to_string(), uid),
+        ]);
+        for ns in namespaces {
+            let pods = match self.cluster().list("v1", "Pod", &ns, &labels).await {
+                Ok(pods) => pods,
+                Err(e) => {
+                    tracing::warn!(namespace = %ns, error = %e, "failed to list the task pods of an interrupted run");
+                    continue;
+                }
+            };
+            for pod in pods {
+                let Some(name) = pod["metadata"]["name"].as_str() else { continue };
+                match self.cluster().delete_pod(&ns, name).await {
+                    Ok(()) => tracing::info!(pod = %name, namespace = %ns, "deleted a task pod of an interrupted run"),
+                    Err(e) => tracing::warn!(pod = %name, namespace = %ns, error = %e, "failed to delete a task pod"),
+                }
+            }
+        }
+    }
+
+    /// Stops the run of an ActionSet found deleted (its defer phase still runs), saying so once.
+    fn stop_deleted(&self) {
+        if self.cancel.cancel(DELETED) {
+            tracing::info!("ActionSet deleted: stopping its run");
+        }
+    }
+
     fn cluster(&self) -> &Arc<C> {
         &self.engine.inner.cluster
     }
@@ -603,7 +654,7 @@ impl<C: Cluster> Run<C> {
                     return;
                 }
                 Err(cluster::Error::NotFound(_)) => {
-                    self.cancel.cancel("cancelled: the ActionSet was deleted");
+                    self.stop_deleted();
                     return;
                 }
                 Err(e) if attempt == STATUS_WRITE_ATTEMPTS => {
@@ -720,7 +771,7 @@ impl<C: Cluster> Run<C> {
             }
             match self.cluster().get_actionset(self.namespace(), self.name()).await {
                 Err(cluster::Error::NotFound(_)) => {
-                    self.cancel.cancel("cancelled: the ActionSet was deleted");
+                    self.stop_deleted();
                     return;
                 }
                 Ok(a) if a.spec.cancel == Some(true) => {
@@ -785,6 +836,7 @@ impl<C: Cluster> Run<C> {
                         continue;
                     }
                     State::Running if recover => {
+                        self.delete_orphaned_pods().await;
                         let message = format!(
                             "phase {:?} of action {:?} was interrupted: the coordinator restarted while it was \
                              running; it is not retried because it may not be idempotent",
@@ -813,7 +865,23 @@ impl<C: Cluster> Run<C> {
                 match self.run_phase(i, Slot::Regular(j), &blueprint, phase, &mut params, &self.cancel.token).await {
                     Ok(()) => {}
                     Err(message) => {
-                        core_err = Some(message);
+                        // The garbage collector may take an owned task pod before the deletion
+                        // of its ActionSet reaches the controller: say which happened.
+                        let deleted = if self.cancel.token.is_cancelled() {
+                            self.cancel.reason() == DELETED
+                        } else if let Err(cluster::Error::NotFound(_)) =
+                            self.cluster().get_actionset(self.namespace(), self.name()).await
+                        {
+                            self.stop_deleted();
+                            true
+                        } else {
+                            false
+                        };
+                        core_err = Some(if deleted && !message.contains(DELETED) {
+                            format!("{DELETED} ({message})")
+                        } else {
+                            message
+                        });
                         break;
                     }
                 }
@@ -1062,6 +1130,7 @@ impl<C: Cluster> Run<C> {
                 rendered?
             };
             let uid = self.actionset.metadata.uid.clone().unwrap_or_default();
+            let uid_label = uid.clone();
             let ctx = functions::Context {
                 cluster: self.cluster().clone(),
                 renderer: renderer.clone(),
@@ -1075,7 +1144,10 @@ impl<C: Cluster> Run<C> {
                     name: self.name().to_string(),
                     uid,
                 }),
-                labels: BTreeMap::from([("kanister.io/actionset".to_string(), self.name().to_string())]),
+                labels: BTreeMap::from([
+                    (ACTIONSET_LABEL.to_string(), self.name().to_string()),
+                    (ACTIONSET_UID_LABEL.to_string(), uid_label.clone()),
+                ]),
                 tail_lines: self.config().log_tail_lines,
                 poll: self.config().poll_interval,
                 ready_timeout: self.config().ready_timeout,
