@@ -419,3 +419,25 @@ spec:
     ns.eventually("the program's line", T, || (ns.ok(&["logs", "p"]) == "t1 0").then_some(()));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An image the node's image file names puts its entrypoint's directory first on PATH, as the
+/// image's own PATH would: upstream blueprints call `kando` by name in the tools image.
+#[test]
+fn an_images_other_programs_are_on_its_path() {
+    let ns = Namespace::new("imgpath");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo_root().join("target"), Into::into);
+    let bin = target.join("test-images").join(&ns.name).join("bin");
+    std::fs::create_dir_all(&bin).expect("the image's bin directory");
+    for (name, text) in [("entry", "#!/bin/sh\nexit 0\n"), ("hello-from-image", "#!/bin/sh\necho \"hi $1\"\n")] {
+        std::fs::write(bin.join(name), text).expect("a program of the image");
+        std::process::Command::new("chmod").arg("+x").arg(bin.join(name)).status().expect("chmod");
+    }
+    let repo = format!("example.com/{}/tools", ns.name);
+    kanister_testkit::cluster::register_image(&repo, &[bin.join("entry").to_str().expect("utf-8")]);
+    ns.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  restartPolicy: Never\n  containers:\n  - {{name: c, image: '{repo}:1.0', command: [sh, -c, 'hello-from-image there']}}\n"
+    ));
+    ns.wait("pod/p", "jsonpath={.status.phase}=Succeeded", T);
+    assert_eq!(ns.ok(&["logs", "p"]), "hi there");
+    let _ = std::fs::remove_dir_all(bin.parent().expect("the image directory"));
+}

@@ -861,8 +861,15 @@ func fieldValue(pod *v1.Pod, ip, path string) (string, error) {
 
 func (p *provider) containerEnv(ps *podState, c *ctr, mounts map[string]string) ([]string, error) {
 	pod := ps.pod
+	// The image's programs first, as its PATH would have them: the directory of the
+	// entrypoint the image file names (a test puts an image's other commands, such as
+	// kando beside kanister-agent, in that directory).
+	path := os.Getenv("PATH")
+	if ep := p.entrypoint(c.spec.Image); len(ep) > 0 && filepath.IsAbs(ep[0]) {
+		path = filepath.Dir(ep[0]) + ":" + path
+	}
 	env := []string{
-		"PATH=" + os.Getenv("PATH"),
+		"PATH=" + path,
 		"HOME=" + ps.dir,
 		"HOSTNAME=" + pod.Name,
 		"POD_IP=" + ps.ip,
