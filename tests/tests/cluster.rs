@@ -435,9 +435,11 @@ fn an_images_other_programs_are_on_its_path() {
     let repo = format!("example.com/{}/tools", ns.name);
     kanister_testkit::cluster::register_image(&repo, &[bin.join("entry").to_str().expect("utf-8")]);
     ns.apply(&format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  restartPolicy: Never\n  containers:\n  - {{name: c, image: '{repo}:1.0', command: [sh, -c, 'hello-from-image there']}}\n"
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  restartPolicy: Never\n  containers:\n  - {{name: c, image: '{repo}:1.0', command: [sh, -c, 'hello-from-image there']}}\n  - {{name: d, image: '{repo}:1.0', command: [hello-from-image, direct]}}\n"
     ));
     ns.wait("pod/p", "jsonpath={.status.phase}=Succeeded", T);
-    assert_eq!(ns.ok(&["logs", "p"]), "hi there");
+    // Through a shell, and as the container's command itself.
+    assert_eq!(ns.ok(&["logs", "p", "-c", "c"]), "hi there");
+    assert_eq!(ns.ok(&["logs", "p", "-c", "d"]), "hi direct");
     let _ = std::fs::remove_dir_all(bin.parent().expect("the image directory"));
 }

@@ -121,13 +121,27 @@ func (p *provider) command(ctx context.Context, ps *podState, c *ctr, argv []str
 	return cmd
 }
 
-// missing: a command name (no slash) that is not on the node's PATH.
-func missing(name string) error {
+// missing: a command name (no slash) that is on no directory of the container's
+// PATH (env), which puts the image's directory before the node's.
+func missing(name string, env []string) error {
 	if strings.Contains(name, "/") {
 		return nil
 	}
-	_, err := exec.LookPath(name)
-	return err
+	path := ""
+	for _, kv := range env {
+		if strings.HasPrefix(kv, "PATH=") {
+			path = kv[len("PATH="):]
+		}
+	}
+	for _, dir := range filepath.SplitList(path) {
+		if dir == "" {
+			dir = "."
+		}
+		if fi, err := os.Stat(filepath.Join(dir, name)); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
+			return nil
+		}
+	}
+	return fmt.Errorf("exec: %q: executable file not found in $PATH", name)
 }
 
 // snapshot: the pod with its current status; ps.mu held.
@@ -534,7 +548,7 @@ func (p *provider) runOnce(ctx context.Context, ps *podState, c *ctr) int32 {
 		return terminate(128, "StartError", err.Error(), metav1.Now())
 	}
 	defer logf.Close()
-	if err := missing(c.argv[0]); err != nil {
+	if err := missing(c.argv[0], c.env); err != nil {
 		return terminate(127, "StartError", err.Error(), metav1.Now())
 	}
 	cmd := p.command(context.Background(), ps, c, c.argv, c.env)
@@ -1060,7 +1074,7 @@ func (p *provider) RunInContainer(ctx context.Context, ns, podName, name string,
 	if len(cmdline) == 0 {
 		return errdefs.InvalidInput("no command")
 	}
-	if err := missing(cmdline[0]); err != nil {
+	if err := missing(cmdline[0], env); err != nil {
 		if e := attach.Stderr(); e != nil {
 			fmt.Fprintf(e, "%v\n", err)
 		}
