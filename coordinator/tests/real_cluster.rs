@@ -386,7 +386,7 @@ wait $pid
     ns.apply(&format!(
         r#"apiVersion: apps/v1
 kind: StatefulSet
-metadata: {{name: mysql-release}}
+metadata: {{name: mysql-release, labels: {{app.kubernetes.io/instance: mysql-release}}}}
 spec:
   replicas: 1
   serviceName: mysql-release
@@ -633,4 +633,391 @@ fn deleting_a_running_actionset_stops_its_pod_and_runs_the_defer_phase() {
         (!ns.ok(&["get", "pods", "-o", "name"]).contains(&pod)).then_some(())
     });
     assert!(co.log().contains("ActionSet deleted"), "the coordinator says why it stopped: {}", co.log());
+}
+
+/// Upstream's MariaDB blueprint shape, unchanged but for the image name: `KubeTask` pods that
+/// reach the database through its Service by the instance label, read the password through the
+/// phase's `objects`, and pipe the dump through `kando location push --profile '{{ toJson
+/// .Profile }}'`; restore pulls it back into `mysql`; delete runs `kando location delete`.
+const UPSTREAM_BLUEPRINT: &str = r#"apiVersion: cr.kanister.io/v1alpha1
+kind: Blueprint
+metadata: {name: maria-blueprint}
+actions:
+  backup:
+    outputArtifacts:
+      mariaCloudDump:
+        keyValue:
+          s3path: "{{ .Phases.dumpToObjectStore.Output.s3path }}"
+    phases:
+    - func: KubeTask
+      name: dumpToObjectStore
+      objects:
+        mariaDBSecret:
+          kind: Secret
+          name: '{{ index .Object.metadata.labels "app.kubernetes.io/instance" }}'
+          namespace: '{{ .StatefulSet.Namespace }}'
+      args:
+        image: ghcr.io/kanisterio/mysql-sidecar:0.117.0
+        namespace: "{{ .StatefulSet.Namespace }}"
+        command:
+        - bash
+        - -o
+        - errexit
+        - -o
+        - pipefail
+        - -c
+        - |
+          s3_path="/mysql-backups/{{ .StatefulSet.Namespace }}/{{ index .Object.metadata.labels "app.kubernetes.io/instance" }}/{{ toDate "2006-01-02T15:04:05.999999999Z07:00" .Time | date "2006-01-02T15-04-05" }}/dump.sql.gz"
+          root_password="{{ index .Phases.dumpToObjectStore.Secrets.mariaDBSecret.Data "mysql-root-password" | toString }}"
+          mysqldump -u root --password=${root_password} -h {{ index .Object.metadata.labels "app.kubernetes.io/instance" }} --single-transaction --all-databases | gzip - | kando location push --profile '{{ toJson .Profile }}' --path ${s3_path} -
+          kando output s3path ${s3_path}
+  restore:
+    inputArtifactNames:
+    - mariaCloudDump
+    phases:
+    - func: KubeTask
+      name: restoreFromBlobStore
+      objects:
+        mariaDBSecret:
+          kind: Secret
+          name: '{{ index .Object.metadata.labels "app.kubernetes.io/instance" }}'
+          namespace: '{{ .StatefulSet.Namespace }}'
+      args:
+        image: ghcr.io/kanisterio/mysql-sidecar:0.117.0
+        namespace: "{{ .StatefulSet.Namespace }}"
+        command:
+        - bash
+        - -o
+        - errexit
+        - -o
+        - pipefail
+        - -c
+        - |
+          s3_path="{{ .ArtifactsIn.mariaCloudDump.KeyValue.s3path }}"
+          root_password="{{ index .Phases.restoreFromBlobStore.Secrets.mariaDBSecret.Data "mysql-root-password" | toString }}"
+          kando location pull --profile '{{ toJson .Profile }}' --path ${s3_path} - | gunzip | mysql -u root --password=${root_password} -h {{ index .Object.metadata.labels "app.kubernetes.io/instance" }}
+  delete:
+    inputArtifactNames:
+    - mariaCloudDump
+    phases:
+    - func: KubeTask
+      name: deleteFromBlobStore
+      args:
+        image: ghcr.io/kanisterio/mysql-sidecar:0.117.0
+        namespace: "{{ .Namespace.Name }}"
+        command:
+        - bash
+        - -o
+        - errexit
+        - -o
+        - pipefail
+        - -c
+        - |
+          s3_path="{{ .ArtifactsIn.mariaCloudDump.KeyValue.s3path }}"
+          kando location delete --profile '{{ toJson .Profile }}' --path ${s3_path}
+"#;
+
+/// The tools image of upstream blueprints on the test node: a directory holding the agent
+/// binary and `kando` (the agent under that name), as the image's PATH has them.
+fn register_tools_image(repository: &str) {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"), Into::into);
+    let bin = target.join("test-images/tools/bin");
+    std::fs::create_dir_all(&bin).expect("the tools image's directory");
+    let agent = support::agent_binary();
+    for name in ["kanister-agent", "kando"] {
+        let link = bin.join(name);
+        if std::fs::read_link(&link).ok().as_deref() != Some(agent.as_path()) {
+            let tmp = bin.join(format!(".{name}.{}", std::process::id()));
+            let _ = std::fs::remove_file(&tmp);
+            std::os::unix::fs::symlink(&agent, &tmp).expect("symlink");
+            std::fs::rename(&tmp, &link).expect("replace the symlink");
+        }
+    }
+    register_image(repository, &[bin.join("kanister-agent").to_str().expect("utf-8")]);
+}
+
+/// Upstream's blueprint, unchanged: task pods on the node reach MariaDB through its Service,
+/// `kando` pushes the dump with the credential the coordinator gives the pod through a Secret
+/// (never the pod's command line), and the rows come back after a drop.
+#[test]
+fn upstreams_mariadb_blueprint_backs_up_and_restores_through_task_pods() {
+    crds();
+    let db = Namespace::new("maria");
+    let d = db.name.clone();
+    register_tools_image("ghcr.io/kanisterio/mysql-sidecar");
+    let password = format!("pw-{}", kanister_testkit::infra::unique("u"));
+    mariadb(&db, &password);
+    sql(
+        &db,
+        "CREATE DATABASE shop; USE shop; CREATE TABLE orders (id INT PRIMARY KEY, note TEXT); INSERT INTO orders SELECT seq, MD5(seq) FROM seq_1_to_500",
+    );
+    let fingerprint = || sql(&db, "SELECT COUNT(*) FROM shop.orders; CHECKSUM TABLE shop.orders EXTENDED");
+    let before = fingerprint();
+    let prefix = kanister_testkit::infra::unique("upstream");
+    let profile = support::s3_profile_yaml(&d, "s3-profile", "s3-creds", &prefix);
+    db.apply(&profile);
+    db.apply(UPSTREAM_BLUEPRINT);
+    let co = Coordinator::start(&db);
+    let logs = || co.log();
+    let spec = |name: &str, action: &str, kind: &str, object: &str, artifacts: &str| {
+        format!(
+            "apiVersion: cr.kanister.io/v1alpha1\nkind: ActionSet\nmetadata: {{name: {name}}}\nspec:\n  actions:\n  - name: {action}\n    blueprint: maria-blueprint\n    object: {{kind: {kind}, name: {object}, namespace: {d}}}\n    profile: {{name: s3-profile, namespace: {d}}}\n    artifacts: {artifacts}\n"
+        )
+    };
+    db.apply(&spec("backup", "backup", "StatefulSet", "mysql-release", "{}"));
+    let status = finished(&db, "backup", logs, Duration::from_secs(120));
+    assert_eq!(status["state"], "complete", "backup: {status:#}\ncoordinator log:\n{}", logs());
+    let s3path = status["actions"][0]["artifacts"]["mariaCloudDump"]["keyValue"]["s3path"]
+        .as_str()
+        .expect("the s3path artifact")
+        .to_string();
+    assert!(s3path.ends_with("/dump.sql.gz"), "{s3path}");
+    // The store's secret key reached the task pod through a Secret, not its command line.
+    let secret_key = kanister_testkit::infra::var("KANISTER_TEST_S3_SECRET_KEY");
+    let events = db.ok(&["get", "events", "-o", "json"]);
+    assert!(!events.contains(&secret_key), "the store's secret key in events");
+
+    sql(&db, "DROP TABLE shop.orders");
+    let artifacts = format!("{{mariaCloudDump: {{keyValue: {{s3path: '{s3path}'}}}}}}");
+    db.apply(&spec("restore", "restore", "StatefulSet", "mysql-release", &artifacts));
+    let status = finished(&db, "restore", logs, Duration::from_secs(120));
+    assert_eq!(status["state"], "complete", "restore: {status:#}\ncoordinator log:\n{}", logs());
+    assert_eq!(fingerprint(), before, "the restored rows match the backed-up ones");
+
+    db.apply(&spec("delete", "delete", "Namespace", &d, &artifacts));
+    let status = finished(&db, "delete", logs, Duration::from_secs(120));
+    assert_eq!(status["state"], "complete", "delete: {status:#}\ncoordinator log:\n{}", logs());
+    // A second restore finds nothing to pull: the delete removed the dump.
+    db.apply(&spec("restore-again", "restore", "StatefulSet", "mysql-release", &artifacts));
+    let status = finished(&db, "restore-again", logs, Duration::from_secs(120));
+    assert_eq!(status["state"], "failed", "restore after delete: {status:#}");
+    let msg = status["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("no snapshot matches") && msg.contains(&s3path), "restore after delete: {msg}");
+    assert!(leftover_task_pods_of(&db).is_empty(), "task pods left: {:?}", leftover_task_pods_of(&db));
+    let _ = kubectl(&["delete", "pv", &format!("{d}-data"), "--wait=false"], None);
+}
+
+/// Task pods (by the coordinator's label) still in the namespace.
+fn leftover_task_pods_of(ns: &Namespace) -> Vec<String> {
+    ns.ok(&["get", "pods", "-l", "kanister.io/actionset", "-o", "name"]).lines().map(str::to_string).collect()
+}
+
+/// A StatefulSet of two pods, each with a claim of its own, bound to PVs this test makes (the
+/// test cluster has no provisioner), and an unused claim `restore-pvc` to restore into.
+fn two_pod_statefulset(ns: &Namespace) {
+    let n = &ns.name;
+    for claim in ["data-db-0", "data-db-1", "restore-pvc"] {
+        ns.apply(&format!(
+            "apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: {n}-{claim}}}\nspec:\n  capacity: {{storage: 1Gi}}\n  accessModes: [ReadWriteOnce]\n  storageClassName: ''\n  claimRef: {{namespace: {n}, name: {claim}}}\n  hostPath: {{path: /nonexistent/{n}/{claim}}}\n"
+        ));
+    }
+    ns.apply(
+        r#"apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: restore-pvc}
+spec: {accessModes: [ReadWriteOnce], storageClassName: '', resources: {requests: {storage: 1Gi}}}
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  replicas: 2
+  serviceName: db
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {name: db, image: none, command: [sh, -c, "exec sleep 600"], volumeMounts: [{name: data, mountPath: /data}]}
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec: {accessModes: [ReadWriteOnce], storageClassName: '', resources: {requests: {storage: 1Gi}}}
+"#,
+    );
+    ns.ok(&["rollout", "status", "statefulset", "db", "--timeout=90s"]);
+}
+
+/// Every function family but the sidecar's (the seed's story covers those) in one action, in
+/// the order a blueprint would chain them.
+const FAMILIES: &str = r####"apiVersion: cr.kanister.io/v1alpha1
+kind: Blueprint
+metadata: {name: families}
+actions:
+  all:
+    outputArtifacts:
+      seen:
+        keyValue:
+          prepared: "{{ .Phases.prepare.Output.seen }}"
+          shared: "{{ .Phases.mcr.Output.shared }}"
+          created: "{{ .Phases.create.Output.name }}"
+          restored: "{{ .Phases.check.Output.restored }}"
+          backupID: "{{ .Phases.copy.Output.backupID }}"
+    phases:
+    - func: KubeExecAll
+      name: stamp
+      args:
+        namespace: "{{ .StatefulSet.Namespace }}"
+        pods: "{{ range .StatefulSet.Pods }}{{ . }} {{ end }}"
+        containers: db
+        command: [sh, -c, 'echo "$HOSTNAME" > /data/host.txt']
+    - func: PrepareData
+      name: prepare
+      args:
+        namespace: "{{ .StatefulSet.Namespace }}"
+        image: ghcr.io/kanisterio/kanister-tools:0.110.0
+        command:
+        - sh
+        - -c
+        - |
+          echo "###Phase-output###: {\"key\":\"seen\",\"value\":\"$(cat /mnt/prepare_data/data-db-0/host.txt),$(cat /mnt/prepare_data/data-db-1/host.txt)\"}"
+    - func: MultiContainerRun
+      name: mcr
+      args:
+        namespace: "{{ .StatefulSet.Namespace }}"
+        sharedVolumeDir: /shared
+        initImage: ghcr.io/kanisterio/kanister-tools:0.110.0
+        initCommand: [sh, -c, "echo init > /shared/init.txt"]
+        backgroundImage: ghcr.io/kanisterio/kanister-tools:0.110.0
+        backgroundCommand: [sh, -c, "echo $(cat /shared/init.txt)+background > /shared/bg.txt"]
+        outputImage: ghcr.io/kanisterio/kanister-tools:0.110.0
+        outputCommand: [sh, -c, "while [ ! -s /shared/bg.txt ]; do sleep 0.1; done; echo \"###Phase-output###: {\\\"key\\\":\\\"shared\\\",\\\"value\\\":\\\"$(cat /shared/bg.txt)\\\"}\""]
+    - func: KubeOps
+      name: create
+      args:
+        operation: create
+        namespace: "{{ .StatefulSet.Namespace }}"
+        spec: |
+          apiVersion: v1
+          kind: ConfigMap
+          metadata: {name: marker}
+          data: {ready: "yes"}
+    - func: WaitV2
+      name: waitReady
+      args:
+        timeout: 30s
+        conditions:
+          anyOf:
+          - objectReference: {apiVersion: v1, resource: configmaps, name: "{{ .Phases.create.Output.name }}", namespace: "{{ .StatefulSet.Namespace }}"}
+            condition: '{{ if eq .data.ready "yes" }}true{{ end }}'
+    - func: KubeOps
+      name: remove
+      args:
+        operation: delete
+        objectReference: {apiVersion: v1, resource: configmaps, name: marker, namespace: "{{ .StatefulSet.Namespace }}"}
+    - func: ScaleWorkload
+      name: scaleDown
+      args: {replicas: 1}
+    - func: CopyVolumeData
+      name: copy
+      args:
+        namespace: "{{ .StatefulSet.Namespace }}"
+        volume: data-db-1
+    - func: RestoreData
+      name: restore
+      args:
+        namespace: "{{ .StatefulSet.Namespace }}"
+        image: ghcr.io/kanisterio/kanister-tools:0.110.0
+        restorePath: /mnt/restore
+        backupTag: "{{ .Phases.copy.Output.backupTag }}"
+        volumes: {restore-pvc: /mnt/restore}
+    - func: PrepareData
+      name: check
+      args:
+        namespace: "{{ .StatefulSet.Namespace }}"
+        image: ghcr.io/kanisterio/kanister-tools:0.110.0
+        volumes: {restore-pvc: /mnt/r}
+        command: [sh, -c, "echo \"###Phase-output###: {\\\"key\\\":\\\"restored\\\",\\\"value\\\":\\\"$(cat /mnt/r/host.txt)\\\"}\""]
+    - func: ScaleWorkload
+      name: scaleUp
+      args: {replicas: 2}
+  initFails:
+    phases:
+    - func: MultiContainerRun
+      name: run
+      args:
+        namespace: "{{ .StatefulSet.Namespace }}"
+        initImage: ghcr.io/kanisterio/kanister-tools:0.110.0
+        initCommand: [sh, -c, "echo 'cannot prepare' >&2; exit 7"]
+        backgroundImage: ghcr.io/kanisterio/kanister-tools:0.110.0
+        backgroundCommand: [sh, -c, "true"]
+        outputImage: ghcr.io/kanisterio/kanister-tools:0.110.0
+        outputCommand: [sh, -c, "true"]
+"####;
+
+/// KubeExecAll, PrepareData, MultiContainerRun, KubeOps, WaitV2, ScaleWorkload (StatefulSet,
+/// waiting for the real controller), CopyVolumeData and RestoreData into a PVC, chained in one
+/// action through the real API server: outputs flow, the restored volume holds the copied
+/// file, the created object is gone, every task pod is deleted and each had a valid owner.
+#[test]
+fn every_function_family_runs_through_the_real_api_server() {
+    crds();
+    let ns = Namespace::new("families");
+    let n = ns.name.clone();
+    register_tools_image("ghcr.io/kanisterio/kanister-tools");
+    register_tools_image("ghcr.io/kanister-rs/kanister-tools");
+    two_pod_statefulset(&ns);
+    ns.apply(&support::s3_profile_yaml(&n, "s3-profile", "s3-creds", &kanister_testkit::infra::unique("families")));
+    ns.apply(FAMILIES);
+    let co = Coordinator::start(&ns);
+    let logs = || co.log();
+    // Owners of the task pods while they exist: each must name the ActionSet by its UID.
+    let owners = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<String, String>::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (owners, stop, ns) = (owners.clone(), stop.clone(), Namespace { name: n.clone() });
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = ns.kubectl(&["get", "pods", "-l", "kanister.io/actionset=all", "-o", "json"], None);
+                if let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) {
+                    for p in v["items"].as_array().into_iter().flatten() {
+                        let name = p["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                        let owner = p["metadata"]["ownerReferences"][0]["uid"].as_str().unwrap_or("none").to_string();
+                        owners.lock().expect("owners").insert(name, owner);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            std::mem::forget(ns); // the test's own Namespace deletes it
+        })
+    };
+    let run = |action: &str| {
+        ns.apply(&format!(
+            "apiVersion: cr.kanister.io/v1alpha1\nkind: ActionSet\nmetadata: {{name: {}}}\nspec:\n  actions:\n  - name: {action}\n    blueprint: families\n    object: {{kind: StatefulSet, name: db, namespace: {n}}}\n    profile: {{name: s3-profile, namespace: {n}}}\n",
+            action.to_lowercase()
+        ));
+        finished(&ns, &action.to_lowercase(), logs, Duration::from_secs(240))
+    };
+    // A failed init container: the pod ends before the others start; the ActionSet says which
+    // container failed and why (it used to wait forever for a container that never ran).
+    let status = run("initFails");
+    assert_eq!(status["state"], "failed", "status: {status:#}");
+    let msg = status["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("container init") && msg.contains("exit code 7") && msg.contains("cannot prepare"),
+        "the error names the init container, its code and its stderr: {msg}"
+    );
+    let status = run("all");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    watcher.join().expect("the owner watcher");
+    assert_eq!(status["state"], "complete", "status: {status:#}\ncoordinator log:\n{}", logs());
+    let seen = &status["actions"][0]["artifacts"]["seen"]["keyValue"];
+    assert_eq!(seen["prepared"], "db-0,db-1", "PrepareData saw both claims: {seen}");
+    assert_eq!(seen["shared"], "init+background", "MultiContainerRun's containers shared a volume: {seen}");
+    assert_eq!(seen["created"], "marker", "{seen}");
+    assert_eq!(seen["restored"], "db-1", "RestoreData filled the claim from CopyVolumeData's backup: {seen}");
+    assert!(!seen["backupID"].as_str().unwrap_or_default().is_empty(), "{seen}");
+    assert!(!ns.kubectl(&["get", "configmap", "marker"], None).status.success(), "KubeOps delete left the ConfigMap");
+    assert_eq!(ns.ok(&["get", "statefulset", "db", "-o", "jsonpath={.status.readyReplicas}"]), "2");
+    let uid = ns.ok(&["get", "actionset", "all", "-o", "jsonpath={.metadata.uid}"]);
+    let owners = owners.lock().expect("owners").clone();
+    assert!(owners.len() >= 5, "task pods seen: {owners:?}");
+    assert!(owners.values().all(|o| *o == uid), "every task pod owned by the ActionSet {uid}: {owners:?}");
+    ns.eventually("the task pods deleted", Duration::from_secs(30), || {
+        leftover_task_pods_of(&ns).is_empty().then_some(())
+    });
+    for claim in ["data-db-0", "data-db-1", "restore-pvc"] {
+        let _ = kubectl(&["delete", "pv", &format!("{n}-{claim}"), "--wait=false"], None);
+    }
 }

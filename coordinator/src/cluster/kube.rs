@@ -430,20 +430,28 @@ impl Cluster for KubeCluster {
         let object = ObjectRef::new("Pod", namespace, name);
         loop {
             let pod = self.pods(namespace).get(name).await.map_err(map_err(&object, &format!("get pod {object}")))?;
-            let terminated = pod
-                .status
-                .and_then(|s| s.container_statuses)
-                .into_iter()
+            let status = pod.status.unwrap_or_default();
+            // Init containers report in a list of their own.
+            let terminated = status
+                .init_container_statuses
+                .iter()
+                .chain(&status.container_statuses)
                 .flatten()
                 .find(|c| c.name == container)
-                .and_then(|c| c.state)
-                .and_then(|s| s.terminated);
+                .and_then(|c| c.state.as_ref())
+                .and_then(|s| s.terminated.as_ref());
             if let Some(t) = terminated {
                 return Ok(ExitStatus {
                     code: Some(t.exit_code),
                     signal: t.signal.filter(|s| *s != 0),
-                    reason: t.reason,
+                    reason: t.reason.clone(),
                 });
+            }
+            // A pod that ended before the container ran (its init container failed) never
+            // terminates it: waiting longer would wait forever.
+            let phase = status.phase.unwrap_or_default();
+            if matches!(phase.as_str(), "Succeeded" | "Failed") {
+                return Ok(ExitStatus::never_started(&format!("the pod ended {phase} before it ran")));
             }
             tokio::time::sleep(self.poll).await;
         }

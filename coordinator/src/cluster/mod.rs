@@ -216,6 +216,11 @@ impl ExitStatus {
         ExitStatus { code: s.code(), signal: s.signal(), reason: None }
     }
 
+    /// A container that never ran, and why.
+    pub fn never_started(why: &str) -> Self {
+        ExitStatus { code: None, signal: None, reason: Some(format!("{NEVER_STARTED}{why}")) }
+    }
+
     /// Whether the command succeeded (exit code 0).
     pub fn success(&self) -> bool {
         self.code == Some(0)
@@ -228,6 +233,11 @@ impl ExitStatus {
         if self.reason.as_deref() == Some("OOMKilled") {
             let code = self.code.map(|c| format!(", exit code {c}")).unwrap_or_default();
             return format!("was killed for using more memory than its limit (OOMKilled{code})");
+        }
+        if let Some(why) = self.reason.as_deref().and_then(|r| r.strip_prefix(NEVER_STARTED))
+            && self.code.is_none()
+        {
+            return format!("never started: {why}");
         }
         let reason = match self.reason.as_deref() {
             None | Some("Error" | "Completed" | "") => String::new(),
@@ -246,6 +256,9 @@ impl ExitStatus {
         }
     }
 }
+
+/// The reason of an [`ExitStatus::never_started`].
+const NEVER_STARTED: &str = "NeverStarted: ";
 
 fn signal_name(sig: i32) -> &'static str {
     match sig {

@@ -482,17 +482,20 @@ pub(super) async fn run_pod<C: Cluster>(
         parser.finish()
     };
     let (logs, (outputs, mut tail)) = tokio::join!(cluster.pod_logs(&pod.namespace, &name, container, tx), consume);
-    logs?;
     let what = format!("container {container} of pod {}/{name}", pod.namespace);
     let status = cluster.wait_container(&pod.namespace, &name, container).await?;
     if fail_on_error {
         // The pod succeeded only if every container did: an init container that failed kept
-        // the others from starting (it explains the output container's failure best), and a
-        // background container (MultiContainerRun's database client fed through a pipe) may
-        // fail while the output container ends well.
+        // the others from starting (it explains the output container's failure best, and the
+        // API server refuses the log of a container that never started), and a background
+        // container (MultiContainerRun's database client fed through a pipe) may fail while
+        // the output container ends well.
         for c in &pod.init_containers {
             failed_container(ctx, &pod.namespace, &name, &c.name).await?;
         }
+    }
+    logs?;
+    if fail_on_error {
         if !status.success() {
             tail.redact(&ctx.secrets());
             return Err(Error::CommandFailed { what, status, tail });
