@@ -5,12 +5,13 @@
 # and one node, kanister-node: a virtual kubelet (tests/cluster/node) that runs
 # each pod's containers as host processes.
 #
-# Usage: tests/cluster.sh start|stop|status|env
+# Usage: tests/cluster.sh start|stop|status|env|restart-apiserver
 #   start   build what is missing, make certificates, start the four
 #           processes, wait for /readyz, print `export KUBECONFIG=...`
 #   stop    stop exactly the processes start recorded in <state>/pids
 #   status  say what runs
 #   env     print the export lines (KUBECONFIG, and PATH with the built kubectl first)
+#   restart-apiserver  kill -9 the API server and start it again (tests of outages)
 # State: ${KANISTER_CLUSTER_DIR:-/tmp/kanister-cluster} (certs, kubeconfigs,
 # etcd data, logs/, pids). Binaries: ${KANISTER_CLUSTER_CACHE:-~/.cache/kanister-cluster}.
 set -euo pipefail
@@ -79,6 +80,7 @@ launch() {
 	local name="$1" binary="$2" pidfile="$state/run/$1.pid"
 	shift 2
 	rm -f "$pidfile"
+	# shellcheck disable=SC2016 # expanded by the inner bash
 	setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$binary" "$@" \
 		</dev/null >"$state/logs/$name.log" 2>&1 &
 	for _ in $(seq 1 100); do
@@ -271,7 +273,8 @@ do_start() {
 
 	# The endpoint reconciler refuses a loopback address for the `kubernetes`
 	# service's endpoints, so it is off: nothing runs in a pod yet.
-	launch kube-apiserver "$bin/kube-apiserver" \
+	# shellcheck disable=SC2054 # commas inside flag values
+	local api_argv=("$bin/kube-apiserver" \
 		--etcd-servers="http://127.0.0.1:$etcd_port" \
 		--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \
 		--cert-dir="$state/run/apiserver" \
@@ -294,7 +297,10 @@ do_start() {
 		--kubelet-client-key="$state/pki/apiserver-kubelet-client.key" \
 		--kubelet-preferred-address-types=InternalIP \
 		--allow-privileged=true --profiling=false \
-		--endpoint-reconciler-type=none
+		--endpoint-reconciler-type=none)
+	# Kept for restart-apiserver.
+	printf '%s\0' "${api_argv[@]}" >"$state/run/kube-apiserver.argv"
+	launch kube-apiserver "${api_argv[@]}"
 	wait_for kube-apiserver 120 "$kubectl" --kubeconfig "$state/admin.kubeconfig" get --raw /readyz
 
 	launch kube-controller-manager "$bin/kube-controller-manager" \
@@ -384,6 +390,36 @@ do_stop() {
 	rm -f "$pids"
 }
 
+# Kills the API server (SIGKILL, as a crash would) and starts it again with the
+# same arguments and state: for tests of clients that must survive the outage.
+do_restart_apiserver() {
+	local pid t0 argv
+	pid="$(recorded_pid kube-apiserver)" || die "kube-apiserver is not running; run '$0 start'"
+	[ -s "$state/run/kube-apiserver.argv" ] || die "no $state/run/kube-apiserver.argv: the cluster was started by an older cluster.sh; stop and start it"
+	t0="$(date +%s.%N)"
+	kill -KILL "$pid"
+	for _ in $(seq 1 100); do
+		[ -d "/proc/$pid" ] || break
+		sleep 0.05
+	done
+	[ -d "/proc/$pid" ] && die "kube-apiserver ($pid) survived SIGKILL"
+	mapfile -d '' argv <"$state/run/kube-apiserver.argv"
+	grep -v '^kube-apiserver ' "$pids" >"$pids.tmp" || true
+	mv "$pids.tmp" "$pids"
+	launch kube-apiserver "${argv[@]}"
+	# Not wait_for: a failure here leaves the rest running, for its logs.
+	local deadline=$(($(date +%s) + 120)) c
+	until "$kubectl" --kubeconfig "$state/admin.kubeconfig" get --raw /readyz >/dev/null 2>&1; do
+		recorded_pid kube-apiserver >/dev/null || die "kube-apiserver exited after its restart; see $state/logs/kube-apiserver.log"
+		[ "$(date +%s)" -lt "$deadline" ] || die "kube-apiserver not ready 120s after its restart"
+		sleep 0.3
+	done
+	for c in "${components[@]}"; do
+		recorded_pid "$c" >/dev/null || die "$c did not survive the API server's restart; see $state/logs/$c.log"
+	done
+	log "kube-apiserver restarted in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')s"
+}
+
 do_status() {
 	local c pid any=0
 	if [ ! -f "$pids" ]; then
@@ -412,12 +448,13 @@ case "${1:-}" in
 start) do_start ;;
 stop) do_stop ;;
 status) do_status ;;
+restart-apiserver) do_restart_apiserver ;;
 env)
 	[ -f "$state/admin.kubeconfig" ] || die "no cluster state in $state; run '$0 start'"
 	exports
 	;;
 *)
-	echo "usage: $0 start|stop|status|env" >&2
+	echo "usage: $0 start|stop|status|env|restart-apiserver" >&2
 	exit 2
 	;;
 esac

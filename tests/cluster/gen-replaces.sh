@@ -13,7 +13,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
-# shellcheck source=versions.env
+# shellcheck source=tests/cluster/versions.env
 . ./versions.env
 
 staging_version="v0.${KUBERNETES_VERSION#v1.}"

@@ -4,7 +4,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -552,8 +551,9 @@ func (p *provider) runOnce(ctx context.Context, ps *podState, c *ctr) int32 {
 		return terminate(127, "StartError", err.Error(), metav1.Now())
 	}
 	cmd := p.command(context.Background(), ps, c, c.argv, c.env)
-	cmd.Stdout = logf
-	cmd.Stderr = logf
+	out := &lineLog{f: logf}
+	cmd.Stdout = out // the same writer: one goroutine writes both
+	cmd.Stderr = out
 	ps.mu.Lock()
 	if ps.deleted {
 		ps.mu.Unlock()
@@ -1121,90 +1121,6 @@ func (p *provider) GetStatsSummary(context.Context) (*statsv1alpha1.Summary, err
 
 func (p *provider) GetMetricsResource(context.Context) ([]*dto.MetricFamily, error) {
 	return nil, nil
-}
-
-func (p *provider) GetContainerLogs(ctx context.Context, ns, podName, name string, opts api.ContainerLogOpts) (io.ReadCloser, error) {
-	ps, c, err := p.container(ns, podName, name)
-	if err != nil {
-		return nil, err
-	}
-	f, err := os.Open(c.logPath)
-	if err != nil {
-		if os.IsNotExist(err) {
-			return io.NopCloser(bytes.NewReader(nil)), nil
-		}
-		return nil, err
-	}
-	if opts.Tail > 0 {
-		if err := seekTail(f, opts.Tail); err != nil {
-			f.Close()
-			return nil, err
-		}
-	}
-	if !opts.Follow {
-		return f, nil
-	}
-	pr, pw := io.Pipe()
-	go func() {
-		defer f.Close()
-		buf := make([]byte, 32*1024)
-		for {
-			n, err := f.Read(buf)
-			if n > 0 {
-				if _, werr := pw.Write(buf[:n]); werr != nil {
-					return
-				}
-				continue
-			}
-			if err != nil && err != io.EOF {
-				pw.CloseWithError(err)
-				return
-			}
-			ps.mu.Lock()
-			gone := ps.deleted || (c.status.State.Running == nil && (ps.pod.Status.Phase == v1.PodSucceeded || ps.pod.Status.Phase == v1.PodFailed))
-			ps.mu.Unlock()
-			if gone {
-				pw.Close()
-				return
-			}
-			select {
-			case <-ctx.Done():
-				pw.Close()
-				return
-			case <-time.After(200 * time.Millisecond):
-			}
-		}
-	}()
-	return pr, nil
-}
-
-// seekTail positions f at the start of its last n lines.
-func seekTail(f *os.File, n int) error {
-	data, err := io.ReadAll(f)
-	if err != nil {
-		return err
-	}
-	end := len(data)
-	if end > 0 && data[end-1] == '\n' {
-		end--
-	}
-	pos := end
-	for i := 0; i < n; i++ {
-		j := bytes.LastIndexByte(data[:pos], '\n')
-		if j < 0 {
-			pos = 0
-			break
-		}
-		pos = j
-		if i == n-1 {
-			pos = j + 1
-		}
-	}
-	if n > 0 && pos > 0 && pos <= end && data[pos-1] != '\n' {
-		pos = 0
-	}
-	_, err = f.Seek(int64(pos), io.SeekStart)
-	return err
 }
 
 func main() {
