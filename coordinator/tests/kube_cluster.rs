@@ -343,19 +343,54 @@ async fn secret_data_is_decoded_and_never_shown_in_debug() {
     assert!(shown.contains("password") && !shown.contains("s3cr3t-pw"), "{shown}");
 }
 
+/// A log stream cut twice (an API server restart cuts it at any byte; a mock cuts it exactly
+/// where the test needs): each resumed read starts at the second of the last line, lines already
+/// sent (two carry the same timestamp) are skipped, and once the container ended one last read
+/// without follow brings the line the cut missed. Every line arrives once, in order.
 #[tokio::test]
-async fn pod_logs_follow_one_container_and_arrive_line_by_line() {
+async fn a_broken_log_stream_resumes_without_losing_or_repeating_a_line() {
     let (cluster, mut server) = setup();
+    let cluster = cluster.with_poll_interval(std::time::Duration::from_millis(10));
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);
     let client = tokio::spawn(async move { cluster.pod_logs("db", "kanister-job-x7k2p", "container", tx).await });
-    let (request, send) = server.next_request().await.expect("logs requested");
-    assert_eq!(request.method(), "GET");
-    assert_eq!(
-        request.uri().path_and_query().unwrap().as_str(),
-        "/api/v1/namespaces/db/pods/kanister-job-x7k2p/log?&container=container&follow=true"
-    );
-    let log = "dumping\n###Phase-output###: {\"key\":\"path\",\"value\":\"/b/x.sql\"}\nno newline at end";
-    send.send_response(Response::builder().status(200).body(Body::from(log.as_bytes().to_vec())).unwrap());
+    let pod_path = "/api/v1/namespaces/db/pods/kanister-job-x7k2p";
+    let (t1, t2, t3) = ("2026-12-03T10:00:00.1Z", "2026-12-03T10:00:00.2Z", "2026-12-03T10:00:01.5Z");
+    async fn log(server: &mut Handle, follow: bool, since: Option<&str>, body: String) {
+        let log_path = "/api/v1/namespaces/db/pods/kanister-job-x7k2p/log";
+        let (request, send) = server.next_request().await.expect("logs requested");
+        let uri = request.uri().clone();
+        let query = uri.query().unwrap_or_default().to_string();
+        assert_eq!(uri.path(), log_path);
+        assert!(query.contains("container=container") && query.contains("timestamps=true"), "{query}");
+        assert_eq!(query.contains("follow=true"), follow, "{query}");
+        match since {
+            Some(t) => assert!(query.contains(&format!("sinceTime={}", t.replace(':', "%3A"))), "{query}"),
+            None => assert!(!query.contains("sinceTime"), "{query}"),
+        }
+        send.send_response(Response::builder().status(200).body(Body::from(body.into_bytes())).unwrap());
+    }
+    let pod = |state: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "kanister-job-x7k2p", "namespace": "db"},
+        "status": {"phase": "Running", "containerStatuses": [
+            {"name": "container", "state": state, "ready": true, "restartCount": 0, "image": "a", "imageID": ""}]}})
+    };
+    log(
+        &mut server,
+        true,
+        None,
+        format!("{t1} dumping\n{t1} ###Phase-output###: {{\"key\":\"a\",\"value\":\"1\"}}\n{t2} c\n"),
+    )
+    .await;
+    expect(&mut server, "GET", pod_path, 200, pod(json!({"running": {}}))).await;
+    log(
+        &mut server,
+        true,
+        Some("2026-12-03T10:00:00Z"),
+        format!("{t1} dumping\n{t1} ###Phase-output###: {{\"key\":\"a\",\"value\":\"1\"}}\n{t2} c\n{t2} d\n{t3} e\n"),
+    )
+    .await;
+    expect(&mut server, "GET", pod_path, 200, pod(json!({"terminated": {"exitCode": 0}}))).await;
+    log(&mut server, false, Some("2026-12-03T10:00:01Z"), format!("{t3} e\n{t3} no newline at end")).await;
     client.await.unwrap().unwrap();
     let mut lines = Vec::new();
     while let Some(line) = rx.recv().await {
@@ -363,7 +398,14 @@ async fn pod_logs_follow_one_container_and_arrive_line_by_line() {
     }
     assert_eq!(
         lines,
-        ["dumping\n", "###Phase-output###: {\"key\":\"path\",\"value\":\"/b/x.sql\"}\n", "no newline at end\n"]
+        [
+            "dumping\n",
+            "###Phase-output###: {\"key\":\"a\",\"value\":\"1\"}\n",
+            "c\n",
+            "d\n",
+            "e\n",
+            "no newline at end\n"
+        ]
     );
 }
 

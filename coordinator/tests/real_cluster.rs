@@ -129,6 +129,16 @@ actions:
         namespace: "{{ .Deployment.Namespace }}"
         pod: "{{ index .Deployment.Pods 0 }}"
         command: [sh, -c, "echo deferred > deferred.txt"]
+  steady:
+    outputArtifacts:
+      result: {keyValue: {done: "{{ .Phases.work.Output.done }}"}}
+    phases:
+    - func: KubeTask
+      name: work
+      args:
+        namespace: "{{ .Deployment.Namespace }}"
+        image: ghcr.io/kanisterio/kanister-tools:0.110.0
+        command: [sh, -c, "echo started; sleep 12; echo '###Phase-output###: {\"key\":\"done\",\"value\":\"yes\"}'"]
   fail:
     phases:
     - func: KubeTask
@@ -138,6 +148,14 @@ actions:
         image: ghcr.io/kanisterio/kanister-tools:0.110.0
         command: [sh, -c, "echo 'no space left' >&2; exit 3"]
 "#;
+
+/// Held (shared) by every test; the API server restart test holds it alone, so that no other
+/// test meets its outage.
+static OUTAGE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn no_outage() -> std::sync::RwLockReadGuard<'static, ()> {
+    OUTAGE.read().unwrap_or_else(|e| e.into_inner())
+}
 
 fn actionset(ns: &Namespace, name: &str, action: &str) -> String {
     format!(
@@ -180,6 +198,7 @@ fn leftover_task_pods(ns: &Namespace) -> Vec<String> {
 
 #[test]
 fn an_actionset_execs_runs_a_task_pod_and_scales_through_the_real_api_server() {
+    let _cluster = no_outage();
     crds();
     let ns = Namespace::new("co");
     ns.apply(APP);
@@ -208,6 +227,7 @@ fn an_actionset_execs_runs_a_task_pod_and_scales_through_the_real_api_server() {
 
 #[test]
 fn a_failing_task_pod_fails_the_actionset_with_its_exit_code_and_stderr() {
+    let _cluster = no_outage();
     crds();
     let ns = Namespace::new("cofail");
     ns.apply(APP);
@@ -302,6 +322,7 @@ fn pod_logs(ns: &Namespace, what: &str) -> String {
 
 #[test]
 fn the_chart_installs_and_its_roles_run_an_actionset_and_a_missing_rule_is_named() {
+    let _cluster = no_outage();
     crds();
     let ns = Namespace::new("chart");
     let n = ns.name.clone();
@@ -356,7 +377,10 @@ fn the_chart_installs_and_its_roles_run_an_actionset_and_a_missing_rule_is_named
 
 /// MariaDB as the StatefulSet `mysql-release` (Secret and Service of that name), with the chart's
 /// agent sidecar patched in as deploy/README.md says.
-fn mariadb(ns: &Namespace, password: &str) -> String {
+/// MariaDB as the StatefulSet `mysql-release` with its Secret and Service. `on_loopback`: it also
+/// listens on 127.0.0.1:3306, where the mysql blueprint's defaults look (the pod's own loopback on
+/// a real cluster; the host's here, which pods share: only one test's database may have it).
+fn mariadb(ns: &Namespace, password: &str, on_loopback: bool) -> String {
     ns.ok(&["create", "secret", "generic", "mysql-release", &format!("--from-literal=mysql-root-password={password}")]);
     ns.ok(&["create", "secret", "generic", "kanister-agent-token", &format!("--from-literal=token={AGENT_TOKEN}")]);
     let n = &ns.name;
@@ -372,7 +396,7 @@ if [ ! -d /var/lib/mysql/mysql ]; then
   mariadb-install-db --no-defaults --datadir=/var/lib/mysql --user=root --auth-root-authentication-method=normal --skip-test-db >/dev/null
   init=1
 fi
-mariadbd --no-defaults --datadir=/var/lib/mysql --socket="/run/mysqld/mysqld.sock" --port=3306 --bind-address="127.0.0.1,$POD_IP" --user=root --skip-name-resolve --pid-file=/run/mysqld/mysqld.pid &
+mariadbd --no-defaults --datadir=/var/lib/mysql --socket="/run/mysqld/mysqld.sock" --port=3306 --bind-address="$BIND" --user=root --skip-name-resolve --pid-file=/run/mysqld/mysqld.pid &
 pid=$!
 for i in $(seq 1 100); do mariadb-admin --no-defaults -S "/run/mysqld/mysqld.sock" -uroot ping >/dev/null 2>&1 && break; sleep 0.2; done
 if [ -n "$init" ]; then
@@ -401,6 +425,8 @@ spec:
         command: [bash, -c, {script}]
         env:
         - {{name: MARIADB_ROOT_PASSWORD, valueFrom: {{secretKeyRef: {{name: mysql-release, key: mysql-root-password}}}}}}
+        - {{name: POD_IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}
+        - {{name: BIND, value: "{bind}"}}
         ports: [{{name: mysql, containerPort: 3306}}]
         readinessProbe: {{exec: {{command: [sh, -c, 'mariadb-admin --no-defaults -S "/run/mysqld/mysqld.sock" -uroot ping']}}, periodSeconds: 1}}
         volumeMounts: [{{name: data, mountPath: /var/lib/mysql}}, {{name: run, mountPath: /run/mysqld}}]
@@ -419,7 +445,8 @@ spec:
   selector: {{app: mysql-release}}
   ports: [{{name: mysql, port: 3306, targetPort: mysql}}]
 "#,
-        script = serde_json::to_string(script).expect("json string")
+        script = serde_json::to_string(script).expect("json string"),
+        bind = if on_loopback { "127.0.0.1,$(POD_IP)" } else { "$(POD_IP)" },
     ));
     ns.ok(&["rollout", "status", "statefulset", "mysql-release", "--timeout=90s"]);
     "mysql-release-0".to_string()
@@ -444,6 +471,7 @@ fn sql(ns: &Namespace, query: &str) -> String {
 /// and exactly the seed's commands (namespaces are the test's own).
 #[test]
 fn the_seeds_story_runs_on_the_real_cluster() {
+    let _cluster = no_outage();
     crds();
     let kanister = Namespace::new("kanister");
     let db = Namespace::new("mysql-test");
@@ -451,7 +479,7 @@ fn the_seeds_story_runs_on_the_real_cluster() {
     let name = install_chart(&kanister, &[&d], true);
     let logs = || pod_logs(&kanister, &format!("deployment/{name}"));
     let password = format!("pw-{}", kanister_testkit::infra::unique("x"));
-    mariadb(&db, &password);
+    mariadb(&db, &password, true);
     // The chart's sidecar patch, applied as deploy/README.md says.
     let patch = kanister.ok(&["get", "configmap", "kanister-agent-sidecar", "-o", "jsonpath={.data.patch\\.yaml}"]);
     let file = std::env::temp_dir().join(format!("{d}-sidecar.yaml"));
@@ -589,6 +617,7 @@ fn the_seeds_story_runs_on_the_real_cluster() {
 /// the killed one left behind.
 #[test]
 fn a_coordinator_killed_mid_phase_is_followed_by_one_that_fails_the_actionset_and_cleans_up() {
+    let _cluster = no_outage();
     crds();
     let ns = Namespace::new("kill");
     ns.apply(APP);
@@ -619,6 +648,7 @@ fn a_coordinator_killed_mid_phase_is_followed_by_one_that_fails_the_actionset_an
 /// runs (the ActionSet is gone, so no status tells it: the pod and the defer phase's file do).
 #[test]
 fn deleting_a_running_actionset_stops_its_pod_and_runs_the_defer_phase() {
+    let _cluster = no_outage();
     crds();
     let ns = Namespace::new("cancel");
     ns.apply(APP);
@@ -742,12 +772,13 @@ fn register_tools_image(repository: &str) {
 /// (never the pod's command line), and the rows come back after a drop.
 #[test]
 fn upstreams_mariadb_blueprint_backs_up_and_restores_through_task_pods() {
+    let _cluster = no_outage();
     crds();
     let db = Namespace::new("maria");
     let d = db.name.clone();
     register_tools_image("ghcr.io/kanisterio/mysql-sidecar");
     let password = format!("pw-{}", kanister_testkit::infra::unique("u"));
-    mariadb(&db, &password);
+    mariadb(&db, &password, false);
     sql(
         &db,
         "CREATE DATABASE shop; USE shop; CREATE TABLE orders (id INT PRIMARY KEY, note TEXT); INSERT INTO orders SELECT seq, MD5(seq) FROM seq_1_to_500",
@@ -952,6 +983,7 @@ actions:
 /// file, the created object is gone, every task pod is deleted and each had a valid owner.
 #[test]
 fn every_function_family_runs_through_the_real_api_server() {
+    let _cluster = no_outage();
     crds();
     let ns = Namespace::new("families");
     let n = ns.name.clone();
@@ -1020,4 +1052,38 @@ fn every_function_family_runs_through_the_real_api_server() {
     for claim in ["data-db-0", "data-db-1", "restore-pvc"] {
         let _ = kubectl(&["delete", "pv", &format!("{n}-{claim}"), "--wait=false"], None);
     }
+}
+
+/// kill -9 of the API server while a task pod runs, and its restart: the running phase rides
+/// out the outage and completes, and the controller's watch comes back (a new ActionSet runs).
+#[test]
+fn the_controller_rides_out_an_api_server_restart() {
+    crds();
+    let ns = Namespace::new("outage");
+    ns.apply(APP);
+    ns.ok(&["rollout", "status", "deployment", "app", "--timeout=60s"]);
+    ns.apply(BLUEPRINT);
+    let co = Coordinator::start(&ns);
+    let logs = || co.log();
+    let _alone = OUTAGE.write().unwrap_or_else(|e| e.into_inner());
+    ns.apply(&actionset(&ns, "during", "steady"));
+    running_task_pod(&ns, &co);
+    // The coordinator follows the pod's log by now.
+    std::thread::sleep(Duration::from_secs(2));
+    let state = std::path::PathBuf::from(kanister_testkit::infra::var("KUBECONFIG"));
+    let state = state.parent().expect("the cluster's state directory");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/cluster.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg("restart-apiserver")
+        .env("KANISTER_CLUSTER_DIR", state)
+        .output()
+        .expect("cluster.sh runs");
+    assert!(out.status.success(), "restart-apiserver: {}", String::from_utf8_lossy(&out.stderr));
+    let status = finished(&ns, "during", logs, Duration::from_secs(90));
+    assert_eq!(status["state"], "complete", "the phase across the outage: {status:#}\ncoordinator log:\n{}", logs());
+    assert_eq!(status["actions"][0]["artifacts"]["result"]["keyValue"]["done"], "yes", "{status:#}");
+    ns.apply(&actionset(&ns, "after", "backup"));
+    let status = finished(&ns, "after", logs, Duration::from_secs(90));
+    assert_eq!(status["state"], "complete", "an ActionSet after the outage: {status:#}\ncoordinator log:\n{}", logs());
 }

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures::{AsyncBufReadExt as _, TryStreamExt as _};
+use futures::AsyncBufReadExt as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{
@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 
 use super::{
     Chunk, Cluster, Error, Event, EventType, ExecRequest, ExitStatus, ObjectRef, ObservedEvent, Result, SecretData,
-    Stream, TaskPod, kind_key,
+    Stream, TaskPod, kind_key, through_outage,
 };
 use crate::cluster::local::merge_patch;
 use crate::crd::{ActionSet, ActionSetStatus};
@@ -133,6 +133,33 @@ impl KubeCluster {
 
     fn pods(&self, namespace: &str) -> Api<Pod> {
         Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// The pod, through API server outages.
+    async fn get_pod(&self, object: &ObjectRef) -> Result<Pod> {
+        let what = format!("get pod {object}");
+        through_outage(&what, || async {
+            self.pods(&object.namespace).get(&object.name).await.map_err(map_err(object, &what))
+        })
+        .await
+    }
+
+    /// Whether the container ended (or never will: the pod ended or is gone).
+    async fn container_ended(&self, object: &ObjectRef, container: &str) -> Result<bool> {
+        let pod = match self.get_pod(object).await {
+            Ok(pod) => pod,
+            Err(Error::NotFound(_)) => return Ok(true),
+            Err(e) => return Err(e),
+        };
+        let status = pod.status.unwrap_or_default();
+        let terminated = status
+            .init_container_statuses
+            .iter()
+            .chain(&status.container_statuses)
+            .flatten()
+            .find(|c| c.name == container)
+            .is_some_and(|c| c.state.as_ref().is_some_and(|s| s.terminated.is_some()));
+        Ok(terminated || matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")))
     }
 
     fn actionsets(&self, namespace: &str) -> Api<ActionSet> {
@@ -378,7 +405,7 @@ impl Cluster for KubeCluster {
         let object = ObjectRef::new("Pod", namespace, name);
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let pod = self.pods(namespace).get(name).await.map_err(map_err(&object, &format!("get pod {object}")))?;
+            let pod = self.get_pod(&object).await?;
             let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
             if matches!(phase.as_str(), "Running" | "Succeeded" | "Failed") {
                 return Ok(());
@@ -400,6 +427,10 @@ impl Cluster for KubeCluster {
         }
     }
 
+    /// Follows the container's log with timestamps, so that a stream the API server broke (a
+    /// restart) resumes where it stopped: reopened from the second of the last line, the lines
+    /// already sent skipped. When the stream ends, the pod says whether the container ended; if
+    /// so, one last read without follow brings what a broken stream may have missed.
     async fn pod_logs(
         &self,
         namespace: &str,
@@ -407,29 +438,77 @@ impl Cluster for KubeCluster {
         container: &str,
         output: mpsc::Sender<Vec<u8>>,
     ) -> Result<()> {
+        use k8s_openapi::jiff::Timestamp;
         let object = ObjectRef::new("Pod", namespace, name);
-        let lp = LogParams { follow: true, container: Some(container.into()), ..Default::default() };
-        let stream =
-            self.pods(namespace).log_stream(name, &lp).await.map_err(map_err(&object, &format!("logs of {object}")))?;
-        let mut lines = stream.lines();
-        while let Some(line) = lines
-            .try_next()
-            .await
-            .map_err(|e| Error::Transient { what: format!("read logs of {object}"), message: e.to_string() })?
-        {
-            let mut data = line.into_bytes();
-            data.push(b'\n');
-            if output.send(data).await.is_err() {
-                break;
+        let what = format!("logs of {object}");
+        // The timestamp of the last line sent, and how many lines sent carried it.
+        let mut sent: Option<(Timestamp, usize)> = None;
+        let mut untimed = false;
+        let mut follow = true;
+        loop {
+            let lp = LogParams {
+                follow,
+                container: Some(container.into()),
+                timestamps: true,
+                // Whole seconds (kube rounds): a resumed read starts at or before the last line.
+                since_time: sent.and_then(|(t, _)| Timestamp::from_second(t.as_second()).ok()),
+                ..Default::default()
+            };
+            let open = || async { self.pods(namespace).log_stream(name, &lp).await.map_err(map_err(&object, &what)) };
+            let mut stream = std::pin::pin!(through_outage(&what, open).await?);
+            let mut skip = sent.map_or(0, |(_, n)| n);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match stream.read_until(b'\n', &mut buf).await {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(pod = %object, error = %e, "log stream broke; resuming");
+                        break;
+                    }
+                }
+                // A line cut short while following: the resumed read has it whole.
+                if buf.pop_if(|b| *b == b'\n').is_none() && follow {
+                    break;
+                }
+                let line = String::from_utf8_lossy(&buf);
+                let (at, text) = match line.split_once(' ').map(|(t, rest)| (t.parse::<Timestamp>(), rest)) {
+                    Some((Ok(at), rest)) => (Some(at), rest),
+                    _ => (None, &*line),
+                };
+                if let (Some(at), Some((last, n))) = (at, sent) {
+                    if at < last || (at == last && skip > 0) {
+                        skip = skip.saturating_sub(usize::from(at == last));
+                        continue;
+                    }
+                    sent = Some((at, if at == last { n + 1 } else { 1 }));
+                } else if let Some(at) = at {
+                    sent = Some((at, 1));
+                } else {
+                    untimed = true;
+                }
+                let mut data = text.as_bytes().to_vec();
+                data.push(b'\n');
+                if output.send(data).await.is_err() {
+                    return Ok(());
+                }
+            }
+            // A line without a timestamp cannot be resumed after: the stream's end is the end.
+            if !follow || untimed {
+                return Ok(());
+            }
+            follow = !self.container_ended(&object, container).await?;
+            if follow {
+                tokio::time::sleep(self.poll).await;
             }
         }
-        Ok(())
     }
 
     async fn wait_container(&self, namespace: &str, name: &str, container: &str) -> Result<ExitStatus> {
         let object = ObjectRef::new("Pod", namespace, name);
         loop {
-            let pod = self.pods(namespace).get(name).await.map_err(map_err(&object, &format!("get pod {object}")))?;
+            let pod = self.get_pod(&object).await?;
             let status = pod.status.unwrap_or_default();
             // Init containers report in a list of their own.
             let terminated = status
@@ -459,12 +538,13 @@ impl Cluster for KubeCluster {
 
     async fn delete_pod(&self, namespace: &str, name: &str) -> Result<()> {
         let object = ObjectRef::new("Pod", namespace, name);
-        match self.pods(namespace).delete(name, &DeleteParams::background()).await {
-            Ok(_) => Ok(()),
-            Err(e) => match map_err(&object, &format!("delete {object}"))(e) {
-                Error::NotFound(_) => Ok(()),
-                other => Err(other),
-            },
+        let what = format!("delete {object}");
+        let delete = || async {
+            self.pods(namespace).delete(name, &DeleteParams::background()).await.map_err(map_err(&object, &what))
+        };
+        match through_outage(&what, delete).await {
+            Ok(_) | Err(Error::NotFound(_)) => Ok(()),
+            Err(other) => Err(other),
         }
     }
 

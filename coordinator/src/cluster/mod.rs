@@ -67,6 +67,28 @@ impl Error {
     }
 }
 
+/// How long a call rides out an unreachable or overloaded API server (a restart, an upgrade of
+/// the control plane) before it fails.
+pub const OUTAGE: Duration = Duration::from_secs(120);
+
+/// Runs `call` again after transient errors (backoff from 0.25 s, doubling to 5 s) for up to
+/// [`OUTAGE`] in all; other errors, and the last transient one, are returned.
+pub async fn through_outage<T, Fut>(what: &str, call: impl FnMut() -> Fut) -> Result<T>
+where
+    Fut: Future<Output = Result<T>>,
+{
+    use backon::{ExponentialBuilder, Retryable};
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(5))
+        .with_total_delay(Some(OUTAGE))
+        .without_max_times();
+    call.retry(backoff)
+        .when(|e| matches!(e, Error::Transient { .. }))
+        .notify(|e, after| tracing::debug!(what, error = %e, ?after, "the API server did not answer; retrying"))
+        .await
+}
+
 /// The result type of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

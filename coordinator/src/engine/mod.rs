@@ -141,9 +141,6 @@ pub struct EngineConfig {
     pub tools_image: String,
 }
 
-/// Attempts to write an ActionSet status through transient API errors (backoff 0.25 s, doubling).
-const STATUS_WRITE_ATTEMPTS: u32 = 5;
-
 /// Why the run of a deleted ActionSet stopped (its defer phase still runs).
 pub const DELETED: &str = "cancelled: the ActionSet was deleted";
 
@@ -647,7 +644,8 @@ impl<C: Cluster> Run<C> {
         }
         progress.last_transition_time = Some(now());
         let mut wait = Duration::from_millis(250);
-        for attempt in 1..=STATUS_WRITE_ATTEMPTS {
+        let deadline = tokio::time::Instant::now() + cluster::OUTAGE;
+        for attempt in 1.. {
             match write_status(&**self.cluster(), self.namespace(), self.name(), rv, status).await {
                 Ok(new_rv) => {
                     *rv = new_rv;
@@ -657,13 +655,16 @@ impl<C: Cluster> Run<C> {
                     self.stop_deleted();
                     return;
                 }
-                Err(e) if attempt == STATUS_WRITE_ATTEMPTS => {
-                    tracing::warn!(error = %e, attempts = attempt, "failed to write actionset status");
-                }
-                Err(e) => {
+                // Through an API server outage (a restart): the last write of a run must land,
+                // or a finished backup would read `running` until the next coordinator fails it.
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() + wait < deadline => {
                     tracing::debug!(error = %e, attempt, "status write failed; retrying");
                     tokio::time::sleep(wait).await;
-                    wait *= 2;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, attempts = attempt, "failed to write actionset status");
+                    return;
                 }
             }
         }
