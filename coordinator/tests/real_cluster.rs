@@ -8,6 +8,7 @@ mod support;
 
 use kanister_testkit::cluster::{Namespace, crds, kubectl, register_image};
 use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -214,15 +215,38 @@ fn an_actionset_execs_runs_a_task_pod_and_scales_through_the_real_api_server() {
     let ready = ns.ok(&["get", "deployment", "app", "-o", "jsonpath={.status.readyReplicas}"]);
     assert_eq!(ready, "2", "ScaleWorkload waited for the Deployment's 2 ready replicas");
     ns.eventually("task pods deleted", Duration::from_secs(30), || leftover_task_pods(&ns).is_empty().then_some(()));
-    let events = ns.ok(&[
+    // Real events.k8s.io Events about the ActionSet, from the coordinator.
+    let events: Value = serde_json::from_str(&ns.ok(&[
         "get",
-        "events",
+        "events.events.k8s.io",
         "--field-selector",
-        "involvedObject.name=backup",
+        "regarding.name=backup",
         "-o",
-        "jsonpath={.items[*].reason}",
-    ]);
-    assert!(!events.is_empty(), "the ActionSet has events");
+        "json",
+    ]))
+    .expect("events JSON");
+    let reasons: Vec<&str> =
+        events["items"].as_array().into_iter().flatten().filter_map(|e| e["reason"].as_str()).collect();
+    for want in ["StartedAction", "StartedPhase", "EndedPhase"] {
+        assert!(reasons.contains(&want), "event {want} among {reasons:?}");
+    }
+    assert!(
+        events["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|e| e["reportingController"].as_str().is_some_and(|c| !c.is_empty())),
+        "every event names its controller: {events:#}"
+    );
+    // The status went through the status subresource (the server's managed fields say so).
+    let actionset: Value =
+        serde_json::from_str(&ns.ok(&["get", "actionset", "backup", "--show-managed-fields", "-o", "json"]))
+            .expect("ActionSet JSON");
+    let fields = actionset["metadata"]["managedFields"].as_array().cloned().unwrap_or_default();
+    assert!(
+        fields.iter().any(|f| f["subresource"] == "status" && f["fieldsV1"]["f:status"].is_object()),
+        "a status write through the status subresource: {fields:#?}"
+    );
 }
 
 #[test]
@@ -338,6 +362,31 @@ fn the_chart_installs_and_its_roles_run_an_actionset_and_a_missing_rule_is_named
     assert_eq!(status["state"], "complete", "with the chart's Roles: {status:#}\ncoordinator log:\n{}", logs());
     assert_eq!(status["actions"][0]["artifacts"]["result"]["keyValue"]["task"], "saw app-data");
 
+    // What the API server grants the chart's ServiceAccount here is exactly what its Roles say
+    // (deploy.rs pins those rules to the ones deploy/README.md documents): nothing more.
+    let sa = format!("--as=system:serviceaccount:{n}:{name}");
+    let mut want: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let roles: Value = serde_json::from_str(&ns.ok(&["get", "roles", "-o", "json"])).expect("Roles JSON");
+    for rule in
+        roles["items"].as_array().into_iter().flatten().flat_map(|r| r["rules"].as_array().cloned().unwrap_or_default())
+    {
+        for group in rule["apiGroups"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+            for res in rule["resources"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+                // As can-i names them: resource.group/subresource.
+                let (base, sub) = res.split_once('/').map_or((res, String::new()), |(b, s)| (b, format!("/{s}")));
+                let key = if group.is_empty() { res.to_string() } else { format!("{base}.{group}{sub}") };
+                want.entry(key).or_default().extend(
+                    rule["verbs"].as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_string),
+                );
+            }
+        }
+    }
+    // Less what every ServiceAccount may do (the namespace's `default`, bound to nothing).
+    let everyone = can_i_list(&ns, &format!("--as=system:serviceaccount:{n}:default"));
+    let mut granted = can_i_list(&ns, &sa);
+    granted.retain(|k, v| everyone.get(k) != Some(v));
+    assert_eq!(granted, want, "`kubectl auth can-i --list` for the chart's ServiceAccount");
+
     // Take pods/exec away from the target Role: the next run fails naming what is missing.
     let role: Value = serde_json::from_str(&ns.ok(&["get", "role", &target_role, "-o", "json"])).expect("Role JSON");
     let mut rules = role["rules"].as_array().expect("rules").clone();
@@ -349,7 +398,6 @@ fn the_chart_installs_and_its_roles_run_an_actionset_and_a_missing_rule_is_named
     rules.retain(|r| !r["resources"].as_array().is_some_and(|a| a.is_empty()));
     let patch = json!({"rules": rules}).to_string();
     ns.ok(&["patch", "role", &target_role, "--type=merge", "-p", &patch]);
-    let sa = format!("--as=system:serviceaccount:{n}:{name}");
     let denied = ns.kubectl(&["auth", "can-i", "create", "pods", "--subresource=exec", &sa], None);
     assert!(
         !denied.status.success(),
@@ -375,8 +423,21 @@ fn the_chart_installs_and_its_roles_run_an_actionset_and_a_missing_rule_is_named
     assert!(events.contains("pods/exec"), "an event names the missing permission: {events}");
 }
 
-/// MariaDB as the StatefulSet `mysql-release` (Secret and Service of that name), with the chart's
-/// agent sidecar patched in as deploy/README.md says.
+/// `kubectl auth can-i --list` as `as_` in the namespace: resource (with its group) -> verbs.
+fn can_i_list(ns: &Namespace, as_: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let text = ns.ok(&["auth", "can-i", "--list", as_]);
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for line in text.lines().skip(1) {
+        let Some(resource) = line.split_whitespace().next() else { continue };
+        if resource.starts_with('[') {
+            continue; // a non-resource URL row
+        }
+        let verbs = line.rsplit_once('[').and_then(|(_, v)| v.strip_suffix(']')).unwrap_or_default();
+        out.entry(resource.to_string()).or_default().extend(verbs.split_whitespace().map(str::to_string));
+    }
+    out
+}
+
 /// MariaDB as the StatefulSet `mysql-release` with its Secret and Service. `on_loopback`: it also
 /// listens on 127.0.0.1:3306, where the mysql blueprint's defaults look (the pod's own loopback on
 /// a real cluster; the host's here, which pods share: only one test's database may have it).
