@@ -30,6 +30,7 @@ pub mod crd;
 pub mod engine;
 pub mod functions;
 pub mod kanctl;
+pub mod leader;
 pub mod output;
 pub mod render;
 pub mod validate;

@@ -430,6 +430,9 @@ const TARGET_RULES: &[(&str, &str, &[&str])] = &[
     ("events.k8s.io", "events", &["create", "patch"]),
 ];
 
+/// The leader Lease (leader.rs), in the release namespace only.
+const LEASE_RULES: &[(&str, &str, &[&str])] = &[("coordination.k8s.io", "leases", &["get", "create", "update"])];
+
 /// What the gRPC API (service.grpc.enabled) adds where ActionSets live (api/service.rs): kanctl
 /// creates, cancels (patch) and deletes ActionSets, and creates Profiles.
 const API_RULES: &[(&str, &str, &[&str])] =
@@ -452,7 +455,9 @@ fn rbac_is_least_privilege() {
     let roles: Vec<&Value> = r.kind("Role").collect();
     assert_eq!(roles.len(), 1);
     assert_eq!(roles[0]["metadata"]["namespace"], RELEASE_NAMESPACE);
-    assert_eq!(rule_table(&roles[0]["rules"]), table(CONTROLLER_RULES));
+    let mut want = table(CONTROLLER_RULES);
+    want.extend(table(LEASE_RULES));
+    assert_eq!(rule_table(&roles[0]["rules"]), want);
     let args: Vec<&str> = r.coordinator()["args"].as_array().expect("args").iter().filter_map(Value::as_str).collect();
     assert!(!args.contains(&"--all-namespaces") && !args.iter().any(|a| a.starts_with("--watch-namespaces")));
 
@@ -482,7 +487,11 @@ fn rbac_is_least_privilege() {
                 .extend(["create".into(), "delete".into()]);
             t
         } else {
-            table(CONTROLLER_RULES)
+            let mut t = table(CONTROLLER_RULES);
+            if ns == RELEASE_NAMESPACE {
+                t.extend(table(LEASE_RULES));
+            }
+            t
         };
         assert_eq!(rule_table(&role["rules"]), want, "Role {ns}/{name}");
         let binding = r
@@ -512,7 +521,7 @@ fn rbac_is_least_privilege() {
     let r = render(&value_sets()[2].1);
     assert_eq!(r.kind("Role").count(), 0);
     let mut want = table(CONTROLLER_RULES);
-    for rules in [TARGET_RULES, API_RULES, API_TARGET_RULES] {
+    for rules in [TARGET_RULES, API_RULES, API_TARGET_RULES, LEASE_RULES] {
         for (k, v) in table(rules) {
             want.entry(k).or_default().extend(v);
         }

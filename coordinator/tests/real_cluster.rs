@@ -21,13 +21,20 @@ struct Coordinator {
 
 impl Coordinator {
     fn start(ns: &Namespace) -> Coordinator {
+        Coordinator::start_with(ns, &[])
+    }
+
+    fn start_with(ns: &Namespace, extra: &[&str]) -> Coordinator {
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!("kanister-real-cluster-{}", ns.name));
         std::fs::create_dir_all(&dir).expect("log dir");
-        let log = dir.join("coordinator.log");
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = dir.join(format!("coordinator-{n}.log"));
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
         let child = Command::new(env!("CARGO_BIN_EXE_kanister-coordinator"))
             .args(["serve", "--namespace", &ns.name, "--api-listen", "off", "--maintenance-interval", "0s"])
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::from(std::fs::File::create(&log).expect("log file")))
             .stderr(Stdio::from(std::fs::File::options().append(true).open(&log).expect("log file")))
@@ -38,6 +45,12 @@ impl Coordinator {
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// kill -9.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -1124,7 +1137,9 @@ fn the_controller_rides_out_an_api_server_restart() {
     ns.apply(APP);
     ns.ok(&["rollout", "status", "deployment", "app", "--timeout=60s"]);
     ns.apply(BLUEPRINT);
-    let co = Coordinator::start(&ns);
+    // The leader keeps its Lease through the outage (the default 10 s renew deadline would make
+    // this test depend on how fast the API server restarts here).
+    let co = Coordinator::start_with(&ns, &["--leader-elect-lease-duration=90s", "--leader-elect-renew-deadline=60s"]);
     let logs = || co.log();
     let _alone = OUTAGE.write().unwrap_or_else(|e| e.into_inner());
     ns.apply(&actionset(&ns, "during", "steady"));
@@ -1147,4 +1162,46 @@ fn the_controller_rides_out_an_api_server_restart() {
     ns.apply(&actionset(&ns, "after", "backup"));
     let status = finished(&ns, "after", logs, Duration::from_secs(90));
     assert_eq!(status["state"], "complete", "an ActionSet after the outage: {status:#}\ncoordinator log:\n{}", logs());
+}
+
+/// Two coordinators on one namespace: one holds the Lease and runs every ActionSet, the other
+/// runs nothing; kill -9 of the leader hands the Lease to the other within its duration, and
+/// the next ActionSet runs there.
+#[test]
+fn two_coordinators_elect_one_leader_and_the_other_takes_over() {
+    let _cluster = no_outage();
+    crds();
+    let ns = Namespace::new("leader");
+    ns.apply(APP);
+    ns.ok(&["rollout", "status", "deployment", "app", "--timeout=60s"]);
+    ns.apply(BLUEPRINT);
+    let mut coordinators = [Coordinator::start(&ns), Coordinator::start(&ns)];
+    let leads = |c: &Coordinator| c.log().contains("became the leader");
+    let leader = ns.eventually("a leader", Duration::from_secs(30), || coordinators.iter().position(leads));
+    let follower = 1 - leader;
+    let logs = |cs: &[Coordinator; 2]| format!("leader:\n{}\nfollower:\n{}", cs[leader].log(), cs[follower].log());
+    let holder = ns.ok(&["get", "lease", "kanister-coordinator", "-o", "jsonpath={.spec.holderIdentity}"]);
+    assert!(!holder.is_empty(), "the Lease names its holder");
+
+    ns.apply(&actionset(&ns, "first", "backup"));
+    let status = finished(&ns, "first", || logs(&coordinators), Duration::from_secs(120));
+    assert_eq!(status["state"], "complete", "{status:#}\n{}", logs(&coordinators));
+    assert!(coordinators[leader].log().contains("actionset finished"), "{}", logs(&coordinators));
+    let f = coordinators[follower].log();
+    assert!(
+        !leads(&coordinators[follower]) && !f.contains("task pod created") && !f.contains("actionset finished"),
+        "the follower ran something:\n{f}"
+    );
+
+    let start = Instant::now();
+    coordinators[leader].kill();
+    ns.eventually("the follower takes over", Duration::from_secs(40), || leads(&coordinators[follower]).then_some(()));
+    let took = start.elapsed();
+    assert!(took >= Duration::from_secs(10), "taken over after {took:?}: before the Lease expired");
+    let new_holder = ns.ok(&["get", "lease", "kanister-coordinator", "-o", "jsonpath={.spec.holderIdentity}"]);
+    assert_ne!(new_holder, holder, "the Lease changed hands");
+    ns.apply(&actionset(&ns, "second", "backup"));
+    let status = finished(&ns, "second", || logs(&coordinators), Duration::from_secs(120));
+    assert_eq!(status["state"], "complete", "{status:#}\n{}", logs(&coordinators));
+    assert!(coordinators[follower].log().contains("actionset finished"), "{}", logs(&coordinators));
 }

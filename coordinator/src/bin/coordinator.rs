@@ -97,6 +97,24 @@ enum Command {
         /// namespaces; all with --all-namespaces).
         #[arg(long, env = "KANISTER_MAINTENANCE_NAMESPACES", value_delimiter = ',')]
         maintenance_namespaces: Vec<String>,
+        /// Run ActionSets only while holding the leader Lease, so that replicas never run the
+        /// same ActionSet twice (the others serve the API and wait). Off only for a single
+        /// coordinator that cannot write Leases.
+        #[arg(long, env = "KANISTER_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+        leader_elect: bool,
+        /// Namespace of the leader Lease (default: --namespace).
+        #[arg(long, env = "KANISTER_LEADER_ELECT_NAMESPACE")]
+        leader_elect_namespace: Option<String>,
+        /// Name of the leader Lease: coordinators sharing it elect one leader.
+        #[arg(long, env = "KANISTER_LEADER_ELECT_LEASE", default_value = "kanister-coordinator")]
+        leader_elect_lease: String,
+        /// How long a leader that stopped renewing keeps the Lease (others wait that long).
+        #[arg(long, env = "KANISTER_LEADER_ELECT_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+        leader_elect_lease_duration: Duration,
+        /// How long the leader may fail to renew (an API server outage) before it stops running
+        /// ActionSets and exits; shorter than the lease duration.
+        #[arg(long, env = "KANISTER_LEADER_ELECT_RENEW_DEADLINE", default_value = "10s", value_parser = humantime::parse_duration)]
+        leader_elect_renew_deadline: Duration,
     },
     /// Run the ActionSets found in a directory of YAML files on this machine (commands run as
     /// local processes) and print their final status.
@@ -382,7 +400,34 @@ async fn main() -> anyhow::Result<()> {
             maintenance_interval,
             maintenance_grace_period,
             maintenance_namespaces,
+            leader_elect,
+            leader_elect_namespace,
+            leader_elect_lease,
+            leader_elect_lease_duration,
+            leader_elect_renew_deadline,
         } => {
+            if leader_elect && leader_elect_renew_deadline >= leader_elect_lease_duration {
+                anyhow::bail!(
+                    "--leader-elect-renew-deadline ({}) must be shorter than --leader-elect-lease-duration ({}): \
+                     a leader must stop before another may take over",
+                    humantime::format_duration(leader_elect_renew_deadline),
+                    humantime::format_duration(leader_elect_lease_duration)
+                );
+            }
+            let lease = leader_elect.then(|| {
+                // The pod's name (POD_NAME, from the chart) and a random suffix: a restarted pod
+                // is a new candidate.
+                let who = std::env::var("POD_NAME")
+                    .or_else(|_| std::env::var("HOSTNAME"))
+                    .unwrap_or_else(|_| "coordinator".into());
+                let identity = format!("{who}_{}", hex::encode(rand::random::<[u8; 4]>()));
+                let ns = leader_elect_namespace.clone().unwrap_or_else(|| namespace.clone());
+                kanister_coordinator::leader::LeaseConfig {
+                    duration: leader_elect_lease_duration,
+                    renew_deadline: leader_elect_renew_deadline,
+                    ..kanister_coordinator::leader::LeaseConfig::new(&ns, &leader_elect_lease, &identity)
+                }
+            });
             // Read the agent client's files first: a missing token fails the start, not a backup.
             let config = EngineConfig { agent: agent.load()?, ..config };
             let listen = listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8000)));
@@ -427,6 +472,35 @@ async fn main() -> anyhow::Result<()> {
                     )))
                 }
             };
+            tracing::info!(%listen, ?api_listen, ?namespaces, ?maintenance_interval, "coordinator starting");
+            ready.store(true, Ordering::Relaxed);
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            tokio::spawn({
+                let shutdown = shutdown.clone();
+                async move {
+                    shutdown_signal().await;
+                    shutdown.cancel();
+                }
+            });
+            let leadership = match lease {
+                None => None,
+                Some(config) => {
+                    tracing::info!(lease = %config.name, namespace = %config.namespace, identity = %config.identity, "waiting for the leader lease");
+                    match kanister_coordinator::leader::acquire(client.clone(), config, shutdown.clone()).await {
+                        Some(l) => Some(l),
+                        None => {
+                            // Stopped before leading: nothing ran here.
+                            let _ = stop_tx.send(true);
+                            health.await.context("health server task failed")?.context("health server failed")?;
+                            if let Some(api) = api {
+                                api.await.context("API server task failed")??;
+                            }
+                            tracing::info!("coordinator stopped");
+                            return Ok(());
+                        }
+                    }
+                }
+            };
             let maintenance = (!maintenance_interval.is_zero()).then(|| {
                 let config = kanister_coordinator::engine::maintenance::MaintenanceConfig {
                     interval: maintenance_interval,
@@ -443,15 +517,33 @@ async fn main() -> anyhow::Result<()> {
                 let stop = stopped();
                 tokio::spawn(async move { engine.run_maintenance(config, stop).await })
             });
-            tracing::info!(%listen, ?api_listen, ?namespaces, ?maintenance_interval, "coordinator starting");
-            ready.store(true, Ordering::Relaxed);
-            let signal = async move {
-                shutdown_signal().await;
-                let _ = stop_tx.send(true);
+            let lost = std::sync::Arc::new(AtomicBool::new(false));
+            let signal = {
+                let (shutdown, lost) = (shutdown.clone(), lost.clone());
+                let lost_lease = leadership.as_ref().map(|l| l.lost());
+                async move {
+                    match lost_lease {
+                        None => shutdown.cancelled().await,
+                        Some(token) => tokio::select! {
+                            _ = shutdown.cancelled() => {}
+                            _ = token.cancelled() => lost.store(true, Ordering::Relaxed),
+                        },
+                    }
+                    let _ = stop_tx.send(true);
+                }
             };
             controller::run(client, namespaces, engine.clone(), concurrency, signal).await;
             // Runs still in progress are finished by the next coordinator's recovery.
             engine.shutdown();
+            if lost.load(Ordering::Relaxed) {
+                anyhow::bail!(
+                    "lost the leader lease: stopped running ActionSets so that none runs twice; the next leader \
+                     fails the phases that were interrupted"
+                );
+            }
+            if let Some(l) = leadership {
+                l.release().await;
+            }
             if let Some(m) = maintenance {
                 m.await.context("maintenance task failed")?;
             }

@@ -117,6 +117,13 @@ and cluster/kube.rs):
 {{- include "kanister.rules.api" . }}
 {{- end }}
 
+{{/* The leader Lease (leader.rs), in the release namespace only. */}}
+{{- define "kanister.rules.lease" -}}
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["get", "create", "update"]
+{{- end }}
+
 {{/* Rules of the gRPC API (kanctl), where ActionSets live and where workloads live. */}}
 {{- define "kanister.rules.api" -}}
 {{- if .Values.service.grpc.enabled }}
