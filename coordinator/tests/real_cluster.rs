@@ -1205,3 +1205,90 @@ fn two_coordinators_elect_one_leader_and_the_other_takes_over() {
     assert_eq!(status["state"], "complete", "{status:#}\n{}", logs(&coordinators));
     assert!(coordinators[follower].log().contains("actionset finished"), "{}", logs(&coordinators));
 }
+
+/// What `/data` holds in the app's container: type, path, size and checksum of every entry.
+fn data_tree(ns: &Namespace) -> String {
+    ns.ok(&[
+        "exec",
+        "deploy/files",
+        "-c",
+        "app",
+        "--",
+        "sh",
+        "-c",
+        "cd /data && find . -mindepth 1 -printf '%y %p %s %l\\n' | sort && find . -type f -exec md5sum {} + | sort",
+    ])
+}
+
+/// deploy/examples/volume-blueprint.yaml on the real cluster: the chart's agent sidecar, patched
+/// into a Deployment with the app's volume mounted in it too (as the example says), is found
+/// through the pod's address; BackupData, RestoreData into the pod and DeleteData through it.
+#[test]
+fn the_volume_blueprint_backs_up_and_restores_a_directory_through_the_sidecar() {
+    let _cluster = no_outage();
+    crds();
+    let kanister = Namespace::new("kanister");
+    let app = Namespace::new("files");
+    let (k, a) = (kanister.name.clone(), app.name.clone());
+    let name = install_chart(&kanister, &[&a], false);
+    let logs = || pod_logs(&kanister, &format!("deployment/{name}"));
+    app.ok(&["create", "secret", "generic", "kanister-agent-token", &format!("--from-literal=token={AGENT_TOKEN}")]);
+    app.apply(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: files}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: files}}
+  template:
+    metadata: {labels: {app: files}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: app
+        image: none
+        command: [sh, -c, "cd /data && mkdir -p sub && echo one > a.txt && head -c 300000 /dev/urandom > sub/big.bin && ln -sf a.txt link && exec sleep 600"]
+        volumeMounts: [{name: data, mountPath: /data}]
+      volumes: [{name: data, emptyDir: {}}]
+"#,
+    );
+    let patch = kanister.ok(&["get", "configmap", "kanister-agent-sidecar", "-o", "jsonpath={.data.patch\\.yaml}"]);
+    let file = std::env::temp_dir().join(format!("{a}-sidecar.yaml"));
+    std::fs::write(&file, patch).expect("write the patch");
+    app.ok(&["patch", "deployment", "files", "--patch-file", file.to_str().expect("utf-8")]);
+    // The volume to protect, in the sidecar too, at the same path.
+    let mount = r#"{"spec":{"template":{"spec":{"containers":[{"name":"kanister-agent","volumeMounts":[{"name":"data","mountPath":"/data"}]}]}}}}"#;
+    app.ok(&["patch", "deployment", "files", "-p", mount]);
+    app.ok(&["rollout", "status", "deployment", "files", "--timeout=120s"]);
+    let before = data_tree(&app);
+    assert!(before.contains("sub/big.bin") && before.contains("l ./link"), "{before}");
+    app.apply(&support::s3_profile_yaml(&a, "s3-profile", "s3-creds", &kanister_testkit::infra::unique("volume")));
+    let bp = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/volume-blueprint.yaml");
+    let bp =
+        std::fs::read_to_string(bp).expect("the example").replace("namespace: kanister", &format!("namespace: {k}"));
+    kanister.apply(&bp);
+    let run = |name: &str, action: &str, artifacts: &Value| {
+        kanister.apply(&format!(
+            "apiVersion: cr.kanister.io/v1alpha1\nkind: ActionSet\nmetadata: {{name: {name}}}\nspec:\n  actions:\n  - name: {action}\n    blueprint: volume-blueprint\n    object: {{kind: Deployment, name: files, namespace: {a}}}\n    profile: {{name: s3-profile, namespace: {a}}}\n    artifacts: {artifacts}\n"
+        ));
+        let status = finished(&kanister, name, logs, Duration::from_secs(120));
+        assert_eq!(status["state"], "complete", "{action}: {status:#}\ncoordinator log:\n{}", logs());
+        status
+    };
+    let status = run("backup", "backup", &json!({}));
+    let artifacts = status["actions"][0]["artifacts"].clone();
+    assert_eq!(artifacts["volumeBackup"]["keyValue"]["fileCount"], "2", "{artifacts:#}");
+
+    app.ok(&["exec", "deploy/files", "-c", "app", "--", "sh", "-c", "rm -rf /data/* && echo stray > /data/a.txt"]);
+    run("restore", "restore", &artifacts);
+    assert_eq!(data_tree(&app), before, "the restored tree matches the backed-up one");
+    run("delete", "delete", &artifacts);
+    // Restoring the deleted backup fails: it is gone from the repository.
+    kanister.apply(&format!(
+        "apiVersion: cr.kanister.io/v1alpha1\nkind: ActionSet\nmetadata: {{name: again}}\nspec:\n  actions:\n  - name: restore\n    blueprint: volume-blueprint\n    object: {{kind: Deployment, name: files, namespace: {a}}}\n    profile: {{name: s3-profile, namespace: {a}}}\n    artifacts: {artifacts}\n"
+    ));
+    let status = finished(&kanister, "again", logs, Duration::from_secs(120));
+    assert_eq!(status["state"], "failed", "a restore of a deleted backup: {status:#}");
+    let msg = status["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("no snapshot matches"), "the error says the backup is gone: {msg}");
+}
