@@ -36,9 +36,10 @@
 //!   it is older than the grace period and no live marker started at or before it was
 //!   written. (D3) list the snapshots again and read those that appeared since P2 (snapshots
 //!   never change; the index is read again when they need it). Of the due marks' packs,
-//!   those with a used blob are kept (put back); the others are "gone". (D4) write one index
-//!   of every pack of the index read so far except the gone ones, delete the index objects it
-//!   was read from, delete the gone packs, then the due marks. Leftovers of killed writers
+//!   those with a used blob are kept (put back); the others are "gone". (D4) read the index
+//!   again (when there are gone packs), write one index of every pack in it except the gone
+//!   ones, delete the index objects it was read from, delete the gone packs, then the due
+//!   marks. Leftovers of killed writers
 //!   older than the grace period (and never younger than [`IN_FLIGHT`]: a fresh staging file
 //!   may be another process's upload in progress) and stale backup markers are removed last.
 //!
@@ -58,6 +59,12 @@
 //!   W5), and D3, which lists snapshots after D2 listed the markers, sees that X is used.
 //! - *A backup paused for longer than a marker lives* (30 minutes unrenewed) could resume
 //!   after its packs were deleted; W4 makes it fail instead of writing a snapshot.
+//! - *A backup that re-indexes a pack no index names* (a killed backup's) while phase 1 sets
+//!   it aside writes an index object naming it after P2 read the index. Its marker started
+//!   before the mark, so the mark waits for it (D2); D4 reads the index again, so that object
+//!   is compacted without the pack before the pack goes. (Compacting only the objects read in
+//!   P2 left it naming a deleted pack when the backup was killed after re-indexing: the gc
+//!   storm's "missing from the store".)
 //! - *Two prunes* never run at once ([`crate::exclusive`]): otherwise each would compact the
 //!   index from its own reading and delete index objects holding the other's entries, or keep
 //!   entries for packs the other deleted (the issue this protocol fixed: `check` failing for
@@ -287,6 +294,14 @@ async fn prune_locked(repo: &Repository, opts: &PruneOptions, lock: &ExclusiveLo
     drop(usage);
     let due: Vec<String> = due.into_iter().map(|(key, _)| key).collect();
     // D4: one index without the packs about to go (compacting many index objects into one).
+    // With packs to delete, the index is read afresh: a backup that re-indexed one of them (a
+    // pack no index named, like a killed backup's) before the mark was written wrote an index
+    // object since phase 1, and no index may name a deleted pack. None can write such an index
+    // from now on: a backup reads the marks before it re-indexes, and a mark is due only once
+    // every backup that started before it has ended.
+    if !gone.is_empty() {
+        index = load_whole_index(repo).await?;
+    }
     if !gone.is_empty() || index.index_ids.len() > 1 {
         let index_ids = std::mem::take(&mut index.index_ids);
         // The index is consumed: its entries move into the new index object, uncopied.

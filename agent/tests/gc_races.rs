@@ -253,3 +253,49 @@ async fn a_held_lock_blocks_and_names_its_holder() {
     held.release().await;
     prune(&repo, &grace0()).await.expect("prune runs once the lock is released");
 }
+
+/// A pack no index names (a killed backup's), re-indexed by a backup that is then killed too,
+/// while prune sets the pack aside. Prune is paused right before it writes its mark; the backup
+/// reads no mark, writes an index naming the pack and dies (no marker lives). Prune deletes the
+/// pack as unused, and no index may still name it. (Before: prune compacted only the index
+/// objects it had read before the backup's, so the backup's index kept naming the deleted pack:
+/// `check` failed with "... is missing from the store". The gc storm found it on SeaweedFS,
+/// seed 16676667700656817060, which did not replay: the kill had to land right after the
+/// re-index.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pack_reindexed_by_a_killed_backup_during_prune_leaves_no_dangling_index() {
+    let dir = tempfile::tempdir().unwrap();
+    for (url, opts) in locations(dir.path(), "reindex") {
+        let repo = init(&url, &opts).await;
+        // The pack of a backup killed before it indexed it: in the store, in no index, in no
+        // snapshot.
+        let id = push_bytes(&repo, data(7, 3 << 20)).await;
+        repo.forget(&[id]).await.unwrap();
+        for o in repo.store().list("index").await.unwrap() {
+            repo.store().delete(&o.key).await.unwrap();
+        }
+        let packs = repo.store().list("data").await.unwrap();
+        assert!(!packs.is_empty(), "{url}: no orphan pack to begin with");
+        // Packs must look old to prune (store times are in whole seconds).
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+
+        let gate = Gate::new(StoreOp::Put, "prune");
+        let pruning = {
+            let paused = repo_at(&url, &opts, Some(gate.hook())).await;
+            tokio::spawn(async move { prune(&paused, &grace0()).await })
+        };
+        gate.wait_reached().await;
+        // The backup starts (no mark yet: the orphan is re-indexed), then is killed: it leaves
+        // its index and no live marker.
+        let (_, reindexed, _) = kanister_agent::packer::prepare(&repo).await.unwrap();
+        assert_eq!(reindexed, packs.len(), "{url}: the backup re-indexed the orphan packs");
+        gate.open();
+        let report = pruning.await.unwrap().unwrap();
+        assert_eq!(report.packs_deleted, packs.len(), "{url}: prune deleted the unused packs: {report:?}");
+        assert_clean(&repo, &url).await;
+        // And a backup after that stores and restores.
+        let body = data(8, 2 << 20);
+        let id = push_bytes(&repo, body.clone()).await;
+        assert_eq!(pull_bytes(&repo, &id).await, body, "{url}: a later push came back different");
+    }
+}
