@@ -171,11 +171,25 @@ fn no_outage() -> std::sync::RwLockReadGuard<'static, ()> {
     OUTAGE.read().unwrap_or_else(|e| e.into_inner())
 }
 
-fn actionset(ns: &Namespace, name: &str, action: &str) -> String {
+/// The ActionSet `name` running `action` of `blueprint` on the object `(kind, name, namespace)`,
+/// with the Profile `s3-profile` of the object's namespace when `profile`, and `artifacts` (YAML
+/// or JSON) as its input artifacts.
+fn actionset_yaml(
+    name: &str,
+    action: &str,
+    blueprint: &str,
+    (kind, object, ns): (&str, &str, &str),
+    profile: bool,
+    artifacts: &str,
+) -> String {
+    let profile = if profile { format!("    profile: {{name: s3-profile, namespace: {ns}}}\n") } else { String::new() };
     format!(
-        "apiVersion: cr.kanister.io/v1alpha1\nkind: ActionSet\nmetadata: {{name: {name}}}\nspec:\n  actions:\n  - name: {action}\n    blueprint: bp\n    object: {{kind: Deployment, name: app, namespace: {}}}\n",
-        ns.name
+        "apiVersion: cr.kanister.io/v1alpha1\nkind: ActionSet\nmetadata: {{name: {name}}}\nspec:\n  actions:\n  - name: {action}\n    blueprint: {blueprint}\n    object: {{kind: {kind}, name: {object}, namespace: {ns}}}\n{profile}    artifacts: {artifacts}\n"
     )
+}
+
+fn actionset(ns: &Namespace, name: &str, action: &str) -> String {
+    actionset_yaml(name, action, "bp", ("Deployment", "app", &ns.name), false, "{}")
 }
 
 /// Waits until the `slow` action's task pod runs; its name.
@@ -866,9 +880,7 @@ fn upstreams_mariadb_blueprint_backs_up_and_restores_through_task_pods() {
     let co = Coordinator::start(&db);
     let logs = || co.log();
     let spec = |name: &str, action: &str, kind: &str, object: &str, artifacts: &str| {
-        format!(
-            "apiVersion: cr.kanister.io/v1alpha1\nkind: ActionSet\nmetadata: {{name: {name}}}\nspec:\n  actions:\n  - name: {action}\n    blueprint: maria-blueprint\n    object: {{kind: {kind}, name: {object}, namespace: {d}}}\n    profile: {{name: s3-profile, namespace: {d}}}\n    artifacts: {artifacts}\n"
-        )
+        actionset_yaml(name, action, "maria-blueprint", (kind, object, &d), true, artifacts)
     };
     db.apply(&spec("backup", "backup", "StatefulSet", "mysql-release", "{}"));
     let status = finished(&db, "backup", logs, Duration::from_secs(120));
@@ -1089,10 +1101,7 @@ fn every_function_family_runs_through_the_real_api_server() {
         })
     };
     let run = |action: &str| {
-        ns.apply(&format!(
-            "apiVersion: cr.kanister.io/v1alpha1\nkind: ActionSet\nmetadata: {{name: {}}}\nspec:\n  actions:\n  - name: {action}\n    blueprint: families\n    object: {{kind: StatefulSet, name: db, namespace: {n}}}\n    profile: {{name: s3-profile, namespace: {n}}}\n",
-            action.to_lowercase()
-        ));
+        ns.apply(&actionset_yaml(&action.to_lowercase(), action, "families", ("StatefulSet", "db", &n), true, "{}"));
         finished(&ns, &action.to_lowercase(), logs, Duration::from_secs(240))
     };
     // A failed init container: the pod ends before the others start; the ActionSet says which
@@ -1268,9 +1277,8 @@ spec:
         std::fs::read_to_string(bp).expect("the example").replace("namespace: kanister", &format!("namespace: {k}"));
     kanister.apply(&bp);
     let run = |name: &str, action: &str, artifacts: &Value| {
-        kanister.apply(&format!(
-            "apiVersion: cr.kanister.io/v1alpha1\nkind: ActionSet\nmetadata: {{name: {name}}}\nspec:\n  actions:\n  - name: {action}\n    blueprint: volume-blueprint\n    object: {{kind: Deployment, name: files, namespace: {a}}}\n    profile: {{name: s3-profile, namespace: {a}}}\n    artifacts: {artifacts}\n"
-        ));
+        let object = ("Deployment", "files", a.as_str());
+        kanister.apply(&actionset_yaml(name, action, "volume-blueprint", object, true, &artifacts.to_string()));
         let status = finished(&kanister, name, logs, Duration::from_secs(120));
         assert_eq!(status["state"], "complete", "{action}: {status:#}\ncoordinator log:\n{}", logs());
         status
@@ -1284,9 +1292,8 @@ spec:
     assert_eq!(data_tree(&app), before, "the restored tree matches the backed-up one");
     run("delete", "delete", &artifacts);
     // Restoring the deleted backup fails: it is gone from the repository.
-    kanister.apply(&format!(
-        "apiVersion: cr.kanister.io/v1alpha1\nkind: ActionSet\nmetadata: {{name: again}}\nspec:\n  actions:\n  - name: restore\n    blueprint: volume-blueprint\n    object: {{kind: Deployment, name: files, namespace: {a}}}\n    profile: {{name: s3-profile, namespace: {a}}}\n    artifacts: {artifacts}\n"
-    ));
+    let object = ("Deployment", "files", a.as_str());
+    kanister.apply(&actionset_yaml("again", "restore", "volume-blueprint", object, true, &artifacts.to_string()));
     let status = finished(&kanister, "again", logs, Duration::from_secs(120));
     assert_eq!(status["state"], "failed", "a restore of a deleted backup: {status:#}");
     let msg = status["error"]["message"].as_str().unwrap_or_default();

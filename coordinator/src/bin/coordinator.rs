@@ -482,70 +482,65 @@ async fn main() -> anyhow::Result<()> {
                     shutdown.cancel();
                 }
             });
-            let leadership = match lease {
-                None => None,
+            // None: stopped before it led, so nothing ran here.
+            let leading = match lease {
+                None => Some(None),
                 Some(config) => {
                     tracing::info!(lease = %config.name, namespace = %config.namespace, identity = %config.identity, "waiting for the leader lease");
-                    match kanister_coordinator::leader::acquire(client.clone(), config, shutdown.clone()).await {
-                        Some(l) => Some(l),
-                        None => {
-                            // Stopped before leading: nothing ran here.
-                            let _ = stop_tx.send(true);
-                            health.await.context("health server task failed")?.context("health server failed")?;
-                            if let Some(api) = api {
-                                api.await.context("API server task failed")??;
-                            }
-                            tracing::info!("coordinator stopped");
-                            return Ok(());
-                        }
-                    }
+                    kanister_coordinator::leader::acquire(client.clone(), config, shutdown.clone()).await.map(Some)
                 }
             };
-            let maintenance = (!maintenance_interval.is_zero()).then(|| {
-                let config = kanister_coordinator::engine::maintenance::MaintenanceConfig {
-                    interval: maintenance_interval,
-                    grace: maintenance_grace_period,
-                    namespaces: match &namespaces {
-                        Namespaces::All => Vec::new(),
-                        Namespaces::Only(_) if maintenance_namespaces.iter().any(|n| !n.is_empty()) => {
-                            maintenance_namespaces.iter().filter(|n| !n.is_empty()).cloned().collect()
-                        }
-                        Namespaces::Only(list) => list.clone(),
-                    },
-                };
-                let engine = engine.clone();
-                let stop = stopped();
-                tokio::spawn(async move { engine.run_maintenance(config, stop).await })
-            });
-            let lost = std::sync::Arc::new(AtomicBool::new(false));
-            let signal = {
-                let (shutdown, lost) = (shutdown.clone(), lost.clone());
-                let lost_lease = leadership.as_ref().map(|l| l.lost());
-                async move {
-                    match lost_lease {
-                        None => shutdown.cancelled().await,
-                        Some(token) => tokio::select! {
-                            _ = shutdown.cancelled() => {}
-                            _ = token.cancelled() => lost.store(true, Ordering::Relaxed),
-                        },
-                    }
+            match leading {
+                None => {
                     let _ = stop_tx.send(true);
                 }
-            };
-            controller::run(client, namespaces, engine.clone(), concurrency, signal).await;
-            // Runs still in progress are finished by the next coordinator's recovery.
-            engine.shutdown();
-            if lost.load(Ordering::Relaxed) {
-                anyhow::bail!(
-                    "lost the leader lease: stopped running ActionSets so that none runs twice; the next leader \
-                     fails the phases that were interrupted"
-                );
-            }
-            if let Some(l) = leadership {
-                l.release().await;
-            }
-            if let Some(m) = maintenance {
-                m.await.context("maintenance task failed")?;
+                Some(leadership) => {
+                    let maintenance = (!maintenance_interval.is_zero()).then(|| {
+                        let config = kanister_coordinator::engine::maintenance::MaintenanceConfig {
+                            interval: maintenance_interval,
+                            grace: maintenance_grace_period,
+                            namespaces: match &namespaces {
+                                Namespaces::All => Vec::new(),
+                                Namespaces::Only(_) if maintenance_namespaces.iter().any(|n| !n.is_empty()) => {
+                                    maintenance_namespaces.iter().filter(|n| !n.is_empty()).cloned().collect()
+                                }
+                                Namespaces::Only(list) => list.clone(),
+                            },
+                        };
+                        let engine = engine.clone();
+                        let stop = stopped();
+                        tokio::spawn(async move { engine.run_maintenance(config, stop).await })
+                    });
+                    let lost = leadership.as_ref().map(|l| l.lost());
+                    let signal = {
+                        let (shutdown, lost) = (shutdown.clone(), lost.clone());
+                        async move {
+                            match lost {
+                                None => shutdown.cancelled().await,
+                                Some(lost) => tokio::select! {
+                                    _ = shutdown.cancelled() => {}
+                                    _ = lost.cancelled() => {}
+                                },
+                            }
+                            let _ = stop_tx.send(true);
+                        }
+                    };
+                    controller::run(client, namespaces, engine.clone(), concurrency, signal).await;
+                    // Runs still in progress are finished by the next coordinator's recovery.
+                    engine.shutdown();
+                    if lost.is_some_and(|l| l.is_cancelled()) {
+                        anyhow::bail!(
+                            "lost the leader lease: stopped running ActionSets so that none runs twice; the next leader \
+                         fails the phases that were interrupted"
+                        );
+                    }
+                    if let Some(l) = leadership {
+                        l.release().await;
+                    }
+                    if let Some(m) = maintenance {
+                        m.await.context("maintenance task failed")?;
+                    }
+                }
             }
             health.await.context("health server task failed")?.context("health server failed")?;
             if let Some(api) = api {

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use futures::AsyncBufReadExt as _;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{
     Api, ApiResource, AttachParams, DeleteParams, DynamicObject, GroupVersionKind, ListParams, LogParams, Patch,
@@ -66,6 +67,66 @@ fn map_err(object: &ObjectRef, what: &str) -> impl FnOnce(kube::Error) -> Error 
         },
         other => Error::Transient { what, message: other.to_string() },
     }
+}
+
+/// Where a followed log stands, so that a resumed read sends each line once: the timestamp of
+/// the last line sent and how many lines sent carried it.
+#[derive(Debug, Default)]
+struct LogCursor {
+    last: Option<(Timestamp, usize)>,
+    /// Lines of the last timestamp the current read has still to skip.
+    skip: usize,
+    /// A line without a timestamp was sent: nothing after it can be resumed.
+    untimed: bool,
+}
+
+impl LogCursor {
+    /// Where a resumed read starts: the whole second of the last line (kube rounds sinceTime to
+    /// seconds), at or before it.
+    fn since(&self) -> Option<Timestamp> {
+        self.last.and_then(|(t, _)| Timestamp::from_second(t.as_second()).ok())
+    }
+
+    /// A new read starts from [`LogCursor::since`].
+    fn resume(&mut self) {
+        self.skip = self.last.map_or(0, |(_, n)| n);
+    }
+
+    /// Whether a line read with timestamp `at` is new (and counts it as sent).
+    fn admit(&mut self, at: Option<Timestamp>) -> bool {
+        match (at, self.last) {
+            (Some(at), Some((last, n))) => {
+                if at < last || (at == last && self.skip > 0) {
+                    self.skip = self.skip.saturating_sub(usize::from(at == last));
+                    return false;
+                }
+                self.last = Some((at, if at == last { n + 1 } else { 1 }));
+            }
+            (Some(at), None) => self.last = Some((at, 1)),
+            (None, _) => self.untimed = true,
+        }
+        true
+    }
+}
+
+/// How the container ended, if it did; init containers report in a list of their own.
+fn terminated<'a>(
+    status: &'a k8s_openapi::api::core::v1::PodStatus,
+    container: &str,
+) -> Option<&'a k8s_openapi::api::core::v1::ContainerStateTerminated> {
+    status
+        .init_container_statuses
+        .iter()
+        .chain(&status.container_statuses)
+        .flatten()
+        .find(|c| c.name == container)
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.terminated.as_ref())
+}
+
+/// Whether the pod ended (no container of it runs again).
+fn pod_ended(status: &k8s_openapi::api::core::v1::PodStatus) -> bool {
+    matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"))
 }
 
 /// (group, version, plural, namespaced) of the kinds the engine uses.
@@ -152,14 +213,7 @@ impl KubeCluster {
             Err(e) => return Err(e),
         };
         let status = pod.status.unwrap_or_default();
-        let terminated = status
-            .init_container_statuses
-            .iter()
-            .chain(&status.container_statuses)
-            .flatten()
-            .find(|c| c.name == container)
-            .is_some_and(|c| c.state.as_ref().is_some_and(|s| s.terminated.is_some()));
-        Ok(terminated || matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")))
+        Ok(terminated(&status, container).is_some() || pod_ended(&status))
     }
 
     fn actionsets(&self, namespace: &str) -> Api<ActionSet> {
@@ -438,25 +492,21 @@ impl Cluster for KubeCluster {
         container: &str,
         output: mpsc::Sender<Vec<u8>>,
     ) -> Result<()> {
-        use k8s_openapi::jiff::Timestamp;
         let object = ObjectRef::new("Pod", namespace, name);
         let what = format!("logs of {object}");
-        // The timestamp of the last line sent, and how many lines sent carried it.
-        let mut sent: Option<(Timestamp, usize)> = None;
-        let mut untimed = false;
+        let mut cursor = LogCursor::default();
         let mut follow = true;
         loop {
             let lp = LogParams {
                 follow,
                 container: Some(container.into()),
                 timestamps: true,
-                // Whole seconds (kube rounds): a resumed read starts at or before the last line.
-                since_time: sent.and_then(|(t, _)| Timestamp::from_second(t.as_second()).ok()),
+                since_time: cursor.since(),
                 ..Default::default()
             };
             let open = || async { self.pods(namespace).log_stream(name, &lp).await.map_err(map_err(&object, &what)) };
             let mut stream = std::pin::pin!(through_outage(&what, open).await?);
-            let mut skip = sent.map_or(0, |(_, n)| n);
+            cursor.resume();
             let mut buf = Vec::new();
             loop {
                 buf.clear();
@@ -477,16 +527,8 @@ impl Cluster for KubeCluster {
                     Some((Ok(at), rest)) => (Some(at), rest),
                     _ => (None, &*line),
                 };
-                if let (Some(at), Some((last, n))) = (at, sent) {
-                    if at < last || (at == last && skip > 0) {
-                        skip = skip.saturating_sub(usize::from(at == last));
-                        continue;
-                    }
-                    sent = Some((at, if at == last { n + 1 } else { 1 }));
-                } else if let Some(at) = at {
-                    sent = Some((at, 1));
-                } else {
-                    untimed = true;
+                if !cursor.admit(at) {
+                    continue;
                 }
                 let mut data = text.as_bytes().to_vec();
                 data.push(b'\n');
@@ -495,7 +537,7 @@ impl Cluster for KubeCluster {
                 }
             }
             // A line without a timestamp cannot be resumed after: the stream's end is the end.
-            if !follow || untimed {
+            if !follow || cursor.untimed {
                 return Ok(());
             }
             follow = !self.container_ended(&object, container).await?;
@@ -510,16 +552,7 @@ impl Cluster for KubeCluster {
         loop {
             let pod = self.get_pod(&object).await?;
             let status = pod.status.unwrap_or_default();
-            // Init containers report in a list of their own.
-            let terminated = status
-                .init_container_statuses
-                .iter()
-                .chain(&status.container_statuses)
-                .flatten()
-                .find(|c| c.name == container)
-                .and_then(|c| c.state.as_ref())
-                .and_then(|s| s.terminated.as_ref());
-            if let Some(t) = terminated {
+            if let Some(t) = terminated(&status, container) {
                 return Ok(ExitStatus {
                     code: Some(t.exit_code),
                     signal: t.signal.filter(|s| *s != 0),
@@ -528,8 +561,8 @@ impl Cluster for KubeCluster {
             }
             // A pod that ended before the container ran (its init container failed) never
             // terminates it: waiting longer would wait forever.
-            let phase = status.phase.unwrap_or_default();
-            if matches!(phase.as_str(), "Succeeded" | "Failed") {
+            if pod_ended(&status) {
+                let phase = status.phase.as_deref().unwrap_or_default();
                 return Ok(ExitStatus::never_started(&format!("the pod ended {phase} before it ran")));
             }
             tokio::time::sleep(self.poll).await;
@@ -706,5 +739,61 @@ impl Cluster for KubeCluster {
             .await
             .map_err(map_err(&object, &format!("write status of {object}")))?;
         Ok(written.metadata.resource_version.unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LogCursor, Timestamp};
+    use rand::{Rng, SeedableRng};
+
+    /// Random logs (runs of lines sharing a timestamp, within a second and across seconds) read
+    /// through streams cut after random lines and resumed as the API server serves them (every
+    /// line from the whole second of sinceTime on): each line arrives once, in order.
+    #[test]
+    fn resumed_log_reads_send_every_line_once() {
+        let seed: u64 =
+            std::env::var("KANISTER_LOG_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+        eprintln!("seed {seed} (replay with KANISTER_LOG_SEED={seed})");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        for round in 0..500 {
+            let mut t: i128 = 1_700_000_000_000_000_000;
+            let lines: Vec<(Timestamp, String)> = (0..rng.gen_range(1..60))
+                .map(|i| {
+                    if rng.gen_bool(0.6) {
+                        t += rng.gen_range(1..800_000_000);
+                    }
+                    (Timestamp::from_nanosecond(t).expect("in range"), format!("line {i}"))
+                })
+                .collect();
+            let mut cursor = LogCursor::default();
+            let mut got = Vec::new();
+            let mut reads = 0;
+            loop {
+                reads += 1;
+                cursor.resume();
+                let start =
+                    cursor.since().map_or(0, |s| lines.iter().position(|(at, _)| *at >= s).unwrap_or(lines.len()));
+                let cut = rng.gen_range(start..=lines.len());
+                for (at, text) in &lines[start..cut] {
+                    if cursor.admit(Some(*at)) {
+                        got.push(text.clone());
+                    }
+                }
+                if cut == lines.len() {
+                    break;
+                }
+            }
+            let want: Vec<String> = lines.iter().map(|(_, l)| l.clone()).collect();
+            assert_eq!(got, want, "round {round}, {reads} reads (seed {seed})");
+        }
+    }
+
+    /// A line without a timestamp stops resumption: what follows it cannot be placed.
+    #[test]
+    fn an_untimed_line_ends_resumption() {
+        let mut cursor = LogCursor::default();
+        assert!(cursor.admit(None));
+        assert!(cursor.untimed);
     }
 }

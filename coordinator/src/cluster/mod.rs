@@ -71,8 +71,9 @@ impl Error {
 /// the control plane) before it fails.
 pub const OUTAGE: Duration = Duration::from_secs(120);
 
-/// Runs `call` again after transient errors (backoff from 0.25 s, doubling to 5 s) for up to
-/// [`OUTAGE`] in all; other errors, and the last transient one, are returned.
+/// Runs `call` again after retryable errors ([`Error::is_retryable`]; backoff from 0.25 s,
+/// doubling to 5 s) for up to [`OUTAGE`] in all; other errors, and the last retryable one, are
+/// returned.
 pub async fn through_outage<T, Fut>(what: &str, call: impl FnMut() -> Fut) -> Result<T>
 where
     Fut: Future<Output = Result<T>>,
@@ -84,7 +85,7 @@ where
         .with_total_delay(Some(OUTAGE))
         .without_max_times();
     call.retry(backoff)
-        .when(|e| matches!(e, Error::Transient { .. }))
+        .when(Error::is_retryable)
         .notify(|e, after| tracing::debug!(what, error = %e, ?after, "the API server did not answer; retrying"))
         .await
 }

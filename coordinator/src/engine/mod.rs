@@ -629,8 +629,8 @@ impl<C: Cluster> Run<C> {
     }
 
     /// Applies `f` to the status and writes it. A deleted ActionSet cancels the run; other
-    /// write failures are retried a few times with backoff (the API server restarting), then
-    /// logged: the next write carries the change too, and a run whose last write never landed
+    /// write failures are retried through an API server outage ([`cluster::through_outage`]),
+    /// then logged: the next write carries the change too, and a run whose last write never landed
     /// is found `running` by the next reconcile, which fails the interrupted phase rather than
     /// report it complete.
     async fn update(&self, f: impl FnOnce(&mut ActionSetStatus)) {
@@ -643,30 +643,14 @@ impl<C: Cluster> Run<C> {
             progress.percent_completed = percent;
         }
         progress.last_transition_time = Some(now());
-        let mut wait = Duration::from_millis(250);
-        let deadline = tokio::time::Instant::now() + cluster::OUTAGE;
-        for attempt in 1.. {
-            match write_status(&**self.cluster(), self.namespace(), self.name(), rv, status).await {
-                Ok(new_rv) => {
-                    *rv = new_rv;
-                    return;
-                }
-                Err(cluster::Error::NotFound(_)) => {
-                    self.stop_deleted();
-                    return;
-                }
-                // Through an API server outage (a restart): the last write of a run must land,
-                // or a finished backup would read `running` until the next coordinator fails it.
-                Err(e) if e.is_retryable() && tokio::time::Instant::now() + wait < deadline => {
-                    tracing::debug!(error = %e, attempt, "status write failed; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, attempts = attempt, "failed to write actionset status");
-                    return;
-                }
-            }
+        // The last write of a run must land, or a finished backup would read `running` until
+        // the next coordinator fails it.
+        let current: &str = rv;
+        let write = || write_status(&**self.cluster(), self.namespace(), self.name(), current, status);
+        match cluster::through_outage("write actionset status", write).await {
+            Ok(new_rv) => *rv = new_rv,
+            Err(cluster::Error::NotFound(_)) => self.stop_deleted(),
+            Err(e) => tracing::warn!(error = %e, "failed to write actionset status"),
         }
     }
 
