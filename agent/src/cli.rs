@@ -109,6 +109,10 @@ enum Command {
     Cat(CatArgs),
     /// Show paths added, removed and changed between two directory snapshots
     Diff(DiffArgs),
+    /// Run one piece of repository work for the coordinator (in its task pods): the request is
+    /// read from KANISTER_TASK, the answer printed as the phase output `taskResult`
+    #[command(hide = true)]
+    Task,
 }
 
 #[derive(Debug, Args)]
@@ -768,6 +772,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if !check.ok {
                 return Ok(ExitCode::from(EXIT_DAMAGED));
             }
+        }
+        Command::Task => {
+            let text = std::env::var(crate::task::REQUEST_ENV).map_err(|_| {
+                Error::io(
+                    format!(
+                        "{} is not set: `kanister-agent task` runs in the coordinator's task pods",
+                        crate::task::REQUEST_ENV
+                    ),
+                    std::io::ErrorKind::InvalidInput.into(),
+                )
+            })?;
+            let request = crate::task::decode_request(&text)?;
+            let result = crate::task::run(store(g)?, &repo_key(g)?, request).await?;
+            println!("{}", crate::task::result_line(&result)?);
         }
         Command::Check(a) => {
             let repo = open(g).await?;

@@ -132,21 +132,7 @@ impl Error {
     }
 }
 
-/// An error and its causes on one line, `a: b: c`, leaving out a cause whose text the line
-/// already holds (many errors repeat their source in their own message).
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(c) = source {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        source = c.source();
-    }
-    s
-}
+pub use kanister_profile::error_chain;
 
 #[cfg(test)]
 mod tests {

@@ -30,21 +30,12 @@
 //! }}`) still get it, and `KubeExec` (whose pod's environment cannot be changed) renders the
 //! values as upstream.
 
-use std::collections::BTreeMap;
-
-use base64::Engine;
 use clap::{Args, Parser, Subcommand};
-use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::store::{Store, StoreError, StoreOptions};
 
-/// The environment variable holding a Profile's `Credential` (upstream's JSON, with the secret
-/// values) for a `--profile` that references it (`"Credential": {"FromEnv": ...}`).
-pub const CREDENTIAL_ENV: &str = "KANISTER_PROFILE_CREDENTIAL";
-
-/// Tag that addresses a kando push.
-pub const PATH_TAG: &str = "kando.path";
+pub use kanister_profile::{CREDENTIAL_ENV, GoProfile, KANDO_PATH_TAG as PATH_TAG};
 /// Prefix of the phase-output protocol line.
 pub const OUTPUT_MARKER: &str = "###Phase-output###:";
 
@@ -98,233 +89,19 @@ struct LocationArgs {
     file: String,
 }
 
-/// `{{ toJson .Profile }}` as upstream renders it.
-#[derive(Debug, Deserialize)]
-pub struct GoProfile {
-    /// Where.
-    #[serde(rename = "Location")]
-    pub location: GoLocation,
-    /// With which credentials.
-    #[serde(rename = "Credential", default)]
-    pub credential: Option<GoCredential>,
-    /// Accept any TLS certificate.
-    #[serde(rename = "SkipSSLVerify", default)]
-    pub skip_ssl_verify: bool,
-    /// Our addition: the Profile's `storeOptions` (how the store client waits and retries;
-    /// only [`crate::store::NETWORK_OPTION_KEYS`]).
-    #[serde(rename = "StoreOptions", default)]
-    pub store_options: std::collections::BTreeMap<String, String>,
+fn bad_profile(e: kanister_profile::ProfileError) -> Error {
+    Error::Store(StoreError::BadUrl { url: "--profile".into(), reason: e.0 })
 }
 
-/// `Location`: Go JSON tags, lower case.
-#[derive(Debug, Deserialize)]
-pub struct GoLocation {
-    /// `s3Compliant`, `gcs`, `azure` or `local`.
-    #[serde(rename = "type")]
-    pub location_type: String,
-    /// Bucket (S3, GCS) or container (Azure).
-    #[serde(default)]
-    pub bucket: String,
-    /// Endpoint URL.
-    #[serde(default)]
-    pub endpoint: String,
-    /// Prefix inside the bucket.
-    #[serde(default)]
-    pub prefix: String,
-    /// Region.
-    #[serde(default)]
-    pub region: String,
-    /// Directory (local).
-    #[serde(default)]
-    pub path: Option<String>,
+/// Parses `--profile`, resolving a credential reference from the process's environment.
+pub fn parse_profile(json: &str) -> Result<GoProfile> {
+    GoProfile::parse(json).map_err(bad_profile)
 }
 
-/// `Credential`: Go field names.
-#[derive(Debug, Deserialize)]
-pub struct GoCredential {
-    /// `keyPair` or `secret`.
-    #[serde(rename = "Type", default)]
-    pub credential_type: String,
-    /// Id and secret.
-    #[serde(rename = "KeyPair", default)]
-    pub key_pair: Option<GoKeyPair>,
-    /// A Kubernetes Secret.
-    #[serde(rename = "Secret", default)]
-    pub secret: Option<GoSecret>,
-    /// Ours: the environment variable holding the whole credential (with its secret values),
-    /// which then replaces this one ([`GoProfile::parse_with`]).
-    #[serde(rename = "FromEnv", default)]
-    pub from_env: Option<String>,
-}
-
-/// `KeyPair`.
-#[derive(Deserialize)]
-pub struct GoKeyPair {
-    /// Access key id / account name / project.
-    #[serde(rename = "ID", default)]
-    pub id: String,
-    /// The secret.
-    #[serde(rename = "Secret", default)]
-    pub secret: String,
-}
-
-impl std::fmt::Debug for GoKeyPair {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GoKeyPair").field("id", &self.id).field("secret", &"<redacted>").finish()
-    }
-}
-
-/// A Kubernetes Secret as JSON (`data` values base64).
-#[derive(Deserialize)]
-pub struct GoSecret {
-    /// Its data.
-    #[serde(default)]
-    pub data: BTreeMap<String, String>,
-}
-
-impl std::fmt::Debug for GoSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GoSecret").field("keys", &self.data.keys().collect::<Vec<_>>()).finish()
-    }
-}
-
-fn bad_profile(reason: impl Into<String>) -> Error {
-    Error::Store(StoreError::BadUrl { url: "--profile".into(), reason: reason.into() })
-}
-
-impl GoProfile {
-    /// Parses `--profile`, resolving a credential reference from the process's environment.
-    pub fn parse(json: &str) -> Result<Self> {
-        Self::parse_with(json, |name| std::env::var(name).ok())
-    }
-
-    /// Parses `--profile`; a credential given by reference (`"FromEnv": VAR`) is replaced by
-    /// the credential JSON `env(VAR)` returns.
-    pub fn parse_with(json: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let mut profile: GoProfile = serde_json::from_str(json)
-            .map_err(|e| bad_profile(format!("not a Profile as `{{{{ toJson .Profile }}}}` renders it: {e}")))?;
-        let reference = profile.credential.as_ref().and_then(|c| c.from_env.clone()).filter(|v| !v.is_empty());
-        if let Some(var) = reference {
-            let text = env(&var).filter(|t| !t.is_empty()).ok_or_else(|| {
-                bad_profile(format!(
-                    "its credential is a reference to the environment variable {var}, which is not set: the \
-                     coordinator sets it in the task pods it creates (KubeTask, PrepareData, MultiContainerRun) \
-                     from a Secret; elsewhere render the Profile with its values"
-                ))
-            })?;
-            let credential: GoCredential = serde_json::from_str(&text).map_err(|e| {
-                bad_profile(format!("the environment variable {var} does not hold a Profile credential as JSON: {e}"))
-            })?;
-            profile.credential = Some(GoCredential { from_env: None, ..credential });
-        }
-        Ok(profile)
-    }
-
-    fn secret_value(&self, keys: &[&str]) -> Option<String> {
-        let s = self.credential.as_ref()?.secret.as_ref()?;
-        keys.iter().find_map(|k| {
-            let v = s.data.get(*k)?;
-            let bytes = base64::engine::general_purpose::STANDARD.decode(v).ok()?;
-            String::from_utf8(bytes).ok()
-        })
-    }
-
-    fn key_pair(&self) -> Option<&GoKeyPair> {
-        self.credential.as_ref()?.key_pair.as_ref()
-    }
-
-    /// The store this profile names, with its credentials as store settings (never in the URL).
-    pub fn store(&self) -> Result<Store> {
-        let (url, options) = self.store_settings()?;
-        Ok(Store::open(&url, &StoreOptions { options, credentials_file: None })?)
-    }
-
-    /// The store URL and settings this Profile names: the one mapping from a Profile to a store,
-    /// which the coordinator also uses for the repository references it sends the agents.
-    /// Settings hold the credentials: secret.
-    pub fn store_settings(&self) -> Result<(String, Vec<(String, String)>)> {
-        let l = &self.location;
-        let prefix = l.prefix.trim_matches('/');
-        let mut opts: Vec<(String, String)> = Vec::new();
-        let endpoint = if l.endpoint.is_empty() || l.endpoint.contains("://") {
-            l.endpoint.clone()
-        } else {
-            format!("https://{}", l.endpoint)
-        };
-        let url = match l.location_type.as_str() {
-            "s3Compliant" | "s3" => {
-                if !endpoint.is_empty() {
-                    opts.push(("endpoint".into(), endpoint));
-                }
-                opts.push(("region".into(), if l.region.is_empty() { "us-east-1".into() } else { l.region.clone() }));
-                let (id, secret) = match self.key_pair() {
-                    Some(kp) => (Some(kp.id.clone()), Some(kp.secret.clone())),
-                    None => (
-                        self.secret_value(&["aws_access_key_id", "access_key_id"]),
-                        self.secret_value(&["aws_secret_access_key", "secret_access_key"]),
-                    ),
-                };
-                if let (Some(id), Some(secret)) = (id, secret) {
-                    opts.push(("aws_access_key_id".into(), id));
-                    opts.push(("aws_secret_access_key".into(), secret));
-                }
-                format!("s3://{}/{prefix}", l.bucket)
-            }
-            "gcs" => {
-                if !endpoint.is_empty() {
-                    opts.push(("base_url".into(), endpoint));
-                }
-                let key = self
-                    .key_pair()
-                    .map(|kp| kp.secret.clone())
-                    .or_else(|| self.secret_value(&["service-account.json"]));
-                if let Some(k) = key.filter(|k| !k.is_empty()) {
-                    opts.push(("google_service_account_key".into(), k));
-                }
-                format!("gs://{}/{prefix}", l.bucket)
-            }
-            "azure" => {
-                let (account, key) = match self.key_pair() {
-                    Some(kp) => (Some(kp.id.clone()), Some(kp.secret.clone())),
-                    None => (
-                        self.secret_value(&["azure_storage_account_id", "azure_storage_account_name"]),
-                        self.secret_value(&["azure_storage_key", "azure_storage_account_key"]),
-                    ),
-                };
-                if let Some(a) = account {
-                    opts.push(("azure_storage_account_name".into(), a));
-                }
-                if let Some(k) = key {
-                    opts.push(("azure_storage_account_key".into(), k));
-                }
-                if !endpoint.is_empty() {
-                    opts.push(("azure_storage_endpoint".into(), endpoint));
-                }
-                format!("az://{}/{prefix}", l.bucket)
-            }
-            "local" => {
-                let dir = l
-                    .path
-                    .clone()
-                    .filter(|p| !p.is_empty())
-                    .ok_or_else(|| bad_profile("a local location needs a path"))?;
-                format!("file://{}/{prefix}", dir.trim_end_matches('/'))
-            }
-            other => {
-                return Err(bad_profile(format!(
-                    "location type {other:?} is not supported: use s3Compliant, gcs, azure or local"
-                )));
-            }
-        };
-        if self.skip_ssl_verify {
-            opts.push(("allow_invalid_certificates".into(), "true".into()));
-        }
-        for (k, v) in &self.store_options {
-            crate::store::check_network_option(k, v).map_err(|e| bad_profile(format!("StoreOptions {e}")))?;
-            opts.push((k.clone(), v.clone()));
-        }
-        Ok((url, opts))
-    }
+/// The store `profile` names, with its credentials as store settings (never in the URL).
+pub fn profile_store(profile: &GoProfile) -> Result<Store> {
+    let (url, options) = profile.store_settings().map_err(bad_profile)?;
+    Ok(Store::open(&url, &StoreOptions { options, credentials_file: None })?)
 }
 
 /// Validates an output key as upstream does (`^[a-zA-Z0-9_]*$`).
@@ -385,9 +162,9 @@ pub async fn run(args: Vec<std::ffi::OsString>) -> Result<()> {
                 LocationCommand::Pull(a) => (a, "pull"),
                 LocationCommand::Delete(a) => (a, "delete"),
             };
-            let profile = GoProfile::parse(&a.profile)?;
+            let profile = parse_profile(&a.profile)?;
             let key = kando_key()?;
-            let repo = crate::repository::Repository::at(profile.store()?).open_or_init(&key).await?;
+            let repo = crate::repository::Repository::at(profile_store(&profile)?).open_or_init(&key).await?;
             let progress = crate::progress::Progress::new();
             match verb {
                 "push" => {
@@ -462,53 +239,14 @@ mod tests {
     #[test]
     fn upstream_profile_json_maps_to_stores() {
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let store = |json: &str| parse_profile(json).and_then(|p| profile_store(&p)).map(|s| s.to_string());
         let s3 = r#"{"Location":{"type":"s3Compliant","bucket":"b","endpoint":"http://minio:9000","prefix":"p","region":""},
             "Credential":{"Type":"keyPair","KeyPair":{"ID":"AK","Secret":"SK"},"Secret":null,"KopiaServerSecret":null},"SkipSSLVerify":false}"#;
-        let p = GoProfile::parse(s3).unwrap();
-        assert_eq!(p.store().unwrap().to_string(), "s3://b/p");
-        assert!(!format!("{p:?}").contains("SK"), "secrets must not print");
+        assert_eq!(store(s3).unwrap(), "s3://b/p");
         let local = r#"{"Location":{"type":"local","bucket":"","endpoint":"","prefix":"x","region":"","path":"/backups"},"Credential":null,"SkipSSLVerify":false}"#;
-        assert_eq!(GoProfile::parse(local).unwrap().store().unwrap().to_string(), "file:///backups/x");
-        let err = GoProfile::parse(r#"{"Location":{"type":"kopia"}}"#).unwrap().store().unwrap_err().to_string();
-        assert!(err.contains("not supported"), "{err}");
-        assert!(GoProfile::parse("{}").is_err());
-
-        // Our StoreOptions: the network settings reach the store; anything else is refused.
-        let with = |opts: &str| {
-            let json = local
-                .replace(r#""SkipSSLVerify":false}"#, &format!(r#""SkipSSLVerify":false,"StoreOptions":{opts}}}"#));
-            GoProfile::parse(&json).unwrap().store().map(|s| s.to_string()).map_err(|e| e.to_string())
-        };
-        assert_eq!(with(r#"{"retry_timeout":"2m","max_retries":"1"}"#).unwrap(), "file:///backups/x");
-        let e = with(r#"{"retry_timeout":"soon"}"#).unwrap_err();
-        assert!(e.contains("retry_timeout"), "{e}");
-        let e = with(r#"{"aws_secret_access_key":"hunter2"}"#).unwrap_err();
-        assert!(e.contains("takes only connect_timeout") && !e.contains("hunter2"), "{e}");
-    }
-
-    #[test]
-    fn credentials_by_reference_come_from_the_environment() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let referenced = r#"{"Location":{"type":"s3Compliant","bucket":"b","endpoint":"http://minio:9000","prefix":"p","region":""},
-            "Credential":{"Type":"keyPair","KeyPair":{"ID":"AK","Secret":""},"Secret":null,"KopiaServerSecret":null,
-            "FromEnv":"KANISTER_PROFILE_CREDENTIAL"},"SkipSSLVerify":false}"#;
-        let value =
-            r#"{"Type":"keyPair","KeyPair":{"ID":"AK","Secret":"SK-from-env"},"Secret":null,"KopiaServerSecret":null}"#;
-        let env = |name: &str| (name == CREDENTIAL_ENV).then(|| value.to_string());
-        let p = GoProfile::parse_with(referenced, env).unwrap();
-        assert_eq!(p.key_pair().map(|kp| kp.secret.as_str()), Some("SK-from-env"));
-        assert!(p.credential.as_ref().unwrap().from_env.is_none());
-        assert_eq!(p.store().unwrap().to_string(), "s3://b/p");
-        // Unset, or set to something else: clear errors naming the variable.
-        let err = GoProfile::parse_with(referenced, |_| None).unwrap_err().to_string();
-        assert!(err.contains(CREDENTIAL_ENV) && err.contains("not set"), "{err}");
-        let err = GoProfile::parse_with(referenced, |_| Some("nope".into())).unwrap_err().to_string();
-        assert!(err.contains(CREDENTIAL_ENV), "{err}");
-        // Secret credentials by reference too: the data comes from the variable.
-        let secret = r#"{"Location":{"type":"s3Compliant","bucket":"b","prefix":"p"},
-            "Credential":{"Type":"secret","KeyPair":null,"Secret":{"metadata":{"name":"s"}},"FromEnv":"V"}}"#;
-        let full = r#"{"Type":"secret","Secret":{"metadata":{"name":"s"},"data":{"aws_access_key_id":"QUs=","aws_secret_access_key":"U0s="}}}"#;
-        let p = GoProfile::parse_with(secret, |n| (n == "V").then(|| full.to_string())).unwrap();
-        assert_eq!(p.secret_value(&["aws_secret_access_key"]).as_deref(), Some("SK"));
+        assert_eq!(store(local).unwrap(), "file:///backups/x");
+        let err = store(r#"{"Location":{"type":"kopia"}}"#).unwrap_err().to_string();
+        assert!(err.contains("not supported") && err.contains("--profile"), "{err}");
+        assert!(parse_profile("{}").is_err());
     }
 }

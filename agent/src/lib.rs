@@ -31,6 +31,7 @@ pub mod repair;
 pub mod repository;
 pub mod service;
 pub mod store;
+pub mod task;
 pub mod tree;
 
 pub use error::{Error, Result};

@@ -1,10 +1,11 @@
 //! The catalogue of Kanister functions a Blueprint phase may call, with their arguments.
 //!
 //! Names and argument names are upstream Kanister's, so upstream Blueprints validate unchanged.
-//! This is the static contract used by [`crate::validate`]; running the functions belongs to the
-//! phase engine.
+//! Declared once: [`crate::validate`] checks phases against it, the engine runs a function through
+//! its [`Runner`] and reads its flags, `kanctl` validates with it.
 
-/// Name and arguments of one Kanister function.
+/// Name, arguments and runner of one Kanister function: declared once, read by the validator,
+/// the engine and `kanctl`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FunctionSpec {
     /// The name used in a phase's `func`.
@@ -13,6 +14,41 @@ pub struct FunctionSpec {
     pub required: &'static [&'static str],
     /// Arguments that may be present.
     pub optional: &'static [&'static str],
+    /// What runs it; `None`: upstream's, validated but not served by this coordinator.
+    pub runner: Option<Runner>,
+    /// Whether its arguments stay unrendered (it renders them itself, as it polls).
+    pub renders_own_arguments: bool,
+    /// Whether it runs its commands in a pod the coordinator creates, whose environment the
+    /// coordinator controls (its arguments get the Profile's credential by reference).
+    pub task_pod: bool,
+}
+
+/// The engine's implementation of a function (one per served function; the engine's match on
+/// it is exhaustive, so a function declared served is run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Runner {
+    BackupData,
+    BackupDataAll,
+    BackupDataStats,
+    BackupStream,
+    CheckRepository,
+    CopyVolumeData,
+    DeleteData,
+    DeleteDataAll,
+    KubeExec,
+    KubeExecAll,
+    KubeOps,
+    KubeTask,
+    LocationDelete,
+    MultiContainerRun,
+    PrepareData,
+    RestoreData,
+    RestoreDataAll,
+    RestoreStream,
+    ScaleWorkload,
+    Wait,
+    WaitV2,
 }
 
 impl FunctionSpec {
@@ -29,7 +65,21 @@ impl FunctionSpec {
 
 macro_rules! f {
     ($name:literal, [$($req:literal),*], [$($opt:literal),*]) => {
-        FunctionSpec { name: $name, required: &[$($req),*], optional: &[$($opt),*] }
+        FunctionSpec {
+            name: $name,
+            required: &[$($req),*],
+            optional: &[$($opt),*],
+            runner: None,
+            renders_own_arguments: false,
+            task_pod: false,
+        }
+    };
+    ($name:literal, [$($req:literal),*], [$($opt:literal),*], $runner:ident $(, $flag:ident)*) => {
+        FunctionSpec {
+            runner: Some(Runner::$runner),
+            $($flag: true,)*
+            ..f!($name, [$($req),*], [$($opt),*])
+        }
     };
 }
 
@@ -40,31 +90,37 @@ pub const FUNCTIONS: &[FunctionSpec] = &[
     f!(
         "BackupData",
         ["namespace", "pod", "container", "includePath", "backupArtifactPrefix"],
-        ["encryptionKey", "insecureTLS"]
+        ["encryptionKey", "insecureTLS"],
+        BackupData
     ),
     f!(
         "BackupDataAll",
         ["namespace", "container", "includePath", "backupArtifactPrefix"],
-        ["pods", "encryptionKey", "insecureTLS"]
+        ["pods", "encryptionKey", "insecureTLS"],
+        BackupDataAll
     ),
     f!(
         "BackupDataStats",
         ["namespace", "backupArtifactPrefix", "backupID"],
-        ["image", "statsMode", "encryptionKey", "podOverride", "podAnnotations", "podLabels"]
+        ["image", "statsMode", "encryptionKey", "podOverride", "podAnnotations", "podLabels"],
+        BackupDataStats
     ),
     // Ours: the pod's agent sidecar runs `command` (with `env` added to its environment: the
     // place for passwords) and backs up its stdout. Outputs `backupID`, `size` (bytes read),
     // `phySize` (bytes uploaded).
-    f!("BackupStream", ["namespace", "pod", "command"], ["container", "tags", "env"]),
+    f!("BackupStream", ["namespace", "pod", "command"], ["container", "tags", "env"], BackupStream),
     f!(
         "CheckRepository",
         ["backupArtifactPrefix"],
-        ["image", "encryptionKey", "insecureTLS", "podOverride", "podAnnotations", "podLabels"]
+        ["image", "encryptionKey", "insecureTLS", "podOverride", "podAnnotations", "podLabels"],
+        CheckRepository
     ),
     f!(
         "CopyVolumeData",
         ["namespace", "volume", "dataArtifactPrefix"],
-        ["image", "encryptionKey", "mountPath", "insecureTLS", "podOverride", "podAnnotations", "podLabels"]
+        ["image", "encryptionKey", "mountPath", "insecureTLS", "podOverride", "podAnnotations", "podLabels"],
+        CopyVolumeData,
+        task_pod
     ),
     f!("CreateCSISnapshot", ["pvc", "namespace", "snapshotClass"], ["name", "labels"]),
     f!("CreateCSISnapshotStatic", ["name", "namespace", "driver", "snapshotHandle", "snapshotClass"], []),
@@ -87,12 +143,14 @@ pub const FUNCTIONS: &[FunctionSpec] = &[
             "podOverride",
             "podAnnotations",
             "podLabels"
-        ]
+        ],
+        DeleteData
     ),
     f!(
         "DeleteDataAll",
         ["namespace", "backupArtifactPrefix", "backupInfo"],
-        ["image", "encryptionKey", "reclaimSpace", "insecureTLS", "podOverride", "podAnnotations", "podLabels"]
+        ["image", "encryptionKey", "reclaimSpace", "insecureTLS", "podOverride", "podAnnotations", "podLabels"],
+        DeleteDataAll
     ),
     f!("DeleteRDSSnapshot", ["snapshotID"], ["dbEngine", "credentialsSource", "credentialsSecret", "region"]),
     f!(
@@ -112,11 +170,17 @@ pub const FUNCTIONS: &[FunctionSpec] = &[
             "region"
         ]
     ),
-    f!("KubeExec", ["namespace", "pod", "command"], ["container"]),
-    f!("KubeExecAll", ["namespace", "pods", "containers", "command"], []),
-    f!("KubeOps", ["operation"], ["spec", "namespace", "objectReference"]),
-    f!("KubeTask", ["image", "command"], ["namespace", "podOverride", "podAnnotations", "podLabels"]),
-    f!("LocationDelete", ["artifact"], []),
+    f!("KubeExec", ["namespace", "pod", "command"], ["container"], KubeExec),
+    f!("KubeExecAll", ["namespace", "pods", "containers", "command"], [], KubeExecAll),
+    f!("KubeOps", ["operation"], ["spec", "namespace", "objectReference"], KubeOps),
+    f!(
+        "KubeTask",
+        ["image", "command"],
+        ["namespace", "podOverride", "podAnnotations", "podLabels"],
+        KubeTask,
+        task_pod
+    ),
+    f!("LocationDelete", ["artifact"], [], LocationDelete),
     f!(
         "MultiContainerRun",
         ["backgroundImage", "backgroundCommand", "outputImage", "outputCommand"],
@@ -130,12 +194,16 @@ pub const FUNCTIONS: &[FunctionSpec] = &[
             "podOverride",
             "podLabels",
             "podAnnotations"
-        ]
+        ],
+        MultiContainerRun,
+        task_pod
     ),
     f!(
         "PrepareData",
         ["namespace", "image", "command"],
-        ["volumes", "serviceaccount", "podOverride", "podAnnotations", "podLabels", "failOnError"]
+        ["volumes", "serviceaccount", "podOverride", "podAnnotations", "podLabels", "failOnError"],
+        PrepareData,
+        task_pod
     ),
     f!(
         "RestoreCSISnapshot",
@@ -160,12 +228,14 @@ pub const FUNCTIONS: &[FunctionSpec] = &[
             "insecureTLS",
             "podAnnotations",
             "podLabels"
-        ]
+        ],
+        RestoreData
     ),
     f!(
         "RestoreDataAll",
         ["namespace", "image", "backupArtifactPrefix", "backupInfo"],
-        ["restorePath", "encryptionKey", "pods", "podOverride", "insecureTLS", "podAnnotations", "podLabels"]
+        ["restorePath", "encryptionKey", "pods", "podOverride", "insecureTLS", "podAnnotations", "podLabels"],
+        RestoreDataAll
     ),
     f!(
         "RestoreRDSSnapshot",
@@ -189,10 +259,10 @@ pub const FUNCTIONS: &[FunctionSpec] = &[
     ),
     // Ours: the pod's agent sidecar feeds snapshot `backupID` to `command`'s stdin (`env` as
     // for BackupStream).
-    f!("RestoreStream", ["namespace", "pod", "command", "backupID"], ["container", "env"]),
-    f!("ScaleWorkload", ["replicas"], ["namespace", "name", "kind", "waitForReady"]),
-    f!("Wait", ["timeout", "conditions"], []),
-    f!("WaitV2", ["timeout", "conditions"], []),
+    f!("RestoreStream", ["namespace", "pod", "command", "backupID"], ["container", "env"], RestoreStream),
+    f!("ScaleWorkload", ["replicas"], ["namespace", "name", "kind", "waitForReady"], ScaleWorkload),
+    f!("Wait", ["timeout", "conditions"], [], Wait, renders_own_arguments),
+    f!("WaitV2", ["timeout", "conditions"], [], WaitV2, renders_own_arguments),
 ];
 
 /// Looks a function up by its exact (case-sensitive) name.
@@ -216,6 +286,20 @@ mod tests {
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(names, sorted);
+    }
+
+    #[test]
+    fn served_functions_run_under_their_own_name() {
+        for f in FUNCTIONS {
+            if let Some(r) = f.runner {
+                assert_eq!(format!("{r:?}"), f.name, "one runner per function");
+            }
+            assert!(!(f.task_pod && f.renders_own_arguments), "{}", f.name);
+        }
+        let served = FUNCTIONS.iter().filter(|f| f.runner.is_some()).count();
+        assert_eq!(served, 21, "a function was declared served or unserved");
+        assert!(lookup("KubeTask").unwrap().task_pod && lookup("WaitV2").unwrap().renders_own_arguments);
+        assert_eq!(lookup("CreateCSISnapshot").unwrap().runner, None);
     }
 
     #[test]

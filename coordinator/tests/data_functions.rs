@@ -181,7 +181,7 @@ fn world(agent: &Agent) -> (Arc<LocalCluster>, Engine<LocalCluster>) {
 
 /// A local cluster whose pods `app/<name>` have the given agents as sidecars.
 fn world_of(agents: &[(&str, &Agent)]) -> (Arc<LocalCluster>, Engine<LocalCluster>) {
-    let mut c = LocalCluster::new();
+    let mut c = LocalCluster::new().with_env("PATH", support::tools_env_path());
     for (pod, agent) in agents {
         c = c.with_agent("app", pod, agent.endpoint.clone());
     }

@@ -98,7 +98,11 @@ struct World {
 /// (YAML), the example blueprint `file` as shipped, and `agent` as the sidecar of
 /// `namespace/pod`.
 fn world(agent: &Agent, namespace: &str, pod: &str, objects: &str, file: &str) -> World {
-    let c = LocalCluster::new().with_agent(namespace, pod, agent.endpoint.clone());
+    let c = LocalCluster::new().with_env("PATH", support::tools_env_path()).with_agent(
+        namespace,
+        pod,
+        agent.endpoint.clone(),
+    );
     let prefix = unique_name("ex", "repo");
     let profile = s3_profile_yaml("kanister", PROFILE, "s3-credentials", &prefix);
     c.load_yaml(&profile, "profile").unwrap();

@@ -81,7 +81,7 @@ async fn every_state_of_a_profiles_location_has_one_clear_answer() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let prefix = unique_name("kanctl-snapshots", "repo");
     let (bucket, s3_secret) = (infra_var("KANISTER_TEST_S3_BUCKET"), infra_var("KANISTER_TEST_S3_SECRET_KEY"));
-    let cluster = Arc::new(LocalCluster::new());
+    let cluster = Arc::new(LocalCluster::new().with_env("PATH", support::tools_env_path()));
     // The Profile and its credentials, and a Profile whose credential Secret does not exist.
     let world = format!(
         r#"{profile}---

@@ -71,7 +71,11 @@ actions:
 "#;
 
 fn world(agent: &Agent) -> (Arc<LocalCluster>, Engine<LocalCluster>) {
-    let c = LocalCluster::new().with_agent("mysql-test", "mysql-0", agent.endpoint.clone());
+    let c = LocalCluster::new().with_env("PATH", support::tools_env_path()).with_agent(
+        "mysql-test",
+        "mysql-0",
+        agent.endpoint.clone(),
+    );
     let objects = format!(
         r#"{profile}---
 apiVersion: v1

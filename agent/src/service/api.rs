@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 use super::command::{self, Pipes};
 use super::error::{Error, Result};
 use super::ops::{EventStream, Job, Operation, Registry};
-use crate::repository::{RepoKey, Repository, has_tags};
+use crate::repository::{RepoKey, Repository};
 use crate::store::Store;
 
 /// What a request may leave out: the store and key the agent was started with (mounted files).
@@ -394,41 +394,14 @@ async fn prune(
     let repo = target.open(&op).await?;
     op.set_phase(pb::Phase::Transferring);
     let r = op.until_cancelled(async { Ok(crate::prune::prune(&repo, &opts).await?) }).await?;
-    Ok(pb::OperationResult {
-        result: Some(pb::operation_result::Result::Prune(pb::PruneReport {
-            snapshots: r.snapshots as u64,
-            packs_set_aside: r.packs_set_aside as u64,
-            bytes_set_aside: r.bytes_set_aside,
-            packs_deleted: r.packs_deleted as u64,
-            bytes_deleted: r.bytes_deleted,
-            packs_restored: r.packs_restored as u64,
-            packs_waiting: r.packs_waiting as u64,
-            waiting_reason: r.waiting_reason.unwrap_or_default(),
-            bytes_unused_in_used_packs: r.bytes_unused_in_used_packs,
-            indexes_compacted: r.indexes_compacted as u64,
-        })),
-    })
+    Ok(pb::OperationResult { result: Some(pb::operation_result::Result::Prune(crate::task::prune_report(r))) })
 }
 
 async fn check(op: Arc<Operation>, target: RepoTarget, read_data: bool) -> Result<pb::OperationResult> {
     let repo = target.open(&op).await?;
     op.set_phase(pb::Phase::Transferring);
     let r = op.until_cancelled(async { Ok(crate::check::check(&repo, read_data).await?) }).await?;
-    let problems = |v: Vec<crate::check::Problem>| {
-        v.into_iter().map(|p| pb::Problem { object: p.object, problem: p.problem, snapshots: p.snapshots }).collect()
-    };
-    Ok(pb::OperationResult {
-        result: Some(pb::operation_result::Result::Check(pb::CheckReport {
-            ok: r.ok,
-            errors: problems(r.errors),
-            warnings: problems(r.warnings),
-            snapshots: r.snapshots as u64,
-            packs: r.packs as u64,
-            blobs: r.blobs as u64,
-            packs_read: r.packs_read as u64,
-            bytes_read: r.bytes_read,
-        })),
-    })
+    Ok(pb::OperationResult { result: Some(pb::operation_result::Result::Check(crate::task::check_report(r))) })
 }
 
 #[tonic::async_trait]
@@ -516,35 +489,7 @@ impl AgentService for Api {
         let filter = tags(r.tags)?;
         let target = self.defaults.resolve(r.repository)?;
         let repo = Repository::at(target.store).open(&target.key).await.map_err(Error::from)?;
-        let mut rows = Vec::new();
-        for (id, s) in repo.snapshots().await.map_err(Error::from)? {
-            match s {
-                Ok(s) if has_tags(&s, &filter) => rows.push((id, s)),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(snapshot = %id, error = %e, "skipping an unreadable snapshot"),
-            }
-        }
-        rows.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
-        let snapshots = rows
-            .into_iter()
-            .map(|(id, s)| pb::SnapshotInfo {
-                id: id.to_string(),
-                short_id: id.short(),
-                kind: if matches!(s.root, kanister_repo::snapshot::Root::Stream { .. }) { "stream" } else { "tree" }
-                    .into(),
-                path: match &s.root {
-                    kanister_repo::snapshot::Root::Tree { path, .. } => path.clone(),
-                    kanister_repo::snapshot::Root::Stream { .. } => String::new(),
-                },
-                time: s.time,
-                hostname: s.hostname,
-                tags: s.tags.into_iter().collect(),
-                size: s.size,
-                bytes_new: s.stats.bytes_new,
-                bytes_uploaded: s.stats.bytes_uploaded,
-                duration_secs: s.stats.duration_secs,
-            })
-            .collect();
+        let snapshots = crate::task::list(&repo, &filter, false).await.map_err(Error::from)?;
         Ok(Response::new(pb::ListSnapshotsResponse { snapshots }))
     }
 
@@ -603,6 +548,24 @@ impl AgentService for Api {
     async fn cancel(&self, req: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {
         let state = self.registry.cancel(&req.into_inner().op_id)?;
         Ok(Response::new(pb::CancelResponse { state: state as i32 }))
+    }
+
+    async fn init_repository(
+        &self,
+        req: Request<pb::InitRepositoryRequest>,
+    ) -> Result<Response<pb::InitRepositoryResponse>, Status> {
+        let target = self.defaults.resolve(req.into_inner().repository)?;
+        let created = match Repository::at(target.store.clone()).open(&target.key).await {
+            Ok(_) => false,
+            Err(crate::Error::NotARepository(_)) => {
+                // A racing creation settles on one repository (a conditional write of its
+                // config); whoever lost opens the winner's.
+                Repository::at(target.store).open_or_init(&target.key).await.map_err(Error::from)?;
+                true
+            }
+            Err(e) => return Err(Error::from(e).into()),
+        };
+        Ok(Response::new(pb::InitRepositoryResponse { created }))
     }
 }
 

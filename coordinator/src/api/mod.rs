@@ -28,7 +28,7 @@ pub mod snapshots;
 use std::future::Future;
 use std::sync::Arc;
 
-use kanister_agent::error::error_chain;
+pub(crate) use kanister_profile::error_chain;
 use kanister_proto::coordinator::v1::coordinator_service_server::CoordinatorServiceServer;
 use tokio::net::TcpListener;
 use tonic::transport::{Identity, Server, ServerTlsConfig};

@@ -7,7 +7,8 @@ use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt as _};
 
 use crate::cluster::SecretData;
-use crate::crd::profile::{LocationType, ProfileSpec};
+use crate::crd::profile::{CredentialType, LocationType, ProfileSpec};
+use crate::render::params::{CredentialParams, KeyPairParams, ProfileParams, SecretParams};
 
 /// A problem of a Profile: where, and what to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,84 +46,75 @@ fn key_pair(spec: &ProfileSpec, secret: &SecretData) -> Result<(String, String),
     }
 }
 
-/// The object store of a Profile, with its prefix.
-fn store(spec: &ProfileSpec, secret: &SecretData) -> Result<(Arc<dyn ObjectStore>, String), Vec<ProfileProblem>> {
+/// The object store of a Profile, rooted at its prefix, through the one mapping from a Profile
+/// to a store that the agents use ([`crate::engine::agent::repository_ref`],
+/// [`kanister_profile::store::build`]): a Profile that passes the probe names the store a backup
+/// then writes to. Missing fields and Secret keys are named first.
+fn store(spec: &ProfileSpec, secret: &SecretData) -> Result<Arc<dyn ObjectStore>, Vec<ProfileProblem>> {
     let loc = &spec.location;
-    let store_err = |e: object_store::Error| vec![problem("location", format!("cannot use the location: {e}"))];
-    let allow_http = loc.endpoint.starts_with("http://");
-    let store: Arc<dyn ObjectStore> = match loc.location_type {
+    match loc.location_type {
         LocationType::Local => {
             let Some(path) = loc.path.as_deref().filter(|p| !p.is_empty()) else {
                 return Err(vec![problem("location.path", "missing: set the directory of a local profile")]);
             };
-            std::fs::create_dir_all(path)
-                .map_err(|e| vec![problem("location.path", format!("cannot create {path}: {e}"))])?;
-            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(path).map_err(store_err)?)
+            // The store of a directory that does not exist is empty: create it, as a backup would.
+            let dir = std::path::Path::new(path).join(loc.prefix.trim_matches('/'));
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| vec![problem("location.path", format!("cannot create {}: {e}", dir.display()))])?;
         }
-        LocationType::S3Compliant => {
-            if loc.bucket.is_empty() {
-                return Err(vec![problem("location.bucket", "missing: set the bucket (--bucket)")]);
-            }
-            let (id, key) = key_pair(spec, secret)?;
-            let mut b = object_store::aws::AmazonS3Builder::new()
-                .with_bucket_name(&loc.bucket)
-                .with_access_key_id(id)
-                .with_secret_access_key(key)
-                .with_region(if loc.region.is_empty() { "us-east-1" } else { &loc.region })
-                .with_allow_http(allow_http);
-            if !loc.endpoint.is_empty() {
-                b = b.with_endpoint(&loc.endpoint).with_virtual_hosted_style_request(false);
-            }
-            if spec.skip_ssl_verify == Some(true) {
-                b = b.with_client_options(object_store::ClientOptions::new().with_allow_invalid_certificates(true));
-            }
-            Arc::new(b.build().map_err(store_err)?)
+        LocationType::S3Compliant | LocationType::Gcs if loc.bucket.is_empty() => {
+            return Err(vec![problem("location.bucket", "missing: set the bucket (--bucket)")]);
         }
-        LocationType::Azure => {
-            if loc.bucket.is_empty() {
-                return Err(vec![problem("location.bucket", "missing: set the container (--bucket)")]);
-            }
-            let (account, key) = key_pair(spec, secret)?;
-            let mut b = object_store::azure::MicrosoftAzureBuilder::new()
-                .with_container_name(&loc.bucket)
-                .with_account(account)
-                .with_access_key(key)
-                .with_allow_http(allow_http);
-            if !loc.endpoint.is_empty() {
-                b = b.with_endpoint(loc.endpoint.clone());
-            }
-            Arc::new(b.build().map_err(store_err)?)
+        LocationType::Azure if loc.bucket.is_empty() => {
+            return Err(vec![problem("location.bucket", "missing: set the container (--bucket)")]);
         }
-        LocationType::Gcs => {
-            if loc.bucket.is_empty() {
-                return Err(vec![problem("location.bucket", "missing: set the bucket (--bucket)")]);
-            }
-            let (_project, key) = key_pair(spec, secret)?;
-            let b = object_store::gcp::GoogleCloudStorageBuilder::new()
-                .with_bucket_name(&loc.bucket)
-                .with_service_account_key(key);
-            Arc::new(b.build().map_err(store_err)?)
-        }
+        LocationType::S3Compliant | LocationType::Gcs | LocationType::Azure => {}
         LocationType::Kopia => {
             return Err(vec![problem(
                 "location.type",
                 "kopia profiles cannot be probed: use s3Compliant, gcs, azure or local",
             )]);
         }
+    }
+    let mut credential = CredentialParams { credential_type: spec.credential.credential_type, ..Default::default() };
+    match spec.credential.credential_type {
+        CredentialType::KeyPair if loc.location_type != LocationType::Local => {
+            let (id, secret) = key_pair(spec, secret)?;
+            credential.key_pair = Some(KeyPairParams { id, secret });
+        }
+        CredentialType::Secret => {
+            let r = spec.credential.secret.clone().unwrap_or_default();
+            credential.secret = Some(SecretParams {
+                name: r.name,
+                namespace: r.namespace,
+                secret_type: secret.secret_type.clone(),
+                data: secret.data.clone(),
+            });
+        }
+        _ => {}
+    }
+    let params = ProfileParams {
+        location: loc.clone(),
+        credential,
+        skip_ssl_verify: spec.skip_ssl_verify.unwrap_or(false),
+        store_options: spec.store_options.clone(),
     };
-    Ok((store, loc.prefix.trim_matches('/').to_string()))
+    let unusable = |e: String| vec![problem("location", format!("cannot use the location: {e}"))];
+    let r = crate::engine::agent::repository_ref(&params, zeroize::Zeroizing::new(Vec::new()))
+        .map_err(|e| unusable(e.to_string()))?;
+    let options: Vec<(String, String)> = r.store_options.into_iter().collect();
+    let built =
+        kanister_profile::store::build(&r.store_url, Vec::new(), &options).map_err(|e| unusable(e.to_string()))?;
+    Ok(built.store)
 }
 
 /// Every problem of a Profile: fields and Secret first, then the probe (write, read, delete).
 pub async fn check(spec: &ProfileSpec, secret: &SecretData) -> Vec<ProfileProblem> {
-    // object_store's HTTP client needs a process-wide rustls provider: ring, the project's one.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let (store, prefix) = match store(spec, secret) {
+    let store = match store(spec, secret) {
         Ok(s) => s,
         Err(problems) => return problems,
     };
-    let name = format!("kanister-probe-{:016x}", rand::random::<u64>());
-    let path = StorePath::from(if prefix.is_empty() { name } else { format!("{prefix}/{name}") });
+    let path = StorePath::from(format!("kanister-probe-{:016x}", rand::random::<u64>()));
     let body = b"kanister profile probe".to_vec();
     let what = |op: &str, e: object_store::Error| {
         problem("location", format!("cannot {op} the probe object {path}: {e}; check the location and the credentials"))

@@ -14,12 +14,14 @@ use tonic::{Request, Response, Status};
 use super::{Error, Result, probe};
 use crate::cluster::{self, Cluster, ObjectRef, get_typed};
 use crate::crd::{ActionSet, Blueprint, GROUP, ObjectReference, Profile, ProfileSpec, State, VERSION};
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineConfig};
 
 /// The `CoordinatorService`. Cheap to clone.
 pub struct CoordinatorApi<C> {
     cluster: Arc<C>,
     engine: Option<Engine<C>>,
+    /// How task pods run the agent for the API's repository work (`ListSnapshots`).
+    tasks: EngineConfig,
     poll: Duration,
     /// Cancelled when the server shuts down: open watches end (clients reconnect elsewhere)
     /// instead of holding the graceful shutdown until their ActionSet finishes.
@@ -31,6 +33,7 @@ impl<C> Clone for CoordinatorApi<C> {
         CoordinatorApi {
             cluster: self.cluster.clone(),
             engine: self.engine.clone(),
+            tasks: self.tasks.clone(),
             poll: self.poll,
             stopping: self.stopping.clone(),
         }
@@ -108,11 +111,25 @@ fn parse_labels(s: &str) -> Result<BTreeMap<String, String>> {
 impl<C: Cluster> CoordinatorApi<C> {
     /// The API over `cluster`. Watches re-read ActionSets every 250 ms.
     pub fn new(cluster: Arc<C>) -> Self {
-        CoordinatorApi { cluster, engine: None, poll: Duration::from_millis(250), stopping: CancellationToken::new() }
+        CoordinatorApi {
+            cluster,
+            engine: None,
+            tasks: EngineConfig::default(),
+            poll: Duration::from_millis(250),
+            stopping: CancellationToken::new(),
+        }
+    }
+
+    /// Runs the agent's task pods (`ListSnapshots`) as `config` says: its tools image, log
+    /// tail and timeouts (the engine's).
+    pub fn with_task_config(mut self, config: EngineConfig) -> Self {
+        self.tasks = config;
+        self
     }
 
     /// Hands new and cancelled ActionSets to `engine` at once (in-process coordinator).
     pub fn with_engine(mut self, engine: Engine<C>) -> Self {
+        self.tasks = engine.config().clone();
         self.engine = Some(engine);
         self
     }
@@ -428,7 +445,9 @@ impl<C: Cluster> CoordinatorApi<C> {
     }
 
     async fn list_snapshots(&self, ns: &str, name: &str) -> Result<pb::ListSnapshotsResponse> {
-        use crate::engine::repository::{self, Opened};
+        use crate::engine::task::{self, Answer};
+        use kanister_proto::agent::v1::task_request::Task;
+        use kanister_proto::agent::v1::task_result::Result as TaskOut;
         use pb::RepositoryState;
         if ns.is_empty() || name.is_empty() {
             return Err(Error::InvalidArgument(
@@ -459,9 +478,13 @@ impl<C: Cluster> CoordinatorApi<C> {
             message,
             location: location.clone(),
         };
-        let repo = match repository::open(&*self.cluster, &r, &params).await {
-            Ok(Opened::Open(repo)) => repo,
-            Ok(Opened::NoKey) => {
+        let label = ("kanister.io/snapshots", "ListSnapshots");
+        let ctx = task::profile_context(self.cluster.clone(), &self.tasks, &r, params, label);
+        let answer = task::run(&ctx, "kanister-snapshots-", Task::ListSnapshots(Default::default())).await;
+        task::delete_pods(&ctx).await;
+        let listed = match answer {
+            Ok(Answer::Open(TaskOut::Snapshots(list))) => list.snapshots,
+            Ok(Answer::NoKey) => {
                 return Ok(empty(
                     RepositoryState::NoKey,
                     format!(
@@ -470,7 +493,7 @@ impl<C: Cluster> CoordinatorApi<C> {
                     ),
                 ));
             }
-            Ok(Opened::NoRepository) => {
+            Ok(Answer::NoRepository) => {
                 return Ok(empty(
                     RepositoryState::NoRepository,
                     format!(
@@ -479,35 +502,27 @@ impl<C: Cluster> CoordinatorApi<C> {
                     ),
                 ));
             }
-            Ok(Opened::WrongKey) => {
+            Ok(Answer::WrongKey) => {
                 return Err(Error::FailedPrecondition(format!(
                     "the repository at {location} does not open with the key of profile {who} (Secret \
                      {key_secret}): the Secret was replaced, or the location holds another Profile's repository; \
                      restore the Secret the backups were made with, or give the Profile its own bucket or prefix"
                 )));
             }
-            Err(e @ repository::Error::Profile(_)) => {
-                return Err(Error::FailedPrecondition(format!("profile {who}: {}", super::error_chain(&e))));
+            Ok(Answer::Open(_)) => {
+                return Err(Error::Unavailable(format!(
+                    "the agent listing the snapshots of profile {who} answered another task: is the tools image \
+                     ({}) of this release?",
+                    self.tasks.tools_image
+                )));
             }
             Err(e) => {
                 return Err(Error::Unavailable(format!(
-                    "cannot read the repository of profile {who} at {location}: {}",
+                    "cannot list the snapshots of profile {who} at {location}: {}",
                     super::error_chain(&e)
                 )));
             }
         };
-        let listed: Vec<super::snapshots::Listed> = repo
-            .snapshots()
-            .await
-            .map_err(|e| {
-                Error::Unavailable(format!(
-                    "cannot list the snapshots of profile {who} at {location}: {}",
-                    super::error_chain(&e)
-                ))
-            })?
-            .into_iter()
-            .map(|(id, s)| (id, s.map_err(|e| super::error_chain(&e))))
-            .collect();
         let actionsets = self.actionsets_for(ns, &listed).await;
         let snapshots = super::snapshots::describe(listed, &r, &actionsets);
         Ok(pb::ListSnapshotsResponse {
@@ -522,17 +537,19 @@ impl<C: Cluster> CoordinatorApi<C> {
     /// every namespace, else those of the Profile's namespace and of the namespaces the
     /// snapshots' backup tags name. Best effort: ActionSets that cannot be read leave their
     /// snapshots untied, never fail the listing.
-    async fn actionsets_for(&self, profile_namespace: &str, listed: &[super::snapshots::Listed]) -> Vec<ActionSet> {
+    async fn actionsets_for(
+        &self,
+        profile_namespace: &str,
+        listed: &[kanister_proto::agent::v1::SnapshotInfo],
+    ) -> Vec<ActionSet> {
         use crate::engine::repository::tags;
         match self.cluster.list_actionsets("").await {
             Ok(all) => return all,
             Err(e) => tracing::debug!(error = %e, "cannot list the ActionSets of every namespace"),
         }
         let mut namespaces = std::collections::BTreeSet::from([profile_namespace.to_string()]);
-        for (_, s) in listed {
-            if let Ok(s) = s
-                && let Some((ns, _)) = s.tags.get(tags::BACKUP).and_then(|t| t.split_once('/'))
-            {
+        for s in listed {
+            if let Some((ns, _)) = s.tags.get(tags::BACKUP).and_then(|t| t.split_once('/')) {
                 namespaces.insert(ns.to_string());
             }
         }

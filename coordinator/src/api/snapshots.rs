@@ -1,7 +1,8 @@
 //! `ListSnapshots`: what a Profile's repository holds, tied back to the ActionSets that made it.
 //!
-//! The service opens the repository itself ([`crate::engine::repository::open`]) and reads every
-//! snapshot; [`describe`] (pure, no IO) turns them into answers. A snapshot is tied to the
+//! The agent lists the repository's snapshots in a task pod ([`crate::engine::task`]); the
+//! coordinator never opens the repository. [`describe`] (pure, no IO) turns the list into
+//! answers. A snapshot is tied to the
 //! ActionSet, action and output artifact that produced it by, in this order:
 //!
 //! 1. its backup tag ([`tags::BACKUP`], written by `BackupStream`, `BackupData`,
@@ -18,15 +19,11 @@
 //! Nothing else ties a snapshot to an ActionSet: one pushed by hand, or whose ActionSet's
 //! artifacts name neither its id nor its path, is listed with its tags only.
 
+use kanister_proto::agent::v1::SnapshotInfo;
 use kanister_proto::coordinator::v1 as pb;
-use kanister_repo::SnapshotId;
-use kanister_repo::snapshot::{Root, Snapshot};
 
 use crate::crd::{ActionSet, Artifact, ObjectReference};
 use crate::engine::repository::tags;
-
-/// A snapshot as read from the repository: its id, and its content or why it is unreadable.
-pub type Listed = (SnapshotId, Result<Snapshot, String>);
 
 /// The parts of a backup tag, `namespace/name/uid/action/phase[/pod]`.
 #[derive(Debug, PartialEq, Eq)]
@@ -116,30 +113,22 @@ fn fill(out: &mut pb::Snapshot, a: &ActionSet, i: usize, artifact: Option<(&Stri
 }
 
 /// One snapshot, tied to what produced it.
-fn one(
-    id: SnapshotId,
-    snap: Result<Snapshot, String>,
-    profile: &ObjectReference,
-    actionsets: &[ActionSet],
-) -> pb::Snapshot {
-    let mut out = pb::Snapshot { id: id.to_string(), short_id: id.short(), ..Default::default() };
-    let snap = match snap {
-        Ok(s) => s,
-        Err(e) => {
-            out.error = e;
-            return out;
-        }
-    };
+fn one(snap: SnapshotInfo, profile: &ObjectReference, actionsets: &[ActionSet]) -> pb::Snapshot {
+    let mut out = pb::Snapshot { id: snap.id.clone(), short_id: snap.short_id.clone(), ..Default::default() };
+    if !snap.error.is_empty() {
+        out.error = snap.error;
+        return out;
+    }
     let path_tag = snap.tags.get(tags::KANDO_PATH).filter(|p| !p.is_empty());
-    (out.kind, out.path) = match (&snap.root, path_tag) {
-        (Root::Stream { .. }, Some(p)) => ("kando".into(), p.clone()),
-        (Root::Stream { .. }, None) => ("stream".into(), String::new()),
-        (Root::Tree { path, .. }, _) => ("tree".into(), path.clone()),
+    (out.kind, out.path) = match (snap.kind.as_str(), path_tag) {
+        ("stream", Some(p)) => ("kando".into(), p.clone()),
+        ("stream", None) => ("stream".into(), String::new()),
+        (kind, _) => (kind.into(), snap.path.clone()),
     };
     out.time = snap.time.clone();
-    out.tags = snap.tags.clone().into_iter().collect();
+    out.tags = snap.tags.clone();
     out.logical_bytes = snap.size;
-    out.stored_bytes = snap.stats.bytes_uploaded;
+    out.stored_bytes = snap.bytes_uploaded;
     out.hostname = snap.hostname.clone();
     #[allow(deprecated)]
     {
@@ -196,8 +185,8 @@ fn one(
 
 /// The snapshots of the repository of `profile`, newest first (unreadable ones last), each tied
 /// to the ActionSet and artifact that produced it where its tags or an artifact say so.
-pub fn describe(listed: Vec<Listed>, profile: &ObjectReference, actionsets: &[ActionSet]) -> Vec<pb::Snapshot> {
-    let mut out: Vec<pb::Snapshot> = listed.into_iter().map(|(id, snap)| one(id, snap, profile, actionsets)).collect();
+pub fn describe(listed: Vec<SnapshotInfo>, profile: &ObjectReference, actionsets: &[ActionSet]) -> Vec<pb::Snapshot> {
+    let mut out: Vec<pb::Snapshot> = listed.into_iter().map(|snap| one(snap, profile, actionsets)).collect();
     out.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| a.id.cmp(&b.id)));
     out
 }
@@ -206,56 +195,42 @@ pub fn describe(listed: Vec<Listed>, profile: &ObjectReference, actionsets: &[Ac
 mod tests {
     use std::collections::BTreeMap;
 
-    use kanister_repo::snapshot::SnapshotStats;
-    use kanister_repo::tree::{Node, NodeKind};
-
     use super::*;
 
     fn profile() -> ObjectReference {
         ObjectReference { namespace: "mysql-test".into(), name: "s3-profile".into(), ..Default::default() }
     }
 
-    fn id(n: u8) -> SnapshotId {
-        SnapshotId([n; 32])
+    fn id(n: u8) -> String {
+        format!("{n:02x}").repeat(32)
     }
 
-    fn snapshot(time: &str, tags: &[(&str, &str)], root: Root) -> Snapshot {
-        Snapshot {
-            version: 1,
+    fn short(n: u8) -> String {
+        id(n)[..8].to_string()
+    }
+
+    /// Snapshot `n` as the agent lists it.
+    fn snapshot(n: u8, time: &str, tags: &[(&str, &str)], (kind, path): (&str, &str)) -> SnapshotInfo {
+        SnapshotInfo {
+            id: id(n),
+            short_id: short(n),
             time: time.into(),
             hostname: "mysql-release-0".into(),
             tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            root,
+            kind: kind.into(),
+            path: path.into(),
             size: 1000,
-            stats: SnapshotStats { bytes_uploaded: 300, ..Default::default() },
-            program: "test".into(),
-            parent: None,
+            bytes_uploaded: 300,
+            ..Default::default()
         }
     }
 
-    fn stream() -> Root {
-        Root::Stream { lists: Vec::new() }
+    fn stream() -> (&'static str, &'static str) {
+        ("stream", "")
     }
 
-    fn tree(path: &str) -> Root {
-        let dir = Node {
-            name: Vec::new(),
-            kind: NodeKind::Dir,
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            mtime_ns: 0,
-            ctime_ns: 0,
-            inode: 0,
-            size: 0,
-            link_id: None,
-            target: None,
-            rdev: None,
-            content: Vec::new(),
-            subtree: Vec::new(),
-            changed_during_backup: false,
-        };
-        Root::Tree { path: path.into(), dir }
+    fn tree(path: &str) -> (&'static str, &str) {
+        ("tree", path)
     }
 
     /// A complete ActionSet `ns/name` (uid `u-<name>`) whose action `action` used `profile`
@@ -293,9 +268,9 @@ mod tests {
     #[test]
     fn kando_pushes_tie_to_the_artifact_naming_their_path() {
         let path = "/mysql-backups/mysql-test/mysql-release/2025-01-01T10-00-00/dump.sql.gz";
-        let first = snapshot("2025-01-01T10:00:00.000001Z", &[(tags::KANDO_PATH, path)], stream());
+        let first = snapshot(1, "2025-01-01T10:00:00.000001Z", &[(tags::KANDO_PATH, path)], stream());
         // A second push at the same path by another ActionSet, later.
-        let second = snapshot("2025-01-02T10:00:00.000001Z", &[(tags::KANDO_PATH, path)], stream());
+        let second = snapshot(2, "2025-01-02T10:00:00.000001Z", &[(tags::KANDO_PATH, path)], stream());
         let sets = [
             // The artifact holds the path without its leading slash: still the same path.
             actionset(
@@ -322,10 +297,10 @@ mod tests {
                 &[("mysqlCloudDump", &[("s3path", path)])],
             ),
         ];
-        let got = describe(vec![(id(1), Ok(first)), (id(2), Ok(second))], &profile(), &sets);
+        let got = describe(vec![first, second], &profile(), &sets);
         assert_eq!(got.len(), 2);
         // Newest first.
-        assert_eq!((got[0].id.as_str(), got[0].actionset_name.as_str()), (id(2).to_string().as_str(), "backup-later"));
+        assert_eq!((got[0].id.as_str(), got[0].actionset_name.as_str()), (id(2).as_str(), "backup-later"));
         let s = &got[1];
         assert_eq!(s.actionset_name, "backup-first");
         assert_eq!((s.kind.as_str(), s.path.as_str()), ("kando", path));
@@ -333,7 +308,7 @@ mod tests {
         assert_eq!((s.action.as_str(), s.blueprint.as_str()), ("backup", "mysql-blueprint"));
         assert_eq!(s.object, "statefulset mysql-test/mysql-release");
         assert_eq!((s.logical_bytes, s.stored_bytes), (1000, 300));
-        assert_eq!(s.short_id, id(1).short());
+        assert_eq!(s.short_id, short(1));
         assert!(s.completion_time.starts_with("2025-01-01T10:00:00"), "{}", s.completion_time);
         assert_eq!(s.phase, "", "no backup tag, no phase");
     }
@@ -342,23 +317,24 @@ mod tests {
     fn backup_tags_name_the_actionset_even_after_it_is_gone() {
         let tag = "kanister/backup-abcde/u-backup-abcde/backup/backupToStore";
         let kept = snapshot(
+            1,
             "2025-01-01T10:00:00.000001Z",
             &[(tags::BACKUP, tag), (tags::POD, "db/app-0")],
             tree("/var/lib/mysql"),
         );
         let all_tag = "kanister/backup-gone1/u-gone/backup/backupAll/app-1";
-        let orphan = snapshot("2025-01-01T09:00:00.000001Z", &[(tags::BACKUP, all_tag)], tree("/data"));
+        let orphan = snapshot(2, "2025-01-01T09:00:00.000001Z", &[(tags::BACKUP, all_tag)], tree("/data"));
         let stream_tag = "kanister/backup-abcde/u-backup-abcde/backup/dumpStream";
-        let dump = snapshot("2025-01-01T10:00:01.000001Z", &[(tags::BACKUP, stream_tag)], stream());
+        let dump = snapshot(3, "2025-01-01T10:00:01.000001Z", &[(tags::BACKUP, stream_tag)], stream());
         let sets = [actionset(
             "backup-abcde",
             "backup",
             "s3-profile",
             "2025-01-01T10:01:00Z",
-            &[("volume", &[("backupTag", tag)]), ("dump", &[("backupID", &id(3).to_string())])],
+            &[("volume", &[("backupTag", tag)]), ("dump", &[("backupID", &id(3))])],
         )];
-        let got = describe(vec![(id(1), Ok(kept)), (id(2), Ok(orphan)), (id(3), Ok(dump))], &profile(), &sets);
-        let by_id = |n: u8| got.iter().find(|s| s.id == id(n).to_string()).unwrap();
+        let got = describe(vec![kept, orphan, dump], &profile(), &sets);
+        let by_id = |n: u8| got.iter().find(|s| s.id == id(n)).unwrap();
 
         let s = by_id(1);
         assert_eq!((s.kind.as_str(), s.path.as_str()), ("tree", "/var/lib/mysql"));
@@ -379,16 +355,25 @@ mod tests {
 
     #[test]
     fn untied_and_unreadable_snapshots_are_listed_too() {
-        let by_hand = snapshot("2025-01-01T10:00:00.000001Z", &[("owner", "me")], stream());
+        let by_hand = snapshot(1, "2025-01-01T10:00:00.000001Z", &[("owner", "me")], stream());
         // A backup tag someone chose (DeleteData --backupTag): not the coordinator's shape.
-        let foreign = snapshot("2025-01-01T11:00:00.000001Z", &[(tags::BACKUP, "nightly")], stream());
+        let foreign = snapshot(2, "2025-01-01T11:00:00.000001Z", &[(tags::BACKUP, "nightly")], stream());
         let sets = [actionset("backup-x", "backup", "s3-profile", "2025-01-01T10:00:05Z", &[("a", &[("k", "v")])])];
         let got = describe(
-            vec![(id(9), Err("snapshot is damaged".into())), (id(1), Ok(by_hand)), (id(2), Ok(foreign))],
+            vec![
+                SnapshotInfo {
+                    id: id(9),
+                    short_id: short(9),
+                    error: "snapshot is damaged".into(),
+                    ..Default::default()
+                },
+                by_hand,
+                foreign,
+            ],
             &profile(),
             &sets,
         );
-        assert_eq!(got.iter().map(|s| s.id.clone()).collect::<Vec<_>>(), [id(2), id(1), id(9)].map(|i| i.to_string()));
+        assert_eq!(got.iter().map(|s| s.id.clone()).collect::<Vec<_>>(), [id(2), id(1), id(9)]);
         assert!(got[..2].iter().all(|s| s.actionset_name.is_empty() && s.kind == "stream"));
         assert_eq!(got[1].tags["owner"], "me");
         assert_eq!((got[2].error.as_str(), got[2].kind.as_str()), ("snapshot is damaged", ""));

@@ -294,7 +294,7 @@ async fn serve_local(
     let health = tokio::spawn(serve_health(listener, ready.clone(), move || metrics_engine.metrics_text(), stopped()));
     let api = tokio::spawn(kanister_coordinator::api::serve(
         api_listener,
-        CoordinatorApi::new(cluster.clone()),
+        CoordinatorApi::new(cluster.clone()).with_task_config(engine.config().clone()),
         api_config,
         stopped(),
     ));
@@ -466,7 +466,7 @@ async fn main() -> anyhow::Result<()> {
                     // The controller runs what the API creates: the API only writes the custom resources.
                     Some(tokio::spawn(kanister_coordinator::api::serve(
                         api_listener,
-                        CoordinatorApi::new(engine.cluster().clone()),
+                        CoordinatorApi::new(engine.cluster().clone()).with_task_config(engine.config().clone()),
                         api_config,
                         stopped(),
                     )))

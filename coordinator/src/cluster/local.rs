@@ -272,25 +272,9 @@ fn object_ref(v: &Value) -> ObjectRef {
     }
 }
 
-/// RFC 7386 JSON merge patch.
+/// RFC 7386 JSON merge patch (the `json-patch` crate's).
 pub fn merge_patch(target: &mut Value, patch: &Value) {
-    match patch {
-        Value::Object(p) => {
-            if !target.is_object() {
-                *target = json!({});
-            }
-            if let Value::Object(t) = target {
-                for (k, v) in p {
-                    if v.is_null() {
-                        t.remove(k);
-                    } else {
-                        merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
-                    }
-                }
-            }
-        }
-        other => *target = other.clone(),
-    }
+    json_patch::merge(target, patch);
 }
 
 fn random_suffix() -> String {

@@ -264,14 +264,9 @@ pub fn repository_ref(profile: &ProfileParams, key: Zeroizing<Vec<u8>>) -> Resul
         return Err(Error::Profile("kopia locations are not served by agents".into()));
     }
     // One mapping from a Profile to a store: kando's, from the JSON kando itself would read.
-    let go = kanister_agent::kando::GoProfile::parse_with(&profile.upstream_json(), |_| None)
+    let go = kanister_profile::GoProfile::parse_with(&profile.upstream_json(), |_| None)
         .and_then(|g| g.store_settings())
-        .map_err(|e| match e {
-            kanister_agent::Error::Store(kanister_agent::store::StoreError::BadUrl { reason, .. }) => {
-                Error::Profile(reason)
-            }
-            e => Error::Profile(e.to_string()),
-        })?;
+        .map_err(|e| Error::Profile(e.0))?;
     let (store_url, opts) = go;
     Ok(pb::RepositoryRef {
         store_url,

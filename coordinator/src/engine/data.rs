@@ -1,17 +1,20 @@
-//! The data functions, served by agents: the pod's agent sidecar over gRPC ([`super::agent`]).
+//! The data functions, served by agents: the pod's agent sidecar over gRPC ([`super::agent`]), or
+//! the agent in a task pod.
 //!
 //! `BackupStream` / `RestoreStream` run a dump / restore command in the sidecar and stream it
 //! through the repository; their `env` argument adds variables to the command's environment
-//! (the way to give it a password: never in `command`). `BackupData` backs up `includePath` as the pod's agent sees it (agent
-//! `BackupPaths`), `RestoreData` restores a tree snapshot (by `backupIdentifier`, or the latest
-//! one carrying `backupTag`) into `restorePath` (`RestorePaths`), `DeleteData` forgets snapshots
-//! (`Forget`) and with `reclaimSpace` prunes the repository (`Prune`). `backupArtifactPrefix`,
-//! `image` and the other upstream arguments that choose a Kopia repository or a task pod are
-//! accepted and unused: the repository is the Profile's, the work is done by the pod's agent.
+//! (the way to give it a password: never in `command`). `BackupData` backs up `includePath` as
+//! the pod's agent sees it (agent `BackupPaths`), `RestoreData` restores a tree snapshot (by
+//! `backupIdentifier`, or the latest one carrying `backupTag`) into `restorePath`
+//! (`RestorePaths`), `DeleteData` forgets snapshots and with `reclaimSpace` prunes the repository
+//! (in a task pod). `backupArtifactPrefix`, `image` and the other upstream arguments that choose
+//! a Kopia repository are accepted and unused: the repository is the Profile's.
 //!
-//! All of them find the sidecar with [`Cluster::agent_endpoint`], open the repository at the
-//! action's Profile (store and credentials from the Profile, key from its key Secret, all inside
-//! the gRPC request only), and report the operation's byte counts through
+//! Those with a pod find its sidecar with [`Cluster::agent_endpoint`] and name the repository of
+//! the action's Profile in the gRPC request (store and credentials from the Profile, key from its
+//! key Secret, inside the request only); those without one (`DeleteData`, `LocationDelete`,
+//! `BackupDataStats`, `CheckRepository`) run the agent in a task pod ([`super::task`]). The
+//! coordinator itself never opens a repository. They report the operation's byte counts through
 //! [`Context::progress`]. The operation id is derived from the ActionSet, action and phase, so
 //! a repeated call attaches to the running operation instead of starting another.
 
@@ -22,10 +25,12 @@ use std::sync::Mutex;
 use kanister_proto::agent::v1 as pb;
 use serde_json::Value;
 
-use super::functions::TransferProgress;
-use super::functions::{Context, Error, Result};
+use super::context::{Context, Error, Result, TransferProgress};
+use super::task::{self, Answer};
 use crate::cluster::{Cluster, Container, EnvSource, EnvVar};
 use crate::crd::JsonMap;
+use pb::task_request::Task;
+use pb::task_result::Result as TaskOut;
 
 /// The agent endpoint of the function's pod (`namespace`, `pod` arguments) and the repository
 /// of the action's Profile.
@@ -51,16 +56,6 @@ async fn agent_of<C: Cluster>(
     Ok((what, client, repository))
 }
 
-/// The action's Profile repository, opened in the coordinator ([`super::repository`]).
-async fn open_repository<C: Cluster>(ctx: &Context<C>) -> Result<super::repository::Opened> {
-    let (Some(profile_ref), Some(profile)) = (&ctx.profile, &ctx.params.profile) else {
-        return Err(Error::NoProfile(ctx.function()));
-    };
-    super::repository::open(&*ctx.cluster, profile_ref, profile)
-        .await
-        .map_err(|source| Error::Repository { function: ctx.function(), source: Box::new(source) })
-}
-
 /// The action's Profile repository as agents are told of it, key included (created on first
 /// use).
 async fn repository_ref<C: Cluster>(ctx: &Context<C>) -> Result<pb::RepositoryRef> {
@@ -72,24 +67,17 @@ async fn repository_ref<C: Cluster>(ctx: &Context<C>) -> Result<pb::RepositoryRe
         .map_err(|source| Error::Repository { function: ctx.function(), source: Box::new(source.into()) })
 }
 
-/// Creates the repository `r` of the action's Profile unless it exists, before a backup
-/// ([`super::repository::ensure`]).
-async fn ensure_repository<C: Cluster>(ctx: &Context<C>, r: &pb::RepositoryRef) -> Result<()> {
+/// Creates the repository `r` of the action's Profile through the agent `client` unless it
+/// exists, before a backup ([`super::repository::ensure`]).
+async fn ensure_repository<C: Cluster>(
+    ctx: &Context<C>,
+    client: &mut super::agent::Client,
+    r: &pb::RepositoryRef,
+) -> Result<()> {
     let profile = ctx.profile.as_ref().map(|p| format!("{}/{}", p.namespace, p.name)).unwrap_or_default();
-    super::repository::ensure(&profile, r)
+    super::repository::ensure(&profile, client, r)
         .await
         .map_err(|source| Error::Repository { function: ctx.function(), source: Box::new(source) })
-}
-
-/// Like [`open_repository`], for functions that need the repository to exist.
-async fn existing_repository<C: Cluster>(ctx: &Context<C>) -> Result<Box<kanister_agent::repository::Repository>> {
-    use super::repository::Opened;
-    let why = match open_repository(ctx).await? {
-        Opened::Open(repo) => return Ok(repo),
-        Opened::NoKey | Opened::NoRepository => no_repository(),
-        Opened::WrongKey => wrong_key(),
-    };
-    Err(Error::Data { function: ctx.function(), message: why.into() })
 }
 
 fn no_repository() -> &'static str {
@@ -101,8 +89,12 @@ fn wrong_key() -> &'static str {
      repository at its location: restore the Secret that was used for the backups"
 }
 
-fn data_err<C: Cluster>(ctx: &Context<C>) -> impl Fn(kanister_agent::Error) -> Error + '_ {
-    move |e| Error::Data { function: ctx.function(), message: e.to_string() }
+/// A task's answer of another kind than asked for.
+fn unexpected<C: Cluster>(ctx: &Context<C>) -> Error {
+    Error::Data {
+        function: ctx.function(),
+        message: "the agent's task pod answered another task: is the tools image of this release?".into(),
+    }
 }
 
 fn report<C>(ctx: &Context<C>, p: &kanister_proto::agent::v1::Progress, backup: bool) {
@@ -140,7 +132,7 @@ pub(super) async fn backup_stream<C: Cluster>(ctx: &Context<C>) -> Result<JsonMa
     let command = command_spec(ctx)?;
     let mut tags: std::collections::HashMap<String, String> = ctx.opt_string_map("tags")?.into_iter().collect();
     let (pod, mut client, repository) = agent_target(ctx).await?;
-    ensure_repository(ctx, &repository).await?;
+    ensure_repository(ctx, &mut client, &repository).await?;
     let agent_err = |source| Error::Agent { function: ctx.function(), pod: pod.clone(), source };
     tags.entry(POD_TAG.into()).or_insert_with(|| pod.clone());
     if let Some(container) = ctx.opt_str("container")? {
@@ -212,7 +204,7 @@ async fn backup_tree<C: Cluster>(
     on_progress: impl FnMut(&pb::Progress),
 ) -> Result<TreeBackup> {
     let (what, mut client, repository) = agent_of(ctx, namespace, pod).await?;
-    ensure_repository(ctx, &repository).await?;
+    ensure_repository(ctx, &mut client, &repository).await?;
     let agent_err = |source| Error::Agent { function: ctx.function(), pod: what.clone(), source };
     let mut tags = HashMap::from([(POD_TAG.to_string(), what.clone())]);
     if let Some(c) = container {
@@ -306,7 +298,7 @@ pub(super) async fn backup_data<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap>
 fn pods_of<C: Cluster>(ctx: &Context<C>) -> Result<Vec<String>> {
     let given = match ctx.args.get("pods") {
         None | Some(Value::Null) => Vec::new(),
-        Some(_) => super::functions::words(ctx, "pods")?,
+        Some(_) => super::context::words(ctx, "pods")?,
     };
     if !given.is_empty() {
         return Ok(given);
@@ -375,7 +367,7 @@ where
             Err(e) => errors.push(e),
         }
     }
-    (done, super::functions::all_errors(errors))
+    (done, super::context::all_errors(errors))
 }
 
 pub(super) async fn backup_data_all<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
@@ -411,7 +403,7 @@ pub(super) async fn backup_data_all<C: Cluster>(ctx: &Context<C>) -> Result<Json
         None => Ok(outputs),
         // The snapshots of the pods that succeeded exist: their ids stay findable (to restore
         // or delete them) while the phase fails.
-        Some(e) if !done.is_empty() => Err(super::functions::partial(outputs, e)),
+        Some(e) if !done.is_empty() => Err(super::context::partial(outputs, e)),
         Some(e) => Err(e),
     }
 }
@@ -507,30 +499,37 @@ async fn restore_into_volumes<C: Cluster>(
     let id = match snapshot {
         Snapshot::Id(id) => id,
         Snapshot::Tag(tag) => {
-            let repo = existing_repository(ctx).await?;
-            let wanted = BTreeMap::from([(BACKUP_TAG.to_string(), tag.clone())]);
-            let mut tagged = Vec::new();
-            for (id, s) in repo.snapshots().await.map_err(data_err(ctx))? {
-                match s {
-                    Ok(s) if kanister_agent::repository::has_tags(&s, &wanted) => tagged.push((s.time, id)),
-                    Ok(_) => {}
-                    // An unreadable snapshot may be the latest with this tag: restoring an older
-                    // one instead would report success with the wrong data.
-                    Err(e) => {
-                        return Err(Error::Data {
-                            function: ctx.function(),
-                            message: format!(
-                                "snapshot {id} cannot be read ({e}), so the latest backup tagged {tag} is unknown: \
-                                 run `kanister-agent check` against the repository, or restore by backupID"
-                            ),
-                        });
+            let wanted = HashMap::from([(BACKUP_TAG.to_string(), tag.clone())]);
+            let listed =
+                match task::run(ctx, "latest-backup-", Task::ListSnapshots(pb::ListSnapshotsTask { tags: wanted }))
+                    .await?
+                {
+                    Answer::Open(TaskOut::Snapshots(l)) => l.snapshots,
+                    Answer::Open(_) => return Err(unexpected(ctx)),
+                    Answer::NoKey | Answer::NoRepository => {
+                        return Err(Error::Data { function: ctx.function(), message: no_repository().into() });
                     }
-                }
+                    Answer::WrongKey => {
+                        return Err(Error::Data { function: ctx.function(), message: wrong_key().into() });
+                    }
+                };
+            // An unreadable snapshot may be the latest with this tag: restoring an older one
+            // instead would report success with the wrong data.
+            if let Some(s) = listed.iter().find(|s| !s.error.is_empty()) {
+                return Err(Error::Data {
+                    function: ctx.function(),
+                    message: format!(
+                        "snapshot {} cannot be read ({}), so the latest backup tagged {tag} is unknown: \
+                         run `kanister-agent check` against the repository, or restore by backupID",
+                        s.id, s.error
+                    ),
+                });
             }
-            tagged.sort();
-            tagged
-                .pop()
-                .map(|(_, id)| id.to_string())
+            // Oldest first.
+            listed
+                .into_iter()
+                .next_back()
+                .map(|s| s.id)
                 .ok_or_else(|| Error::NoBackup { function: ctx.function(), tag })?
         }
     };
@@ -539,7 +538,7 @@ async fn restore_into_volumes<C: Cluster>(
     let mut pod = ctx.task_pod("restore-data-", vec![container]).await?;
     pod.volumes = volumes;
     pod.env.extend(repository_env(ctx, &namespace).await?);
-    super::functions::run_pod(ctx, pod, "container", true).await?;
+    super::context::run_pod(ctx, pod, "container", true).await?;
     Ok(())
 }
 
@@ -562,7 +561,7 @@ pub(super) async fn restore_data_all<C: Cluster>(ctx: &Context<C>) -> Result<Jso
     let info = backup_info(ctx)?;
     let pods = match ctx.args.get("pods") {
         None | Some(Value::Null) => info.keys().cloned().collect(),
-        Some(_) => super::functions::words(ctx, "pods")?,
+        Some(_) => super::context::words(ctx, "pods")?,
     };
     if let Some(pod) = pods.iter().find(|p| !info.contains_key(*p)) {
         return Err(Error::Data {
@@ -597,37 +596,29 @@ fn backup_ids<C: Cluster>(ctx: &Context<C>) -> Result<Vec<String>> {
     Ok(ids.into_iter().filter(|s| !s.is_empty()).collect())
 }
 
-/// Forgets snapshots in the Profile's repository (in the coordinator: nothing to move), and
-/// with `reclaim` prunes what no snapshot uses any more. Forgetting what is already gone, or
-/// a location with no repository, succeeds: a retried delete must not fail.
-async fn forget<C: Cluster>(ctx: &Context<C>, mut ids: Vec<String>, tags: &[String], reclaim: bool) -> Result<JsonMap> {
-    use super::repository::Opened;
+/// Forgets snapshots in the Profile's repository (in a task pod: nothing to move), and with
+/// `reclaim` prunes what no snapshot uses any more. Forgetting what is already gone, or a
+/// location with no repository, succeeds: a retried delete must not fail.
+async fn forget<C: Cluster>(ctx: &Context<C>, ids: Vec<String>, tags: &[String], reclaim: bool) -> Result<JsonMap> {
     let list = |v: Vec<String>| Value::Array(v.into_iter().map(Value::String).collect());
-    let repo = match open_repository(ctx).await? {
-        Opened::Open(repo) => repo,
-        Opened::NoKey | Opened::NoRepository => {
+    let request = pb::ForgetTask {
+        snapshot_ids: ids.clone(),
+        backup_tags: tags.to_vec(),
+        reclaim_space: reclaim,
+        wait_lock_secs: 300,
+    };
+    let r = match task::run(ctx, "delete-data-", Task::Forget(request)).await? {
+        Answer::Open(TaskOut::Forget(r)) => r,
+        Answer::Open(_) => return Err(unexpected(ctx)),
+        Answer::NoKey | Answer::NoRepository => {
             return Ok(JsonMap::from([("removed".into(), list(Vec::new())), ("alreadyAbsent".into(), list(ids))]));
         }
-        Opened::WrongKey => return Err(Error::Data { function: ctx.function(), message: wrong_key().into() }),
+        Answer::WrongKey => return Err(Error::Data { function: ctx.function(), message: wrong_key().into() }),
     };
-    let err = data_err(ctx);
-    if !tags.is_empty() {
-        for (id, s) in repo.snapshots().await.map_err(&err)? {
-            if s.is_ok_and(|s| s.tags.get(BACKUP_TAG).is_some_and(|t| tags.contains(t))) {
-                ids.push(id.to_string());
-            }
-        }
+    if let Some(p) = &r.prune {
+        tracing::info!(function = %ctx.function(), packs_deleted = p.packs_deleted, bytes_deleted = p.bytes_deleted, "space reclaimed");
     }
-    let (removed, absent) = repo.forget(&ids).await.map_err(&err)?;
-    if reclaim {
-        let opts = kanister_agent::prune::PruneOptions {
-            wait_lock: std::time::Duration::from_secs(300),
-            ..kanister_agent::prune::PruneOptions::with_grace(std::time::Duration::ZERO)
-        };
-        let r = kanister_agent::prune::prune(&repo, &opts).await.map_err(&err)?;
-        tracing::info!(function = %ctx.function(), packs_deleted = r.packs_deleted, bytes_deleted = r.bytes_deleted, "space reclaimed");
-    }
-    Ok(JsonMap::from([("removed".into(), list(removed)), ("alreadyAbsent".into(), list(absent))]))
+    Ok(JsonMap::from([("removed".into(), list(r.removed)), ("alreadyAbsent".into(), list(r.already_absent))]))
 }
 
 pub(super) async fn delete_data<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
@@ -646,25 +637,21 @@ pub(super) async fn delete_data_all<C: Cluster>(ctx: &Context<C>) -> Result<Json
 }
 
 pub(super) async fn location_delete<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
-    use super::repository::Opened;
     let artifact = non_empty(ctx, "artifact", "the path an artifact was pushed at")?;
-    let repo = match open_repository(ctx).await? {
-        Opened::Open(repo) => repo,
-        Opened::NoKey | Opened::NoRepository => return Ok(JsonMap::new()),
-        Opened::WrongKey => return Err(Error::Data { function: ctx.function(), message: wrong_key().into() }),
-    };
     // Upstream strips the bucket from the artifact's front; kando addresses by the path given.
     let bucket = ctx.params.profile.as_ref().map(|p| p.location.bucket.as_str()).unwrap_or_default();
-    let mut candidates = vec![artifact.clone()];
+    let mut paths = vec![artifact.clone()];
     if let Some(rest) = artifact.strip_prefix(bucket).filter(|_| !bucket.is_empty()) {
-        candidates.push(rest.to_string());
-        candidates.push(rest.trim_start_matches('/').to_string());
+        paths.push(rest.to_string());
+        paths.push(rest.trim_start_matches('/').to_string());
     }
-    candidates.dedup();
-    let mut deleted = 0;
-    for path in &candidates {
-        deleted += kanister_agent::kando::delete_at(&repo, path).await.map_err(data_err(ctx))?;
-    }
+    paths.dedup();
+    let deleted = match task::run(ctx, "location-delete-", Task::DeleteAt(pb::DeleteAtTask { paths })).await? {
+        Answer::Open(TaskOut::DeleteAt(r)) => r.deleted,
+        Answer::Open(_) => return Err(unexpected(ctx)),
+        Answer::NoKey | Answer::NoRepository => 0,
+        Answer::WrongKey => return Err(Error::Data { function: ctx.function(), message: wrong_key().into() }),
+    };
     tracing::info!(function = %ctx.function(), artifact = %artifact, deleted, "artifact deleted");
     Ok(JsonMap::new())
 }
@@ -675,33 +662,14 @@ pub(super) async fn backup_data_stats<C: Cluster>(ctx: &Context<C>) -> Result<Js
     if !matches!(mode.as_str(), "restore-size" | "raw-data") {
         return Err(ctx.invalid("statsMode", "restore-size (the default) or raw-data"));
     }
-    let repo = existing_repository(ctx).await?;
-    let err = data_err(ctx);
-    let id = repo.resolve_snapshot(&backup_id).await.map_err(&err)?;
-    let snap = repo.snapshot(&id).await.map_err(&err)?;
-    let files = match snap.root {
-        kanister_repo::snapshot::Root::Stream { .. } => 1,
-        kanister_repo::snapshot::Root::Tree { .. } => snap.stats.files_read + snap.stats.files_reused,
-    };
-    let size = if mode == "raw-data" {
-        // What the snapshot's blobs take in the store, each counted once.
-        let index = repo.load_index().await.map_err(&err)?;
-        let mut seen = std::collections::HashSet::new();
-        let mut stored = 0u64;
-        repo.walk_blobs(&index, &snap.root, &mut |v| {
-            if let kanister_agent::repository::Visit::Blob(id, _) = v
-                && seen.insert(*id)
-                && let Some(loc) = index.get(id)
-            {
-                stored += u64::from(loc.entry.length);
-            }
-            Ok(())
-        })
-        .await
-        .map_err(&err)?;
-        stored
-    } else {
-        snap.size
+    let request = pb::StatsTask { snapshot_id: backup_id, raw_data: mode == "raw-data" };
+    let (files, size) = match task::run(ctx, "backup-data-stats-", Task::Stats(request)).await? {
+        Answer::Open(TaskOut::Stats(r)) => (r.file_count, r.size),
+        Answer::Open(_) => return Err(unexpected(ctx)),
+        Answer::NoKey | Answer::NoRepository => {
+            return Err(Error::Data { function: ctx.function(), message: no_repository().into() });
+        }
+        Answer::WrongKey => return Err(Error::Data { function: ctx.function(), message: wrong_key().into() }),
     };
     Ok(JsonMap::from([
         ("mode".to_string(), Value::String(mode)),
@@ -711,19 +679,18 @@ pub(super) async fn backup_data_stats<C: Cluster>(ctx: &Context<C>) -> Result<Js
 }
 
 pub(super) async fn check_repository<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
-    use super::repository::Opened;
     let flags = |password_incorrect: bool, unavailable: bool| {
         JsonMap::from([
             ("passwordIncorrect".to_string(), Value::String(password_incorrect.to_string())),
             ("repoUnavailable".to_string(), Value::String(unavailable.to_string())),
         ])
     };
-    let repo = match open_repository(ctx).await? {
-        Opened::Open(repo) => repo,
-        Opened::NoKey | Opened::NoRepository => return Ok(flags(false, true)),
-        Opened::WrongKey => return Ok(flags(true, false)),
+    let r = match task::run(ctx, "check-repository-", Task::Check(pb::CheckTask { read_data: false })).await? {
+        Answer::Open(TaskOut::Check(r)) => r,
+        Answer::Open(_) => return Err(unexpected(ctx)),
+        Answer::NoKey | Answer::NoRepository => return Ok(flags(false, true)),
+        Answer::WrongKey => return Ok(flags(true, false)),
     };
-    let r = kanister_agent::check::check(&repo, false).await.map_err(data_err(ctx))?;
     if !r.ok {
         let shown: Vec<String> = r.errors.iter().take(5).map(|p| format!("{}: {}", p.object, p.problem)).collect();
         return Err(Error::Data {
@@ -791,7 +758,6 @@ pub(super) async fn copy_volume_data<C: Cluster>(ctx: &Context<C>) -> Result<Jso
     let mount = ctx.opt_str("mountPath")?.filter(|s| !s.is_empty()).unwrap_or_else(|| format!("/mnt/vol_data/{pvc}"));
     let image = ctx.opt_str("image")?.filter(|s| !s.is_empty()).unwrap_or_else(|| ctx.tools_image.clone());
     let volume = format!("{VOLUME_TAG}={namespace}/{pvc}");
-    ensure_repository(ctx, &repository_ref(ctx).await?).await?;
     let command: Vec<String> = [
         "kanister-agent",
         "backup",
@@ -811,7 +777,7 @@ pub(super) async fn copy_volume_data<C: Cluster>(ctx: &Context<C>) -> Result<Jso
     let mut pod = ctx.task_pod("copy-vol-data-", vec![container]).await?;
     pod.volumes = BTreeMap::from([(pvc.clone(), mount.clone())]);
     pod.env.extend(repository_env(ctx, &namespace).await?);
-    let mut out = super::functions::run_pod(ctx, pod, "container", true).await?;
+    let mut out = super::context::run_pod(ctx, pod, "container", true).await?;
     for key in ["backupID", "fileCount", "size", "phySize"] {
         if !out.contains_key(key) {
             return Err(Error::Data {

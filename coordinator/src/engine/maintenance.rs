@@ -16,16 +16,13 @@
 //! `MaintenanceFailed`), a log line and metrics (`kanister_maintenance_*`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::functions::Context;
 use super::{Engine, lock};
 use crate::cluster::{Cluster, Container, Event, EventType, ObjectRef, get_typed};
 use crate::crd::JsonMap;
 use crate::crd::ObjectReference;
 use crate::crd::profile::Profile;
-use crate::render::{Location, TemplateParams};
 
 /// When and how the coordinator maintains repositories.
 #[derive(Debug, Clone)]
@@ -240,26 +237,9 @@ impl<C: Cluster> Engine<C> {
 
     async fn maintain_in_pod(&self, profile: &ObjectReference, grace: Duration) -> Result<JsonMap, String> {
         let cfg = &self.inner.config;
+        let label = ("kanister.io/maintenance", "maintenance");
         let params = super::params::profile(&*self.inner.cluster, profile).await.map_err(|e| e.to_string())?;
-        let ctx = Context {
-            cluster: self.inner.cluster.clone(),
-            renderer: self.inner.renderer.clone(),
-            location: Location::phase("maintenance", "maintenance", "Maintenance"),
-            params: TemplateParams { profile: Some(params), ..Default::default() },
-            args: JsonMap::new(),
-            default_namespace: profile.namespace.clone(),
-            owner: None,
-            labels: BTreeMap::from([("kanister.io/maintenance".to_string(), profile.name.clone())]),
-            tail_lines: cfg.log_tail_lines,
-            poll: cfg.poll_interval,
-            ready_timeout: cfg.ready_timeout,
-            pods: Arc::new(Mutex::new(Vec::new())),
-            profile: Some(profile.clone()),
-            agent: cfg.agent.clone(),
-            op_id: format!("maintenance/{}/{}", profile.namespace, profile.name),
-            tools_image: cfg.tools_image.clone(),
-            progress: None,
-        };
+        let ctx = super::task::profile_context(self.inner.cluster.clone(), cfg, profile, params, label);
         let grace = format!("{}s", grace.as_secs());
         // Contenders that start at the same moment both back off once; waiting a little lets one
         // of them win instead of both skipping.
@@ -271,16 +251,10 @@ impl<C: Cluster> Engine<C> {
         let result = async {
             let mut pod = ctx.task_pod("kanister-maintenance-", vec![container]).await?;
             pod.env.extend(super::data::repository_env(&ctx, &profile.namespace).await?);
-            super::functions::run_pod(&ctx, pod, "container", true).await
+            super::context::run_pod(&ctx, pod, "container", true).await
         }
         .await;
-        // The pod goes whatever happened (the engine's phase cleanup does not run here).
-        let pods = std::mem::take(&mut *ctx.pods.lock().unwrap_or_else(|e| e.into_inner()));
-        for (ns, name) in pods {
-            if let Err(e) = self.inner.cluster.delete_pod(&ns, &name).await {
-                tracing::warn!(pod = %name, namespace = %ns, error = %e, "cannot delete a maintenance pod");
-            }
-        }
+        super::task::delete_pods(&ctx).await;
         result.map_err(|e| e.to_string())
     }
 }

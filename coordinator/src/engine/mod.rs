@@ -44,6 +44,7 @@
 //!   new `.Time`.
 
 pub mod agent;
+pub mod context;
 mod data;
 pub mod duration;
 pub mod functions;
@@ -51,6 +52,7 @@ pub mod maintenance;
 pub mod params;
 pub mod repokey;
 pub mod repository;
+pub(crate) mod task;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -298,6 +300,11 @@ impl<C: Cluster> Engine<C> {
     /// The cluster.
     pub fn cluster(&self) -> &Arc<C> {
         &self.inner.cluster
+    }
+
+    /// The engine's settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
     }
 
     /// Brings one ActionSet forward: initialise, start, cancel, recover or nothing. Idempotent.

@@ -186,7 +186,7 @@ pub async fn profile<C: Cluster>(cluster: &C, r: &ObjectReference) -> Result<Pro
         CredentialType::Kopia => {}
     }
     if let Some(problem) =
-        spec.store_options.iter().find_map(|(k, v)| kanister_agent::store::check_network_option(k, v).err())
+        spec.store_options.iter().find_map(|(k, v)| kanister_profile::check_network_option(k, v).err())
     {
         return Err(Error::Profile { profile: name, problem: format!("storeOptions {problem}") });
     }

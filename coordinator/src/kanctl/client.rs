@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
-pub use kanister_agent::error::error_chain;
+pub use kanister_profile::error_chain;
 use kanister_proto::coordinator::v1::coordinator_service_client::CoordinatorServiceClient;
 use serde::Deserialize;
 use tonic::service::interceptor::InterceptedService;

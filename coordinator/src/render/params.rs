@@ -80,8 +80,8 @@ pub struct TemplateParams {
 }
 
 /// The environment variable a credential reference names: `kando`'s
-/// [`kanister_agent::kando::CREDENTIAL_ENV`].
-pub const CREDENTIAL_ENV: &str = kanister_agent::kando::CREDENTIAL_ENV;
+/// [`kanister_profile::CREDENTIAL_ENV`].
+pub const CREDENTIAL_ENV: &str = kanister_profile::CREDENTIAL_ENV;
 
 /// `.StatefulSet`, `.Deployment`, `.DeploymentConfig`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -166,6 +166,26 @@ pub fn agent_binary() -> PathBuf {
 
 /// A directory holding the agent as `kanister-agent` and `kando` (what the tools image has on
 /// its PATH), and the PATH that puts it first.
+/// `PATH` with the tools image's programs (`kanister-agent`, `kando`, links to the agent binary
+/// in a directory of the target dir) first: what task pods of the local cluster run, as the
+/// tools image's would.
+pub fn tools_env_path() -> String {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| manifest.join("../target"), PathBuf::from);
+        let bin = target.join(format!("test-tools-{}", std::process::id()));
+        std::fs::create_dir_all(&bin).unwrap();
+        for name in ["kando", "kanister-agent"] {
+            let _ = std::fs::remove_file(bin.join(name));
+            std::os::unix::fs::symlink(agent_binary(), bin.join(name)).unwrap();
+        }
+        format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default())
+    })
+    .clone()
+}
+
+/// Like [`tools_env_path`], in a directory of its own that goes with the returned guard.
 pub fn tools_path() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     for name in ["kando", "kanister-agent"] {

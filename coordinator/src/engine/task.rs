@@ -1,0 +1,168 @@
+//! Repository work with no pod to do it in, done by the agent in a task pod: `DeleteData`
+//! (forget, and with `reclaimSpace` prune), `LocationDelete`, `BackupDataStats`,
+//! `CheckRepository`, the latest backup of a tag for `RestoreData` into volumes, and
+//! `kanctl snapshots`.
+//!
+//! The coordinator never opens a repository: it runs `kanister-agent task` in a task pod of the
+//! tools image, in the function's namespace (the Profile's for `kanctl snapshots` and
+//! maintenance), with the request in `KANISTER_TASK` ([`pb::TaskRequest`], no secret in it) and
+//! the repository as every task pod gets it (store settings as values, credentials and the key
+//! from Secrets: [`super::data::repository_env`], [`super::repokey`]). Loading an index, walking
+//! snapshots and pruning happen there, under the pod's memory limit, and the coordinator reads
+//! one answer back: the phase output `taskResult`, a base64-encoded [`pb::TaskResult`] (at most
+//! [`crate::output::MAX_OUTPUT_LINE`] bytes), decoded with prost.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use kanister_proto::agent::v1 as pb;
+use prost::Message as _;
+
+use super::context::{Context, Error, Result};
+use crate::cluster::{Cluster, Container, EnvSource, EnvVar};
+use crate::crd::{JsonMap, ObjectReference};
+use crate::render::params::ProfileParams;
+use crate::render::{Location, Renderer, TemplateParams};
+
+/// The environment variable `kanister-agent task` reads its request from.
+const REQUEST_ENV: &str = "KANISTER_TASK";
+/// The phase output holding the answer.
+const RESULT_KEY: &str = "taskResult";
+
+/// What a Profile's location said to a task.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// The repository opened; the task's result.
+    Open(pb::task_result::Result),
+    /// The Profile has no key Secret: nothing was ever backed up through it (no pod ran).
+    NoKey,
+    /// The location holds no repository.
+    NoRepository,
+    /// A repository is there, but the Profile's key does not open it.
+    WrongKey,
+}
+
+/// Runs `task` against the repository of the context's Profile in a task pod named
+/// `generate_name...`. Never creates a key or a repository.
+pub(crate) async fn run<C: Cluster>(
+    ctx: &Context<C>,
+    generate_name: &str,
+    task: pb::task_request::Task,
+) -> Result<Answer> {
+    let Some(profile) = &ctx.profile else { return Err(Error::NoProfile(ctx.function())) };
+    if super::repokey::existing(&*ctx.cluster, profile).await.map_err(Box::new)?.is_none() {
+        return Ok(Answer::NoKey);
+    }
+    let namespace = ctx.namespace()?;
+    let request = pb::TaskRequest { task: Some(task) };
+    let encoded = base64::engine::general_purpose::STANDARD.encode(request.encode_to_vec());
+    let command = ["kanister-agent", "task"].map(String::from).into();
+    let container = Container { name: "container".into(), image: ctx.tools_image.clone(), command };
+    let mut pod = ctx.task_pod(generate_name, vec![container]).await?;
+    pod.env.push(EnvVar { name: REQUEST_ENV.into(), source: EnvSource::Value(encoded) });
+    pod.env.extend(super::data::repository_env(ctx, &namespace).await?);
+    let out = super::context::run_pod(ctx, pod, "container", true).await?;
+    let result = decode(&out).map_err(|why| Error::Data {
+        function: ctx.function(),
+        message: format!(
+            "the agent's task pod answered no {RESULT_KEY} ({why}): is {} the tools image of this release?",
+            ctx.tools_image
+        ),
+    })?;
+    match pb::TaskRepositoryState::try_from(result.state) {
+        Ok(pb::TaskRepositoryState::NoRepository) => Ok(Answer::NoRepository),
+        Ok(pb::TaskRepositoryState::WrongKey) => Ok(Answer::WrongKey),
+        Ok(pb::TaskRepositoryState::Open) => match result.result {
+            Some(r) => Ok(Answer::Open(r)),
+            None => {
+                Err(Error::Data { function: ctx.function(), message: "the agent's task pod answered no result".into() })
+            }
+        },
+        _ => Err(Error::Data {
+            function: ctx.function(),
+            message: format!("the agent's task pod answered an unknown repository state {}", result.state),
+        }),
+    }
+}
+
+/// The answer in a task pod's phase outputs.
+fn decode(out: &JsonMap) -> std::result::Result<pb::TaskResult, String> {
+    let text = out.get(RESULT_KEY).and_then(|v| v.as_str()).ok_or("no such output")?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(text).map_err(|e| e.to_string())?;
+    pb::TaskResult::decode(bytes.as_slice()).map_err(|e| e.to_string())
+}
+
+/// A context for repository work of a Profile outside any ActionSet (maintenance, `kanctl
+/// snapshots`): task pods in the Profile's namespace, labelled `label`.
+pub(crate) fn profile_context<C: Cluster>(
+    cluster: Arc<C>,
+    config: &super::EngineConfig,
+    profile: &ObjectReference,
+    params: ProfileParams,
+    label: (&str, &str),
+) -> Context<C> {
+    Context {
+        cluster,
+        renderer: Renderer::new(),
+        location: Location::phase(label.1, label.1, label.1),
+        params: TemplateParams { profile: Some(params), ..Default::default() },
+        args: JsonMap::new(),
+        default_namespace: profile.namespace.clone(),
+        owner: None,
+        labels: BTreeMap::from([(label.0.to_string(), profile.name.clone())]),
+        tail_lines: config.log_tail_lines,
+        poll: config.poll_interval,
+        ready_timeout: config.ready_timeout,
+        pods: Arc::new(Mutex::new(Vec::new())),
+        profile: Some(profile.clone()),
+        agent: config.agent.clone(),
+        op_id: format!("{}/{}/{}", label.1, profile.namespace, profile.name),
+        tools_image: config.tools_image.clone(),
+        progress: None,
+    }
+}
+
+/// Deletes the pods `ctx` created, whatever happened (outside an ActionSet, no phase cleans
+/// them up).
+pub(crate) async fn delete_pods<C: Cluster>(ctx: &Context<C>) {
+    let pods = std::mem::take(&mut *ctx.pods.lock().unwrap_or_else(|e| e.into_inner()));
+    for (ns, name) in pods {
+        if let Err(e) = ctx.cluster.delete_pod(&ns, &name).await {
+            tracing::warn!(pod = %name, namespace = %ns, error = %e, "cannot delete a task pod");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_decode_and_garbage_is_an_error() {
+        let result = pb::TaskResult {
+            state: pb::TaskRepositoryState::Open.into(),
+            result: Some(pb::task_result::Result::DeleteAt(pb::DeleteAtResult { deleted: 3 })),
+        };
+        let text = base64::engine::general_purpose::STANDARD.encode(result.encode_to_vec());
+        let out = JsonMap::from([(RESULT_KEY.to_string(), serde_json::Value::String(text))]);
+        assert_eq!(decode(&out).unwrap(), result);
+        assert!(decode(&JsonMap::new()).is_err());
+        // Hostile outputs: never a panic.
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        for len in 0..200usize {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect();
+            let text = base64::engine::general_purpose::STANDARD.encode(&bytes);
+            let _ = decode(&JsonMap::from([(RESULT_KEY.to_string(), serde_json::Value::String(text))]));
+        }
+        let out = JsonMap::from([(RESULT_KEY.to_string(), serde_json::Value::String("%%%".into()))]);
+        assert!(decode(&out).is_err());
+    }
+}
