@@ -31,6 +31,11 @@ struct Args {
     /// Timeout of a phase without `timeout` (e.g. `6h`).
     #[arg(long, env = "KANISTER_PHASE_TIMEOUT", default_value = "6h", value_parser = humantime::parse_duration)]
     phase_timeout: Duration,
+    /// Memory limit of the task pods in which the agent does repository work that has no pod of
+    /// its own (DeleteData, LocationDelete, BackupDataStats, CheckRepository, maintenance,
+    /// `kanctl snapshots`): pruning takes about 100 bytes per blob of the repository. "" for none
+    #[arg(long, env = "KANISTER_TASK_MEMORY_LIMIT", default_value = "1Gi", value_parser = parse_quantity)]
+    task_memory_limit: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -371,6 +376,7 @@ async fn main() -> anyhow::Result<()> {
     let config = EngineConfig {
         actionset_timeout: args.actionset_timeout,
         phase_timeout: args.phase_timeout,
+        task_memory_limit: args.task_memory_limit.clone(),
         ..EngineConfig::default()
     };
     match args.command {
@@ -578,4 +584,33 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A memory quantity as Kubernetes takes it (`512Mi`, `2Gi`, `1G`, `1073741824`), or "".
+fn parse_quantity(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let unit = &t[digits..];
+    let units = ["", "k", "M", "G", "T", "Ki", "Mi", "Gi", "Ti"];
+    if t.is_empty() || (digits > 0 && units.contains(&unit)) {
+        Ok(t.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a memory quantity: write it as Kubernetes does, e.g. 512Mi or 2Gi (\"\" for no limit)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn memory_limits_are_kubernetes_quantities() {
+        for ok in ["", "1Gi", "512Mi", "2G", "1073741824"] {
+            assert_eq!(super::parse_quantity(ok).as_deref(), Ok(ok), "{ok}");
+        }
+        for bad in ["Gi", "1 GB", "1gib", "-1Gi", "1.5Gi"] {
+            let e = super::parse_quantity(bad).unwrap_err();
+            assert!(e.contains("512Mi"), "{bad}: {e}");
+        }
+    }
 }

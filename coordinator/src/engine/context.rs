@@ -187,6 +187,8 @@ pub struct Context<C> {
     pub op_id: String,
     /// Image of task pods that run the agent ([`super::EngineConfig::tools_image`]).
     pub tools_image: String,
+    /// Memory limit of the agent's task pods ([`super::EngineConfig::task_memory_limit`]).
+    pub task_memory_limit: String,
     /// Where the function reports byte counts while it runs, if anywhere.
     pub progress: Option<tokio::sync::watch::Sender<Option<TransferProgress>>>,
 }

@@ -250,6 +250,7 @@ impl<C: Cluster> Engine<C> {
         let container = Container { name: "container".into(), image: cfg.tools_image.clone(), command };
         let result = async {
             let mut pod = ctx.task_pod("kanister-maintenance-", vec![container]).await?;
+            super::task::limit_memory(&mut pod, "container", &ctx.task_memory_limit);
             pod.env.extend(super::data::repository_env(&ctx, &profile.namespace).await?);
             super::context::run_pod(&ctx, pod, "container", true).await
         }

@@ -141,6 +141,8 @@ pub struct EngineConfig {
     /// Image of task pods that run the agent (`CopyVolumeData`) when the phase names none:
     /// the kanister-tools image.
     pub tools_image: String,
+    /// Memory limit of the agent's task pods for repository work (`1Gi`; empty: none).
+    pub task_memory_limit: String,
 }
 
 /// Why the run of a deleted ActionSet stopped (its defer phase still runs).
@@ -166,6 +168,7 @@ impl Default for EngineConfig {
             agent: agent::AgentClientConfig::default(),
             progress_interval: Duration::from_secs(1),
             tools_image: DEFAULT_TOOLS_IMAGE.into(),
+            task_memory_limit: "1Gi".into(),
         }
     }
 }
@@ -1147,6 +1150,7 @@ impl<C: Cluster> Run<C> {
                 profile: self.actionset.spec.actions[i].profile.clone(),
                 agent: self.config().agent.clone(),
                 tools_image: self.config().tools_image.clone(),
+                task_memory_limit: self.config().task_memory_limit.clone(),
                 op_id: format!(
                     "{}/{}/{}/{}/{}",
                     self.namespace(),

@@ -20,7 +20,7 @@ use kanister_proto::agent::v1 as pb;
 use prost::Message as _;
 
 use super::context::{Context, Error, Result};
-use crate::cluster::{Cluster, Container, EnvSource, EnvVar};
+use crate::cluster::{Cluster, Container, EnvSource, EnvVar, TaskPod};
 use crate::crd::{JsonMap, ObjectReference};
 use crate::render::params::ProfileParams;
 use crate::render::{Location, Renderer, TemplateParams};
@@ -60,6 +60,7 @@ pub(crate) async fn run<C: Cluster>(
     let command = ["kanister-agent", "task"].map(String::from).into();
     let container = Container { name: "container".into(), image: ctx.tools_image.clone(), command };
     let mut pod = ctx.task_pod(generate_name, vec![container]).await?;
+    limit_memory(&mut pod, "container", &ctx.task_memory_limit);
     pod.env.push(EnvVar { name: REQUEST_ENV.into(), source: EnvSource::Value(encoded) });
     pod.env.extend(super::data::repository_env(ctx, &namespace).await?);
     let out = super::context::run_pod(ctx, pod, "container", true).await?;
@@ -84,6 +85,23 @@ pub(crate) async fn run<C: Cluster>(
             message: format!("the agent's task pod answered an unknown repository state {}", result.state),
         }),
     }
+}
+
+/// Gives container `container` of `pod` the memory limit `limit` (none when empty), under the
+/// function's `podOverride`: an override naming the container's resources wins.
+pub(crate) fn limit_memory(pod: &mut TaskPod, container: &str, limit: &str) {
+    if limit.is_empty() {
+        return;
+    }
+    let ours = serde_json::json!({"name": container, "resources": {"limits": {"memory": limit}}});
+    let mut containers = match pod.pod_override.remove("containers") {
+        Some(serde_json::Value::Array(theirs)) => theirs,
+        Some(other) => vec![other],
+        None => Vec::new(),
+    };
+    // Overrides apply in order: theirs after ours.
+    containers.insert(0, ours);
+    pod.pod_override.insert("containers".into(), serde_json::Value::Array(containers));
 }
 
 /// The answer in a task pod's phase outputs.
@@ -119,6 +137,7 @@ pub(crate) fn profile_context<C: Cluster>(
         agent: config.agent.clone(),
         op_id: format!("{}/{}/{}", label.1, profile.namespace, profile.name),
         tools_image: config.tools_image.clone(),
+        task_memory_limit: config.task_memory_limit.clone(),
         progress: None,
     }
 }
@@ -137,6 +156,24 @@ pub(crate) async fn delete_pods<C: Cluster>(ctx: &Context<C>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn task_pods_get_the_memory_limit_under_the_functions_override() {
+        let mut pod = TaskPod::default();
+        limit_memory(&mut pod, "container", "");
+        assert!(pod.pod_override.is_empty(), "no limit: nothing set");
+        limit_memory(&mut pod, "container", "1Gi");
+        assert_eq!(
+            serde_json::Value::Object(pod.pod_override.clone().into_iter().collect()),
+            serde_json::json!({"containers": [{"name": "container", "resources": {"limits": {"memory": "1Gi"}}}]})
+        );
+        // A podOverride of the function (its own limit) comes after ours, so it wins.
+        let theirs = serde_json::json!({"name": "container", "resources": {"limits": {"memory": "4Gi"}}});
+        let mut pod = TaskPod::default();
+        pod.pod_override.insert("containers".into(), serde_json::json!([theirs.clone()]));
+        limit_memory(&mut pod, "container", "1Gi");
+        assert_eq!(pod.pod_override["containers"][1], theirs);
+    }
 
     #[test]
     fn answers_decode_and_garbage_is_an_error() {
