@@ -55,6 +55,12 @@ pub enum ProblemKind {
     /// without `pipefail`, so a dump that fails halfway still ends in a backup that looks
     /// complete.
     PipeWithoutPipefail,
+    /// A warning ([`warnings`]): an upstream function this coordinator does not run; an action
+    /// using it fails at that phase.
+    NotServed {
+        /// The function.
+        function: String,
+    },
     /// Rule 4: a phase name used before.
     DuplicatePhase {
         /// The repeated name.
@@ -114,6 +120,11 @@ impl fmt::Display for ProblemKind {
                 write!(f, "function {function} does not take argument {argument:?}{hint}")
             }
             ProblemKind::UnnamedPhase => write!(f, "phase has no name"),
+            ProblemKind::NotServed { function } => write!(
+                f,
+                "{function} is upstream Kanister's and not run by this coordinator: an action reaching this phase \
+                 fails; use the functions the README lists as served"
+            ),
             ProblemKind::PipeWithoutPipefail => write!(
                 f,
                 "the command pipes into `kando location push` without `set -o pipefail` (or `bash -o pipefail`): \
@@ -194,6 +205,12 @@ pub fn warnings(bp: &Blueprint) -> Vec<Problem> {
     let mut out = Vec::new();
     for (action_name, action) in &bp.spec.actions {
         for phase in action.all_phases() {
+            if functions::lookup(&phase.func).is_some_and(|f| f.runner.is_none()) {
+                out.push(Problem {
+                    location: Location::phase(&name, action_name, &phase.name),
+                    kind: ProblemKind::NotServed { function: phase.func.clone() },
+                });
+            }
             let words: Vec<String> = phase
                 .args
                 .values()

@@ -176,3 +176,23 @@ fn pipes_into_kando_push_without_pipefail_are_warned_about() {
         assert!(kanister_coordinator::validate::warnings(&bp(fine)).is_empty(), "{fine}");
     }
 }
+
+/// A function upstream has and this coordinator does not run validates (upstream blueprints stay
+/// valid) with a warning naming the phase, from the one function catalogue.
+#[test]
+fn functions_not_served_here_are_warned_about() {
+    let bp = |func: &str, args: &str| -> kanister_coordinator::crd::Blueprint {
+        serde_norway::from_str(&format!(
+            "apiVersion: cr.kanister.io/v1alpha1\nkind: Blueprint\nmetadata: {{name: b}}\nactions:\n  backup:\n    phases:\n    - func: {func}\n      name: snap\n      args: {args}\n"
+        ))
+        .unwrap()
+    };
+    let csi = bp("CreateCSISnapshot", "{pvc: data, namespace: ns, snapshotClass: csi}");
+    assert!(kanister_coordinator::validate::check(&csi).is_ok(), "upstream's function stays valid");
+    let warned = kanister_coordinator::validate::warnings(&csi);
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    let text = warned[0].to_string();
+    assert!(text.contains("snap") && text.contains("CreateCSISnapshot") && text.contains("not run"), "{text}");
+    let served = bp("KubeTask", "{image: tools, command: [sh, -c, 'true']}");
+    assert!(kanister_coordinator::validate::warnings(&served).is_empty());
+}

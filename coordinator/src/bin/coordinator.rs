@@ -280,6 +280,17 @@ async fn serve_local(
     }
     let cluster = LocalCluster::with_state_file(state.join("state.json"))
         .with_context(|| format!("failed to read the state in {}", state.display()))?;
+    // Task pods run the tools image's programs from PATH: `kanister-agent` and `kando` are
+    // installed beside this binary, so its directory comes first.
+    let cluster = match std::env::current_exe().ok().as_deref().and_then(std::path::Path::parent) {
+        Some(dir) => {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let joined = std::env::join_paths(std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&path)))
+                .context("the directory of kanister-coordinator cannot go on PATH")?;
+            cluster.with_env("PATH", joined.to_string_lossy().into_owned())
+        }
+        None => cluster,
+    };
     let loaded =
         cluster.load_dir(dir).with_context(|| format!("failed to load the YAML files of {}", dir.display()))?;
     let cluster = Arc::new(cluster);
