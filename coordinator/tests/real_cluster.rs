@@ -687,6 +687,10 @@ fn the_seeds_story_runs_on_the_real_cluster() {
     }
     let row = lines.next().unwrap_or_default();
     assert!(row.contains("100") && row.contains("complete"), "a filled row: {table}");
+    // `kanctl snapshots`: the chart's coordinator lists through a task pod of the agent in the
+    // Profile's namespace, with the chart's Roles, and ties the snapshot to the ActionSet.
+    let listed = kanctl(&["snapshots", "--profile", &format!("{d}/s3-profile")]);
+    assert!(listed.contains(&backup) && listed.contains("mysqlBackup"), "kanctl snapshots: {listed}");
 
     sql(&db, "DROP TABLE shop.orders");
     let restore =
