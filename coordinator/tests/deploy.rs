@@ -603,7 +603,7 @@ fn no_rendered_manifest_contains_a_secret_value() {
 #[test]
 fn sidecar_environment_matches_the_agent_flags() {
     let agent_src: String =
-        ["agent/src/cli.rs", "agent/src/service/mod.rs"].iter().map(|p| read(&root().join(p))).collect();
+        ["agent/src/cli/mod.rs", "agent/src/service/mod.rs"].iter().map(|p| read(&root().join(p))).collect();
     assert!(agent_src.contains("Serve("), "the agent has no `serve` command any more");
     let (_, values) = &value_sets()[1];
     let patch = render(values).sidecar_patch();
