@@ -124,9 +124,7 @@ impl Error {
             Error::Store(StoreError::Backend { .. }) => {
                 Some("check the store's endpoint, bucket and credentials (--store-option, --store-credentials)")
             }
-            Error::Store(StoreError::BadUrl { .. } | StoreError::BadOption { .. }) => {
-                Some("see `kanister-agent --help` for store URLs and settings")
-            }
+            Error::Store(StoreError::Settings(_)) => Some("see `kanister-agent --help` for store URLs and settings"),
             _ => None,
         }
     }

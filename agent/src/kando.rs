@@ -34,6 +34,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::error::{Error, Result};
 use crate::store::{Store, StoreError, StoreOptions};
+use kanister_profile::store::BuildError;
 
 pub use kanister_profile::{CREDENTIAL_ENV, GoProfile, KANDO_PATH_TAG as PATH_TAG};
 /// Prefix of the phase-output protocol line.
@@ -90,7 +91,7 @@ struct LocationArgs {
 }
 
 fn bad_profile(e: kanister_profile::ProfileError) -> Error {
-    Error::Store(StoreError::BadUrl { url: "--profile".into(), reason: e.0 })
+    Error::Store(StoreError::Settings(BuildError::BadUrl { url: "--profile".into(), reason: e.0 }))
 }
 
 /// Parses `--profile`, resolving a credential reference from the process's environment.

@@ -35,22 +35,10 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 /// Errors of the store layer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The URL is not one this agent understands.
-    #[error("invalid store URL {url:?}: {reason}")]
-    BadUrl {
-        /// The URL as given (credentials removed).
-        url: String,
-        /// What is wrong, and the fix.
-        reason: String,
-    },
-    /// A configuration key or value was rejected.
-    #[error("invalid store setting {key:?}: {reason}")]
-    BadOption {
-        /// The key.
-        key: String,
-        /// Why it was rejected.
-        reason: String,
-    },
+    /// The URL or a setting is not one the store client takes (the message names it and the
+    /// fix, never a credential).
+    #[error(transparent)]
+    Settings(#[from] kanister_profile::store::BuildError),
     /// The credentials file could not be read.
     #[error("cannot read the store credentials file {path}: {source}")]
     CredentialsFile {
@@ -95,16 +83,6 @@ pub enum Created {
     No,
     /// The store cannot write conditionally; the object was written unconditionally.
     Unchecked,
-}
-
-impl From<kanister_profile::store::BuildError> for StoreError {
-    fn from(e: kanister_profile::store::BuildError) -> Self {
-        use kanister_profile::store::BuildError;
-        match e {
-            BuildError::BadUrl { url, reason } => StoreError::BadUrl { url, reason },
-            BuildError::BadOption { key, reason } => StoreError::BadOption { key, reason },
-        }
-    }
 }
 
 /// Result of store operations.

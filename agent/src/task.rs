@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use base64::Engine as _;
+use kanister_profile::BACKUP_TAG;
 use kanister_proto::agent::v1 as pb;
 use kanister_repo::SnapshotId;
 use kanister_repo::snapshot::{Root, Snapshot};
@@ -25,8 +26,6 @@ use crate::store::Store;
 pub const REQUEST_ENV: &str = "KANISTER_TASK";
 /// The phase-output key of the answer.
 pub const RESULT_KEY: &str = "taskResult";
-/// The snapshot tag the coordinator's backups carry: the phase that made them.
-pub const BACKUP_TAG: &str = "kanister.io/backup-tag";
 
 /// Decodes a request as `KANISTER_TASK` carries it.
 pub fn decode_request(text: &str) -> Result<pb::TaskRequest> {
@@ -220,24 +219,39 @@ pub fn check_report(r: crate::check::CheckReport) -> pb::CheckReport {
 mod tests {
     use super::*;
 
-    #[test]
-    fn hostile_requests_are_refused_with_a_clear_error() {
-        // Any bytes: never a panic, either a request or an error naming the variable.
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        for len in 0..300usize {
-            let bytes: Vec<u8> = (0..len)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    seed as u8
-                })
-                .collect();
-            let text = base64::engine::general_purpose::STANDARD.encode(&bytes);
-            if let Err(e) = decode_request(&text) {
-                assert!(e.to_string().contains(REQUEST_ENV), "{e}");
-            }
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any bytes, any text, and valid requests with a byte changed: never a panic, either a
+        /// request or an error naming the variable.
+        #[test]
+        fn hostile_requests_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..400),
+            text in ".{0,80}",
+            at in any::<usize>(),
+            flip in 1u8..,
+        ) {
+            let refused = |r: Result<pb::TaskRequest>| match r {
+                Err(e) => e.to_string().contains(REQUEST_ENV),
+                Ok(_) => true,
+            };
+            prop_assert!(refused(decode_request(&base64::engine::general_purpose::STANDARD.encode(&bytes))));
+            prop_assert!(refused(decode_request(&text)));
+            let forget = pb::ForgetTask {
+                snapshot_ids: vec![text.clone()],
+                backup_tags: vec![text.clone(), "ns/as/u/backup/dump".into()],
+                reclaim_space: true,
+                wait_lock_secs: 300,
+            };
+            let mut valid = pb::TaskRequest { task: Some(pb::task_request::Task::Forget(forget)) }.encode_to_vec();
+            let i = at % valid.len();
+            valid[i] ^= flip;
+            prop_assert!(refused(decode_request(&base64::engine::general_purpose::STANDARD.encode(&valid))));
         }
+    }
+
+    #[test]
+    fn requests_round_trip_and_garbage_is_named() {
         let e = decode_request("not base64 !").unwrap_err().to_string();
         assert!(e.contains(REQUEST_ENV) && e.contains("not a task request"), "{e}");
         let req = pb::TaskRequest { task: Some(pb::task_request::Task::Check(pb::CheckTask { read_data: true })) };

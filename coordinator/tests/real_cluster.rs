@@ -1085,11 +1085,13 @@ fn every_function_family_runs_through_the_real_api_server() {
     ns.apply(FAMILIES);
     let co = Coordinator::start(&ns);
     let logs = || co.log();
-    // Owners of the task pods while they exist: each must name the ActionSet by its UID.
+    // Owners of the task pods while they exist: each must name the ActionSet by its UID. And the
+    // memory limit of the agent's container, as the real API server stored the pod.
     let owners = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<String, String>::new()));
+    let limits = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<String, String>::new()));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = {
-        let (owners, stop, ns) = (owners.clone(), stop.clone(), Namespace { name: n.clone() });
+        let (owners, limits, stop, ns) = (owners.clone(), limits.clone(), stop.clone(), Namespace { name: n.clone() });
         std::thread::spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let out = ns.kubectl(&["get", "pods", "-l", "kanister.io/actionset=all", "-o", "json"], None);
@@ -1097,6 +1099,9 @@ fn every_function_family_runs_through_the_real_api_server() {
                     for p in v["items"].as_array().into_iter().flatten() {
                         let name = p["metadata"]["name"].as_str().unwrap_or_default().to_string();
                         let owner = p["metadata"]["ownerReferences"][0]["uid"].as_str().unwrap_or("none").to_string();
+                        let memory =
+                            p["spec"]["containers"][0]["resources"]["limits"]["memory"].as_str().unwrap_or("none");
+                        limits.lock().expect("limits").insert(name.clone(), memory.to_string());
                         owners.lock().expect("owners").insert(name, owner);
                     }
                 }
@@ -1134,6 +1139,16 @@ fn every_function_family_runs_through_the_real_api_server() {
     let owners = owners.lock().expect("owners").clone();
     assert!(owners.len() >= 5, "task pods seen: {owners:?}");
     assert!(owners.values().all(|o| *o == uid), "every task pod owned by the ActionSet {uid}: {owners:?}");
+    // The pods that run the agent (CopyVolumeData, RestoreData into volumes and its lookup of the
+    // latest backup) carry the task memory limit (`--task-memory-limit`, 1Gi by default); the
+    // blueprint's own pods do not.
+    let limits = limits.lock().expect("limits").clone();
+    let agent_pods: Vec<_> = limits
+        .iter()
+        .filter(|(p, _)| ["copy-vol-data-", "restore-data-", "latest-backup-"].iter().any(|a| p.starts_with(a)))
+        .collect();
+    assert!(!agent_pods.is_empty(), "no agent task pod seen: {limits:?}");
+    assert!(agent_pods.iter().all(|(_, m)| *m == "1Gi"), "agent pods without the memory limit: {limits:?}");
     ns.eventually("the task pods deleted", Duration::from_secs(30), || {
         leftover_task_pods_of(&ns).is_empty().then_some(())
     });

@@ -20,6 +20,11 @@ pub const CREDENTIAL_ENV: &str = "KANISTER_PROFILE_CREDENTIAL";
 /// Tag that addresses a kando push.
 pub const KANDO_PATH_TAG: &str = "kando.path";
 
+/// Tag of the snapshots the coordinator's data functions make: the operation id of the phase
+/// that made them (`namespace/name/uid/action/phase[/pod]`). `DeleteData --backupTag` finds
+/// snapshots by it, in the agent's task pod.
+pub const BACKUP_TAG: &str = "kanister.io/backup-tag";
+
 /// Why a Profile names no usable store. The message never holds a credential.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]

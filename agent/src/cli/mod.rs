@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::progress::{Progress, human_bytes};
 use crate::repository::{InitOptions, RepoKey, Repository, has_tags, parse_tags};
 use crate::store::{Store, StoreOptions};
+use kanister_profile::store::BuildError;
 
 mod commands;
 
@@ -223,10 +224,13 @@ fn init_tracing(g: &Global) {
 
 fn store(g: &Global) -> Result<Store> {
     let url = g.store.as_deref().ok_or_else(|| {
-        Error::Store(crate::store::StoreError::BadUrl {
-            url: String::new(),
-            reason: "no store given: pass --store URL or set KANISTER_STORE".into(),
-        })
+        Error::Store(
+            BuildError::BadUrl {
+                url: String::new(),
+                reason: "no store given: pass --store URL or set KANISTER_STORE".into(),
+            }
+            .into(),
+        )
     })?;
     let options = g
         .store_options
@@ -234,10 +238,7 @@ fn store(g: &Global) -> Result<Store> {
         .filter(|o| !o.trim().is_empty())
         .map(|o| {
             o.split_once('=').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).ok_or_else(|| {
-                Error::Store(crate::store::StoreError::BadOption {
-                    key: o.clone(),
-                    reason: "expected key=value".into(),
-                })
+                Error::Store(BuildError::BadOption { key: o.clone(), reason: "expected key=value".into() }.into())
             })
         })
         .collect::<Result<Vec<_>>>()?;

@@ -153,9 +153,9 @@ impl Error {
                 crate::Error::Format(kanister_repo::Error::WrongKey { .. }) => Code::PermissionDenied,
                 crate::Error::Format(_) | crate::Error::MissingBlob { .. } | crate::Error::Damaged(_) => Code::DataLoss,
                 crate::Error::Store(StoreError::NotFound(_) | StoreError::Truncated { .. }) => Code::DataLoss,
-                crate::Error::Store(
-                    StoreError::BadUrl { .. } | StoreError::BadOption { .. } | StoreError::CredentialsFile { .. },
-                ) => Code::InvalidArgument,
+                crate::Error::Store(StoreError::Settings(_) | StoreError::CredentialsFile { .. }) => {
+                    Code::InvalidArgument
+                }
                 crate::Error::Store(StoreError::Backend { .. }) => Code::Unavailable,
                 crate::Error::InputCommand { .. } => Code::Aborted,
                 crate::Error::WrongKind(_) => Code::FailedPrecondition,

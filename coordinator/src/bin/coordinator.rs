@@ -31,8 +31,8 @@ struct Args {
     /// Timeout of a phase without `timeout` (e.g. `6h`).
     #[arg(long, env = "KANISTER_PHASE_TIMEOUT", default_value = "6h", value_parser = humantime::parse_duration)]
     phase_timeout: Duration,
-    /// Memory limit of the task pods in which the agent does repository work that has no pod of
-    /// its own (DeleteData, LocationDelete, BackupDataStats, CheckRepository, maintenance,
+    /// Memory limit of the task pods that run the agent (CopyVolumeData, RestoreData into
+    /// volumes, DeleteData, LocationDelete, BackupDataStats, CheckRepository, maintenance,
     /// `kanctl snapshots`): pruning takes about 100 bytes per blob of the repository. "" for none
     #[arg(long, env = "KANISTER_TASK_MEMORY_LIMIT", default_value = "1Gi", value_parser = parse_quantity)]
     task_memory_limit: String,

@@ -346,16 +346,7 @@ pub(super) async fn run_pod<C: Cluster>(
     ctx.pods.lock().unwrap_or_else(|e| e.into_inner()).push((pod.namespace.clone(), name.clone()));
     tracing::info!(pod = %name, namespace = %pod.namespace, "task pod created");
     cluster.wait_pod_started(&pod.namespace, &name, ctx.ready_timeout).await?;
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16);
-    let tail_lines = ctx.tail_lines;
-    let consume = async move {
-        let mut parser = Parser::new(tail_lines);
-        while let Some(data) = rx.recv().await {
-            parser.feed(&data);
-        }
-        parser.finish()
-    };
-    let (logs, (outputs, mut tail)) = tokio::join!(cluster.pod_logs(&pod.namespace, &name, container, tx), consume);
+    let (logs, (outputs, mut tail)) = read_log(ctx, &pod.namespace, &name, container).await;
     let what = format!("container {container} of pod {}/{name}", pod.namespace);
     let status = cluster.wait_container(&pod.namespace, &name, container).await?;
     if fail_on_error {
@@ -381,6 +372,25 @@ pub(super) async fn run_pod<C: Cluster>(
     outputs.map_err(|source| Error::Output { what, source })
 }
 
+/// The log of `container` of pod `namespace/pod` to its end, through the output parser: how the
+/// reading ended, the phase outputs and the last lines of ordinary text.
+async fn read_log<C: Cluster>(
+    ctx: &Context<C>,
+    namespace: &str,
+    pod: &str,
+    container: &str,
+) -> (cluster::Result<()>, (output::Result<JsonMap>, LogTail)) {
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16);
+    let mut parser = Parser::new(ctx.tail_lines);
+    let consume = async move {
+        while let Some(data) = rx.recv().await {
+            parser.feed(&data);
+        }
+        parser.finish()
+    };
+    tokio::join!(ctx.cluster.pod_logs(namespace, pod, container, tx), consume)
+}
+
 /// Waits for a container of a task pod to end; an error naming it, its exit code and the last
 /// lines of its log (secrets redacted) when it did not exit 0.
 async fn failed_container<C: Cluster>(ctx: &Context<C>, namespace: &str, pod: &str, container: &str) -> Result<()> {
@@ -388,16 +398,7 @@ async fn failed_container<C: Cluster>(ctx: &Context<C>, namespace: &str, pod: &s
     if status.success() {
         return Ok(());
     }
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16);
-    let tail_lines = ctx.tail_lines;
-    let consume = async move {
-        let mut parser = Parser::new(tail_lines);
-        while let Some(data) = rx.recv().await {
-            parser.feed(&data);
-        }
-        parser.finish()
-    };
-    let (logs, (_, mut tail)) = tokio::join!(ctx.cluster.pod_logs(namespace, pod, container, tx), consume);
+    let (logs, (_, mut tail)) = read_log(ctx, namespace, pod, container).await;
     if let Err(e) = logs {
         tracing::warn!(pod, container, error = %e, "cannot read the log of a failed container");
     }

@@ -27,7 +27,7 @@ use serde_json::Value;
 
 use super::context::{Context, Error, Result, TransferProgress};
 use super::task::{self, Answer};
-use crate::cluster::{Cluster, Container, EnvSource, EnvVar};
+use crate::cluster::{Cluster, EnvSource, EnvVar};
 use crate::crd::JsonMap;
 use pb::task_request::Task;
 use pb::task_result::Result as TaskOut;
@@ -495,7 +495,6 @@ async fn restore_into_volumes<C: Cluster>(
     target: &str,
     volumes: BTreeMap<String, String>,
 ) -> Result<()> {
-    let namespace = ctx.namespace()?;
     let id = match snapshot {
         Snapshot::Id(id) => id,
         Snapshot::Tag(tag) => {
@@ -534,11 +533,9 @@ async fn restore_into_volumes<C: Cluster>(
         }
     };
     let command = ["kanister-agent", "restore", id.as_str(), target].map(String::from).into();
-    let container = Container { name: "container".into(), image: ctx.tools_image.clone(), command };
-    let mut pod = ctx.task_pod("restore-data-", vec![container]).await?;
+    let mut pod = task::agent_pod(ctx, "restore-data-", ctx.tools_image.clone(), command).await?;
     pod.volumes = volumes;
-    pod.env.extend(repository_env(ctx, &namespace).await?);
-    super::context::run_pod(ctx, pod, "container", true).await?;
+    super::context::run_pod(ctx, pod, task::AGENT_CONTAINER, true).await?;
     Ok(())
 }
 
@@ -773,11 +770,9 @@ pub(super) async fn copy_volume_data<C: Cluster>(ctx: &Context<C>) -> Result<Jso
     ]
     .map(String::from)
     .into();
-    let container = Container { name: "container".into(), image, command };
-    let mut pod = ctx.task_pod("copy-vol-data-", vec![container]).await?;
+    let mut pod = task::agent_pod(ctx, "copy-vol-data-", image, command).await?;
     pod.volumes = BTreeMap::from([(pvc.clone(), mount.clone())]);
-    pod.env.extend(repository_env(ctx, &namespace).await?);
-    let mut out = super::context::run_pod(ctx, pod, "container", true).await?;
+    let mut out = super::context::run_pod(ctx, pod, task::AGENT_CONTAINER, true).await?;
     for key in ["backupID", "fileCount", "size", "phySize"] {
         if !out.contains_key(key) {
             return Err(Error::Data {

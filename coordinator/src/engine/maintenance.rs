@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use super::{Engine, lock};
-use crate::cluster::{Cluster, Container, Event, EventType, ObjectRef, get_typed};
+use crate::cluster::{Cluster, Event, EventType, ObjectRef, get_typed};
 use crate::crd::JsonMap;
 use crate::crd::ObjectReference;
 use crate::crd::profile::Profile;
@@ -247,12 +247,9 @@ impl<C: Cluster> Engine<C> {
             ["kanister-agent", "maintain", "--grace-period", &grace, "--wait-lock", "30s", "--phase-output"]
                 .map(String::from)
                 .into();
-        let container = Container { name: "container".into(), image: cfg.tools_image.clone(), command };
         let result = async {
-            let mut pod = ctx.task_pod("kanister-maintenance-", vec![container]).await?;
-            super::task::limit_memory(&mut pod, "container", &ctx.task_memory_limit);
-            pod.env.extend(super::data::repository_env(&ctx, &profile.namespace).await?);
-            super::context::run_pod(&ctx, pod, "container", true).await
+            let pod = super::task::agent_pod(&ctx, "kanister-maintenance-", cfg.tools_image.clone(), command).await?;
+            super::context::run_pod(&ctx, pod, super::task::AGENT_CONTAINER, true).await
         }
         .await;
         super::task::delete_pods(&ctx).await;

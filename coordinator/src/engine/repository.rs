@@ -14,7 +14,7 @@ pub mod tags {
     /// of its ActionSet (`BackupStream`, `BackupData`, `CopyVolumeData`; `BackupDataAll` appends
     /// `/pod`). `BackupData` reports it as its `backupTag` output, and `RestoreData` and
     /// `DeleteData` find snapshots by it.
-    pub const BACKUP: &str = "kanister.io/backup-tag";
+    pub const BACKUP: &str = kanister_profile::BACKUP_TAG;
     /// The pod (`namespace/name`) whose agent made the snapshot.
     pub const POD: &str = "kanister.io/pod";
     /// The container whose view of the volume (or whose command's output) was backed up.
@@ -28,9 +28,6 @@ pub mod tags {
 /// Why a Profile's repository could not be reached. Messages carry no secret.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The key Secret could not be read.
-    #[error(transparent)]
-    Key(#[from] Box<super::repokey::Error>),
     /// The Profile names no store an agent can use.
     #[error(transparent)]
     Profile(#[from] super::agent::Error),
