@@ -25,6 +25,11 @@ use tokio::sync::mpsc;
 
 use crate::crd::{ActionSet, ActionSetStatus, JsonMap, ObjectReference};
 
+/// RFC 7386 JSON merge patch (the `json-patch` crate's).
+pub fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    json_patch::merge(target, patch);
+}
+
 /// Errors of a cluster.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

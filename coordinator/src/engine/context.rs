@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::cluster::local::merge_patch;
+use crate::cluster::merge_patch;
 use crate::cluster::{self, Cluster, Container, Owner, TaskPod};
 use crate::crd::{JsonMap, ObjectReference};
 use crate::output::{self, LogTail, Parser};

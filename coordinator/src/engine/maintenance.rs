@@ -18,7 +18,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use super::{Engine, lock};
+use super::Engine;
+use super::metrics::MaintenanceOutcome;
 use crate::cluster::{Cluster, Event, EventType, ObjectRef, get_typed};
 use crate::crd::JsonMap;
 use crate::crd::ObjectReference;
@@ -70,49 +71,6 @@ pub struct MaintenanceRun {
     pub locked: Option<(String, String)>,
     /// The same by the maintenance pod's clock, in milliseconds since the epoch.
     pub held_ms: Option<(u64, u64)>,
-}
-
-/// Maintenance figures for `/metrics`.
-#[derive(Debug, Default)]
-pub(super) struct MaintenanceMetrics {
-    runs: BTreeMap<&'static str, u64>,
-    bytes_freed: u64,
-    last: BTreeMap<String, MaintenanceRun>,
-}
-
-impl MaintenanceMetrics {
-    pub(super) fn render(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        out.push_str("# HELP kanister_maintenance_runs_total Repository maintenance runs by result.\n");
-        out.push_str("# TYPE kanister_maintenance_runs_total counter\n");
-        for result in ["succeeded", "skipped", "failed"] {
-            let _ = writeln!(
-                out,
-                "kanister_maintenance_runs_total{{result=\"{result}\"}} {}",
-                self.runs.get(result).unwrap_or(&0)
-            );
-        }
-        out.push_str("# HELP kanister_maintenance_freed_bytes_total Bytes repository maintenance freed.\n");
-        out.push_str("# TYPE kanister_maintenance_freed_bytes_total counter\n");
-        let _ = writeln!(out, "kanister_maintenance_freed_bytes_total {}", self.bytes_freed);
-        out.push_str("# HELP kanister_maintenance_last_run_timestamp_seconds When each Profile's repository was last maintained.\n");
-        out.push_str("# TYPE kanister_maintenance_last_run_timestamp_seconds gauge\n");
-        for (p, r) in &self.last {
-            let _ =
-                writeln!(out, "kanister_maintenance_last_run_timestamp_seconds{{profile=\"{p}\"}} {}", r.finished_unix);
-        }
-        out.push_str(
-            "# HELP kanister_maintenance_last_duration_seconds How long each Profile's last maintenance took.\n",
-        );
-        out.push_str("# TYPE kanister_maintenance_last_duration_seconds gauge\n");
-        for (p, r) in &self.last {
-            let _ = writeln!(
-                out,
-                "kanister_maintenance_last_duration_seconds{{profile=\"{p}\"}} {:.3}",
-                r.duration.as_secs_f64()
-            );
-        }
-    }
 }
 
 impl<C: Cluster> Engine<C> {
@@ -194,7 +152,7 @@ impl<C: Cluster> Engine<C> {
                 tracing::info!(profile = %name, bytes_freed, snapshots, secs, "repository maintained");
                 let note =
                     format!("freed {bytes_freed} bytes; {snapshots} snapshot(s), check found no damage ({secs:.1}s)");
-                (EventType::Normal, "MaintenanceSucceeded", note, "succeeded")
+                (EventType::Normal, "MaintenanceSucceeded", note, MaintenanceOutcome::Succeeded)
             }
             MaintenanceResult::Succeeded { bytes_freed, snapshots, check_errors } => {
                 tracing::warn!(profile = %name, bytes_freed, check_errors, "repository maintained; its check found damage");
@@ -202,25 +160,23 @@ impl<C: Cluster> Engine<C> {
                     "freed {bytes_freed} bytes; the check found {check_errors} problem(s) in {snapshots} snapshot(s): \
                      run `kanister-agent check --read-data` against the repository"
                 );
-                (EventType::Warning, "MaintenanceFoundDamage", note, "failed")
+                (EventType::Warning, "MaintenanceFoundDamage", note, MaintenanceOutcome::Failed)
             }
             MaintenanceResult::Skipped(why) => {
                 tracing::info!(profile = %name, reason = %why, "maintenance skipped");
-                (EventType::Normal, "MaintenanceSkipped", why.clone(), "skipped")
+                (EventType::Normal, "MaintenanceSkipped", why.clone(), MaintenanceOutcome::Skipped)
             }
             MaintenanceResult::Failed(why) => {
                 tracing::warn!(profile = %name, error = %why, "maintenance failed");
-                (EventType::Warning, "MaintenanceFailed", why.clone(), "failed")
+                (EventType::Warning, "MaintenanceFailed", why.clone(), MaintenanceOutcome::Failed)
             }
         };
-        {
-            let mut m = lock(&self.inner.metrics);
-            *m.maintenance.runs.entry(key).or_insert(0) += 1;
-            if let MaintenanceResult::Succeeded { bytes_freed, .. } = result {
-                m.maintenance.bytes_freed += bytes_freed;
-            }
-            m.maintenance.last.insert(name.clone(), run.clone());
-        }
+        let bytes_freed = match result {
+            MaintenanceResult::Succeeded { bytes_freed, .. } => bytes_freed,
+            _ => 0,
+        };
+        let finished = i64::try_from(run.finished_unix).unwrap_or(i64::MAX);
+        self.inner.metrics.maintenance(&name, key, bytes_freed, finished, secs);
         let object = ObjectRef {
             api_version: format!("{}/{}", crate::crd::GROUP, crate::crd::VERSION),
             ..ObjectRef::new("Profile", &profile.namespace, &profile.name)

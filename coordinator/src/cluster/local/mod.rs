@@ -20,88 +20,27 @@
 //!   saved to a JSON file after every write and loaded again by the next instance, so a restarted
 //!   coordinator finds what the previous one left.
 
+mod objects;
+mod process;
+
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use base64::Engine as _;
-use rand::Rng as _;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::Command;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
+pub use self::objects::{LoadError, RecordedEvent};
+use self::objects::{State, key_of, object_key, object_ref, random_suffix};
+use self::process::{GroupGuard, LocalContainer, LocalPod, kill_group, pump, run_container};
 use super::{
     Chunk, Cluster, Container, EnvSource, Error, Event, EventType, ExecRequest, ExitStatus, ObjectRef, ObservedEvent,
-    Result, SecretData, Stream, TaskPod, kind_key,
+    Result, SecretData, Stream, TaskPod, kind_key, merge_patch,
 };
 use crate::crd::{ActionSet, ActionSetStatus};
-
-/// Errors loading objects into a [`LocalCluster`].
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// A file could not be read or written.
-    #[error("failed to access {path}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A YAML document does not parse.
-    #[error("failed to parse YAML in {origin}")]
-    Yaml {
-        /// Where the text came from.
-        origin: String,
-        /// The cause.
-        #[source]
-        source: serde_norway::Error,
-    },
-    /// A document lacks `kind` or `metadata.name`.
-    #[error("object in {origin} has no kind or no metadata.name")]
-    Incomplete {
-        /// Where the text came from.
-        origin: String,
-    },
-    /// The state file does not parse.
-    #[error("failed to parse state file {path}")]
-    State {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: serde_json::Error,
-    },
-}
-
-/// A recorded event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecordedEvent {
-    /// Kind of the object it is about (`ActionSet` when empty, as in older state files).
-    #[serde(default)]
-    pub kind: String,
-    /// Namespace of the object.
-    pub namespace: String,
-    /// Name of the object.
-    pub name: String,
-    /// `Normal` or `Warning`.
-    pub type_: String,
-    /// Reason.
-    pub reason: String,
-    /// Message.
-    pub note: String,
-    /// UID of the ActionSet (empty when it had none).
-    #[serde(default)]
-    pub uid: String,
-    /// RFC 3339: when it was recorded.
-    #[serde(default)]
-    pub time: String,
-}
 
 /// A recorded exec.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,94 +62,6 @@ pub struct PodRecord {
     pub name: String,
     /// What was asked for.
     pub spec: TaskPod,
-}
-
-#[derive(Default, Serialize, Deserialize)]
-struct State {
-    objects: BTreeMap<String, Value>,
-    events: Vec<RecordedEvent>,
-    next_version: u64,
-}
-
-#[derive(Clone, Debug, Default)]
-struct Progress {
-    len: usize,
-    exit: Option<ExitStatus>,
-}
-
-/// One running (or ended) container of a local pod.
-struct LocalContainer {
-    log: Mutex<Vec<u8>>,
-    progress: watch::Sender<Progress>,
-    pgid: Mutex<Option<u32>>,
-}
-
-impl LocalContainer {
-    fn new() -> Arc<Self> {
-        Arc::new(LocalContainer {
-            log: Mutex::new(Vec::new()),
-            progress: watch::channel(Progress::default()).0,
-            pgid: Mutex::new(None),
-        })
-    }
-
-    fn append(&self, line: &[u8]) {
-        let len = {
-            let mut log = lock(&self.log);
-            log.extend_from_slice(line);
-            log.len()
-        };
-        self.progress.send_modify(|p| p.len = len);
-    }
-
-    fn exit(&self, status: ExitStatus) {
-        self.progress.send_modify(|p| {
-            if p.exit.is_none() {
-                p.exit = Some(status);
-            }
-        });
-    }
-
-    fn kill(&self) {
-        if let Some(pgid) = lock(&self.pgid).take() {
-            kill_group(pgid);
-        }
-    }
-}
-
-struct LocalPod {
-    containers: HashMap<String, Arc<LocalContainer>>,
-    runner: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for LocalPod {
-    fn drop(&mut self) {
-        self.runner.abort();
-        for c in self.containers.values() {
-            c.kill();
-            c.exit(ExitStatus::exited(None));
-        }
-    }
-}
-
-/// Kills a process group (best effort; the group may be gone already).
-fn kill_group(pgid: u32) {
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", "--", &format!("-{pgid}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// Kills the process group of an exec when dropped (cancellation).
-struct GroupGuard(Option<u32>);
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.0.take() {
-            kill_group(pgid);
-        }
-    }
 }
 
 /// A [`Cluster`] on this machine. See the module documentation.
@@ -248,39 +99,6 @@ impl Default for LocalCluster {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain data behind; keep going.
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn key_of(kind: &str, namespace: &str, name: &str) -> String {
-    format!("{}/{namespace}/{name}", kind_key(kind))
-}
-
-fn object_key(v: &Value) -> Option<String> {
-    let kind = v.get("kind")?.as_str()?;
-    let meta = v.get("metadata")?;
-    let name = meta.get("name")?.as_str()?;
-    let ns = meta.get("namespace").and_then(Value::as_str).unwrap_or("");
-    Some(key_of(kind, ns, name))
-}
-
-fn object_ref(v: &Value) -> ObjectRef {
-    let s = |p: &str| v.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
-    ObjectRef {
-        api_version: s("/apiVersion"),
-        kind: s("/kind"),
-        namespace: s("/metadata/namespace"),
-        name: s("/metadata/name"),
-    }
-}
-
-/// RFC 7386 JSON merge patch (the `json-patch` crate's).
-pub fn merge_patch(target: &mut Value, patch: &Value) {
-    json_patch::merge(target, patch);
-}
-
-fn random_suffix() -> String {
-    const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut rng = rand::thread_rng();
-    (0..5).map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char).collect()
 }
 
 impl LocalCluster {
@@ -424,78 +242,6 @@ impl LocalCluster {
         Ok(env)
     }
 
-    /// Adds (or replaces) the objects of a multi-document YAML text. An ActionSet that exists
-    /// already is kept as it is (as `kubectl create` would refuse it): loading the same files
-    /// again, after a restart or an edit of another file, never resets a run's status.
-    pub fn load_yaml(&self, text: &str, origin: &str) -> Result<usize, LoadError> {
-        let mut n = 0;
-        for doc in serde_norway::Deserializer::from_str(text) {
-            let value = Value::deserialize(doc).map_err(|source| LoadError::Yaml { origin: origin.into(), source })?;
-            if value.is_null() {
-                continue;
-            }
-            let Some(key) = object_key(&value) else {
-                return Err(LoadError::Incomplete { origin: origin.into() });
-            };
-            if value.get("kind").and_then(Value::as_str) == Some("ActionSet")
-                && lock(&self.state).objects.contains_key(&key)
-            {
-                continue;
-            }
-            self.put(value);
-            n += 1;
-        }
-        Ok(n)
-    }
-
-    /// The newest modification time of the `.yaml`/`.yml` files in `dir` and their count, to
-    /// notice edits ([`Self::load_dir`] again when it changes).
-    pub fn dir_version(dir: &Path) -> std::io::Result<(std::time::SystemTime, usize)> {
-        let mut newest = std::time::SystemTime::UNIX_EPOCH;
-        let mut n = 0;
-        for e in std::fs::read_dir(dir)? {
-            let e = e?;
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
-                newest = newest.max(e.metadata()?.modified()?);
-                n += 1;
-            }
-        }
-        Ok((newest, n))
-    }
-
-    /// Adds the objects of every `.yaml`/`.yml` file in a directory (sorted by name).
-    pub fn load_dir(&self, dir: &Path) -> Result<usize, LoadError> {
-        let io = |source| LoadError::Io { path: dir.to_path_buf(), source };
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(io)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-            .collect();
-        files.sort();
-        let mut n = 0;
-        for f in files {
-            let text = std::fs::read_to_string(&f).map_err(|source| LoadError::Io { path: f.clone(), source })?;
-            n += self.load_yaml(&text, &f.display().to_string())?;
-        }
-        Ok(n)
-    }
-
-    /// Adds or replaces an object (given as JSON with `kind` and `metadata.name`), assigning a
-    /// new resource version and, if missing, a UID.
-    pub fn put(&self, mut value: Value) {
-        let Some(key) = object_key(&value) else { return };
-        let mut state = lock(&self.state);
-        let version = state.next_version;
-        state.next_version += 1;
-        if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
-            meta.insert("resourceVersion".into(), Value::String(version.to_string()));
-            meta.entry("uid").or_insert_with(|| Value::String(format!("local-{version}-{}", random_suffix())));
-        }
-        state.objects.insert(key, value);
-        self.save(&state);
-    }
-
     /// Makes the next `n` status writes fail with a conflict, as when another writer raced.
     pub fn inject_status_conflicts(&self, n: usize) {
         self.conflicts.store(n, Ordering::SeqCst);
@@ -531,117 +277,6 @@ impl LocalCluster {
     pub fn scales(&self) -> Vec<(ObjectRef, i32)> {
         lock(&self.scales).clone()
     }
-
-    fn save(&self, state: &State) {
-        let Some(path) = &self.state_file else { return };
-        let tmp = path.with_extension("tmp");
-        let result = serde_json::to_vec(state)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = result {
-            tracing::warn!(path = %path.display(), error = %e, "failed to save local cluster state");
-        }
-    }
-
-    fn find(&self, object: &ObjectRef) -> Result<Value> {
-        let state = lock(&self.state);
-        state
-            .objects
-            .get(&key_of(&object.kind, &object.namespace, &object.name))
-            .cloned()
-            .ok_or_else(|| Error::NotFound(object.clone()))
-    }
-
-    fn update(&self, object: &ObjectRef, f: impl FnOnce(&mut Value) -> Result<()>) -> Result<String> {
-        let mut state = lock(&self.state);
-        let version = state.next_version;
-        let key = key_of(&object.kind, &object.namespace, &object.name);
-        let value = state.objects.get_mut(&key).ok_or_else(|| Error::NotFound(object.clone()))?;
-        f(value)?;
-        if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
-            meta.insert("resourceVersion".into(), Value::String(version.to_string()));
-        }
-        state.next_version += 1;
-        self.save(&state);
-        Ok(version.to_string())
-    }
-
-    fn command(&self, command: &[String], what: &str) -> Result<Command> {
-        let Some((program, args)) = command.split_first() else {
-            return Err(Error::Rejected { object: ObjectRef::default(), message: format!("{what}: empty command") });
-        };
-        let mut cmd = Command::new(program);
-        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-        cmd.kill_on_drop(true);
-        if let Some(dir) = &self.work_dir {
-            cmd.current_dir(dir);
-        }
-        cmd.envs(self.host_env.iter().map(|(k, v)| (k, v)));
-        Ok(cmd)
-    }
-}
-
-/// Reads a stream in chunks and forwards them; stops quietly when the receiver left.
-async fn pump(mut r: impl AsyncRead + Unpin, stream: Stream, tx: mpsc::Sender<Chunk>) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        match r.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if tx.send(Chunk { stream, data: buf[..n].to_vec() }).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// Reads a stream line by line into a container's log (lines of stdout and stderr interleave
-/// whole, as in a kubelet log).
-async fn log_lines(r: impl AsyncRead + Unpin, container: Arc<LocalContainer>) {
-    use tokio::io::AsyncBufReadExt;
-    let mut reader = tokio::io::BufReader::new(r);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                if !line.ends_with(b"\n") {
-                    line.push(b'\n');
-                }
-                container.append(&line);
-            }
-        }
-    }
-}
-
-async fn run_container(cmd: Result<Command>, state: Arc<LocalContainer>) -> ExitStatus {
-    let spawned = cmd.and_then(|mut c| {
-        let program = c.as_std().get_program().to_string_lossy().into_owned();
-        c.spawn().map_err(|e| Error::Transient { what: format!("start {program}"), message: e.to_string() })
-    });
-    let mut child = match spawned {
-        Ok(child) => child,
-        Err(e) => {
-            state.append(format!("failed to start: {e}\n").as_bytes());
-            let status = ExitStatus::exited(Some(127));
-            state.exit(status.clone());
-            return status;
-        }
-    };
-    *lock(&state.pgid) = child.id();
-    let out = child.stdout.take().map(|o| tokio::spawn(log_lines(o, state.clone())));
-    let err = child.stderr.take().map(|e| tokio::spawn(log_lines(e, state.clone())));
-    let status = child.wait().await.map(ExitStatus::of_process).unwrap_or_default();
-    // Background children of the container die with it, as in a pod.
-    state.kill();
-    for t in [out, err].into_iter().flatten() {
-        let _ = t.await;
-    }
-    state.exit(status.clone());
-    status
 }
 
 impl Cluster for LocalCluster {
@@ -714,7 +349,9 @@ impl Cluster for LocalCluster {
         });
         let what = format!("exec in pod {}/{}", request.namespace, request.pod);
         // As in a pod, HOSTNAME is the pod's name.
-        let spawned = self.command(&request.command, &what)?.env("HOSTNAME", &request.pod).spawn();
+        let spawned = process::command(&request.command, &what, self.work_dir.as_deref(), &self.host_env)?
+            .env("HOSTNAME", &request.pod)
+            .spawn();
         let mut child = match spawned {
             Ok(child) => child,
             // As a container runtime answers an exec of a program that is not there: exit 127
@@ -765,10 +402,11 @@ impl Cluster for LocalCluster {
                 }
             }
             let what = format!("container {} of pod {}/{name}", c.name, pod.namespace);
-            let command = self.command(&c.command, &what).map(|mut cmd| {
-                cmd.envs(env.iter().map(|(k, v)| (k, v)));
-                cmd
-            });
+            let command =
+                process::command(&c.command, &what, self.work_dir.as_deref(), &self.host_env).map(|mut cmd| {
+                    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+                    cmd
+                });
             commands.push((init, command, state));
         }
         let runner = tokio::spawn(async move {
@@ -808,36 +446,13 @@ impl Cluster for LocalCluster {
         container: &str,
         output: mpsc::Sender<Vec<u8>>,
     ) -> Result<()> {
-        let state = self.container(namespace, name, container)?;
-        let mut rx = state.progress.subscribe();
-        let mut offset = 0;
-        loop {
-            let progress = rx.borrow_and_update().clone();
-            if progress.len > offset {
-                let data = lock(&state.log)[offset..progress.len].to_vec();
-                offset = progress.len;
-                if output.send(data).await.is_err() {
-                    return Ok(());
-                }
-                continue;
-            }
-            if progress.exit.is_some() {
-                return Ok(());
-            }
-            if rx.changed().await.is_err() {
-                return Ok(());
-            }
-        }
+        self.container(namespace, name, container)?.stream_log(output).await;
+        Ok(())
     }
 
     async fn wait_container(&self, namespace: &str, name: &str, container: &str) -> Result<ExitStatus> {
-        let state = self.container(namespace, name, container)?;
-        let mut rx = state.progress.subscribe();
-        let progress = rx
-            .wait_for(|p| p.exit.is_some())
-            .await
-            .map_err(|_| Error::NotFound(ObjectRef::new("Pod", namespace, name)))?;
-        Ok(progress.exit.clone().unwrap_or_default())
+        let container = self.container(namespace, name, container)?;
+        container.wait_exit().await.ok_or_else(|| Error::NotFound(ObjectRef::new("Pod", namespace, name)))
     }
 
     async fn delete_pod(&self, namespace: &str, name: &str) -> Result<()> {
