@@ -416,11 +416,11 @@ const CONTROLLER_RULES: &[(&str, &str, &[&str])] = &[
 /// What the coordinator calls where the workloads live (engine/params.rs, functions, and
 /// engine/maintenance.rs for the Profiles there).
 const TARGET_RULES: &[(&str, &str, &[&str])] = &[
-    ("apps", "statefulsets", &["get"]),
-    ("apps", "deployments", &["get"]),
+    ("apps", "statefulsets", &["get", "list", "watch"]),
+    ("apps", "deployments", &["get", "list", "watch"]),
     ("apps", "statefulsets/scale", &["patch"]),
     ("apps", "deployments/scale", &["patch"]),
-    ("", "pods", &["get", "list", "create", "delete"]),
+    ("", "pods", &["get", "list", "watch", "create", "delete"]),
     ("", "pods/log", &["get"]),
     ("", "pods/exec", &["get", "create"]),
     ("", "secrets", &["get", "create"]),
@@ -528,7 +528,7 @@ fn rbac_is_least_privilege() {
     }
     want.extend(table(&[
         ("", "namespaces", &["get"]),
-        ("apps.openshift.io", "deploymentconfigs", &["get"]),
+        ("apps.openshift.io", "deploymentconfigs", &["get", "list", "watch"]),
         ("apps.openshift.io", "deploymentconfigs/scale", &["patch"]),
     ]));
     assert_eq!(rule_table(&r.one("ClusterRole")["rules"]), want);

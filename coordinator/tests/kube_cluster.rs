@@ -297,14 +297,44 @@ async fn a_broken_log_stream_resumes_without_losing_or_repeating_a_line() {
     );
 }
 
+/// Answers the requests of a watch of one pod (`kube::runtime::wait`: a list with a name field
+/// selector, then watches) with the pod as `states` gives it: the list shows the first state,
+/// each watch one more as a `MODIFIED` event (the last state again once they are all shown); a
+/// plain GET of the pod shows the current state. Until the client drops its end of the mock.
+async fn serve_pod_watch(mut server: Handle, name: &str, states: Vec<Value>) {
+    let mut shown = 0;
+    while let Some((request, send)) = server.next_request().await {
+        let uri = request.uri().to_string();
+        let current = states[shown.min(states.len() - 1)].clone();
+        let body = if uri.ends_with(&format!("/pods/{name}")) {
+            serde_json::to_vec(&current).unwrap()
+        } else {
+            assert!(uri.contains(&format!("fieldSelector=metadata.name%3D{name}")), "a watch of the pod only: {uri}");
+            if uri.contains("watch=true") {
+                shown = (shown + 1).min(states.len() - 1);
+                let mut object = states[shown].clone();
+                object["metadata"]["resourceVersion"] = json!((11 + shown).to_string());
+                let mut line = serde_json::to_vec(&json!({"type": "MODIFIED", "object": object})).unwrap();
+                line.push(b'\n');
+                line
+            } else {
+                serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "PodList",
+                    "metadata": {"resourceVersion": "10"}, "items": [current]}))
+                .unwrap()
+            }
+        };
+        send.send_response(Response::builder().body(Body::from(body)).unwrap());
+    }
+}
+
 /// A task pod that cannot start fails the phase at once with Kubernetes' reason (an image that
 /// cannot be pulled, a Secret that is missing); one that is only unschedulable waits for its
 /// timeout and then says why. A real API server has no kubelet here to produce these states.
 #[tokio::test]
 async fn a_pod_that_cannot_start_fails_with_the_reason_kubernetes_gives() {
-    let path = "/api/v1/namespaces/db/pods/kanister-job-x7k2p";
+    let name = "kanister-job-x7k2p";
     let pod = |status: Value| {
-        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "kanister-job-x7k2p", "namespace": "db"},
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "db", "resourceVersion": "10"},
                "status": status})
     };
     let waiting = |name: &str, reason: &str, message: &str| {
@@ -316,38 +346,32 @@ async fn a_pod_that_cannot_start_fails_with_the_reason_kubernetes_gives() {
         ("ErrImagePull", "rpc error: manifest unknown", true),
         ("CreateContainerConfigError", "secret \"db-credentials\" not found", false),
     ] {
-        let (cluster, mut server) = setup();
-        let cluster = cluster.with_poll_interval(std::time::Duration::from_millis(10));
-        let client = tokio::spawn(async move {
-            cluster.wait_pod_started("db", "kanister-job-x7k2p", std::time::Duration::from_secs(600)).await
-        });
+        let (cluster, server) = setup();
         let creating = waiting("container", "ContainerCreating", "");
-        expect(&mut server, "GET", path, 200, pod(json!({"phase": "Pending", "containerStatuses": [creating]}))).await;
         let stuck = waiting(if init { "init" } else { "container" }, reason, message);
-        let status = if init {
+        let stuck = if init {
             json!({"phase": "Pending", "initContainerStatuses": [stuck]})
         } else {
             json!({"phase": "Pending", "containerStatuses": [stuck]})
         };
-        expect(&mut server, "GET", path, 200, pod(status)).await;
-        let e = client.await.unwrap().unwrap_err().to_string();
+        let states = vec![pod(json!({"phase": "Pending", "containerStatuses": [creating]})), pod(stuck)];
+        let api = tokio::spawn(serve_pod_watch(server, name, states));
+        let e =
+            cluster.wait_pod_started("db", name, std::time::Duration::from_secs(600)).await.unwrap_err().to_string();
         assert!(e.contains(reason) && e.contains(message) && e.contains("cannot start"), "{e}");
         assert!(e.contains(if init { "container init" } else { "container container" }), "{e}");
+        drop(cluster);
+        api.await.unwrap();
     }
 
     // Unschedulable: waits (an autoscaler may add a node), then the timeout says why.
-    let (cluster, mut server) = setup();
-    let cluster = cluster.with_poll_interval(std::time::Duration::from_millis(10));
-    let client = tokio::spawn(async move {
-        cluster.wait_pod_started("db", "kanister-job-x7k2p", std::time::Duration::from_millis(50)).await
-    });
+    let (cluster, server) = setup();
     let unschedulable = pod(json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
         "reason": "Unschedulable", "message": "0/3 nodes are available: 3 Insufficient memory."}]}));
-    // Answer every poll until the client gives up (and drops its end of the mock).
-    while let Some((request, send)) = server.next_request().await {
-        assert_eq!(request.uri().path(), path);
-        send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&unschedulable).unwrap())).unwrap());
-    }
-    let e = client.await.unwrap().unwrap_err().to_string();
+    let api = tokio::spawn(serve_pod_watch(server, name, vec![unschedulable]));
+    let e = cluster.wait_pod_started("db", name, std::time::Duration::from_millis(200)).await.unwrap_err().to_string();
     assert!(e.contains("Unschedulable: 0/3 nodes are available: 3 Insufficient memory."), "{e}");
+    assert!(e.contains("timed out") || e.contains("200ms"), "{e}");
+    drop(cluster);
+    api.await.unwrap();
 }

@@ -28,7 +28,7 @@ use super::{
     Chunk, Cluster, Error, Event, EventType, ExecRequest, ExitStatus, ObjectRef, ObservedEvent, Result, SecretData,
     Stream, TaskPod, kind_key, through_outage,
 };
-use crate::cluster::local::merge_patch;
+use crate::cluster::merge_patch;
 use crate::crd::{ActionSet, ActionSetStatus};
 
 /// A [`Cluster`] backed by a Kubernetes API server.
@@ -203,6 +203,62 @@ impl KubeCluster {
             self.pods(&object.namespace).get(&object.name).await.map_err(map_err(object, &what))
         })
         .await
+    }
+
+    /// Watches object `object` (in `api`) until `done` holds for it (`None`: it does not exist),
+    /// through `kube::runtime::wait`: the API server tells the change, no poll interval adds
+    /// latency. Gives what `done` held for, or `Ok(None)` when `deadline` passed first. A watch
+    /// the API server broke (a restart) is started again, for up to [`super::OUTAGE`] of failures
+    /// in a row; a refused one (no `watch` permission) fails at once, naming the permission.
+    async fn await_object<K>(
+        &self,
+        api: &Api<K>,
+        object: &ObjectRef,
+        deadline: Option<tokio::time::Instant>,
+        done: impl Fn(Option<&K>) -> bool,
+    ) -> Result<Option<Option<K>>>
+    where
+        K: Clone + std::fmt::Debug + Send + serde::de::DeserializeOwned + kube::Resource + 'static,
+    {
+        use kube::runtime::{wait, watcher};
+        let what = format!("watch {object}");
+        let mut failing_since: Option<tokio::time::Instant> = None;
+        loop {
+            let attempt = tokio::time::Instant::now();
+            // Boxed: the watcher's state machine is large, and the engine's futures that await
+            // this one are deep already (a debug build overflowed a worker's stack without it).
+            let watch = Box::pin(wait::await_condition(api.clone(), &object.name, &done));
+            let result = match deadline {
+                Some(at) => match tokio::time::timeout_at(at, watch).await {
+                    Ok(r) => r,
+                    Err(_) => return Ok(None),
+                },
+                None => watch.await,
+            };
+            let cause = match result {
+                Ok(found) => return Ok(Some(found)),
+                Err(wait::Error::ProbeFailed(e)) => e,
+            };
+            let error = match cause {
+                watcher::Error::InitialListFailed(e)
+                | watcher::Error::WatchStartFailed(e)
+                | watcher::Error::WatchFailed(e) => map_err(object, &what)(e),
+                watcher::Error::WatchError(status) => map_err(object, &what)(kube::Error::Api(status)),
+                watcher::Error::NoResourceVersion => {
+                    Error::Rejected { object: object.clone(), message: "the API server cannot watch this kind".into() }
+                }
+            };
+            // A watch that ran a while before it broke starts a new count of failures.
+            if attempt.elapsed() > Duration::from_secs(10) {
+                failing_since = None;
+            }
+            let since = *failing_since.get_or_insert(attempt);
+            if !error.is_retryable() || since.elapsed() >= super::OUTAGE {
+                return Err(error);
+            }
+            tracing::debug!(%what, %error, "the watch broke; watching again");
+            tokio::time::sleep(self.poll.min(Duration::from_secs(1))).await;
+        }
     }
 
     /// Whether the container ended (or never will: the pod ended or is gone).
@@ -457,19 +513,26 @@ impl Cluster for KubeCluster {
 
     async fn wait_pod_started(&self, namespace: &str, name: &str, timeout: Duration) -> Result<()> {
         let object = ObjectRef::new("Pod", namespace, name);
+        let started = |pod: &Pod| {
+            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default();
+            matches!(phase, "Running" | "Succeeded" | "Failed")
+        };
         let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let pod = self.get_pod(&object).await?;
-            let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
-            if matches!(phase.as_str(), "Running" | "Succeeded" | "Failed") {
-                return Ok(());
-            }
-            let waiting = not_started(&pod);
-            if let Some(w) = waiting.iter().find(|w| w.never) {
-                return Err(Error::Rejected { object, message: format!("the pod cannot start: {}", w.text) });
-            }
-            if tokio::time::Instant::now() >= deadline {
-                let why = waiting.iter().map(|w| w.text.as_str()).collect::<Vec<_>>().join("; ");
+        let seen = self
+            .await_object(&self.pods(namespace), &object, Some(deadline), |pod: Option<&Pod>| {
+                pod.is_none_or(|p| started(p) || not_started(p).iter().any(|w| w.never))
+            })
+            .await?;
+        let pod = match seen {
+            Some(Some(pod)) => pod,
+            Some(None) => return Err(Error::NotFound(object)),
+            // Timed out: say what the pod waits for.
+            None => {
+                let pod = self.get_pod(&object).await?;
+                if started(&pod) {
+                    return Ok(());
+                }
+                let why = not_started(&pod).iter().map(|w| w.text.as_str()).collect::<Vec<_>>().join("; ");
                 let what = if why.is_empty() {
                     format!("pod {namespace}/{name} to start")
                 } else {
@@ -477,8 +540,12 @@ impl Cluster for KubeCluster {
                 };
                 return Err(Error::Timeout { what, after: timeout });
             }
-            tokio::time::sleep(self.poll).await;
+        };
+        if started(&pod) {
+            return Ok(());
         }
+        let never = not_started(&pod).into_iter().find(|w| w.never).map(|w| w.text).unwrap_or_default();
+        Err(Error::Rejected { object, message: format!("the pod cannot start: {never}") })
     }
 
     /// Follows the container's log with timestamps, so that a stream the API server broke (a
@@ -549,24 +616,26 @@ impl Cluster for KubeCluster {
 
     async fn wait_container(&self, namespace: &str, name: &str, container: &str) -> Result<ExitStatus> {
         let object = ObjectRef::new("Pod", namespace, name);
-        loop {
-            let pod = self.get_pod(&object).await?;
-            let status = pod.status.unwrap_or_default();
-            if let Some(t) = terminated(&status, container) {
-                return Ok(ExitStatus {
-                    code: Some(t.exit_code),
-                    signal: t.signal.filter(|s| *s != 0),
-                    reason: t.reason.clone(),
-                });
-            }
-            // A pod that ended before the container ran (its init container failed) never
-            // terminates it: waiting longer would wait forever.
-            if pod_ended(&status) {
-                let phase = status.phase.as_deref().unwrap_or_default();
-                return Ok(ExitStatus::never_started(&format!("the pod ended {phase} before it ran")));
-            }
-            tokio::time::sleep(self.poll).await;
+        let seen = self
+            .await_object(&self.pods(namespace), &object, None, |pod: Option<&Pod>| {
+                pod.is_none_or(|p| {
+                    p.status.as_ref().is_some_and(|s| terminated(s, container).is_some() || pod_ended(s))
+                })
+            })
+            .await?;
+        let Some(Some(pod)) = seen else { return Err(Error::NotFound(object)) };
+        let status = pod.status.unwrap_or_default();
+        if let Some(t) = terminated(&status, container) {
+            return Ok(ExitStatus {
+                code: Some(t.exit_code),
+                signal: t.signal.filter(|s| *s != 0),
+                reason: t.reason.clone(),
+            });
         }
+        // A pod that ended before the container ran (its init container failed) never
+        // terminates it: waiting longer would wait forever.
+        let phase = status.phase.as_deref().unwrap_or_default();
+        Ok(ExitStatus::never_started(&format!("the pod ended {phase} before it ran")))
     }
 
     async fn delete_pod(&self, namespace: &str, name: &str) -> Result<()> {
@@ -591,19 +660,18 @@ impl Cluster for KubeCluster {
     }
 
     async fn wait_ready(&self, workload: &ObjectRef, timeout: Duration) -> Result<()> {
+        let ready = |o: &DynamicObject| {
+            let field = |p: &str, default: i64| o.data.pointer(p).and_then(Value::as_i64).unwrap_or(default);
+            let want = field("/spec/replicas", 1);
+            field("/status/readyReplicas", 0) == want && field("/status/replicas", 0) == want
+        };
         let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let v = self.get(workload).await?;
-            let want = v.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
-            let ready = v.pointer("/status/readyReplicas").and_then(Value::as_i64).unwrap_or(0);
-            let current = v.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0);
-            if ready == want && current == want {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(Error::Timeout { what: format!("{workload} to be ready"), after: timeout });
-            }
-            tokio::time::sleep(self.poll).await;
+        let api = self.api(workload).await?;
+        match self.await_object(&api, workload, Some(deadline), |o: Option<&DynamicObject>| o.is_none_or(ready)).await?
+        {
+            Some(Some(_)) => Ok(()),
+            Some(None) => Err(Error::NotFound(workload.clone())),
+            None => Err(Error::Timeout { what: format!("{workload} to be ready"), after: timeout }),
         }
     }
 

@@ -140,7 +140,9 @@ and cluster/kube.rs):
 Rules the coordinator needs where the workloads live (derived from engine/params.rs,
 engine/functions.rs and cluster/kube.rs):
 - the action's object: StatefulSets/Deployments get (and their pods list), PVCs get;
-- ScaleWorkload: get the workload, patch its scale subresource;
+- ScaleWorkload: get the workload, patch its scale subresource, watch it until ready (a watch
+  of one object is a list and a watch with a name field selector);
+- task pods: watched until started and until their containers end;
 - KubeExec/KubeExecAll: pods/exec (create for websocket upgrades since Kubernetes 1.31, get
   before);
 - KubeTask and the data functions: task pods create/get/delete, logs;
@@ -152,13 +154,13 @@ engine/functions.rs and cluster/kube.rs):
 {{- define "kanister.rules.target" -}}
 - apiGroups: ["apps"]
   resources: ["statefulsets", "deployments"]
-  verbs: ["get"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["apps"]
   resources: ["statefulsets/scale", "deployments/scale"]
   verbs: ["patch"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "create", "delete"]
+  verbs: ["get", "list", "watch", "create", "delete"]
 - apiGroups: [""]
   resources: ["pods/log"]
   verbs: ["get"]
@@ -191,7 +193,7 @@ engine/functions.rs and cluster/kube.rs):
 {{- if .Values.rbac.openshift }}
 - apiGroups: ["apps.openshift.io"]
   resources: ["deploymentconfigs"]
-  verbs: ["get"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["apps.openshift.io"]
   resources: ["deploymentconfigs/scale"]
   verbs: ["patch"]
