@@ -10,7 +10,7 @@
 //! agent has: a write is visible to every listing that starts after it returns (S3, Azure, GCS
 //! and local disk all list consistently), and each writer picks a random name.
 //!
-//! 1. Write `exclusive/<random>` (holder, purpose, pid).
+//! 1. Write `exclusive/<random>` (holder, purpose, pid: [`MaintenanceHolder`]).
 //! 2. List `exclusive/`. If another lock is there that is not stale, delete ours, wait a random
 //!    while and try again (or give up at the deadline with [`Error::Busy`]).
 //! 3. Otherwise the lock is ours.
@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use kanister_repo::marker::MaintenanceHolder;
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::repository::{ALIVE_SUFFIX, Repository, hostname, now_secs};
@@ -41,24 +41,10 @@ pub const EXCLUSIVE_STALE_AFTER: Duration = Duration::from_secs(10 * 60);
 /// How often a holder renews its lock.
 const RENEW_EVERY: Duration = Duration::from_secs(60);
 
-/// Who holds a maintenance lock, as written in it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Holder {
-    /// What runs: `prune`, `repair-index`, ...
-    pub purpose: String,
-    /// Host (pod) of the holder.
-    pub hostname: String,
-    /// Its process id.
-    pub pid: u32,
-    /// When it took the lock (seconds since the epoch, its own clock; informative only).
-    pub since: u64,
-}
-
-impl std::fmt::Display for Holder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let since = humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(self.since));
-        write!(f, "{} by {} pid {} since {since}", self.purpose, self.hostname, self.pid)
-    }
+/// Who holds a maintenance lock, in a sentence.
+fn describe(h: &MaintenanceHolder) -> String {
+    let since = humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(h.since));
+    format!("{} by {} pid {} since {since}", h.purpose, h.hostname, h.pid)
 }
 
 /// A held maintenance lock. Release it with [`ExclusiveLock::release`]; dropped, it stops
@@ -79,9 +65,14 @@ impl ExclusiveLock {
     pub async fn acquire(repo: &Repository, purpose: &str, wait: Duration) -> Result<ExclusiveLock> {
         let store = repo.store().clone();
         let deadline = Instant::now() + wait;
-        let holder =
-            Holder { purpose: purpose.into(), hostname: hostname(), pid: std::process::id(), since: now_secs() };
-        let body = Bytes::from(serde_json::to_vec(&holder).expect("holder serializes"));
+        let holder = MaintenanceHolder {
+            format: kanister_repo::marker::FORMAT,
+            purpose: purpose.into(),
+            hostname: hostname(),
+            pid: std::process::id(),
+            since: now_secs(),
+        };
+        let body = Bytes::from(holder.encode());
         loop {
             let key = format!("{EXCLUSIVE}/{}", random_name());
             store.put(&key, body.clone()).await?;
@@ -191,7 +182,7 @@ async fn live_others(store: &Store, ours: &str, now: SystemTime) -> Result<Vec<(
             continue;
         }
         let who = match store.get(&o.key).await {
-            Ok(b) => serde_json::from_slice::<Holder>(&b).map(|h| h.to_string()).unwrap_or_else(|_| o.key.clone()),
+            Ok(b) => MaintenanceHolder::decode(&b).map(|h| describe(&h)).unwrap_or_else(|_| o.key.clone()),
             // Released since the listing: it still counts, the holder may retry.
             Err(_) => o.key.clone(),
         };

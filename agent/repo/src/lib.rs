@@ -15,6 +15,8 @@
 //! - [`snapshot`]: snapshot objects naming a root (the chunk lists of a stream), tags and stats.
 //! - [`tree`]: directory listings of volume backups (names, modes, owners, times, links).
 //! - [`config`]: the repository parameters fixed at init.
+//! - [`marker`]: what writers leave to coordinate (backup locks, the maintenance lock's
+//!   holder, prune marks), versioned.
 //!
 //! Object names are content addresses: the unkeyed BLAKE3 hash of the stored bytes, so any
 //! flipped bit is detected before decryption is even tried.
@@ -27,6 +29,7 @@ pub mod error;
 pub mod id;
 pub mod index;
 pub mod keys;
+pub mod marker;
 pub mod pack;
 pub mod snapshot;
 pub mod tree;

@@ -16,10 +16,13 @@
 //! lock: a backup writes packs, then indexes, then its snapshot, so a crash leaves only packs
 //! nothing points at, which the next backup reuses (their trailers are re-indexed) and `prune`
 //! eventually removes.
+//!
+//! Submodules: [`key`] (the secret and where it comes from), [`master_index`] (indexes merged
+//! in memory), [`locks`] (backup markers), [`prune_marks`], [`store_ref`] (the store a gRPC
+//! request names). The formats of markers and prune marks are in [`kanister_repo::marker`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::marker::PhantomData;
-use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -30,9 +33,21 @@ use kanister_repo::keys::{Argon2Params, Credential, KeySlot, MasterKey};
 use kanister_repo::pack::{self, PackEntry};
 use kanister_repo::snapshot::{Root, Snapshot};
 use kanister_repo::{BlobId, IndexId, Keys, PackId, RepoConfig, SnapshotId};
-use serde::{Deserialize, Serialize};
-use zeroize::Zeroizing;
 
+mod key;
+mod locks;
+mod master_index;
+mod prune_marks;
+mod store_ref;
+
+pub use self::key::RepoKey;
+pub use self::locks::{
+    ALIVE_SUFFIX, BackupLock, BackupMarker, LOCK_REFRESH_EVERY, LOCK_STALE_AFTER, LocalProcess, LockInfo,
+    ProcessIdentity, now_secs,
+};
+pub use self::master_index::{BlobLocation, MasterIndex};
+pub use self::prune_marks::PruneMark;
+pub use self::store_ref::{RefError, store_of_ref};
 use crate::error::{Error, Result};
 use crate::store::{Created, Store, StoreError};
 
@@ -63,91 +78,6 @@ pub fn pack_key(id: &PackId) -> String {
 /// Parses a pack id back from its key.
 pub fn pack_id_from_key(key: &str) -> Option<PackId> {
     key.rsplit('/').next()?.parse().ok()
-}
-
-/// The secret that opens a repository. Zeroized on drop.
-#[derive(Clone)]
-pub enum RepoKey {
-    /// A passphrase (from `KANISTER_REPO_PASSWORD` or a file).
-    Passphrase(Zeroizing<Vec<u8>>),
-    /// The contents of a raw key file.
-    KeyFile(Zeroizing<Vec<u8>>),
-}
-
-impl std::fmt::Debug for RepoKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            RepoKey::Passphrase(_) => "RepoKey::Passphrase(..)",
-            RepoKey::KeyFile(_) => "RepoKey::KeyFile(..)",
-        })
-    }
-}
-
-impl RepoKey {
-    /// The key from a raw key file, else a passphrase file (its trailing newline dropped), else
-    /// the raw key in `KANISTER_REPO_KEY` (how the coordinator hands a Profile's key to task
-    /// pods, from a Secret), else the passphrase in `KANISTER_REPO_PASSWORD`. Never a default.
-    pub fn from_files_or_env(
-        key_file: Option<&std::path::Path>,
-        password_file: Option<&std::path::Path>,
-    ) -> Result<Self> {
-        let read = |p: &std::path::Path| {
-            std::fs::read(p).map(Zeroizing::new).map_err(|e| Error::io(format!("cannot read {}", p.display()), e))
-        };
-        if let Some(p) = key_file {
-            return Ok(RepoKey::KeyFile(read(p)?));
-        }
-        if let Some(p) = password_file {
-            let mut b = read(p)?;
-            while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
-                b.pop();
-            }
-            return Ok(RepoKey::Passphrase(b));
-        }
-        if let Ok(k) = std::env::var("KANISTER_REPO_KEY")
-            && !k.is_empty()
-        {
-            return Ok(RepoKey::KeyFile(Zeroizing::new(k.into_bytes())));
-        }
-        match std::env::var("KANISTER_REPO_PASSWORD") {
-            Ok(p) if !p.is_empty() => Ok(RepoKey::Passphrase(Zeroizing::new(p.into_bytes()))),
-            _ => Err(Error::NoCredential),
-        }
-    }
-
-    fn credential(&self) -> Credential<'_> {
-        match self {
-            RepoKey::Passphrase(p) => Credential::Passphrase(p),
-            RepoKey::KeyFile(k) => Credential::KeyFile(k),
-        }
-    }
-}
-
-/// Why a `kanister.agent.v1.RepositoryRef` names no usable store.
-#[derive(Debug, thiserror::Error)]
-pub enum RefError {
-    /// The URL is malformed or carries what belongs in the options. Names no value.
-    #[error("{0}")]
-    Invalid(String),
-    /// The store could not be built from the URL and options.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// The store a repository reference names: `url` (`s3://`, `az://`, `gs://`, `file://`; no
-/// credentials, no query) and its settings (object_store's keys, case-insensitive). The one
-/// mapping used by the agent's service and by the coordinator's own repository reads.
-pub fn store_of_ref(url: &str, options: HashMap<String, String>) -> Result<Store, RefError> {
-    let u = url::Url::parse(url).map_err(|e| RefError::Invalid(format!("repository.store_url is not a URL: {e}")))?;
-    if !u.username().is_empty() || u.password().is_some() || u.query().is_some() {
-        return Err(RefError::Invalid(
-            "repository.store_url must carry no credentials and no query: put settings in repository.store_options"
-                .into(),
-        ));
-    }
-    let mut options: Vec<(String, String)> = options.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
-    options.sort();
-    Ok(Store::open(url, &crate::store::StoreOptions { options, credentials_file: None })?)
 }
 
 /// Typestate: a repository not opened yet.
@@ -347,306 +277,6 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// Where a blob is.
-#[derive(Debug, Clone, Copy)]
-pub struct BlobLocation {
-    /// Index of its pack in [`MasterIndex::packs`].
-    pub pack: u32,
-    /// Its entry in the pack.
-    pub entry: PackEntry,
-}
-
-/// All index objects merged: every known blob and pack.
-///
-/// A blob may sit in several packs (two backups that ran at once both stored it); lookups get
-/// one location, while [`MasterIndex::entries_of`] keeps every pack's full list, which is
-/// what `prune` must reason about. Each entry is stored once, in its pack's list; the lookup
-/// table holds only a position (8 bytes), which halves the index's memory.
-#[derive(Debug, Default)]
-pub struct MasterIndex {
-    /// Known packs and their sizes.
-    pub packs: Vec<(PackId, u64)>,
-    pack_pos: kanister_repo::IdMap<PackId, u32>,
-    pack_blobs: Vec<Vec<PackEntry>>,
-    blobs: kanister_repo::IdMap<BlobId, Slot>,
-    /// The index objects that were read.
-    pub index_ids: Vec<IndexId>,
-    /// Index objects that could not be read, with the reason.
-    pub damaged: Vec<(IndexId, String)>,
-}
-
-/// Where in [`MasterIndex::pack_blobs`] a blob's entry is.
-#[derive(Debug, Clone, Copy)]
-struct Slot {
-    pack: u32,
-    idx: u32,
-}
-
-impl MasterIndex {
-    /// Adds a pack's blobs (a pack listed twice is taken once: its content never changes).
-    pub fn add_pack(&mut self, p: IndexPack) {
-        if self.pack_pos.contains_key(&p.id) {
-            return;
-        }
-        let pos = self.packs.len() as u32;
-        self.packs.push((p.id, p.size));
-        self.pack_pos.insert(p.id, pos);
-        for (i, e) in p.blobs.iter().enumerate() {
-            self.blobs.entry(e.id).or_insert(Slot { pack: pos, idx: i as u32 });
-        }
-        self.pack_blobs.push(p.blobs);
-    }
-
-    /// The packs with their blobs, consuming the index (no copy of the entries: what prune
-    /// writes when it compacts the index).
-    pub fn into_packs(self) -> impl Iterator<Item = IndexPack> {
-        self.packs.into_iter().zip(self.pack_blobs).map(|((id, size), blobs)| IndexPack { id, size, blobs })
-    }
-
-    /// Whether the pack is indexed.
-    pub fn has_pack(&self, id: &PackId) -> bool {
-        self.pack_pos.contains_key(id)
-    }
-
-    /// The pack of a location.
-    pub fn pack_id(&self, loc: &BlobLocation) -> PackId {
-        self.packs[loc.pack as usize].0
-    }
-
-    /// Every blob of the pack at position `pos` in [`MasterIndex::packs`].
-    pub fn entries_of(&self, pos: u32) -> &[PackEntry] {
-        &self.pack_blobs[pos as usize]
-    }
-
-    /// Stops finding blobs in the given packs; a blob also stored elsewhere is found there.
-    pub fn forget_blobs_in(&mut self, packs: &HashSet<PackId>) {
-        let gone: HashSet<u32> =
-            self.packs.iter().enumerate().filter(|(_, (id, _))| packs.contains(id)).map(|(i, _)| i as u32).collect();
-        if gone.is_empty() {
-            return;
-        }
-        self.blobs.retain(|_, s| !gone.contains(&s.pack));
-        for (pos, entries) in self.pack_blobs.iter().enumerate() {
-            if gone.contains(&(pos as u32)) {
-                continue;
-            }
-            for (i, e) in entries.iter().enumerate() {
-                self.blobs.entry(e.id).or_insert(Slot { pack: pos as u32, idx: i as u32 });
-            }
-        }
-    }
-
-    /// Looks a blob up.
-    pub fn get(&self, id: &BlobId) -> Option<BlobLocation> {
-        self.blobs
-            .get(id)
-            .map(|s| BlobLocation { pack: s.pack, entry: self.pack_blobs[s.pack as usize][s.idx as usize] })
-    }
-
-    /// Whether a blob is indexed.
-    pub fn contains(&self, id: &BlobId) -> bool {
-        self.blobs.contains_key(id)
-    }
-
-    /// Number of distinct blobs.
-    pub fn len(&self) -> usize {
-        self.blobs.len()
-    }
-
-    /// Whether no blob is indexed.
-    pub fn is_empty(&self) -> bool {
-        self.blobs.is_empty()
-    }
-
-    /// Every blob with the location lookups give.
-    pub fn iter(&self) -> impl Iterator<Item = (&BlobId, BlobLocation)> + '_ {
-        self.blobs
-            .iter()
-            .map(|(id, s)| (id, BlobLocation { pack: s.pack, entry: self.pack_blobs[s.pack as usize][s.idx as usize] }))
-    }
-}
-
-/// A marker a running backup leaves, so `prune` waits for it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Lock {
-    /// When the backup started (seconds since the epoch).
-    pub started: u64,
-    /// When the marker was last renewed.
-    pub refreshed: u64,
-    /// Host (pod) of the backup.
-    pub hostname: String,
-    /// Its process id.
-    pub pid: u32,
-    /// Which process exactly, so that a prune on the same host can tell that it died.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub process: Option<ProcessIdentity>,
-}
-
-/// A process, told apart from every other that ever ran on its machine: the boot, the pid
-/// namespace (containers of one pod share a host name but not their pids), the pid and the
-/// process's start time (pids are reused).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcessIdentity {
-    /// `/proc/sys/kernel/random/boot_id`.
-    pub boot_id: String,
-    /// The pid namespace, as `/proc/self/ns/pid` names it.
-    pub pid_ns: String,
-    /// The pid in that namespace.
-    pub pid: u32,
-    /// Field 22 of `/proc/<pid>/stat`: start time in clock ticks after boot.
-    pub start_ticks: u64,
-}
-
-impl ProcessIdentity {
-    /// This process (none where `/proc` is not Linux's).
-    pub fn current() -> Option<ProcessIdentity> {
-        let pid = std::process::id();
-        Some(ProcessIdentity {
-            boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?.trim().to_string(),
-            pid_ns: std::fs::read_link("/proc/self/ns/pid").ok()?.to_string_lossy().into_owned(),
-            pid,
-            start_ticks: start_ticks(pid)?,
-        })
-    }
-
-    /// Whether this process has certainly ended: it ran in this very boot and pid namespace,
-    /// and its pid is gone or belongs to a process started at another time. Anything
-    /// uncertain (another host, another container, an unreadable `/proc`) counts as alive.
-    pub fn has_ended(&self) -> bool {
-        let Some(me) = ProcessIdentity::current() else { return false };
-        if me.boot_id != self.boot_id || me.pid_ns != self.pid_ns {
-            return false;
-        }
-        match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
-            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
-            Ok(_) => start_ticks(self.pid).is_some_and(|t| t != self.start_ticks),
-        }
-    }
-}
-
-fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count from its end.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Suffix of a marker's renewal object.
-pub const ALIVE_SUFFIX: &str = ".alive";
-
-/// A backup marker as listed.
-#[derive(Debug, Clone)]
-pub struct LockInfo {
-    /// Its key.
-    pub key: String,
-    /// When the backup started (store time).
-    pub started: SystemTime,
-    /// When it last renewed its marker (store time).
-    pub alive: SystemTime,
-    /// The backup's process is known to have ended (it ran on this host and is gone): its
-    /// marker is stale at once.
-    pub ended: bool,
-}
-
-impl LockInfo {
-    /// Whether the backup may still be running, by this machine's clock.
-    pub fn is_live(&self) -> bool {
-        self.is_live_at(SystemTime::now())
-    }
-
-    /// Whether the backup may still be running at `now` (a store time, see
-    /// [`crate::exclusive::ExclusiveLock::store_now`]).
-    pub fn is_live_at(&self, now: SystemTime) -> bool {
-        !self.ended && now.duration_since(self.alive).map_or(true, |age| age < LOCK_STALE_AFTER)
-    }
-}
-
-/// The marker of a running backup: written at its start, renewed while it runs, removed at
-/// its end. `prune` waits for backups that started before it set packs aside.
-#[derive(Debug)]
-pub struct BackupMarker {
-    key: String,
-    renewer: tokio::task::JoinHandle<()>,
-    renewed: std::sync::Arc<std::sync::Mutex<std::time::Instant>>,
-}
-
-impl BackupMarker {
-    /// Writes the marker and starts renewing it.
-    pub async fn start(repo: &Repository, hostname: &str) -> Result<Self> {
-        let lock = Lock {
-            started: now_secs(),
-            refreshed: now_secs(),
-            hostname: hostname.to_string(),
-            pid: std::process::id(),
-            process: ProcessIdentity::current(),
-        };
-        let key = repo.write_lock(&lock).await?;
-        let (store, alive) = (repo.store().clone(), format!("{key}{ALIVE_SUFFIX}"));
-        let renewed = std::sync::Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
-        let last = renewed.clone();
-        let renewer = tokio::spawn(async move {
-            let mut lock = lock;
-            let mut tick = tokio::time::interval(LOCK_REFRESH_EVERY);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                lock.refreshed = now_secs();
-                // Renewal rewrites `<key>.alive`: markers are the one kind of object that changes.
-                let body = Bytes::from(serde_json::to_vec(&lock).expect("lock serializes"));
-                match store.put(&alive, body).await {
-                    Ok(()) => *last.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now(),
-                    Err(e) => tracing::warn!(error = %e, "cannot renew the backup marker"),
-                }
-            }
-        });
-        Ok(BackupMarker { key, renewer, renewed })
-    }
-
-    /// Fails when the marker went unrenewed for so long that a prune may have taken it for a
-    /// dead backup's and deleted packs this backup deduplicated against (the process was
-    /// paused, or the store unreachable). Called right before the snapshot is written: a
-    /// backup that fails here writes no snapshot, so nothing points at what may be gone.
-    pub fn ensure_alive(&self) -> Result<()> {
-        let since = self.renewed.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
-        if since + LOCK_REFRESH_EVERY >= LOCK_STALE_AFTER {
-            return Err(Error::LockLost(format!(
-                "the backup marker {} was not renewed for {}; no snapshot was written, run the backup again",
-                self.key,
-                humantime::format_duration(Duration::from_secs(since.as_secs()))
-            )));
-        }
-        Ok(())
-    }
-
-    /// Stops renewing and removes the marker (best effort: a marker left behind goes stale).
-    pub async fn finish(mut self, repo: &Repository) {
-        self.renewer.abort();
-        let _ = (&mut self.renewer).await;
-        let _ = repo.store().delete(&format!("{}{ALIVE_SUFFIX}", self.key)).await;
-        if let Err(e) = repo.store().delete(&self.key).await {
-            tracing::warn!(error = %e, marker = %self.key, "cannot remove the backup marker; prune treats it as stale after 30 minutes");
-        }
-    }
-}
-
-impl Drop for BackupMarker {
-    /// A backup dropped without `finish` (cancelled) stops renewing its marker, which then goes
-    /// stale instead of holding `prune` back forever.
-    fn drop(&mut self) {
-        self.renewer.abort();
-    }
-}
-
-/// A lock older than this without renewal belongs to a process that died.
-pub const LOCK_STALE_AFTER: Duration = Duration::from_secs(30 * 60);
-/// How often a running backup renews its lock.
-pub const LOCK_REFRESH_EVERY: Duration = Duration::from_secs(5 * 60);
-
-/// Seconds since the epoch.
-pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
 impl Repository<Open> {
     /// The store.
     pub fn store(&self) -> &Store {
@@ -829,69 +459,6 @@ impl Repository<Open> {
         Ok((n, bytes))
     }
 
-    /// Every pack named in a prune mark.
-    pub async fn prune_marked_packs(&self) -> Result<HashSet<PackId>> {
-        let mut out = HashSet::new();
-        for (_, _, mark) in self.prune_marks().await? {
-            out.extend(mark.packs.iter().map(|p| p.id));
-        }
-        Ok(out)
-    }
-
-    /// Reads every prune mark, with the store's time of writing it.
-    pub async fn prune_marks(&self) -> Result<Vec<(String, SystemTime, PruneMark)>> {
-        let mut out = Vec::new();
-        for o in self.store.list(PRUNE).await? {
-            let bytes = self.store.get(&o.key).await?;
-            let plain = kanister_repo::crypto::open_object(
-                &self.keys().data_key,
-                PRUNE_AAD,
-                "prune mark",
-                &o.key,
-                None,
-                &bytes,
-            )?;
-            let wire: PruneMarkWire = serde_json::from_slice(&plain)
-                .map_err(|source| kanister_repo::Error::Json { what: "prune mark", source })?;
-            let mut packs = Vec::new();
-            for p in wire.packs {
-                let raw = hex::decode(&p.index).map_err(|e| Error::Damaged(format!("prune mark {}: {e}", o.key)))?;
-                let blobs = decode_pack_entries(&raw)
-                    .ok_or_else(|| Error::Damaged(format!("prune mark {}: bad entries", o.key)))?;
-                packs.push(IndexPack { id: p.id, size: p.size, blobs });
-            }
-            out.push((o.key, o.last_modified, PruneMark { created: wire.created, packs }));
-        }
-        Ok(out)
-    }
-
-    /// Writes a prune mark.
-    pub async fn write_prune_mark(&self, mark: &PruneMark) -> Result<String> {
-        let wire = PruneMarkWire {
-            created: mark.created,
-            packs: mark
-                .packs
-                .iter()
-                .map(|p| PrunePackWire { id: p.id, size: p.size, index: hex::encode(encode_pack_entries(&p.blobs)) })
-                .collect(),
-        };
-        let json = serde_json::to_vec(&wire).expect("prune mark serializes");
-        let (id, bytes) = kanister_repo::crypto::seal_object(&self.keys().data_key, PRUNE_AAD, &json);
-        let key = format!("{PRUNE}/{}", hex::encode(id));
-        self.store.put(&key, Bytes::from(bytes)).await?;
-        Ok(key)
-    }
-
-    /// Writes a backup marker; returns its key. The marker itself is written once, so the
-    /// store's time of writing it says when the backup started; renewals go to `<key>.alive`.
-    pub async fn write_lock(&self, lock: &Lock) -> Result<String> {
-        let mut id = [0u8; 16];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
-        let key = format!("{LOCKS}/{}", hex::encode(id));
-        self.store.put(&key, Bytes::from(serde_json::to_vec(lock).expect("lock serializes"))).await?;
-        Ok(key)
-    }
-
     /// Forgets snapshots (full ids or unique prefixes): deletes their snapshot objects; their
     /// data goes with the next prune. Returns the ids removed and the full ids that were
     /// already gone (a retry of an earlier forget, not an error).
@@ -911,29 +478,6 @@ impl Repository<Open> {
             removed.push(id.to_string());
         }
         Ok((removed, absent))
-    }
-
-    /// Reads every backup marker: its key, when it was written and last renewed (store time),
-    /// and whether its process is known to have ended.
-    pub async fn locks(&self) -> Result<Vec<LockInfo>> {
-        let listed = self.store.list(LOCKS).await?;
-        let mut out: Vec<LockInfo> = Vec::new();
-        for o in listed.iter().filter(|o| !o.key.ends_with(ALIVE_SUFFIX)) {
-            // A marker that cannot be read (removed since the listing, or not ours to parse)
-            // tells nothing about its process: it counts by its times alone.
-            let ended = match self.store.get(&o.key).await {
-                Ok(b) => serde_json::from_slice::<Lock>(&b).ok().and_then(|l| l.process).is_some_and(|p| p.has_ended()),
-                Err(_) => false,
-            };
-            out.push(LockInfo { key: o.key.clone(), started: o.last_modified, alive: o.last_modified, ended });
-        }
-        for o in listed.iter().filter(|o| o.key.ends_with(ALIVE_SUFFIX)) {
-            let base = o.key.trim_end_matches(ALIVE_SUFFIX);
-            if let Some(l) = out.iter_mut().find(|l| l.key == base) {
-                l.alive = l.alive.max(o.last_modified);
-            }
-        }
-        Ok(out)
     }
 
     /// Visits every blob a snapshot's root references, depth first: metadata blobs (chunk
@@ -997,47 +541,6 @@ pub enum Visit<'a> {
     Unreadable(&'a BlobId, Error),
 }
 
-const PRUNE_AAD: &[u8] = b"kanister prune mark";
-
-/// Packs set aside by `prune`, with their index entries so they can be put back if a backup
-/// that was running at the time turns out to use them.
-#[derive(Debug, Clone)]
-pub struct PruneMark {
-    /// When the packs were set aside (seconds since the epoch).
-    pub created: u64,
-    /// The packs.
-    pub packs: Vec<IndexPack>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct PruneMarkWire {
-    created: u64,
-    packs: Vec<PrunePackWire>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct PrunePackWire {
-    id: PackId,
-    size: u64,
-    index: String,
-}
-
-fn encode_pack_entries(entries: &[PackEntry]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + entries.len() * pack::ENTRY_LEN);
-    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-    entries.iter().for_each(|e| e.encode_into(&mut out));
-    out
-}
-
-fn decode_pack_entries(b: &[u8]) -> Option<Vec<PackEntry>> {
-    let n = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
-    let body = b.get(4..)?;
-    if body.len() != n * pack::ENTRY_LEN {
-        return None;
-    }
-    body.chunks_exact(pack::ENTRY_LEN).map(|c| PackEntry::decode(c).ok()).collect()
-}
-
 /// Tags given as `key=value`.
 pub fn parse_tags(tags: &[String]) -> Result<BTreeMap<String, String>, String> {
     tags.iter()
@@ -1059,37 +562,13 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        /// The decoders of what others can write into the store (backup markers are plain
-        /// JSON; prune marks' entry lists; repository references from gRPC requests) return
-        /// errors on any input, never panic; entry lists round-trip.
+        /// Tags from a command line give a map or an error naming the bad one, never a panic.
         #[test]
-        fn untrusted_decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400), text in "\\PC{0,80}") {
-            let _ = serde_json::from_slice::<Lock>(&bytes);
-            let _ = serde_json::from_slice::<crate::exclusive::Holder>(&bytes);
-            let _ = serde_json::from_slice::<PruneMarkWire>(&bytes);
-            if let Some(entries) = decode_pack_entries(&bytes) {
-                prop_assert_eq!(encode_pack_entries(&entries), bytes);
+        fn any_tag_gives_a_map_or_an_error(text in "\\PC{0,80}") {
+            match parse_tags(std::slice::from_ref(&text)) {
+                Ok(tags) => prop_assert_eq!(tags.len(), 1),
+                Err(e) => prop_assert!(e.contains("key=value"), "{}", e),
             }
-            let _ = store_of_ref(&text, HashMap::from([(text.clone(), text.clone())]));
-            let _ = parse_tags(std::slice::from_ref(&text));
         }
-    }
-
-    #[test]
-    fn a_process_that_exited_has_ended_and_a_running_one_has_not() {
-        let me = ProcessIdentity::current().expect("Linux /proc");
-        assert!(!me.has_ended(), "this process counts as ended");
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
-        let it = ProcessIdentity { pid: child.id(), start_ticks: start_ticks(child.id()).unwrap(), ..me.clone() };
-        assert!(!it.has_ended(), "a running child counts as ended");
-        child.kill().unwrap();
-        child.wait().unwrap();
-        assert!(it.has_ended(), "a killed child still counts as running");
-        // The same pid with another start time is another process: the marker's has ended.
-        let reused = ProcessIdentity { start_ticks: me.start_ticks + 1, ..me.clone() };
-        assert!(reused.has_ended());
-        // Another boot or another pid namespace: nothing can be known, so it is alive.
-        assert!(!ProcessIdentity { boot_id: "other".into(), ..it.clone() }.has_ended());
-        assert!(!ProcessIdentity { pid_ns: "pid:[1]".into(), ..it }.has_ended());
     }
 }
