@@ -16,6 +16,10 @@
 //! it before running tests, and this test builds it when it is missing) behind a symlink named
 //! `kando` on the PATH of the local cluster's commands.
 //!
+//! The second generation (upstream's blueprint-v2) runs too: `--output-name kopiaOutput` gives
+//! upstream's snapshot JSON as a `kopiaSnapshot` artifact; restore and delete hand it back with
+//! `--kopia-snapshot`.
+//!
 //! Needs the test infrastructure (`eval "$(bash tests/infra.sh env)"`): SeaweedFS S3 with its
 //! filer on 127.0.0.1:8888, MariaDB and PostgreSQL. Fails without them.
 
@@ -163,6 +167,140 @@ actions:
         - bash
         - -ec
         - kando location delete --profile @PROFILE@ --path '{{ .ArtifactsIn.dump.KeyValue.path }}'
+  # Second generation (upstream's blueprint-v2): push with --output-name, the snapshot as a
+  # kopiaSnapshot artifact, pull and delete by --kopia-snapshot, the same path for every backup.
+  mysqlBackupV2:
+    outputArtifacts:
+      mysqlBackup:
+        kopiaSnapshot: "{{ .Phases.dumpToStore.Output.kopiaOutput }}"
+    phases:
+    - func: KubeTask
+      name: dumpToStore
+      args:
+        namespace: db
+        image: ghcr.io/kanisterio/mysql-sidecar:0.112.0
+        podOverride: @MYSQL_PWD@
+        command:
+        - bash
+        - -o
+        - errexit
+        - -o
+        - pipefail
+        - -c
+        - |
+          backup_file_path="dump.sql"
+          mysqldump --no-defaults -u'{{ index .Secrets.db.Data "username" | toString }}' \
+            -h '{{ index .Secrets.db.Data "host" | toString }}' -P '{{ index .Secrets.db.Data "port" | toString }}' \
+            --single-transaction --databases '{{ .Options.database }}' \
+            | kando location push --profile @PROFILE@ --path "${backup_file_path}" --output-name "kopiaOutput" -
+  mysqlRestoreV2:
+    inputArtifactNames: [mysqlBackup]
+    phases:
+    - func: KubeTask
+      name: restoreFromStore
+      args:
+        namespace: db
+        image: ghcr.io/kanisterio/mysql-sidecar:0.112.0
+        podOverride: @MYSQL_PWD@
+        command:
+        - bash
+        - -o
+        - errexit
+        - -o
+        - pipefail
+        - -c
+        - |
+          backup_file_path="dump.sql"
+          kopia_snap='{{ .ArtifactsIn.mysqlBackup.KopiaSnapshot }}'
+          kando location pull --profile @PROFILE@ --path "${backup_file_path}" --kopia-snapshot "${kopia_snap}" - \
+            | mysql --no-defaults -u'{{ index .Secrets.db.Data "username" | toString }}' \
+              -h '{{ index .Secrets.db.Data "host" | toString }}' -P '{{ index .Secrets.db.Data "port" | toString }}'
+  deleteV2:
+    inputArtifactNames: [mysqlBackup]
+    phases:
+    - func: KubeTask
+      name: deleteFromStore
+      args:
+        namespace: db
+        image: ghcr.io/kanisterio/mysql-sidecar:0.112.0
+        command:
+        - bash
+        - -o
+        - errexit
+        - -o
+        - pipefail
+        - -c
+        - |
+          backup_file_path="dump.sql"
+          kopia_snap='{{ .ArtifactsIn.mysqlBackup.KopiaSnapshot }}'
+          kando location delete --profile @PROFILE@ --path "${backup_file_path}" --kopia-snapshot "${kopia_snap}"
+  pgBackupV2:
+    outputArtifacts:
+      pgBackup:
+        kopiaSnapshot: "{{ .Phases.pgDump.Output.kopiaOutput }}"
+    phases:
+    - func: KubeTask
+      name: pgDump
+      args:
+        namespace: db
+        image: ghcr.io/kanisterio/postgres-kanister-tools:0.112.0
+        podOverride: @PGPASSWORD@
+        command:
+        - bash
+        - -o
+        - errexit
+        - -o
+        - pipefail
+        - -c
+        - |
+          export PGHOST='{{ index .Secrets.db.Data "host" | toString }}'
+          export PGPORT='{{ index .Secrets.db.Data "port" | toString }}'
+          export PGUSER='{{ index .Secrets.db.Data "username" | toString }}'
+          backup_file_path='backup.sql.gz'
+          pg_dump --clean --if-exists --create '{{ .Options.database }}' | gzip -c \
+            | kando location push --profile @PROFILE@ --path "${backup_file_path}" --output-name "kopiaOutput" -
+  pgRestoreV2:
+    inputArtifactNames: [pgBackup]
+    phases:
+    - func: KubeTask
+      name: pgRestore
+      args:
+        namespace: db
+        image: ghcr.io/kanisterio/postgres-kanister-tools:0.112.0
+        podOverride: @PGPASSWORD@
+        command:
+        - bash
+        - -o
+        - errexit
+        - -o
+        - pipefail
+        - -c
+        - |
+          export PGHOST='{{ index .Secrets.db.Data "host" | toString }}'
+          export PGPORT='{{ index .Secrets.db.Data "port" | toString }}'
+          export PGUSER='{{ index .Secrets.db.Data "username" | toString }}'
+          backup_file_path='backup.sql.gz'
+          kopia_snap='{{ .ArtifactsIn.pgBackup.KopiaSnapshot }}'
+          kando location pull --profile @PROFILE@ --path "${backup_file_path}" --kopia-snapshot "${kopia_snap}" - \
+            | gunzip -c -f | psql -q -v ON_ERROR_STOP=1 -d postgres >/dev/null
+  pgDeleteV2:
+    inputArtifactNames: [pgBackup]
+    phases:
+    - func: KubeTask
+      name: deleteDump
+      args:
+        namespace: db
+        image: ghcr.io/kanisterio/postgres-kanister-tools:0.112.0
+        command:
+        - bash
+        - -o
+        - errexit
+        - -o
+        - pipefail
+        - -c
+        - |
+          kopia_snap='{{ .ArtifactsIn.pgBackup.KopiaSnapshot }}'
+          kando location delete --profile @PROFILE@ --path 'backup.sql.gz' --kopia-snapshot "${kopia_snap}"
   locationDelete:
     inputArtifactNames: [dump]
     phases:
@@ -465,4 +603,99 @@ async fn pg_dumpall_through_kando_backs_up_restores_and_deletes() {
     assert!(!kando_pull_works(&w, &key, &path), "the deleted path can still be pulled");
 
     assert_no_secret_anywhere(&w, scan, &["pg-backup", "pg-restore", "pg-delete"], &[pw, s3_secret, key], &logs).await;
+}
+
+// ---- Second generation (blueprint-v2) ----
+
+/// The kopiaSnapshot artifact of `name` in action `a`: upstream's snapshot JSON.
+fn kopia_artifact(a: &ActionSet, name: &str) -> (Value, Value) {
+    let art = &a.status.as_ref().unwrap().actions[0].artifacts[name];
+    let info: Value = serde_json::from_str(&art.kopia_snapshot)
+        .unwrap_or_else(|e| panic!("kopiaSnapshot {:?} is not upstream's JSON: {e}", art.kopia_snapshot));
+    (json!({name: serde_json::to_value(art).unwrap()}), info)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blueprint_v2_mysql_restores_the_snapshot_it_names_and_deletes_only_that_one() {
+    let logs = Logs::capture();
+    let w = world();
+    let db = MysqlDb { name: unique_name("kandov2", "my"), user: unique_name("kandov2", "myu") };
+    let pw = password();
+    mysql_stdin(&format!(
+        "CREATE DATABASE {0}; CREATE USER '{1}'@'%' IDENTIFIED BY '{2}'; GRANT ALL ON {0}.* TO '{1}'@'%'; USE {0};
+         CREATE TABLE orders (id INT PRIMARY KEY, customer VARCHAR(64), amount DECIMAL(10,2), note TEXT);
+         INSERT INTO orders SELECT seq, CONCAT('customer-', seq % 97), seq * 1.25, REPEAT(MD5(seq), 1 + seq % 5)
+         FROM seq_1_to_5000;",
+        db.name, db.user, pw
+    ));
+    let first = mysql_fingerprint(&db.name);
+    w.db_secret("mysql", &db.user, &pw, "127.0.0.1", &infra_var("KANISTER_TEST_MYSQL_PORT"));
+    let s3_secret = infra_var("KANISTER_TEST_S3_SECRET_KEY");
+    let scan = ArgvScan::start(w.cluster.clone(), "s3-profile", vec![pw.clone(), s3_secret.clone()]);
+    let options = json!({"database": db.name});
+
+    let one = w.run("v2-my-backup-1", "mysqlBackupV2", "mysql", options.clone(), json!({})).await;
+    let (one_art, one_info) = kopia_artifact(&one, "mysqlBackup");
+    assert_eq!(one_info["id"].as_str().map(str::len), Some(64), "{one_info}");
+    assert!(one_info["logicalSize"].as_i64().unwrap() > 100_000, "{one_info}");
+    // More rows, a second backup at the same path: the path alone no longer names the first.
+    mysql(&db.name, "INSERT INTO orders SELECT seq, 'later', 1, 'x' FROM seq_5001_to_5100");
+    let second = mysql_fingerprint(&db.name);
+    assert_ne!(first, second);
+    let two = w.run("v2-my-backup-2", "mysqlBackupV2", "mysql", options.clone(), json!({})).await;
+    let (two_art, two_info) = kopia_artifact(&two, "mysqlBackup");
+    assert_ne!(one_info["id"], two_info["id"]);
+    assert_eq!(w.stored("snapshots").1, 2);
+
+    mysql("", &format!("DROP DATABASE {}", db.name));
+    w.run("v2-my-restore", "mysqlRestoreV2", "mysql", json!({}), one_art.clone()).await;
+    assert_eq!(mysql_fingerprint(&db.name), first, "--kopia-snapshot restored another backup than it names");
+
+    w.run("v2-my-delete-1", "deleteV2", "mysql", json!({}), one_art.clone()).await;
+    assert_eq!(w.stored("snapshots").1, 1, "deleting one snapshot by --kopia-snapshot removed another");
+    // Deleting it again is not an error (a retried delete).
+    w.run("v2-my-delete-1b", "deleteV2", "mysql", json!({}), one_art).await;
+    mysql("", &format!("DROP DATABASE {}", db.name));
+    w.run("v2-my-restore-2", "mysqlRestoreV2", "mysql", json!({}), two_art.clone()).await;
+    assert_eq!(mysql_fingerprint(&db.name), second);
+    w.run("v2-my-delete-2", "deleteV2", "mysql", json!({}), two_art).await;
+    assert_eq!(w.stored("snapshots").1, 0);
+
+    let key = w.repository_key().await;
+    let names = ["v2-my-backup-1", "v2-my-backup-2", "v2-my-restore", "v2-my-delete-1", "v2-my-restore-2"];
+    assert_no_secret_anywhere(&w, scan, &names, &[pw, s3_secret, key], &logs).await;
+}
+
+#[tokio::test]
+async fn blueprint_v2_postgresql_backs_up_restores_and_deletes_by_kopia_snapshot() {
+    let logs = Logs::capture();
+    let w = world();
+    let db = PgDb { name: unique_name("kandov2", "pg"), user: unique_name("kandov2", "pgu") };
+    let pw = password();
+    psql_stdin("postgres", &format!("CREATE ROLE {} LOGIN SUPERUSER PASSWORD '{pw}';", db.user));
+    psql("postgres", &format!("CREATE DATABASE {}", db.name));
+    psql(
+        &db.name,
+        "CREATE TABLE orders (id INT PRIMARY KEY, customer TEXT, note TEXT);
+         INSERT INTO orders SELECT g, 'customer-' || (g % 97), repeat(md5(g::text), 1 + g % 5)
+         FROM generate_series(1, 5000) g;",
+    );
+    let before = pg_fingerprint(&db.name);
+    let (host, port) = (infra_var("KANISTER_TEST_PG_HOST"), infra_var("KANISTER_TEST_PG_PORT"));
+    w.db_secret("pg", &db.user, &pw, &host, &port);
+    let s3_secret = infra_var("KANISTER_TEST_S3_SECRET_KEY");
+    let scan = ArgvScan::start(w.cluster.clone(), "s3-profile", vec![pw.clone(), s3_secret.clone()]);
+
+    let backup = w.run("v2-pg-backup", "pgBackupV2", "pg", json!({"database": db.name}), json!({})).await;
+    let (art, info) = kopia_artifact(&backup, "pgBackup");
+    assert_eq!(info["id"].as_str().map(str::len), Some(64), "{info}");
+    psql("postgres", &format!("DROP DATABASE {} WITH (FORCE)", db.name));
+    w.run("v2-pg-restore", "pgRestoreV2", "pg", json!({}), art.clone()).await;
+    assert_eq!(pg_fingerprint(&db.name), before, "restored rows differ");
+    w.run("v2-pg-delete", "pgDeleteV2", "pg", json!({}), art).await;
+    assert_eq!(w.stored("snapshots").1, 0, "snapshots left after delete");
+
+    let key = w.repository_key().await;
+    let names = ["v2-pg-backup", "v2-pg-restore", "v2-pg-delete"];
+    assert_no_secret_anywhere(&w, scan, &names, &[pw, s3_secret, key], &logs).await;
 }
