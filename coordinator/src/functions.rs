@@ -34,6 +34,10 @@ pub enum Runner {
     BackupStream,
     CheckRepository,
     CopyVolumeData,
+    CreateCSISnapshot,
+    CreateCSISnapshotStatic,
+    DeleteCSISnapshot,
+    DeleteCSISnapshotContent,
     DeleteData,
     DeleteDataAll,
     KubeExec,
@@ -43,6 +47,7 @@ pub enum Runner {
     LocationDelete,
     MultiContainerRun,
     PrepareData,
+    RestoreCSISnapshot,
     RestoreData,
     RestoreDataAll,
     RestoreStream,
@@ -122,11 +127,17 @@ pub const FUNCTIONS: &[FunctionSpec] = &[
         CopyVolumeData,
         task_pod
     ),
-    f!("CreateCSISnapshot", ["pvc", "namespace", "snapshotClass"], ["name", "labels"]),
-    f!("CreateCSISnapshotStatic", ["name", "namespace", "driver", "snapshotHandle", "snapshotClass"], []),
+    // Through snapshot.storage.k8s.io/v1 objects (engine/csi.rs).
+    f!("CreateCSISnapshot", ["pvc", "namespace", "snapshotClass"], ["name", "labels"], CreateCSISnapshot),
+    f!(
+        "CreateCSISnapshotStatic",
+        ["name", "namespace", "driver", "snapshotHandle", "snapshotClass"],
+        [],
+        CreateCSISnapshotStatic
+    ),
     f!("CreateRDSSnapshot", ["instanceID"], ["dbEngine", "credentialsSource", "credentialsSecret", "region"]),
-    f!("DeleteCSISnapshot", ["name", "namespace"], []),
-    f!("DeleteCSISnapshotContent", ["name"], []),
+    f!("DeleteCSISnapshot", ["name", "namespace"], [], DeleteCSISnapshot),
+    f!("DeleteCSISnapshotContent", ["name"], [], DeleteCSISnapshotContent),
     // Served by the agent sidecar of `pod` (ours; required to run): Forget `backupID` (one id,
     // comma-separated ids or a list), then Prune with `reclaimSpace`.
     f!(
@@ -208,7 +219,8 @@ pub const FUNCTIONS: &[FunctionSpec] = &[
     f!(
         "RestoreCSISnapshot",
         ["name", "pvc", "namespace", "storageClass", "restoreSize"],
-        ["accessModes", "volumeMode", "labels"]
+        ["accessModes", "volumeMode", "labels"],
+        RestoreCSISnapshot
     ),
     // Served by the agent sidecar of `pod` (required to run, as is `restorePath`); `image` is
     // accepted and unused.
@@ -297,9 +309,10 @@ mod tests {
             assert!(!(f.task_pod && f.renders_own_arguments), "{}", f.name);
         }
         let served = FUNCTIONS.iter().filter(|f| f.runner.is_some()).count();
-        assert_eq!(served, 21, "a function was declared served or unserved");
+        assert_eq!(served, 26, "a function was declared served or unserved");
         assert!(lookup("KubeTask").unwrap().task_pod && lookup("WaitV2").unwrap().renders_own_arguments);
-        assert_eq!(lookup("CreateCSISnapshot").unwrap().runner, None);
+        assert_eq!(lookup("CreateRDSSnapshot").unwrap().runner, None);
+        assert_eq!(lookup("CreateCSISnapshot").unwrap().runner, Some(Runner::CreateCSISnapshot));
     }
 
     #[test]

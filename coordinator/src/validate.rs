@@ -123,7 +123,12 @@ impl fmt::Display for ProblemKind {
             ProblemKind::NotServed { function } => write!(
                 f,
                 "{function} is upstream Kanister's and not run by this coordinator: an action reaching this phase \
-                 fails; use the functions the README lists as served"
+                 fails; use the functions the README lists as served{}",
+                if function.contains("RDS") {
+                    " (for an RDS database: a KubeTask running mysqldump or pg_dump against its endpoint)"
+                } else {
+                    ""
+                }
             ),
             ProblemKind::PipeWithoutPipefail => write!(
                 f,

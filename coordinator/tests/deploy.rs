@@ -536,6 +536,42 @@ fn rbac_is_least_privilege() {
     let args: Vec<&str> = r.coordinator()["args"].as_array().expect("args").iter().filter_map(Value::as_str).collect();
     assert!(args.contains(&"--all-namespaces"), "{args:?}");
 
+    // The CSI snapshot functions' rules only on request: namespaced in target namespaces, the
+    // cluster-scoped kinds in a ClusterRole of their own (or in the cluster-wide one).
+    const CSI_TARGET: &[(&str, &str, &[&str])] = &[
+        ("snapshot.storage.k8s.io", "volumesnapshots", &["get", "create", "delete"]),
+        ("", "persistentvolumeclaims", &["create"]),
+    ];
+    const CSI_CLUSTER: &[(&str, &str, &[&str])] = &[
+        ("snapshot.storage.k8s.io", "volumesnapshotcontents", &["get", "create", "delete"]),
+        ("snapshot.storage.k8s.io", "volumesnapshotclasses", &["get"]),
+    ];
+    for (name, values) in value_sets() {
+        let o = render(&values);
+        let text = serde_json::to_string(&o.objects).expect("JSON");
+        assert!(!text.contains("snapshot.storage.k8s.io"), "{name}: CSI rules without rbac.csiSnapshots");
+    }
+    let mut csi = value_sets()[1].1.clone();
+    csi["rbac"]["csiSnapshots"] = json!(true);
+    let r = render(&csi);
+    for role in r.kind("Role").filter(|r| r["metadata"]["name"].as_str().is_some_and(|n| n.ends_with("-target"))) {
+        let t = rule_table(&role["rules"]);
+        for (k, verbs) in table(CSI_TARGET) {
+            assert!(verbs.is_subset(&t.get(&k).cloned().unwrap_or_default()), "{k:?} missing in {t:?}");
+        }
+    }
+    let cluster_role = r.one("ClusterRole");
+    assert_eq!(cluster_role["metadata"]["name"], "kanister-coordinator-csi");
+    assert_eq!(rule_table(&cluster_role["rules"]), table(CSI_CLUSTER));
+    assert_eq!(r.one("ClusterRoleBinding")["roleRef"]["name"], "kanister-coordinator-csi");
+    let mut csi_wide = value_sets()[2].1.clone();
+    csi_wide["rbac"]["csiSnapshots"] = json!(true);
+    let r = render(&csi_wide);
+    let t = rule_table(&r.one("ClusterRole")["rules"]);
+    for (k, verbs) in table(CSI_CLUSTER).into_iter().chain(table(CSI_TARGET)) {
+        assert!(verbs.is_subset(&t.get(&k).cloned().unwrap_or_default()), "{k:?} missing in {t:?}");
+    }
+
     // Never a wildcard, never write access to Secrets, in any value set.
     for (name, values) in value_sets() {
         for o in render(&values).objects.iter().filter(|o| o["kind"] == "Role" || o["kind"] == "ClusterRole") {

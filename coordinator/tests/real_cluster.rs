@@ -1450,3 +1450,231 @@ fn walk_files(dir: &std::path::Path) -> usize {
         .map(|e| if e.path().is_dir() { walk_files(&e.path()) } else { 1 })
         .sum()
 }
+
+const CSI: &str = r#"apiVersion: cr.kanister.io/v1alpha1
+kind: Blueprint
+metadata: {name: csi}
+actions:
+  snapshot:
+    outputArtifacts:
+      snap:
+        keyValue:
+          name: "{{ .Phases.snap.Output.name }}"
+          pvc: "{{ .Phases.snap.Output.pvc }}"
+          namespace: "{{ .Phases.snap.Output.namespace }}"
+          restoreSize: "{{ .Phases.snap.Output.restoreSize }}"
+          snapshotContent: "{{ .Phases.snap.Output.snapshotContent }}"
+    phases:
+    - func: CreateCSISnapshot
+      name: snap
+      args:
+        pvc: "{{ .PVC.Name }}"
+        namespace: "{{ .PVC.Namespace }}"
+        snapshotClass: @CLASS@
+        labels: {made-by: kanister}
+  static:
+    outputArtifacts:
+      snap:
+        keyValue:
+          name: "{{ .Phases.snap.Output.name }}"
+          restoreSize: "{{ .Phases.snap.Output.restoreSize }}"
+          snapshotContent: "{{ .Phases.snap.Output.snapshotContent }}"
+    phases:
+    - func: CreateCSISnapshotStatic
+      name: snap
+      args: {name: imported, namespace: "{{ .PVC.Namespace }}", driver: hostpath.csi.k8s.io, snapshotHandle: handle-42, snapshotClass: @CLASS@}
+  restore:
+    inputArtifactNames: [snap]
+    phases:
+    - func: RestoreCSISnapshot
+      name: restore
+      args:
+        name: "{{ .ArtifactsIn.snap.KeyValue.name }}"
+        pvc: restored
+        namespace: "{{ .PVC.Namespace }}"
+        storageClass: standard
+        restoreSize: "{{ .ArtifactsIn.snap.KeyValue.restoreSize }}"
+        accessModes: [ReadWriteOnce]
+  delete:
+    inputArtifactNames: [snap]
+    phases:
+    - func: DeleteCSISnapshot
+      name: deleteSnapshot
+      args: {name: "{{ .ArtifactsIn.snap.KeyValue.name }}", namespace: "{{ .PVC.Namespace }}"}
+    - func: DeleteCSISnapshotContent
+      name: deleteContent
+      args: {name: "{{ .ArtifactsIn.snap.KeyValue.snapshotContent }}"}
+  never:
+    phases:
+    - func: CreateCSISnapshot
+      name: never
+      timeout: 4s
+      args: {name: never-ready, pvc: "{{ .PVC.Name }}", namespace: "{{ .PVC.Namespace }}", snapshotClass: @CLASS@}
+  broken:
+    phases:
+    - func: CreateCSISnapshot
+      name: broken
+      args: {name: broken-snap, pvc: "{{ .PVC.Name }}", namespace: "{{ .PVC.Namespace }}", snapshotClass: @CLASS@}
+"#;
+
+/// Plays the snapshot controller and the CSI driver, which the test cluster does not run: every
+/// VolumeSnapshot of `ns` gets a VolumeSnapshotContent (unless it names one) and a ready status,
+/// except `never-ready` (left alone) and `broken-snap` (given a status.error), until `stop`.
+fn play_snapshot_controller(ns: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let ns = Namespace { name: ns };
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let out = ns.kubectl(&["get", "volumesnapshots", "-o", "json"], None);
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        for vs in list["items"].as_array().into_iter().flatten() {
+            let name = vs["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            if name == "never-ready" || vs["status"]["readyToUse"] == true || !vs["status"]["error"].is_null() {
+                continue;
+            }
+            let status = if name == "broken-snap" {
+                json!({"status": {"readyToUse": false, "error": {"message": "the driver refused: quota exceeded"}}})
+            } else {
+                let content = match vs["spec"]["source"]["volumeSnapshotContentName"].as_str() {
+                    Some(c) => c.to_string(),
+                    None => {
+                        let c = format!("{}-{name}-content", ns.name);
+                        let yaml = format!(
+                            "apiVersion: snapshot.storage.k8s.io/v1\nkind: VolumeSnapshotContent\nmetadata: {{name: {c}}}\n\
+                             spec: {{deletionPolicy: Delete, driver: hostpath.csi.k8s.io, source: {{snapshotHandle: h-{name}}}, \
+                             volumeSnapshotRef: {{kind: VolumeSnapshot, name: {name}, namespace: {}}}}}\n",
+                            ns.name
+                        );
+                        let _ = kubectl(&["apply", "-f", "-"], Some(&yaml));
+                        c
+                    }
+                };
+                json!({"status": {"readyToUse": true, "creationTime": "2026-12-04T00:00:00Z", "restoreSize": "1Gi",
+                                  "boundVolumeSnapshotContentName": content}})
+            };
+            let _ = ns.kubectl(
+                &["patch", "volumesnapshot", &name, "--subresource=status", "--type=merge", "-p", &status.to_string()],
+                None,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::mem::forget(ns); // the test's own Namespace deletes it
+}
+
+/// Upstream's CSI snapshot functions through the real API server with the snapshot CRDs: a
+/// snapshot of a PVC (waited for until ready), a static one from a storage handle, a restore
+/// into a new PVC, deletion of both objects; a snapshot that never becomes ready fails its
+/// phase before the timeout saying what it waited for; a driver's error fails it with that.
+#[test]
+fn csi_snapshot_functions_create_restore_and_delete_through_the_snapshot_api() {
+    let _cluster = no_outage();
+    crds();
+    kanister_testkit::cluster::snapshot_crds();
+    let ns = Namespace::new("csi");
+    let n = ns.name.clone();
+    let class = format!("{n}-class");
+    kubectl(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: snapshot.storage.k8s.io/v1\nkind: VolumeSnapshotClass\nmetadata: {{name: {class}}}\n\
+             driver: hostpath.csi.k8s.io\ndeletionPolicy: Retain\n"
+        )),
+    );
+    ns.apply(
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data}\n\
+         spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}\n",
+    );
+    ns.apply(&CSI.replace("@CLASS@", &class));
+    let co = Coordinator::start(&ns);
+    let logs = || co.log();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let controller = {
+        let (n, stop) = (n.clone(), stop.clone());
+        std::thread::spawn(move || play_snapshot_controller(n, stop))
+    };
+    let run = |name: &str, action: &str, artifacts: &str| {
+        ns.apply(&actionset_yaml(name, action, "csi", ("PersistentVolumeClaim", "data", &n), false, artifacts));
+        finished(&ns, name, logs, Duration::from_secs(120))
+    };
+    let get = |what: &[&str]| -> Value {
+        let out = kubectl(&[&["-n", &n, "get"], what, &["-o", "json"]].concat(), None);
+        assert!(out.status.success(), "get {what:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    };
+
+    // A snapshot of the PVC: created as asked, waited for, its outputs upstream's.
+    let status = run("snapshot", "snapshot", "{}");
+    assert_eq!(status["state"], "complete", "{status:#}\ncoordinator log:\n{}", logs());
+    let art = status["actions"][0]["artifacts"]["snap"]["keyValue"].clone();
+    let snap = art["name"].as_str().unwrap_or_default().to_string();
+    assert!(snap.starts_with("data-snapshot-") && snap.len() == "data-snapshot-".len() + 5, "{art}");
+    assert_eq!((art["pvc"].as_str(), art["namespace"].as_str()), (Some("data"), Some(n.as_str())), "{art}");
+    assert_eq!(art["restoreSize"], "1Gi", "{art}");
+    assert_eq!(art["snapshotContent"], format!("{n}-{snap}-content"), "{art}");
+    let vs = get(&["volumesnapshot", &snap]);
+    assert_eq!(vs["spec"]["source"]["persistentVolumeClaimName"], "data", "{vs:#}");
+    assert_eq!(vs["spec"]["volumeSnapshotClassName"], class.as_str(), "{vs:#}");
+    assert_eq!(vs["metadata"]["labels"]["made-by"], "kanister", "{vs:#}");
+
+    // A static snapshot: a content with the class's deletion policy, bound to its snapshot.
+    let status = run("static", "static", "{}");
+    assert_eq!(status["state"], "complete", "{status:#}\ncoordinator log:\n{}", logs());
+    let stat = status["actions"][0]["artifacts"]["snap"]["keyValue"].clone();
+    assert_eq!(stat["name"], "imported", "{stat}");
+    let content = stat["snapshotContent"].as_str().unwrap_or_default().to_string();
+    assert!(content.starts_with("imported-content-"), "{stat}");
+    let vsc = get(&["volumesnapshotcontent", &content]);
+    assert_eq!(vsc["spec"]["source"]["snapshotHandle"], "handle-42", "{vsc:#}");
+    assert_eq!(vsc["spec"]["driver"], "hostpath.csi.k8s.io", "{vsc:#}");
+    assert_eq!(vsc["spec"]["deletionPolicy"], "Retain", "{vsc:#}");
+    assert_eq!(vsc["spec"]["volumeSnapshotRef"]["name"], "imported", "{vsc:#}");
+    assert_eq!(vsc["spec"]["volumeSnapshotRef"]["namespace"], n.as_str(), "{vsc:#}");
+
+    // Restore into a new PVC whose data source is the snapshot.
+    let artifacts = json!({"snap": {"keyValue": art}}).to_string();
+    let status = run("restore", "restore", &artifacts);
+    assert_eq!(status["state"], "complete", "{status:#}\ncoordinator log:\n{}", logs());
+    let pvc = get(&["pvc", "restored"]);
+    assert_eq!(
+        pvc["spec"]["dataSource"],
+        json!({"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": snap}),
+        "{pvc:#}"
+    );
+    assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "1Gi", "{pvc:#}");
+    assert_eq!(pvc["spec"]["storageClassName"], "standard", "{pvc:#}");
+    assert_eq!(pvc["spec"]["accessModes"], json!(["ReadWriteOnce"]), "{pvc:#}");
+    assert_eq!(pvc["spec"]["volumeMode"], "Filesystem", "{pvc:#}");
+
+    // Delete the snapshot and its content; deleting again succeeds (they are gone).
+    for name in ["delete", "delete-again"] {
+        let status = run(name, "delete", &artifacts);
+        assert_eq!(status["state"], "complete", "{status:#}\ncoordinator log:\n{}", logs());
+    }
+    assert!(!ns.kubectl(&["get", "volumesnapshot", &snap], None).status.success(), "the snapshot is left");
+    let gone = kubectl(&["get", "volumesnapshotcontent", &format!("{n}-{snap}-content")], None);
+    assert!(!gone.status.success(), "the content is left");
+
+    // Never ready: fails before the phase's 4 s, naming what it awaited and where to look.
+    let started = Instant::now();
+    let status = run("never", "never", "{}");
+    assert_eq!(status["state"], "failed", "{status:#}");
+    let msg = status["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("VolumeSnapshot")
+            && msg.contains("never-ready")
+            && msg.contains("not ready to use before the phase's timeout"),
+        "{msg}"
+    );
+    assert!(msg.contains("kubectl describe volumesnapshot") && msg.contains(&class), "{msg}");
+    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
+
+    // The driver's error fails the phase with the driver's words.
+    let status = run("broken", "broken", "{}");
+    assert_eq!(status["state"], "failed", "{status:#}");
+    let msg = status["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("broken-snap") && msg.contains("the driver refused: quota exceeded"), "{msg}");
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    controller.join().expect("the snapshot controller thread");
+    let _ = kubectl(&["delete", "volumesnapshotclass", &class], None);
+    let _ = kubectl(&["delete", "volumesnapshotcontent", &content], None);
+}

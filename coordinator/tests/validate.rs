@@ -187,12 +187,16 @@ fn functions_not_served_here_are_warned_about() {
         ))
         .unwrap()
     };
-    let csi = bp("CreateCSISnapshot", "{pvc: data, namespace: ns, snapshotClass: csi}");
-    assert!(kanister_coordinator::validate::check(&csi).is_ok(), "upstream's function stays valid");
-    let warned = kanister_coordinator::validate::warnings(&csi);
+    let rds = bp("CreateRDSSnapshot", "{instanceID: db-1}");
+    assert!(kanister_coordinator::validate::check(&rds).is_ok(), "upstream's function stays valid");
+    let warned = kanister_coordinator::validate::warnings(&rds);
     assert_eq!(warned.len(), 1, "{warned:?}");
     let text = warned[0].to_string();
-    assert!(text.contains("snap") && text.contains("CreateCSISnapshot") && text.contains("not run"), "{text}");
+    assert!(text.contains("snap") && text.contains("CreateRDSSnapshot") && text.contains("not run"), "{text}");
+    assert!(text.contains("KubeTask running mysqldump or pg_dump"), "names no alternative: {text}");
+    // The CSI functions are served now.
+    let csi = bp("CreateCSISnapshot", "{pvc: data, namespace: ns, snapshotClass: csi}");
+    assert!(kanister_coordinator::validate::warnings(&csi).is_empty());
     let served = bp("KubeTask", "{image: tools, command: [sh, -c, 'true']}");
     assert!(kanister_coordinator::validate::warnings(&served).is_empty());
 }

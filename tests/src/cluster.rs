@@ -80,6 +80,28 @@ pub fn crds() {
     });
 }
 
+/// Applies the `snapshot.storage.k8s.io/v1` CRDs (`tests/cluster/volumesnapshot-crds.yaml`)
+/// once per process and waits until they are established. No snapshot controller runs: tests
+/// that need a snapshot ready write its status themselves.
+pub fn snapshot_crds() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster/volumesnapshot-crds.yaml");
+        kubectl_ok(&["apply", "-f", file.to_str().expect("utf-8 path")], None);
+        for crd in ["volumesnapshots", "volumesnapshotcontents", "volumesnapshotclasses"] {
+            kubectl_ok(
+                &[
+                    "wait",
+                    "--for=condition=Established",
+                    &format!("crd/{crd}.snapshot.storage.k8s.io"),
+                    "--timeout=30s",
+                ],
+                None,
+            );
+        }
+    });
+}
+
 /// Tells the test node that a container of image `repository` (any tag) without a command runs
 /// `entrypoint` (or, for a command at an absolute path missing on the host, the entrypoint of
 /// the same file name): the image's ENTRYPOINT, which a node of host processes cannot read.

@@ -144,6 +144,9 @@ fn known_resource(kind: &str) -> Option<(&'static str, &'static str, &'static st
         "actionset" => (crate::crd::GROUP, crate::crd::VERSION, "ActionSet", "actionsets"),
         "blueprint" => (crate::crd::GROUP, crate::crd::VERSION, "Blueprint", "blueprints"),
         "profile" => (crate::crd::GROUP, crate::crd::VERSION, "Profile", "profiles"),
+        "volumesnapshot" => ("snapshot.storage.k8s.io", "v1", "VolumeSnapshot", "volumesnapshots"),
+        "volumesnapshotcontent" => ("snapshot.storage.k8s.io", "v1", "VolumeSnapshotContent", "volumesnapshotcontents"),
+        "volumesnapshotclass" => ("snapshot.storage.k8s.io", "v1", "VolumeSnapshotClass", "volumesnapshotclasses"),
         _ => return None,
     })
 }

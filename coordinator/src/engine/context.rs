@@ -19,8 +19,11 @@ use crate::render::{Location, Renderer, TemplateParams};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The function is known to Blueprints but not run by this coordinator.
-    #[error("function {0:?} is not served by this coordinator")]
-    Unsupported(String),
+    #[error("function {name:?} is not served by this coordinator{}", unsupported_hint(name))]
+    Unsupported {
+        /// The function.
+        name: String,
+    },
     /// A required argument is absent.
     #[error("{function}: missing required argument {argument:?}")]
     MissingArgument {
@@ -151,6 +154,16 @@ pub struct TransferProgress {
 /// The result type of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What to use instead of an upstream function this coordinator does not run.
+fn unsupported_hint(function: &str) -> &'static str {
+    if function.contains("RDS") {
+        ": the RDS functions drive AWS's RDS API, which it does not call; back the database up with a \
+         KubeTask that runs mysqldump or pg_dump against the RDS endpoint and pipes it into `kando location push`"
+    } else {
+        ""
+    }
+}
+
 /// Everything a function needs to run one phase.
 pub struct Context<C> {
     /// The cluster.
@@ -175,6 +188,9 @@ pub struct Context<C> {
     pub poll: Duration,
     /// How long a workload or pod may take to become ready.
     pub ready_timeout: Duration,
+    /// When the phase times out: a function that waits on others (a snapshot controller) stops
+    /// shortly before it, to say what it waited for.
+    pub deadline: tokio::time::Instant,
     /// The pods created so far (namespace, name); the engine deletes them when the phase ends,
     /// whatever happened.
     pub pods: Arc<Mutex<Vec<(String, String)>>>,

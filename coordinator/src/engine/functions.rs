@@ -38,7 +38,7 @@ use crate::render::{Location, params::json_value};
 pub async fn run<C: Cluster>(function: &str, ctx: &Context<C>) -> Result<JsonMap> {
     use crate::functions::Runner as R;
     let Some(runner) = crate::functions::lookup(function).and_then(|f| f.runner) else {
-        return Err(Error::Unsupported(function.to_string()));
+        return Err(Error::Unsupported { name: function.to_string() });
     };
     match runner {
         R::KubeExec => kube_exec(ctx).await,
@@ -62,6 +62,11 @@ pub async fn run<C: Cluster>(function: &str, ctx: &Context<C>) -> Result<JsonMap
         R::BackupDataStats => super::data::backup_data_stats(ctx).await,
         R::CheckRepository => super::data::check_repository(ctx).await,
         R::CopyVolumeData => super::data::copy_volume_data(ctx).await,
+        R::CreateCSISnapshot => super::csi::create_csi_snapshot(ctx).await,
+        R::CreateCSISnapshotStatic => super::csi::create_csi_snapshot_static(ctx).await,
+        R::RestoreCSISnapshot => super::csi::restore_csi_snapshot(ctx).await,
+        R::DeleteCSISnapshot => super::csi::delete_csi_snapshot(ctx).await,
+        R::DeleteCSISnapshotContent => super::csi::delete_csi_snapshot_content(ctx).await,
     }
 }
 

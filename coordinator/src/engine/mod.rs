@@ -45,6 +45,7 @@
 
 pub mod agent;
 pub mod context;
+mod csi;
 mod data;
 pub mod duration;
 pub mod functions;

@@ -567,6 +567,9 @@ impl<C: Cluster> Run<C> {
         };
         let location = Location::phase(blueprint, action, &phase.name);
         let renderer = &self.engine.inner.renderer;
+        let now = tokio::time::Instant::now();
+        // A timeout beyond what the clock can add never fires.
+        let deadline = now.checked_add(timeout).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86400));
         let (progress_tx, progress_rx) = watch::channel(None);
         let work = async {
             let objects =
@@ -606,6 +609,7 @@ impl<C: Cluster> Run<C> {
                 tail_lines: self.config().log_tail_lines,
                 poll: self.config().poll_interval,
                 ready_timeout: self.config().ready_timeout,
+                deadline,
                 pods,
                 profile: self.actionset.spec.actions[i].profile.clone(),
                 agent: self.config().agent.clone(),

@@ -151,6 +151,7 @@ pub(crate) fn profile_context<C: Cluster>(
         tail_lines: config.log_tail_lines,
         poll: config.poll_interval,
         ready_timeout: config.ready_timeout,
+        deadline: tokio::time::Instant::now() + config.phase_timeout,
         pods: Arc::new(Mutex::new(Vec::new())),
         profile: Some(profile.clone()),
         agent: config.agent.clone(),

@@ -117,6 +117,19 @@ and cluster/kube.rs):
 {{- include "kanister.rules.api" . }}
 {{- end }}
 
+{{/*
+The cluster-scoped kinds the CSI snapshot functions use (rbac.csiSnapshots): a static
+snapshot's VolumeSnapshotContent (create, delete), its VolumeSnapshotClass (get).
+*/}}
+{{- define "kanister.rules.csiCluster" -}}
+- apiGroups: ["snapshot.storage.k8s.io"]
+  resources: ["volumesnapshotcontents"]
+  verbs: ["get", "create", "delete"]
+- apiGroups: ["snapshot.storage.k8s.io"]
+  resources: ["volumesnapshotclasses"]
+  verbs: ["get"]
+{{- end }}
+
 {{/* The leader Lease (leader.rs), in the release namespace only. */}}
 {{- define "kanister.rules.lease" -}}
 - apiGroups: ["coordination.k8s.io"]
@@ -143,6 +156,9 @@ engine/functions.rs and cluster/kube.rs):
 - ScaleWorkload: get the workload, patch its scale subresource, watch it until ready (a watch
   of one object is a list and a watch with a name field selector);
 - task pods: watched until started and until their containers end;
+- with rbac.csiSnapshots, the CSI snapshot functions (engine/csi.rs): VolumeSnapshots
+  get/create/delete, PVCs create (RestoreCSISnapshot); the cluster-scoped kinds are in
+  kanister.rules.csiCluster;
 - KubeExec/KubeExecAll: pods/exec (create for websocket upgrades since Kubernetes 1.31, get
   before);
 - KubeTask and the data functions: task pods create/get/delete, logs;
@@ -189,6 +205,14 @@ engine/functions.rs and cluster/kube.rs):
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["list"]
+{{- end }}
+{{- if .Values.rbac.csiSnapshots }}
+- apiGroups: ["snapshot.storage.k8s.io"]
+  resources: ["volumesnapshots"]
+  verbs: ["get", "create", "delete"]
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["create"]
 {{- end }}
 {{- if .Values.rbac.openshift }}
 - apiGroups: ["apps.openshift.io"]
