@@ -27,7 +27,7 @@ use serde_json::Value;
 
 use super::context::{Context, Error, Result, TransferProgress};
 use super::task::{self, Answer};
-use crate::cluster::{Cluster, EnvSource, EnvVar};
+use crate::cluster::Cluster;
 use crate::crd::JsonMap;
 use pb::task_request::Task;
 use pb::task_result::Result as TaskOut;
@@ -702,49 +702,6 @@ pub(super) async fn check_repository<C: Cluster>(ctx: &Context<C>) -> Result<Jso
     let mut out = flags(false, false);
     out.insert("snapshots".into(), Value::from(r.snapshots));
     Ok(out)
-}
-
-/// Prefix of the Secrets holding a Profile's store credentials for task pods.
-pub const STORE_SECRET_PREFIX: &str = "kanister-store-";
-
-/// Whether a store setting is a credential (kept in a Secret, never in a pod spec).
-fn is_credential(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    ["key", "secret", "token", "password", "sas"].iter().any(|w| k.contains(w))
-}
-
-/// The environment of a task pod that opens the Profile's repository with the agent CLI: the
-/// store URL and its plain settings as values (`KANISTER_STORE`, `KANISTER_STORE_OPTIONS`),
-/// the credentials (`AWS_*`, `AZURE_*`, `GOOGLE_*`, read by the stores) as `secretKeyRef`s to a
-/// Secret the coordinator writes into the pod's namespace. The repository key comes with
-/// [`Context::task_pod`] ([`super::repokey`]).
-///
-/// The Secret is named after its contents (`kanister-store-<profile namespace>-<profile>-<hash>`)
-/// and never changed once created: rotated Profile credentials make a new one, and the
-/// coordinator needs no right to modify Secrets (RBAC: `get`, `create`).
-pub(super) async fn repository_env<C: Cluster>(ctx: &Context<C>, namespace: &str) -> Result<Vec<EnvVar>> {
-    let Some(profile) = &ctx.params.profile else {
-        return Err(Error::NoProfile(ctx.function()));
-    };
-    let r = super::agent::repository_ref(profile, zeroize::Zeroizing::new(Vec::new()))
-        .map_err(|e| Error::Data { function: ctx.function(), message: e.to_string() })?;
-    let mut env = vec![EnvVar { name: "KANISTER_STORE".into(), source: EnvSource::Value(r.store_url) }];
-    let (secret, plain): (BTreeMap<String, String>, BTreeMap<String, String>) =
-        r.store_options.into_iter().partition(|(k, _)| is_credential(k));
-    if !plain.is_empty() {
-        let joined: Vec<String> = plain.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        env.push(EnvVar { name: "KANISTER_STORE_OPTIONS".into(), source: EnvSource::Value(joined.join(",")) });
-    }
-    if secret.is_empty() {
-        return Ok(env);
-    }
-    let data: BTreeMap<String, Vec<u8>> =
-        secret.into_iter().map(|(k, v)| (k.to_ascii_uppercase(), v.into_bytes())).collect();
-    let name = ctx.content_secret(namespace, STORE_SECRET_PREFIX, &data).await?;
-    for k in data.keys() {
-        env.push(EnvVar { name: k.clone(), source: EnvSource::SecretKey { secret: name.clone(), key: k.clone() } });
-    }
-    Ok(env)
 }
 
 /// Upstream's `CopyVolumeData`: a task pod of the tools image mounts the PVC and backs it up

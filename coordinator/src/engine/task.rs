@@ -7,7 +7,7 @@
 //! tools image, in the function's namespace (the Profile's for `kanctl snapshots` and
 //! maintenance), with the request in `KANISTER_TASK` ([`pb::TaskRequest`], no secret in it) and
 //! the repository as every task pod gets it (store settings as values, credentials and the key
-//! from Secrets: [`super::data::repository_env`], [`super::repokey`]). Loading an index, walking
+//! from Secrets: [`repository_env`], [`super::repokey`]). Loading an index, walking
 //! snapshots and pruning happen there, under the pod's memory limit, and the coordinator reads
 //! one answer back: the phase output `taskResult`, a base64-encoded [`pb::TaskResult`] (at most
 //! [`crate::output::MAX_OUTPUT_LINE`] bytes), decoded with prost.
@@ -88,7 +88,7 @@ pub(crate) const AGENT_CONTAINER: &str = "container";
 
 /// A task pod in the context's namespace whose one container ([`AGENT_CONTAINER`], image
 /// `image`) runs the agent's `command` against the Profile's repository: the store's settings,
-/// credentials and key in its environment ([`super::data::repository_env`],
+/// credentials and key in its environment ([`repository_env`],
 /// [`super::repokey`]), and the memory limit of the agent's task pods. Every pod the coordinator
 /// starts for repository work is one: tasks, maintenance, `CopyVolumeData` and `RestoreData`
 /// into volumes.
@@ -102,7 +102,7 @@ pub(crate) async fn agent_pod<C: Cluster>(
     let container = Container { name: AGENT_CONTAINER.into(), image, command };
     let mut pod = ctx.task_pod(generate_name, vec![container]).await?;
     limit_memory(&mut pod, AGENT_CONTAINER, &ctx.task_memory_limit);
-    pod.env.extend(super::data::repository_env(ctx, &namespace).await?);
+    pod.env.extend(repository_env(ctx, &namespace).await?);
     Ok(pod)
 }
 
@@ -171,6 +171,49 @@ pub(crate) async fn delete_pods<C: Cluster>(ctx: &Context<C>) {
             tracing::warn!(pod = %name, namespace = %ns, error = %e, "cannot delete a task pod");
         }
     }
+}
+
+/// Prefix of the Secrets holding a Profile's store credentials for task pods.
+pub const STORE_SECRET_PREFIX: &str = "kanister-store-";
+
+/// Whether a store setting is a credential (kept in a Secret, never in a pod spec).
+fn is_credential(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["key", "secret", "token", "password", "sas"].iter().any(|w| k.contains(w))
+}
+
+/// The environment of a task pod that opens the Profile's repository with the agent CLI: the
+/// store URL and its plain settings as values (`KANISTER_STORE`, `KANISTER_STORE_OPTIONS`),
+/// the credentials (`AWS_*`, `AZURE_*`, `GOOGLE_*`, read by the stores) as `secretKeyRef`s to a
+/// Secret the coordinator writes into the pod's namespace. The repository key comes with
+/// [`Context::task_pod`] ([`super::repokey`]).
+///
+/// The Secret is named after its contents (`kanister-store-<profile namespace>-<profile>-<hash>`)
+/// and never changed once created: rotated Profile credentials make a new one, and the
+/// coordinator needs no right to modify Secrets (RBAC: `get`, `create`).
+pub(super) async fn repository_env<C: Cluster>(ctx: &Context<C>, namespace: &str) -> Result<Vec<EnvVar>> {
+    let Some(profile) = &ctx.params.profile else {
+        return Err(Error::NoProfile(ctx.function()));
+    };
+    let r = super::agent::repository_ref(profile, zeroize::Zeroizing::new(Vec::new()))
+        .map_err(|e| Error::Data { function: ctx.function(), message: e.to_string() })?;
+    let mut env = vec![EnvVar { name: "KANISTER_STORE".into(), source: EnvSource::Value(r.store_url) }];
+    let (secret, plain): (BTreeMap<String, String>, BTreeMap<String, String>) =
+        r.store_options.into_iter().partition(|(k, _)| is_credential(k));
+    if !plain.is_empty() {
+        let joined: Vec<String> = plain.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.push(EnvVar { name: "KANISTER_STORE_OPTIONS".into(), source: EnvSource::Value(joined.join(",")) });
+    }
+    if secret.is_empty() {
+        return Ok(env);
+    }
+    let data: BTreeMap<String, Vec<u8>> =
+        secret.into_iter().map(|(k, v)| (k.to_ascii_uppercase(), v.into_bytes())).collect();
+    let name = ctx.content_secret(namespace, STORE_SECRET_PREFIX, &data).await?;
+    for k in data.keys() {
+        env.push(EnvVar { name: k.clone(), source: EnvSource::SecretKey { secret: name.clone(), key: k.clone() } });
+    }
+    Ok(env)
 }
 
 #[cfg(test)]
