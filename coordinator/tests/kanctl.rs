@@ -16,7 +16,9 @@ use kanister_coordinator::cluster::Cluster as _;
 use kanister_coordinator::cluster::local::LocalCluster;
 use kanister_coordinator::crd::ActionSet;
 use kanister_coordinator::engine::{Engine, EngineConfig};
-use kanister_coordinator::kanctl::{self, Cli, Command, CreateCommand, Error, Io, Outcome, actionset};
+use kanister_coordinator::kanctl::{
+    self, Cli, Command, CreateArgs, CreateCommand, Error, Io, Outcome, ValidateCommand, actionset,
+};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
@@ -80,7 +82,9 @@ fn build(args: &[&str], parent: Option<&ActionSet>) -> Result<ActionSet, Error> 
     let mut argv = vec!["kanctl", "create", "actionset"];
     argv.extend(args);
     let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?} does not parse: {e}"));
-    let Command::Create(CreateCommand::Actionset(a)) = cli.command else { panic!("not create actionset") };
+    let Command::Create(CreateArgs { command: CreateCommand::Actionset(a), .. }) = cli.command else {
+        panic!("not create actionset")
+    };
     actionset::build(&a, parent).map(|(a, _)| a)
 }
 
@@ -313,7 +317,7 @@ spec:
         "db",
     ])
     .unwrap();
-    let Command::Create(CreateCommand::Actionset(a)) = cli.command else { panic!() };
+    let Command::Create(CreateArgs { command: CreateCommand::Actionset(a), .. }) = cli.command else { panic!() };
     let (_, selectors) = actionset::build(&a, None).unwrap();
     assert_eq!(selectors.len(), 1);
     assert_eq!(
@@ -324,7 +328,7 @@ spec:
     let cli =
         Cli::try_parse_from(["kanctl", "create", "actionset", "--dry-run", "--skip-validation", "--wait", "-a", "x"])
             .unwrap();
-    let Command::Create(CreateCommand::Actionset(a)) = cli.command else { panic!() };
+    let Command::Create(CreateArgs { command: CreateCommand::Actionset(a), .. }) = cli.command else { panic!() };
     assert!(a.dry_run && a.skip_validation && a.wait);
 }
 
@@ -874,4 +878,158 @@ fn kanctl_checks_arguments_and_files_without_a_coordinator() {
     let o = kanctl(&["validate", "blueprint", "-f", broken.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("does not parse"), "{err}");
+}
+
+/// Upstream kanctl's flags, long and short, in upstream's places, with upstream's defaults.
+#[test]
+fn upstream_kanctl_flags_parse_as_upstream() {
+    let parse = |args: &str| {
+        Cli::try_parse_from(std::iter::once("kanctl").chain(args.split_whitespace()))
+            .unwrap_or_else(|e| panic!("{args}: {e}"))
+    };
+    let create = |args: &str| {
+        let cli = parse(args);
+        let verbose = cli.verbose;
+        let Command::Create(mut c) = cli.command else { panic!("{args}: not create") };
+        c.push_down();
+        let CreateCommand::Actionset(a) = c.command else { panic!("{args}: not actionset") };
+        (a, verbose)
+    };
+    for args in [
+        "create actionset -a backup -b bp -A my-set",
+        "create actionset -a backup -b bp --name my-set",
+        "--verbose create actionset -a backup -b bp -A my-set",
+        "create actionset -a backup -b bp -A my-set --verbose",
+    ] {
+        let (a, verbose) = create(args);
+        assert_eq!(a.name.as_deref(), Some("my-set"), "{args}");
+        assert_eq!(verbose, args.contains("--verbose"), "{args}");
+    }
+    // --dry-run and --skip-validation before the kind (upstream's persistent flags) or after it.
+    for args in [
+        "create --dry-run --skip-validation actionset -a backup -b bp",
+        "create --dry-run actionset --skip-validation -a backup -b bp",
+        "create actionset --dry-run --skip-validation -a backup -b bp",
+    ] {
+        let (a, _) = create(args);
+        assert!(a.dry_run && a.skip_validation, "{args}: {a:?}");
+    }
+    let (a, _) = create("create actionset -a backup -b bp");
+    assert!(!a.dry_run && !a.skip_validation);
+    let cli = parse("create --dry-run profile s3compliant -a AK -s SK -b bucket");
+    let Command::Create(mut c) = cli.command else { panic!() };
+    c.push_down();
+    let CreateCommand::Profile(mut p) = c.command else { panic!() };
+    assert!(p.common_mut().dry_run);
+
+    // validate: --name, --resource-namespace (wins over -n), -f FILE or -, schema only, -v.
+    let validate = |args: &str| match parse(args).command {
+        Command::Validate(ValidateCommand::Profile(v)) => ("profile", v),
+        Command::Validate(ValidateCommand::Blueprint(v)) => ("blueprint", v),
+        other => panic!("{args}: {other:?}"),
+    };
+    for (args, kind, name, ns) in [
+        ("validate profile --name p --resource-namespace team", "profile", Some("p"), "team"),
+        ("validate profile p -n team", "profile", Some("p"), "team"),
+        ("validate profile --name p -n other --resource-namespace team", "profile", Some("p"), "team"),
+        ("validate blueprint --name bp --resource-namespace team", "blueprint", Some("bp"), "team"),
+        ("validate blueprint bp --namespace team", "blueprint", Some("bp"), "team"),
+        ("validate blueprint -f bp.yaml -n team", "blueprint", None, "team"),
+    ] {
+        let (k, v) = validate(args);
+        assert_eq!((k, v.resource_name().as_deref(), v.resource_namespace().as_str()), (kind, name, ns), "{args}");
+        assert_eq!(v.function_version, "v0.0.0", "{args}");
+        assert!(!v.schema_validation_only, "{args}");
+    }
+    let (_, v) = validate("validate blueprint -f - --schema-validation-only -v v0.0.0");
+    assert_eq!(v.filename.as_deref(), Some(std::path::Path::new("-")));
+    assert!(v.schema_validation_only);
+    let (_, v) = validate("validate profile --name p --functionVersion v1.0.0-alpha");
+    assert_eq!(v.function_version, "v1.0.0-alpha");
+    assert!(Cli::try_parse_from(["kanctl", "validate", "profile", "p", "--name", "q"]).is_err(), "two names");
+
+    // create profile: upstream's short flags; --role is refused with what to do instead.
+    let cli = parse("create profile gcp -a my-project -s /dev/null -b bucket");
+    let Command::Create(c) = cli.command else { panic!() };
+    let CreateCommand::Profile(p) = c.command else { panic!() };
+    let req = kanctl::profile::request(&p).unwrap();
+    assert_eq!(req.credentials.get("project-id").map(Vec::as_slice), Some(&b"my-project"[..]));
+    let cli = parse("create profile s3compliant -a AK -s SK -b bucket -R arn:aws:iam::1:role/backup");
+    let Command::Create(c) = cli.command else { panic!() };
+    let CreateCommand::Profile(p) = c.command else { panic!() };
+    let e = kanctl::profile::request(&p).unwrap_err().to_string();
+    assert!(e.contains("--role") && e.contains("temporary credentials"), "{e}");
+}
+
+/// `-n` defaults to the kubeconfig's current namespace where one is set, else `kanister`; a
+/// function version other than upstream's default and a Profile file are checked offline.
+#[test]
+fn namespace_defaults_to_the_kubeconfig_and_files_validate_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("config");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\ncurrent-context: team\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:9'}}]\n\
+         users: [{name: u, user: {}}]\ncontexts: [{name: team, context: {cluster: c, user: u, namespace: from-kubeconfig}}]\n",
+    )
+    .unwrap();
+    let kanctl = |args: &[&str], kubeconfig: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kanctl"))
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env_remove("KANCTL_NAMESPACE")
+            .env("KANCTL_COORDINATOR", "http://127.0.0.1:9")
+            .env("HOME", dir.path())
+            .output()
+            .unwrap()
+    };
+    let dry = ["create", "--dry-run", "--skip-validation", "actionset", "-a", "backup", "-b", "bp", "-d", "db/mysql"];
+    let o = kanctl(&dry, &kubeconfig);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(yaml(&out)["metadata"]["namespace"], "from-kubeconfig", "{out}");
+    let o = kanctl(&dry, &dir.path().join("missing"));
+    assert_eq!(yaml(&String::from_utf8_lossy(&o.stdout))["metadata"]["namespace"], "kanister");
+    let o = kanctl(&[&dry[..], &["-n", "explicit"]].concat(), &kubeconfig);
+    assert_eq!(yaml(&String::from_utf8_lossy(&o.stdout))["metadata"]["namespace"], "explicit");
+
+    let o = kanctl(&["validate", "blueprint", "--name", "bp", "-v", "v9.9.9"], &kubeconfig);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("v9.9.9") && err.contains("v0.0.0"), "{err}");
+    assert!(!err.contains("127.0.0.1:9"), "it asked the coordinator: {err}");
+
+    let profile = dir.path().join("profile.yaml");
+    std::fs::write(
+        &profile,
+        "apiVersion: cr.kanister.io/v1alpha1\nkind: Profile\nmetadata: {name: p, namespace: kanister}\n\
+         location: {type: s3Compliant, bucket: '', endpoint: 'http://minio:9000'}\n\
+         credential: {type: keyPair, keyPair: {idField: aws_access_key_id, secretField: '', secret: {name: s3, namespace: kanister}}}\n",
+    )
+    .unwrap();
+    let o = kanctl(&["validate", "profile", "-f", profile.to_str().unwrap()], &kubeconfig);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success(), "{out}");
+    assert!(out.contains("location.bucket") && out.contains("credential.keyPair.secretField"), "{out}");
+    let fixed = std::fs::read_to_string(&profile)
+        .unwrap()
+        .replace("bucket: ''", "bucket: b")
+        .replace("secretField: ''", "secretField: k");
+    std::fs::write(&profile, fixed).unwrap();
+    let o = kanctl(&["validate", "profile", "-f", profile.to_str().unwrap()], &kubeconfig);
+    assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    // And from stdin, schema only.
+    let bp = "apiVersion: cr.kanister.io/v1alpha1\nkind: Blueprint\nmetadata: {name: b}\nactions:\n  backup:\n    phases:\n    - func: NoSuchFunction\n      name: p\n";
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kanctl"))
+        .args(["validate", "blueprint", "-f", "-", "--schema-validation-only"])
+        .env("KANCTL_COORDINATOR", "http://127.0.0.1:9")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), bp.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("is valid"),
+        "schema only passes an unknown function"
+    );
 }

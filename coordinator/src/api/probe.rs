@@ -108,6 +108,51 @@ fn store(spec: &ProfileSpec, secret: &SecretData) -> Result<Arc<dyn ObjectStore>
     Ok(built.store)
 }
 
+/// The problems of a Profile's fields alone (no Secret read, no probe): `kanctl validate profile
+/// --schema-validation-only`, and `-f FILE`.
+pub fn schema(spec: &ProfileSpec) -> Vec<ProfileProblem> {
+    let loc = &spec.location;
+    let mut out = Vec::new();
+    match loc.location_type {
+        LocationType::Local if loc.path.as_deref().is_none_or(str::is_empty) => {
+            out.push(problem("location.path", "missing: set the directory of a local profile"));
+        }
+        LocationType::S3Compliant | LocationType::Gcs | LocationType::Azure if loc.bucket.is_empty() => {
+            out.push(problem("location.bucket", "missing: set the bucket (--bucket)"));
+        }
+        LocationType::Kopia => out.push(problem(
+            "location.type",
+            "kopia (a Kopia repository server) is not supported: point the Profile at the object store \
+             (s3Compliant, gcs, azure) or a local directory",
+        )),
+        _ => {}
+    }
+    match spec.credential.credential_type {
+        CredentialType::KeyPair if loc.location_type != LocationType::Local => match &spec.credential.key_pair {
+            None => out.push(problem("credential.keyPair", "missing: set idField, secretField and secret")),
+            Some(kp) => {
+                for (field, value) in
+                    [("idField", &kp.id_field), ("secretField", &kp.secret_field), ("secret.name", &kp.secret.name)]
+                {
+                    if value.is_empty() {
+                        out.push(problem(&format!("credential.keyPair.{field}"), "missing"));
+                    }
+                }
+            }
+        },
+        CredentialType::Secret if spec.credential.secret.as_ref().is_none_or(|r| r.name.is_empty()) => {
+            out.push(problem("credential.secret", "missing: name the Secret holding the credential"));
+        }
+        _ => {}
+    }
+    for (key, value) in &spec.store_options {
+        if let Err(e) = kanister_profile::check_network_option(key, value) {
+            out.push(problem("storeOptions", e));
+        }
+    }
+    out
+}
+
 /// Every problem of a Profile: fields and Secret first, then the probe (write, read, delete).
 pub async fn check(spec: &ProfileSpec, secret: &SecretData) -> Vec<ProfileProblem> {
     let store = match store(spec, secret) {

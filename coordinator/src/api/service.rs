@@ -413,7 +413,7 @@ impl<C: Cluster> CoordinatorApi<C> {
         Ok(info)
     }
 
-    async fn validate_profile(&self, ns: &str, name: &str) -> Result<Vec<pb::Problem>> {
+    async fn validate_profile(&self, ns: &str, name: &str, schema_only: bool) -> Result<Vec<pb::Problem>> {
         let profile: Profile =
             get_typed(&*self.cluster, &ObjectRef::new("Profile", ns, name)).await.map_err(|e| match e {
                 cluster::Error::NotFound(_) => {
@@ -422,6 +422,12 @@ impl<C: Cluster> CoordinatorApi<C> {
                 other => Error::Cluster(other),
             })?;
         let spec: &ProfileSpec = &profile.spec;
+        if schema_only {
+            return Ok(probe::schema(spec)
+                .into_iter()
+                .map(|p| pb::Problem { location: p.field, message: p.message })
+                .collect());
+        }
         let secret_ref = spec.credential.key_pair.as_ref().map(|k| k.secret.clone()).or(spec.credential.secret.clone());
         let secret = match secret_ref {
             Some(r) => match self.cluster.secret(if r.namespace.is_empty() { ns } else { &r.namespace }, &r.name).await
@@ -682,7 +688,7 @@ impl<C: Cluster> pb::coordinator_service_server::CoordinatorService for Coordina
         request: Request<pb::ValidateProfileRequest>,
     ) -> Result<Response<pb::ValidationReport>, Status> {
         let r = request.into_inner();
-        let problems = CoordinatorApi::validate_profile(self, &r.namespace, &r.name).await?;
+        let problems = CoordinatorApi::validate_profile(self, &r.namespace, &r.name, r.schema_only).await?;
         Ok(Response::new(pb::ValidationReport { problems, warnings: vec![] }))
     }
 
@@ -705,6 +711,10 @@ impl<C: Cluster> pb::coordinator_service_server::CoordinatorService for Coordina
             serde_norway::from_str(&r.blueprint_yaml)
                 .map_err(|e| Error::InvalidArgument(format!("the blueprint does not parse: {e}")))?
         };
+        if r.schema_only {
+            // It parsed as a Blueprint: that is all the schema says.
+            return Ok(Response::new(pb::ValidationReport::default()));
+        }
         let to_pb =
             |p: crate::validate::Problem| pb::Problem { location: p.location.to_string(), message: p.kind.to_string() };
         let problems = crate::validate::problems(&bp).into_iter().map(to_pb).collect();

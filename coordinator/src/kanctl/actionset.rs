@@ -23,10 +23,10 @@ pub struct CreateActionSetArgs {
     #[arg(short = 'b', long)]
     pub blueprint: Option<String>,
     /// Namespace of the ActionSet and of the Blueprint.
-    #[arg(short = 'n', long, env = "KANCTL_NAMESPACE", default_value = "kanister")]
+    #[arg(short = 'n', long, env = "KANCTL_NAMESPACE", default_value_t = super::default_namespace())]
     pub namespace: String,
     /// Name of the ActionSet (default: `<action>-xxxxx`, or `<action>-<parent>-xxxxx` with --from).
-    #[arg(long)]
+    #[arg(short = 'A', long)]
     pub name: Option<String>,
     /// A complete ActionSet to start from: its blueprint, objects, profile, secrets, config
     /// maps and options are copied, and its output artifacts become input artifacts.

@@ -83,6 +83,9 @@ pub struct Cli {
     #[command(flatten)]
     /// Connection settings.
     pub connection: ConnectionArgs,
+    /// Display verbose output (as upstream: the created object, in full).
+    #[arg(long, global = true)]
+    pub verbose: bool,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -92,8 +95,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create an ActionSet or a Profile.
-    #[command(subcommand)]
-    Create(CreateCommand),
+    Create(CreateArgs),
     /// Validate a Profile or a Blueprint, reporting every problem.
     #[command(subcommand)]
     Validate(ValidateCommand),
@@ -115,6 +117,54 @@ pub enum Command {
     Snapshots(SnapshotsArgs),
 }
 
+/// `create` and the flags upstream also takes before the kind (`kanctl create --dry-run
+/// actionset ...`); the same flags after the kind work as well.
+#[derive(clap::Args, Debug)]
+pub struct CreateArgs {
+    /// Print the object (YAML) instead of creating it.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Create without validating first.
+    #[arg(long)]
+    pub skip_validation: bool,
+    /// What to create.
+    #[command(subcommand)]
+    pub command: CreateCommand,
+}
+
+impl CreateArgs {
+    /// Applies the flags given before the kind to the kind's own.
+    pub fn push_down(&mut self) {
+        match &mut self.command {
+            CreateCommand::Actionset(a) => {
+                a.dry_run |= self.dry_run;
+                a.skip_validation |= self.skip_validation;
+            }
+            CreateCommand::Profile(p) => {
+                let common = p.common_mut();
+                common.dry_run |= self.dry_run;
+                common.skip_validation |= self.skip_validation;
+            }
+        }
+    }
+}
+
+/// The namespace `-n` defaults to: the current kubeconfig context's (`KUBECONFIG`, else
+/// `~/.kube/config`) where it names one, else `kanister`.
+pub fn default_namespace() -> String {
+    kube::config::Kubeconfig::read()
+        .ok()
+        .and_then(|k| {
+            let current = k.current_context.clone()?;
+            k.contexts.into_iter().find(|c| c.name == current)?.context?.namespace
+        })
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or_else(|| "kanister".into())
+}
+
+/// Upstream's default (and only) function version.
+pub const FUNCTION_VERSION: &str = "v0.0.0";
+
 /// What to create.
 #[derive(Subcommand, Debug)]
 pub enum CreateCommand {
@@ -122,32 +172,84 @@ pub enum CreateCommand {
     Actionset(Box<actionset::CreateActionSetArgs>),
     /// Create a Profile and its Secret, checked by a probe write.
     #[command(subcommand)]
-    Profile(profile::ProfileCommand),
+    Profile(Box<profile::ProfileCommand>),
 }
 
-/// What to validate.
+/// What to validate: upstream's syntax (`--name`, `--resource-namespace`, `-f FILE` or `-`,
+/// `--schema-validation-only`, `-v/--functionVersion`), the positional name as an alias.
 #[derive(Subcommand, Debug)]
 pub enum ValidateCommand {
-    /// Validate a Profile (fields, Secret, probe write/read/delete).
-    Profile {
-        /// The Profile.
-        name: String,
-        /// Its namespace.
-        #[arg(short = 'n', long, env = "KANCTL_NAMESPACE", default_value = "kanister")]
-        namespace: String,
-    },
+    /// Validate a Profile (fields, Secret, probe write/read/delete); a file only for its schema
+    /// and fields (the probe needs the stored Profile's Secret).
+    Profile(ValidateArgs),
     /// Validate a Blueprint, stored or from a file.
-    Blueprint {
-        /// The Blueprint (stored in --namespace); omit with -f.
-        #[arg(required_unless_present = "file")]
-        name: Option<String>,
-        /// Its namespace.
-        #[arg(short = 'n', long, env = "KANCTL_NAMESPACE", default_value = "kanister")]
-        namespace: String,
-        /// A Blueprint file (YAML) to validate instead.
-        #[arg(short = 'f', long)]
-        file: Option<PathBuf>,
-    },
+    Blueprint(ValidateArgs),
+}
+
+/// `validate` flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ValidateArgs {
+    /// The resource (stored in the namespace); or --name, or -f.
+    #[arg(conflicts_with_all = ["name_flag", "filename"])]
+    pub name: Option<String>,
+    /// The K8s name of the custom resource to validate.
+    #[arg(long = "name", id = "name_flag", conflicts_with = "filename")]
+    pub name_flag: Option<String>,
+    /// Namespace of the resource (when --resource-namespace is not given).
+    #[arg(short = 'n', long, env = "KANCTL_NAMESPACE", default_value_t = default_namespace())]
+    pub namespace: String,
+    /// Namespace of the custom resource (upstream's flag; wins over -n).
+    #[arg(long)]
+    pub resource_namespace: Option<String>,
+    /// YAML or JSON file of the custom resource to validate ("-": stdin).
+    #[arg(short = 'f', long)]
+    pub filename: Option<PathBuf>,
+    /// Only check the resource's schema (no templates, functions, Secret or probe).
+    #[arg(long)]
+    pub schema_validation_only: bool,
+    /// Kanister function version, as upstream (only v0.0.0 is served).
+    #[arg(short = 'v', long = "functionVersion", default_value = FUNCTION_VERSION)]
+    pub function_version: String,
+}
+
+impl ValidateArgs {
+    /// The resource's name, from the argument or --name.
+    pub fn resource_name(&self) -> Option<String> {
+        self.name.clone().or_else(|| self.name_flag.clone()).filter(|n| !n.is_empty())
+    }
+
+    /// The resource's namespace: --resource-namespace, else -n.
+    pub fn resource_namespace(&self) -> String {
+        self.resource_namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| self.namespace.clone())
+    }
+
+    fn check(&self, kind: &str) -> Result<()> {
+        if self.function_version != FUNCTION_VERSION {
+            return Err(Error::Usage(format!(
+                "--functionVersion {}: only the functions of version {FUNCTION_VERSION} (upstream's default) are \
+                 served here",
+                self.function_version
+            )));
+        }
+        if self.filename.is_none() && self.resource_name().is_none() {
+            return Err(Error::Usage(format!("name the {kind}: --name NAME (or -f FILE)")));
+        }
+        Ok(())
+    }
+
+    /// The file's text (stdin for "-").
+    fn read_file(&self) -> Result<Option<(String, String)>> {
+        let Some(f) = &self.filename else { return Ok(None) };
+        if f.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .map_err(|e| Error::Usage(format!("-f -: cannot read stdin: {e}")))?;
+            return Ok(Some(("standard input".into(), text)));
+        }
+        let text =
+            std::fs::read_to_string(f).map_err(|e| Error::Usage(format!("-f: cannot read {}: {e}", f.display())))?;
+        Ok(Some((f.display().to_string(), text)))
+    }
 }
 
 /// What to list.
@@ -159,7 +261,7 @@ pub enum GetCommand {
         /// One ActionSet.
         name: Option<String>,
         /// Namespace.
-        #[arg(short = 'n', long, env = "KANCTL_NAMESPACE", default_value = "kanister")]
+        #[arg(short = 'n', long, env = "KANCTL_NAMESPACE", default_value_t = default_namespace())]
         namespace: String,
         /// Every namespace.
         #[arg(short = 'A', long)]
@@ -190,7 +292,7 @@ pub struct RefArgs {
     /// The ActionSet.
     pub name: String,
     /// Its namespace.
-    #[arg(short = 'n', long, env = "KANCTL_NAMESPACE", default_value = "kanister")]
+    #[arg(short = 'n', long, env = "KANCTL_NAMESPACE", default_value_t = default_namespace())]
     pub namespace: String,
 }
 
@@ -212,7 +314,7 @@ pub struct SnapshotsArgs {
     #[arg(short = 'p', long)]
     pub profile: String,
     /// Namespace of the Profile when --profile has none.
-    #[arg(short = 'n', long, env = "KANCTL_NAMESPACE", default_value = "kanister")]
+    #[arg(short = 'n', long, env = "KANCTL_NAMESPACE", default_value_t = default_namespace())]
     pub namespace: String,
     /// Output format.
     #[arg(short = 'o', long, value_parser = ["table", "json", "yaml"], default_value = "table")]
@@ -274,8 +376,13 @@ fn parse_actionset(a: &pb::ActionSet) -> Result<ActionSet> {
 pub async fn run(cli: Cli, env_token: Option<String>, io: &mut Io<'_>) -> Result<Outcome> {
     // What needs no coordinator is checked (or done) here first: a missing flag or an unreadable
     // file is reported as such, not as an unreachable coordinator.
+    let mut cli = cli;
+    if let Command::Create(c) = &mut cli.command {
+        c.push_down();
+    }
+    let verbose = cli.verbose;
     match &cli.command {
-        Command::Create(CreateCommand::Actionset(args)) => {
+        Command::Create(CreateArgs { command: CreateCommand::Actionset(args), .. }) => {
             if args.action.as_deref().is_none_or(str::is_empty) {
                 return Err(Error::Usage("--action is required: e.g. --action backup".into()));
             }
@@ -283,18 +390,34 @@ pub async fn run(cli: Cli, env_token: Option<String>, io: &mut Io<'_>) -> Result
                 actionset::build(args, None)?;
             }
         }
-        Command::Create(CreateCommand::Profile(p)) => {
+        Command::Create(CreateArgs { command: CreateCommand::Profile(p), .. }) => {
             profile::request(p)?;
         }
-        Command::Validate(ValidateCommand::Blueprint { file: Some(f), .. }) => {
-            return validate_blueprint_file(f, io);
+        Command::Validate(ValidateCommand::Blueprint(v)) => {
+            v.check("blueprint")?;
+            if let Some((origin, text)) = v.read_file()? {
+                return validate_blueprint_text(
+                    &format!("blueprint file {origin}"),
+                    &text,
+                    v.schema_validation_only,
+                    io,
+                );
+            }
+        }
+        Command::Validate(ValidateCommand::Profile(v)) => {
+            v.check("profile")?;
+            if let Some((origin, text)) = v.read_file()? {
+                return validate_profile_text(&format!("profile file {origin}"), &text, io);
+            }
         }
         _ => {}
     }
     let conn = Connection::resolve(&cli.connection, env_token)?;
     match cli.command {
-        Command::Create(CreateCommand::Actionset(args)) => create_actionset(&conn, &args, io).await,
-        Command::Create(CreateCommand::Profile(p)) => {
+        Command::Create(CreateArgs { command: CreateCommand::Actionset(args), .. }) => {
+            create_actionset(&conn, &args, verbose, io).await
+        }
+        Command::Create(CreateArgs { command: CreateCommand::Profile(p), .. }) => {
             let req = profile::request(&p)?;
             let (dry, ns, name) = (req.dry_run, req.namespace.clone(), req.name.clone());
             let info = conn.connect().await?.create_profile(req).await?.into_inner();
@@ -310,36 +433,31 @@ pub async fn run(cli: Cli, env_token: Option<String>, io: &mut Io<'_>) -> Result
             }
             Ok(Outcome::Success)
         }
-        Command::Validate(ValidateCommand::Profile { name, namespace }) => {
-            let report = conn
-                .connect()
-                .await?
-                .validate_profile(pb::ValidateProfileRequest { namespace: namespace.clone(), name: name.clone() })
-                .await?
-                .into_inner();
+        Command::Validate(ValidateCommand::Profile(v)) => {
+            let (namespace, name) = (v.resource_namespace(), v.resource_name().unwrap_or_default());
+            let request = pb::ValidateProfileRequest {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                schema_only: v.schema_validation_only,
+            };
+            let report = conn.connect().await?.validate_profile(request).await?.into_inner();
             report_problems(&format!("profile {namespace}/{name}"), &report.problems, io)
         }
-        Command::Validate(ValidateCommand::Blueprint { name, namespace, file }) => {
-            let (what, blueprint_yaml) = match &file {
-                Some(f) => (
-                    format!("blueprint file {}", f.display()),
-                    std::fs::read_to_string(f)
-                        .map_err(|e| Error::Usage(format!("-f: cannot read {}: {e}", f.display())))?,
-                ),
-                None => (format!("blueprint {namespace}/{}", name.clone().unwrap_or_default()), String::new()),
-            };
+        Command::Validate(ValidateCommand::Blueprint(v)) => {
+            let (namespace, name) = (v.resource_namespace(), v.resource_name().unwrap_or_default());
             let report = conn
                 .connect()
                 .await?
                 .validate_blueprint(pb::ValidateBlueprintRequest {
-                    namespace,
-                    name: name.unwrap_or_default(),
-                    blueprint_yaml,
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    blueprint_yaml: String::new(),
+                    schema_only: v.schema_validation_only,
                 })
                 .await?
                 .into_inner();
             report_warnings(&report.warnings, io)?;
-            report_problems(&what, &report.problems, io)
+            report_problems(&format!("blueprint {namespace}/{name}"), &report.problems, io)
         }
         Command::Get(GetCommand::Actionsets { name, namespace, all_namespaces, output }) => {
             let mut client = conn.connect().await?;
@@ -420,18 +538,30 @@ pub async fn run(cli: Cli, env_token: Option<String>, io: &mut Io<'_>) -> Result
 
 /// `validate blueprint -f FILE`: parsed and checked here, with the validator the coordinator
 /// uses; no coordinator needed.
-fn validate_blueprint_file(file: &std::path::Path, io: &mut Io<'_>) -> Result<Outcome> {
-    let what = format!("blueprint file {}", file.display());
-    let text =
-        std::fs::read_to_string(file).map_err(|e| Error::Usage(format!("-f: cannot read {}: {e}", file.display())))?;
-    let bp: crate::crd::Blueprint = serde_norway::from_str(&text)
-        .map_err(|e| Error::Usage(format!("{what} does not parse as a Blueprint: {e}")))?;
+fn validate_blueprint_text(what: &str, text: &str, schema_only: bool, io: &mut Io<'_>) -> Result<Outcome> {
+    let bp: crate::crd::Blueprint =
+        serde_norway::from_str(text).map_err(|e| Error::Usage(format!("{what} does not parse as a Blueprint: {e}")))?;
+    if schema_only {
+        return report_problems(what, &[], io);
+    }
     let to_pb =
         |p: crate::validate::Problem| pb::Problem { location: p.location.to_string(), message: p.kind.to_string() };
     let problems: Vec<pb::Problem> = crate::validate::problems(&bp).into_iter().map(to_pb).collect();
     let warnings: Vec<pb::Problem> = crate::validate::warnings(&bp).into_iter().map(to_pb).collect();
     report_warnings(&warnings, io)?;
-    report_problems(&what, &problems, io)
+    report_problems(what, &problems, io)
+}
+
+/// A Profile from a file: its schema and fields (the probe needs its Secret, which only the
+/// coordinator reads: validate the stored Profile for that).
+fn validate_profile_text(what: &str, text: &str, io: &mut Io<'_>) -> Result<Outcome> {
+    let profile: crate::crd::profile::Profile =
+        serde_norway::from_str(text).map_err(|e| Error::Usage(format!("{what} does not parse as a Profile: {e}")))?;
+    let problems: Vec<pb::Problem> = crate::api::probe::schema(&profile.spec)
+        .into_iter()
+        .map(|p| pb::Problem { location: p.field, message: p.message })
+        .collect();
+    report_problems(what, &problems, io)
 }
 
 /// Prints warnings (they do not fail the validation).
@@ -457,6 +587,7 @@ fn report_problems(what: &str, problems: &[pb::Problem], io: &mut Io<'_>) -> Res
 async fn create_actionset(
     conn: &Connection,
     args: &actionset::CreateActionSetArgs,
+    verbose: bool,
     io: &mut Io<'_>,
 ) -> Result<Outcome> {
     let offline = args.dry_run && args.skip_validation && args.from.is_none() && args.selector.is_none();
@@ -498,6 +629,9 @@ async fn create_actionset(
         return Ok(Outcome::Success);
     }
     writeln!(io.out, "actionset {} created", created.name)?;
+    if verbose {
+        write!(io.err, "{}", serde_norway::to_string(&parse_actionset(&created)?).unwrap_or_default())?;
+    }
     if !args.wait {
         return Ok(Outcome::Success);
     }

@@ -13,7 +13,7 @@ use super::{Error, Result};
 #[derive(Args, Debug, Clone, Default, PartialEq)]
 pub struct CommonProfileArgs {
     /// Namespace of the Profile and its Secret.
-    #[arg(short = 'n', long, env = "KANCTL_NAMESPACE", default_value = "kanister")]
+    #[arg(short = 'n', long, env = "KANCTL_NAMESPACE", default_value_t = super::default_namespace())]
     pub namespace: String,
     /// Name of the Profile (default: `<kind>-profile-xxxxx`).
     #[arg(long)]
@@ -52,16 +52,20 @@ pub enum ProfileCommand {
         /// Region.
         #[arg(short = 'r', long, default_value = "")]
         region: String,
+        /// AWS IAM role to assume (upstream's flag): refused, the agent does not call STS; give
+        /// the role's temporary credentials instead.
+        #[arg(short = 'R', long)]
+        role: Option<String>,
         #[command(flatten)]
         common: CommonProfileArgs,
     },
     /// A Google Cloud Storage bucket.
     Gcp {
         /// Project id.
-        #[arg(long)]
+        #[arg(short = 'a', long)]
         project_id: String,
         /// File of the service account key (JSON).
-        #[arg(long)]
+        #[arg(short = 's', long)]
         service_key: PathBuf,
         /// Bucket.
         #[arg(short = 'b', long)]
@@ -105,10 +109,29 @@ pub enum ProfileCommand {
     },
 }
 
+impl ProfileCommand {
+    /// The flags every kind has.
+    pub fn common_mut(&mut self) -> &mut CommonProfileArgs {
+        match self {
+            ProfileCommand::S3compliant { common, .. }
+            | ProfileCommand::Gcp { common, .. }
+            | ProfileCommand::Azure { common, .. }
+            | ProfileCommand::Local { common, .. } => common,
+        }
+    }
+}
+
 /// The request the flags describe.
 pub fn request(cmd: &ProfileCommand) -> Result<CreateProfileRequest> {
     let (kind, common, mut req) = match cmd {
-        ProfileCommand::S3compliant { access_key, secret_key, bucket, endpoint, prefix, region, common } => (
+        ProfileCommand::S3compliant { role: Some(role), .. } if !role.is_empty() => {
+            return Err(Error::Usage(format!(
+                "--role {role}: assuming an AWS role is not supported (the agent does not call STS): create the \
+                 Profile with the role's temporary credentials (--access-key, --secret-key, and the session \
+                 token as aws_session_token in a Secret-type Profile), or give the pods the role (IRSA)"
+            )));
+        }
+        ProfileCommand::S3compliant { access_key, secret_key, bucket, endpoint, prefix, region, common, .. } => (
             "s3compliant",
             common,
             CreateProfileRequest {
