@@ -1006,6 +1006,33 @@ fn dockerfile_problems(text: &str) -> Vec<String> {
     problems
 }
 
+/// The tools image stands in for upstream's kanister-tools: what upstream blueprints run in it
+/// (bash with pipefail, gzip, coreutils, kando, kanctl) and the database clients our examples
+/// use are in its final stage. (No container engine runs here: the Dockerfile is read, not built.)
+#[test]
+fn the_tools_image_is_a_drop_in_for_upstreams() {
+    let text = read(&root().join("images/tools/Dockerfile"));
+    let final_stage = &text[text.rfind("\nFROM ").expect("a final stage")..];
+    let installs: Vec<&str> = final_stage
+        .split("apk add")
+        .skip(1)
+        .flat_map(|rest| rest.split("&&").next().unwrap_or_default().split_whitespace())
+        .filter(|w| !w.starts_with('-') && *w != "\\")
+        .collect();
+    for package in ["bash", "coreutils", "gzip", "mariadb-client", "ca-certificates"] {
+        assert!(installs.contains(&package), "the tools image lacks {package}: {installs:?}");
+    }
+    assert!(installs.iter().any(|p| p.starts_with("postgresql") && p.ends_with("-client")), "{installs:?}");
+    let copy = final_stage.lines().find(|l| l.starts_with("COPY --from=build")).expect("COPY from the build stage");
+    assert!(
+        copy.contains("/out/kanister-agent") && copy.contains("/out/kanctl") && copy.contains("/usr/local/bin/"),
+        "{copy}"
+    );
+    assert!(final_stage.contains("ln -s kanister-agent /usr/local/bin/kando"), "no kando");
+    let build = &text[..text.rfind("\nFROM ").expect("stages")];
+    assert!(build.contains("--bin kanctl") && build.contains("/out/kanctl"), "the build stage does not build kanctl");
+}
+
 #[test]
 fn dockerfiles_are_pinned_non_root_and_hold_no_secrets() {
     let images = root().join("images");
