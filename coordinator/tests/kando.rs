@@ -26,8 +26,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kanister_coordinator::cluster::EnvSource;
 use kanister_coordinator::cluster::local::LocalCluster;
+use kanister_coordinator::cluster::{Cluster as _, EnvSource};
 use kanister_coordinator::crd::ActionSet;
 use kanister_coordinator::engine::{Engine, repokey};
 use serde_json::{Value, json};
@@ -698,4 +698,76 @@ async fn blueprint_v2_postgresql_backs_up_restores_and_deletes_by_kopia_snapshot
     let key = w.repository_key().await;
     let names = ["v2-pg-backup", "v2-pg-restore", "v2-pg-delete"];
     assert_no_secret_anywhere(&w, scan, &names, &[pw, s3_secret, key], &logs).await;
+}
+
+// ---- Upstream's kando in the image: credentials inline on request ----
+
+/// By default a task pod's `{{ toJson .Profile }}` carries no secret (a reference that only our
+/// kando resolves, with the credential in the pod's environment from a Secret). A Blueprint
+/// annotated `kanister.io/profile-credentials: inline` gets upstream's rendering, values in the
+/// JSON, for images that carry upstream's kando; an unknown value fails the ActionSet by name.
+#[tokio::test]
+async fn a_blueprint_asks_for_inline_credentials_for_upstreams_kando() {
+    let w = world();
+    let secret = infra_var("KANISTER_TEST_S3_SECRET_KEY");
+    let blueprint = |name: &str, annotation: &str| {
+        format!(
+            "apiVersion: cr.kanister.io/v1alpha1\nkind: Blueprint\nmetadata: {{name: {name}, namespace: kanister{annotation}}}\n\
+             actions:\n  show:\n    phases:\n    - func: KubeTask\n      name: show\n      args:\n        namespace: db\n\
+             \x20       image: ghcr.io/kanisterio/kanister-tools:0.112.0\n        command: [sh, -c, 'true', '{{{{ toJson .Profile }}}}']\n"
+        )
+    };
+    w.cluster.load_yaml(&blueprint("by-reference", ""), "bp").unwrap();
+    w.cluster
+        .load_yaml(&blueprint("inline", ", annotations: {kanister.io/profile-credentials: inline}"), "bp")
+        .unwrap();
+    w.cluster.load_yaml(&blueprint("typo", ", annotations: {kanister.io/profile-credentials: inlined}"), "bp").unwrap();
+    let run = |name: &'static str, bp: &str| {
+        w.cluster.put(json!({
+            "apiVersion": "cr.kanister.io/v1alpha1", "kind": "ActionSet",
+            "metadata": {"name": name, "namespace": "kanister"},
+            "spec": {"actions": [{"name": "show", "blueprint": bp, "object": {"kind": "Namespace", "name": "db"},
+                                  "profile": {"name": "s3-profile", "namespace": "kanister"}}]}
+        }));
+        run_to_end(&w.engine, name, Duration::from_secs(60))
+    };
+    let pod_of = |bp: &str| {
+        w.cluster.pods().into_iter().rev().find(|p| p.spec.labels.values().any(|v| v.starts_with(bp))).unwrap_or_else(
+            || {
+                panic!(
+                    "no pod for {bp}: {:?}",
+                    w.cluster.pods().iter().map(|p| p.spec.labels.clone()).collect::<Vec<_>>()
+                )
+            },
+        )
+    };
+
+    assert_complete(&run("ref-1", "by-reference").await);
+    let pod = pod_of("ref-1");
+    let command = pod.spec.containers[0].command.join(" ");
+    assert!(!command.contains(&secret) && command.contains(kando::CREDENTIAL_ENV), "{command}");
+    assert!(pod.spec.env.iter().any(|e| e.name == kando::CREDENTIAL_ENV), "no credential variable");
+
+    assert_complete(&run("inline-1", "inline").await);
+    let pod = pod_of("inline-1");
+    let command = pod.spec.containers[0].command.join(" ");
+    assert!(command.contains(&secret) && !command.contains("FromEnv"), "upstream's rendering expected: {command}");
+    assert!(!pod.spec.env.iter().any(|e| e.name == kando::CREDENTIAL_ENV), "a reference nobody reads");
+
+    // An unknown value: the ActionSet is refused at once, naming the annotation and the choices.
+    w.cluster.put(json!({
+        "apiVersion": "cr.kanister.io/v1alpha1", "kind": "ActionSet",
+        "metadata": {"name": "typo-1", "namespace": "kanister"},
+        "spec": {"actions": [{"name": "show", "blueprint": "typo", "object": {"kind": "Namespace", "name": "db"},
+                              "profile": {"name": "s3-profile", "namespace": "kanister"}}]}
+    }));
+    assert_eq!(
+        w.engine.reconcile("kanister", "typo-1").await.unwrap(),
+        kanister_coordinator::engine::Outcome::Rejected
+    );
+    let failed = w.cluster.get_actionset("kanister", "typo-1").await.unwrap();
+    let status = failed.status.as_ref().unwrap();
+    assert_eq!(status.state, kanister_coordinator::crd::State::Failed, "{status:?}");
+    let message = status.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
+    assert!(message.contains("kanister.io/profile-credentials") && message.contains("\"inline\""), "{message}");
 }

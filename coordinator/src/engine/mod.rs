@@ -120,6 +120,22 @@ enum PhaseError {
     Panic { function: String, message: String },
 }
 
+/// A Blueprint's annotation choosing how `{{ toJson .Profile }}` renders the credential in the
+/// arguments of task-pod functions: `reference` (the default: the values stay in a Secret, the
+/// JSON names `KANISTER_PROFILE_CREDENTIAL`, which only this project's kando resolves) or
+/// `inline` (as upstream: the values in the JSON, so on the command line of `kando` in the pod;
+/// for images that carry upstream's kando).
+pub const PROFILE_CREDENTIALS_ANNOTATION: &str = "kanister.io/profile-credentials";
+
+/// An action found in its Blueprint.
+struct FoundAction {
+    blueprint: String,
+    action: BlueprintAction,
+    /// The Blueprint asks for credential values in `toJson .Profile`
+    /// ([`PROFILE_CREDENTIALS_ANNOTATION`]).
+    inline_credentials: bool,
+}
+
 /// Settings of the engine.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -429,7 +445,7 @@ impl<C: Cluster> Engine<C> {
         let mut status = ActionSetStatus { state: State::Pending, ..Default::default() };
         for a in &actionset.spec.actions {
             let bpa = match self.blueprint_action(&namespace, &a.blueprint, &a.name).await {
-                Ok((_, b)) => b,
+                Ok(found) => found.action,
                 Err(message) => {
                     status.state = State::Failed;
                     status.error = Some(StatusError { message });
@@ -465,7 +481,7 @@ impl<C: Cluster> Engine<C> {
         namespace: &str,
         blueprint: &str,
         action: &str,
-    ) -> std::result::Result<(String, BlueprintAction), String> {
+    ) -> std::result::Result<FoundAction, String> {
         if blueprint.is_empty() {
             return Err(format!("action {action:?}: blueprint is not specified"));
         }
@@ -482,7 +498,18 @@ impl<C: Cluster> Engine<C> {
                 names.join(", ")
             })
         })?;
-        Ok((blueprint.to_string(), bpa))
+        let annotation = bp.metadata.annotations.as_ref().and_then(|a| a.get(PROFILE_CREDENTIALS_ANNOTATION));
+        let inline_credentials = match annotation.map(String::as_str) {
+            None | Some("reference") => false,
+            Some("inline") => true,
+            Some(other) => {
+                return Err(format!(
+                    "blueprint {blueprint:?}: annotation {PROFILE_CREDENTIALS_ANNOTATION}={other:?}: use \"reference\" \
+                     (the default) or \"inline\""
+                ));
+            }
+        };
+        Ok(FoundAction { blueprint: blueprint.to_string(), action: bpa, inline_credentials })
     }
 
     fn start(&self, actionset: ActionSet, status: ActionSetStatus, recover: bool) -> Outcome {

@@ -266,13 +266,13 @@ impl<C: Cluster> Run<C> {
         let spec = &self.actionset.spec.actions[i];
         {
             let fail = |m| self.fail_action(i, m);
-            let (blueprint, bpa) =
+            let (blueprint, bpa, inline_credentials) =
                 match self.engine.blueprint_action(self.namespace(), &spec.blueprint, &spec.name).await {
-                    Ok(b) => b,
+                    Ok(found) => (found.blueprint, found.action, found.inline_credentials),
                     Err(m) => return fail(m).await,
                 };
             let mut params = match params::resolve(&**self.cluster(), spec, Utc::now()).await {
-                Ok(p) => p,
+                Ok(p) => TemplateParams { credentials_inline: inline_credentials, ..p },
                 Err(e) => {
                     return fail(format!("action {:?}: failed to resolve template parameters: {e}", spec.name)).await;
                 }
@@ -582,7 +582,7 @@ impl<C: Cluster> Run<C> {
             } else {
                 // A task pod gets the Profile's credential through its environment: keep the
                 // values off its command line (`toJson .Profile` references the variable).
-                params.credential_from_env = functions::runs_in_task_pod(&phase.func);
+                params.credential_from_env = functions::runs_in_task_pod(&phase.func) && !params.credentials_inline;
                 let rendered = renderer.render_args(&location, &phase.args, params);
                 params.credential_from_env = false;
                 rendered?

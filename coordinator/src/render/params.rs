@@ -77,6 +77,10 @@ pub struct TemplateParams {
     /// that has the variable ([`ProfileParams::credential_json`]). The fields
     /// (`.Profile.Credential.KeyPair.Secret`, ...) keep their values either way.
     pub credential_from_env: bool,
+    /// The Blueprint asked for the credential's values in `toJson .Profile` also in task pods
+    /// (its `kanister.io/profile-credentials: inline` annotation, for images with upstream's
+    /// kando): the engine then never sets [`Self::credential_from_env`].
+    pub credentials_inline: bool,
 }
 
 /// The environment variable a credential reference names: `kando`'s
