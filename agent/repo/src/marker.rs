@@ -141,8 +141,8 @@ struct PrunePackWire {
 }
 
 impl PruneMark {
-    /// The mark sealed with `key` (the data key): its name (content address) and bytes.
-    pub fn seal(&self, key: &SecretKey) -> ([u8; 32], Vec<u8>) {
+    /// The mark's plaintext (JSON, entry lists hex-encoded).
+    pub fn to_plaintext(&self) -> Vec<u8> {
         let wire = PruneMarkWire {
             format: FORMAT,
             created: self.created,
@@ -152,17 +152,22 @@ impl PruneMark {
                 .map(|p| PrunePackWire { id: p.id, size: p.size, index: hex::encode(encode_entries(&p.blobs)) })
                 .collect(),
         };
-        let json = serde_json::to_vec(&wire).expect("a prune mark serializes");
-        crypto::seal_object(key, PRUNE_AAD, &json)
+        serde_json::to_vec(&wire).expect("a prune mark serializes")
+    }
+
+    /// The mark sealed with `key` (the data key): its name (content address) and bytes.
+    pub fn seal(&self, key: &SecretKey) -> ([u8; 32], Vec<u8>) {
+        crypto::seal_object(key, PRUNE_AAD, &self.to_plaintext())
     }
 
     /// Opens the mark stored as `name`.
     pub fn open(key: &SecretKey, name: &str, bytes: &[u8]) -> Result<Self> {
         let plain = crypto::open_object(key, PRUNE_AAD, "prune mark", name, None, bytes)?;
-        Self::decode(&plain)
+        Self::from_plaintext(&plain)
     }
 
-    fn decode(plain: &[u8]) -> Result<Self> {
+    /// Reads a mark's plaintext (after [`Self::open`]'s decryption).
+    pub fn from_plaintext(plain: &[u8]) -> Result<Self> {
         let wire: PruneMarkWire =
             serde_json::from_slice(plain).map_err(|source| Error::Json { what: "prune mark", source })?;
         check("prune mark", wire.format)?;
@@ -213,7 +218,7 @@ mod tests {
         fn decoders_of_untrusted_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
             let _ = BackupLock::decode(&bytes);
             let _ = MaintenanceHolder::decode(&bytes);
-            let _ = PruneMark::decode(&bytes);
+            let _ = PruneMark::from_plaintext(&bytes);
             let _ = PruneMark::open(&key(), "prune/x", &bytes);
             if let Some(entries) = decode_entries(&bytes) {
                 prop_assert_eq!(encode_entries(&entries), bytes);
@@ -227,8 +232,18 @@ mod tests {
         assert_eq!(lock.format, 1);
         let holder = MaintenanceHolder::decode(br#"{"purpose":"prune","hostname":"h","pid":3,"since":4}"#).unwrap();
         assert_eq!(holder.format, 1);
-        let mark = PruneMark::decode(br#"{"created":5,"packs":[]}"#).unwrap();
+        let mark = PruneMark::from_plaintext(br#"{"created":5,"packs":[]}"#).unwrap();
         assert_eq!(mark, PruneMark { created: 5, packs: vec![] });
+    }
+
+    /// The fuzzer's seeds are valid objects, so that it starts past the parsers' first checks.
+    #[test]
+    fn the_fuzz_seeds_decode() {
+        BackupLock::decode(include_bytes!("../fuzz/corpus/marker/lock")).unwrap();
+        MaintenanceHolder::decode(include_bytes!("../fuzz/corpus/marker/holder")).unwrap();
+        let mark = PruneMark::from_plaintext(include_bytes!("../fuzz/corpus/marker/prune")).unwrap();
+        assert_eq!((mark.packs.len(), mark.packs[0].blobs.len()), (1, 1));
+        assert_eq!(PruneMark::from_plaintext(&mark.to_plaintext()).unwrap(), mark);
     }
 
     #[test]
@@ -237,7 +252,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("backup lock has format version 2") && err.contains("upgrade"), "{err}");
-        let err = PruneMark::decode(br#"{"format":9,"created":5,"packs":[]}"#).unwrap_err().to_string();
+        let err = PruneMark::from_plaintext(br#"{"format":9,"created":5,"packs":[]}"#).unwrap_err().to_string();
         assert!(err.contains("prune mark has format version 9"), "{err}");
         let err = MaintenanceHolder::decode(br#"{"format":3,"purpose":"p","hostname":"h","pid":1,"since":0}"#)
             .unwrap_err()

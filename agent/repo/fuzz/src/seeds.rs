@@ -103,4 +103,26 @@ fn main() {
     }];
     put("tree_part", "part", &kanister_repo::tree::encode_part(&nodes));
     println!("seed corpora written under corpus/");
+    let lock = kanister_repo::marker::BackupLock {
+        format: kanister_repo::marker::FORMAT,
+        started: 1,
+        refreshed: 2,
+        hostname: "fuzz".into(),
+        pid: 3,
+        process: None,
+    };
+    put("marker", "lock", &lock.encode());
+    let holder = kanister_repo::marker::MaintenanceHolder {
+        format: kanister_repo::marker::FORMAT,
+        purpose: "prune".into(),
+        hostname: "fuzz".into(),
+        pid: 4,
+        since: 5,
+    };
+    put("marker", "holder", &holder.encode());
+    let mark = kanister_repo::marker::PruneMark {
+        created: 6,
+        packs: vec![IndexPack { id: pack.id, size: pack.bytes.len() as u64, blobs: pack.entries.clone() }],
+    };
+    put("marker", "prune", &mark.to_plaintext());
 }
