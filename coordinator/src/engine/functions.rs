@@ -1,7 +1,9 @@
 //! The Kanister functions the engine runs, with upstream names, arguments and outputs.
 //!
-//! Served: `KubeExec`, `KubeExecAll`, `KubeTask`, `MultiContainerRun`, `PrepareData`,
-//! `ScaleWorkload`, `Wait`, `WaitV2`, `KubeOps`, and the data functions of [`super::data`].
+//! Served here: `KubeExec`, `KubeExecAll`, `KubeTask`, `MultiContainerRun`, `PrepareData`,
+//! `ScaleWorkload`, `KubeOps`. Elsewhere, one module per family: `Wait`, `WaitV2`
+//! ([`super::wait`]); the data functions ([`super::data`] and the modules it names); the CSI
+//! snapshot functions ([`super::csi`]). [`run`] dispatches on the catalogue's runner.
 //!
 //! Task pods of an action with a Profile get the Profile's repository key in their environment
 //! (`KANISTER_REPO_KEY` from the coordinator's key Secret, see [`super::repokey`]), so that
@@ -31,7 +33,6 @@ use super::context::{all_errors, partial, run_pod, words};
 use crate::cluster::{Chunk, Cluster, Container, ExecRequest, ObjectRef, Stream};
 use crate::crd::{JsonMap, ObjectReference};
 use crate::output::Parser;
-use crate::render::{Location, params::json_value};
 
 /// Runs `function` through its runner in the catalogue ([`crate::functions`]) and returns its
 /// output.
@@ -47,21 +48,21 @@ pub async fn run<C: Cluster>(function: &str, ctx: &Context<C>) -> Result<JsonMap
         R::PrepareData => prepare_data(ctx).await,
         R::MultiContainerRun => multi_container_run(ctx).await,
         R::ScaleWorkload => scale_workload(ctx).await,
-        R::Wait => wait(ctx, false).await,
-        R::WaitV2 => wait(ctx, true).await,
+        R::Wait => super::wait::wait(ctx, false).await,
+        R::WaitV2 => super::wait::wait(ctx, true).await,
         R::KubeOps => kube_ops(ctx).await,
-        R::BackupStream => super::data::backup_stream(ctx).await,
-        R::RestoreStream => super::data::restore_stream(ctx).await,
-        R::BackupData => super::data::backup_data(ctx).await,
-        R::RestoreData => super::data::restore_data(ctx).await,
-        R::DeleteData => super::data::delete_data(ctx).await,
-        R::BackupDataAll => super::data::backup_data_all(ctx).await,
-        R::RestoreDataAll => super::data::restore_data_all(ctx).await,
-        R::DeleteDataAll => super::data::delete_data_all(ctx).await,
-        R::LocationDelete => super::data::location_delete(ctx).await,
-        R::BackupDataStats => super::data::backup_data_stats(ctx).await,
-        R::CheckRepository => super::data::check_repository(ctx).await,
-        R::CopyVolumeData => super::data::copy_volume_data(ctx).await,
+        R::BackupStream => super::streams::backup_stream(ctx).await,
+        R::RestoreStream => super::streams::restore_stream(ctx).await,
+        R::BackupData => super::paths::backup_data(ctx).await,
+        R::RestoreData => super::paths::restore_data(ctx).await,
+        R::DeleteData => super::repo_tasks::delete_data(ctx).await,
+        R::BackupDataAll => super::paths::backup_data_all(ctx).await,
+        R::RestoreDataAll => super::paths::restore_data_all(ctx).await,
+        R::DeleteDataAll => super::repo_tasks::delete_data_all(ctx).await,
+        R::LocationDelete => super::repo_tasks::location_delete(ctx).await,
+        R::BackupDataStats => super::repo_tasks::backup_data_stats(ctx).await,
+        R::CheckRepository => super::repo_tasks::check_repository(ctx).await,
+        R::CopyVolumeData => super::volumes::copy_volume_data(ctx).await,
         R::CreateCSISnapshot => super::csi::create_csi_snapshot(ctx).await,
         R::CreateCSISnapshotStatic => super::csi::create_csi_snapshot_static(ctx).await,
         R::RestoreCSISnapshot => super::csi::restore_csi_snapshot(ctx).await,
@@ -240,139 +241,6 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
     super::duration::parse(s.trim()).ok()
 }
 
-#[derive(serde::Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct WaitConditions {
-    #[serde(default)]
-    any_of: Vec<Condition>,
-    #[serde(default)]
-    all_of: Vec<Condition>,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Condition {
-    #[serde(default)]
-    object_reference: ObjectReference,
-    #[serde(default)]
-    condition: String,
-}
-
-async fn wait<C: Cluster>(ctx: &Context<C>, v2: bool) -> Result<JsonMap> {
-    let timeout_src = ctx.str("timeout")?;
-    let at = Location { argument: "timeout".into(), ..ctx.location.clone() };
-    let timeout_text = ctx.renderer.render(&at, &timeout_src, &ctx.params)?;
-    let timeout =
-        parse_go_duration(&timeout_text).ok_or_else(|| ctx.invalid("timeout", "a Go duration such as 10m"))?;
-    let conditions: WaitConditions = serde_json::from_value(ctx.args.get("conditions").cloned().unwrap_or_default())
-        .map_err(|_| ctx.invalid("conditions", "a map with anyOf and/or allOf lists of conditions"))?;
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut last_error = None;
-    loop {
-        let mut met = None;
-        for cond in &conditions.any_of {
-            match evaluate(ctx, cond, v2).await {
-                Ok(true) => met = Some(true),
-                Ok(false) => {}
-                Err(e) => last_error = Some(e.to_string()),
-            }
-            if met.is_some() {
-                break;
-            }
-        }
-        if met.is_none() && !conditions.all_of.is_empty() {
-            let mut all = true;
-            for cond in &conditions.all_of {
-                match evaluate(ctx, cond, v2).await {
-                    Ok(true) => {}
-                    Ok(false) => all = false,
-                    Err(e) => {
-                        last_error = Some(e.to_string());
-                        all = false;
-                    }
-                }
-                if !all {
-                    break;
-                }
-            }
-            if all {
-                met = Some(true);
-            }
-        }
-        if met == Some(true) {
-            return Ok(JsonMap::new());
-        }
-        if tokio::time::Instant::now() + ctx.poll > deadline {
-            return Err(Error::WaitTimeout { timeout, last_error });
-        }
-        tokio::time::sleep(ctx.poll).await;
-    }
-}
-
-async fn evaluate<C: Cluster>(ctx: &Context<C>, cond: &Condition, v2: bool) -> Result<bool> {
-    let r = &cond.object_reference;
-    let render = |field: &str, v: &str| {
-        let at = Location { argument: format!("conditions.objectReference.{field}"), ..ctx.location.clone() };
-        ctx.renderer.render(&at, v, &ctx.params)
-    };
-    let rendered = ObjectReference {
-        api_version: render("apiVersion", &r.api_version)?,
-        group: render("group", &r.group)?,
-        resource: render("resource", &r.resource)?,
-        kind: render("kind", &r.kind)?,
-        name: render("name", &r.name)?,
-        namespace: render("namespace", &r.namespace)?,
-    };
-    let object = ctx.cluster.get(&ObjectRef::from_reference(&rendered)).await?;
-    let at = Location { argument: "conditions.condition".into(), ..ctx.location.clone() };
-    let source = if v2 {
-        cond.condition.clone()
-    } else {
-        resolve_jsonpath(&object, &cond.condition)
-            .map_err(|message| crate::render::Error::Parse { location: Box::new(at.clone()), message })?
-    };
-    let template = ctx
-        .renderer
-        .parse(&source)
-        .map_err(|e| crate::render::Error::Parse { location: Box::new(at.clone()), message: e.to_string() })?;
-    let data = if v2 { json_value(&object) } else { json_value(&serde_json::json!({})) };
-    let text = template
-        .execute_to_string(&data)
-        .map_err(|e| crate::render::Error::Exec { location: Box::new(at), message: e.to_string() })?;
-    Ok(text.trim() == "true")
-}
-
-/// Replaces every `{$...}` in `condition` with what that JSONPath (RFC 9535, through
-/// `jsonpath-rust`: filters such as `{$.status.conditions[?(@.type=="Ready")].status}` too)
-/// selects in `object`: a string as it is, another value as JSON, several matches joined by
-/// spaces (as kubectl's `-o jsonpath` shows them), nothing as the empty string. A path that does
-/// not parse is an error naming it, never a silent empty string.
-fn resolve_jsonpath(object: &Value, condition: &str) -> std::result::Result<String, String> {
-    use jsonpath_rust::JsonPath as _;
-    let mut out = String::new();
-    let mut rest = condition;
-    while let Some(start) = rest.find("{$") {
-        out.push_str(&rest[..start]);
-        let Some(len) = rest[start..].find('}') else {
-            out.push_str(&rest[start..]);
-            return Ok(out);
-        };
-        let path = &rest[start + 1..start + len];
-        let found = object.query(path).map_err(|e| format!("the JSONPath {path:?} does not parse: {e}"))?;
-        let shown: Vec<String> = found
-            .into_iter()
-            .map(|v| match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            })
-            .collect();
-        out.push_str(&shown.join(" "));
-        rest = &rest[start + len + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
 async fn kube_ops<C: Cluster>(ctx: &Context<C>) -> Result<JsonMap> {
     let operation = ctx.str("operation")?;
     let namespace = ctx.opt_str("namespace")?.filter(|s| !s.is_empty()).unwrap_or_else(|| "default".into());
@@ -436,23 +304,5 @@ mod tests {
         assert_eq!(parse_go_duration("300ms"), Some(Duration::from_millis(300)));
         assert_eq!(parse_go_duration("10"), None);
         assert_eq!(parse_go_duration("abc"), None);
-    }
-
-    #[test]
-    fn jsonpath_in_wait_conditions() {
-        let obj = serde_json::json!({"status": {"phase": "Running", "n": 3,
-            "conditions": [{"type": "Ready", "status": "True"}, {"type": "Synced", "status": "False"}]}});
-        assert_eq!(
-            resolve_jsonpath(&obj, r#"{{ if eq "{$.status.phase}" "Running" }}true{{ end }}"#).unwrap(),
-            r#"{{ if eq "Running" "Running" }}true{{ end }}"#
-        );
-        assert_eq!(resolve_jsonpath(&obj, "{$.status.conditions[0].type}/{$.status.n}/{$.nope}").unwrap(), "Ready/3/");
-        // Filters, as upstream's blueprints write them, and several matches.
-        let ready = r#"{$.status.conditions[?(@.type=="Ready")].status}"#;
-        assert_eq!(resolve_jsonpath(&obj, ready).unwrap(), "True");
-        assert_eq!(resolve_jsonpath(&obj, "{$.status.conditions[*].type}").unwrap(), "Ready Synced");
-        // A path that does not parse is an error naming it, not "".
-        let e = resolve_jsonpath(&obj, "{$.status[?(@.x==]}").unwrap_err();
-        assert!(e.contains("does not parse") && e.contains("$.status[?(@.x=="), "{e}");
     }
 }

@@ -54,9 +54,14 @@ mod metrics;
 mod run;
 use run::Run;
 pub mod params;
+mod paths;
+mod repo_tasks;
 pub mod repokey;
 pub mod repository;
+mod streams;
 pub(crate) mod task;
+mod volumes;
+mod wait;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
