@@ -61,6 +61,13 @@ pub enum ProblemKind {
         /// The function.
         function: String,
     },
+    /// A warning ([`warnings`]): the Blueprint asks for the Profile's credential values in
+    /// `toJson .Profile` (`kanister.io/profile-credentials: inline`), so they reach command
+    /// lines; an error ([`problems`]) when the annotation has another value than the two.
+    ProfileCredentials {
+        /// The annotation's value.
+        value: String,
+    },
     /// Rule 4: a phase name used before.
     DuplicatePhase {
         /// The repeated name.
@@ -135,6 +142,16 @@ impl fmt::Display for ProblemKind {
                 "the command pipes into `kando location push` without `set -o pipefail` (or `bash -o pipefail`): \
                  a dump that fails halfway would still leave a backup that looks complete"
             ),
+            ProblemKind::ProfileCredentials { value } if value == "inline" => write!(
+                f,
+                "{ANNOTATION}: inline puts the store's secret key on the command line of kando in the task \
+                 pods (visible in ps on the node): keep it only for images that carry upstream's kando"
+            ),
+            ProblemKind::ProfileCredentials { value } => write!(
+                f,
+                "{ANNOTATION} is {value:?}: use \"reference\" (the default: no secret on command lines) or \
+                 \"inline\" (for images that carry upstream's kando)"
+            ),
             ProblemKind::DuplicatePhase { name, first_action } => write!(
                 f,
                 "phase name {name:?} is already used in action {first_action:?}; phase names \
@@ -208,6 +225,16 @@ pub fn check(bp: &Blueprint) -> Result<(), Error> {
 pub fn warnings(bp: &Blueprint) -> Vec<Problem> {
     let name = bp.metadata.name.clone().unwrap_or_default();
     let mut out = Vec::new();
+    if credentials_annotation(bp) == Some("inline") {
+        out.push(Problem {
+            location: Location {
+                blueprint: name.clone(),
+                argument: "metadata.annotations".into(),
+                ..Default::default()
+            },
+            kind: ProblemKind::ProfileCredentials { value: "inline".into() },
+        });
+    }
     for (action_name, action) in &bp.spec.actions {
         for phase in action.all_phases() {
             if functions::lookup(&phase.func).is_some_and(|f| f.runner.is_none()) {
@@ -245,11 +272,22 @@ pub fn warnings(bp: &Blueprint) -> Vec<Problem> {
     out
 }
 
+const ANNOTATION: &str = crate::engine::PROFILE_CREDENTIALS_ANNOTATION;
+
+/// The Blueprint's `kanister.io/profile-credentials` annotation, if any.
+fn credentials_annotation(bp: &Blueprint) -> Option<&str> {
+    bp.metadata.annotations.as_ref()?.get(ANNOTATION).map(String::as_str)
+}
+
 /// Every problem of a Blueprint, in a stable order (actions by name, phases in order).
 pub fn problems(bp: &Blueprint) -> Vec<Problem> {
     let name = bp.metadata.name.clone().unwrap_or_default();
     let renderer = Renderer::new();
     let mut v = Validator { renderer: &renderer, out: Vec::new() };
+    if let Some(value) = credentials_annotation(bp).filter(|v| !matches!(*v, "inline" | "reference")) {
+        let at = Location { blueprint: name.clone(), argument: "metadata.annotations".into(), ..Default::default() };
+        v.push(&at, ProblemKind::ProfileCredentials { value: value.to_string() });
+    }
     let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
     for (action_name, action) in &bp.spec.actions {
         for phase in action.all_phases() {

@@ -200,3 +200,28 @@ fn functions_not_served_here_are_warned_about() {
     let served = bp("KubeTask", "{image: tools, command: [sh, -c, 'true']}");
     assert!(kanister_coordinator::validate::warnings(&served).is_empty());
 }
+
+/// `kanister.io/profile-credentials`: `inline` is allowed and warned about (secrets on command
+/// lines); a value other than `inline` or `reference` is an error naming both.
+#[test]
+fn the_profile_credentials_annotation_is_checked() {
+    let bp = |annotation: &str| -> kanister_coordinator::crd::Blueprint {
+        serde_norway::from_str(&format!(
+            "apiVersion: cr.kanister.io/v1alpha1\nkind: Blueprint\nmetadata: {{name: b{annotation}}}\nactions:\n  backup:\n    phases:\n    - func: KubeTask\n      name: p\n      args: {{image: tools, command: [sh, -c, 'true']}}\n"
+        ))
+        .unwrap()
+    };
+    let inline = bp(", annotations: {kanister.io/profile-credentials: inline}");
+    assert!(kanister_coordinator::validate::check(&inline).is_ok());
+    let warned: Vec<String> =
+        kanister_coordinator::validate::warnings(&inline).iter().map(ToString::to_string).collect();
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(warned[0].contains("metadata.annotations") && warned[0].contains("ps on the node"), "{warned:?}");
+    assert!(!warned[0].contains("action \"\""), "{warned:?}");
+    let reference = bp(", annotations: {kanister.io/profile-credentials: reference}");
+    assert!(kanister_coordinator::validate::check(&reference).is_ok());
+    assert!(kanister_coordinator::validate::warnings(&reference).is_empty());
+    let typo = bp(", annotations: {kanister.io/profile-credentials: inlined}");
+    let err = kanister_coordinator::validate::check(&typo).unwrap_err().to_string();
+    assert!(err.contains("\"inlined\"") && err.contains("\"reference\"") && err.contains("\"inline\""), "{err}");
+}

@@ -57,7 +57,10 @@ impl Location {
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "blueprint {:?}, action {:?}", self.blueprint, self.action)?;
+        write!(f, "blueprint {:?}", self.blueprint)?;
+        if !self.action.is_empty() {
+            write!(f, ", action {:?}", self.action)?;
+        }
         if !self.phase.is_empty() {
             write!(f, ", phase {:?}", self.phase)?;
         }
