@@ -375,3 +375,74 @@ async fn a_pod_that_cannot_start_fails_with_the_reason_kubernetes_gives() {
     drop(cluster);
     api.await.unwrap();
 }
+
+/// A watch the API server breaks (500s, which a real server produces only while it restarts)
+/// is started again and the wait ends with the container's exit; a refused watch (403) fails
+/// at once naming the missing permission, instead of waiting for ever.
+#[tokio::test]
+async fn a_broken_watch_is_resumed_and_a_refused_one_fails_at_once() {
+    let name = "kanister-job-w4tch";
+    let pod = |status: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "db", "resourceVersion": "10"},
+               "status": status})
+    };
+    let ended = pod(json!({"phase": "Succeeded", "containerStatuses": [{"name": "container", "ready": false,
+        "restartCount": 0, "image": "a", "imageID": "",
+        "state": {"terminated": {"exitCode": 3, "reason": "Error"}}}]}));
+    let running = pod(json!({"phase": "Running"}));
+
+    // Two failed lists, then the pod running, a broken watch, and the pod ended.
+    let (cluster, mut server) = setup();
+    let cluster = cluster.with_poll_interval(std::time::Duration::from_millis(10));
+    let waiter = tokio::spawn(async move { cluster.wait_container("db", name, "container").await });
+    let mut failures = 0;
+    let mut watches = 0;
+    while let Some((request, send)) = server.next_request().await {
+        let uri = request.uri().to_string();
+        assert!(uri.contains(&format!("fieldSelector=metadata.name%3D{name}")), "{uri}");
+        let response = if failures < 2 {
+            failures += 1;
+            Response::builder()
+                .status(500)
+                .body(Body::from(serde_json::to_vec(&api_status(500, "InternalError")).unwrap()))
+        } else if !uri.contains("watch=true") {
+            let list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "10"},
+                              "items": [if watches == 0 { running.clone() } else { ended.clone() }]});
+            Response::builder().body(Body::from(serde_json::to_vec(&list).unwrap()))
+        } else if watches == 0 {
+            // The connection drops mid-watch: an empty body ends the stream.
+            watches += 1;
+            Response::builder()
+                .status(500)
+                .body(Body::from(serde_json::to_vec(&api_status(500, "InternalError")).unwrap()))
+        } else {
+            let mut line = serde_json::to_vec(&json!({"type": "MODIFIED", "object": ended})).unwrap();
+            line.push(b'\n');
+            Response::builder().body(Body::from(line))
+        };
+        send.send_response(response.unwrap());
+        if waiter.is_finished() {
+            break;
+        }
+    }
+    drop(server);
+    let status = waiter.await.unwrap().expect("the wait ends with the container's status");
+    assert_eq!(status.code, Some(3), "{status:?}");
+    assert!(failures == 2, "the failed lists were not retried: {failures}");
+
+    // A watch the ServiceAccount may not do.
+    let (cluster, server) = setup();
+    let api = tokio::spawn(async move {
+        let mut server = server;
+        while let Some((_, send)) = server.next_request().await {
+            let body = serde_json::to_vec(&api_status(403, "Forbidden")).unwrap();
+            send.send_response(Response::builder().status(403).body(Body::from(body)).unwrap());
+        }
+    });
+    let started = std::time::Instant::now();
+    let e = cluster.wait_container("db", name, "container").await.unwrap_err().to_string();
+    assert!(e.contains("lacks this permission"), "{e}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "a refusal was retried: {:?}", started.elapsed());
+    drop(cluster);
+    api.await.unwrap();
+}
