@@ -7,6 +7,8 @@
 # Each timing is the median of BENCH_RUNS runs. Prints a Markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=tests/bench/lib.sh
+. tests/bench/lib.sh
 MIB=${BENCH_MIB:-1024}
 RUNS=${BENCH_RUNS:-3}
 W=${BENCH_DIR:-/tmp/kanister-bench}
@@ -28,15 +30,6 @@ umask 077
 printf 'aws_access_key_id=%s\naws_secret_access_key=%s\n' \
   "$KANISTER_TEST_S3_ACCESS_KEY" "$KANISTER_TEST_S3_SECRET_KEY" > "$W/s3.credentials"
 
-# measure NAME CMD...: runs CMD under /usr/bin/time -v; appends "wall rss_kib" to $W/NAME.
-measure() {
-  local name=$1; shift
-  /usr/bin/time -v -o "$W/time.txt" "$@"
-  local wall rss
-  wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,a,":"); s=0; for(i=1;i<=n;i++) s=s*60+a[i]; print s}' "$W/time.txt")
-  rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$W/time.txt")
-  echo "$wall $rss" >> "$W/$name"
-}
 
 STORES=(disk s3 azure)
 for s in "${STORES[@]}"; do rm -f "$W/store-$s-push" "$W/store-$s-pull"; done

@@ -10,6 +10,8 @@
 # (tests/infra.sh install puts both there). Prints a Markdown table with the ratios.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=tests/bench/lib.sh
+. tests/bench/lib.sh
 MIB=${BENCH_MIB:-1024}
 RUNS=${BENCH_RUNS:-3}
 W=${BENCH_DIR:-/tmp/kanister-bench}
@@ -25,15 +27,6 @@ V1=$W/v1-$MIB.sql V2=$W/v2-$MIB.sql
 SZ1=$(stat -c %s "$V1") SZ2=$(stat -c %s "$V2")
 export KANISTER_REPO_PASSWORD=bench-passphrase RESTIC_PASSWORD=bench-passphrase
 
-# measure NAME CMD...: runs CMD under /usr/bin/time -v, appends "wall rss_kib" to $W/NAME.
-measure() {
-  local name=$1; shift
-  /usr/bin/time -v -o "$W/time.txt" "$@"
-  local wall rss
-  wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,a,":"); s=0; for(i=1;i<=n;i++) s=s*60+a[i]; print s}' "$W/time.txt")
-  rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$W/time.txt")
-  echo "$wall $rss" >> "$W/$name"
-}
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 col() { awk -v c="$2" '{print $c}' "$W/$1" | median; }
 

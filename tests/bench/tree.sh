@@ -17,6 +17,8 @@
 # when, not on the tool.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=tests/bench/lib.sh
+. tests/bench/lib.sh
 MIB=${BENCH_MIB:-1024}
 FILES=${BENCH_FILES:-30000}
 RUNS=${BENCH_RUNS:-3}
@@ -28,12 +30,6 @@ command -v restic >/dev/null || { echo "restic is missing: bash tests/infra.sh i
 export KANISTER_REPO_PASSWORD=bench-passphrase RESTIC_PASSWORD=bench-passphrase
 mkdir -p "$W"
 
-measure() { # NAME CMD...: appends "wall_seconds max_rss_kib" to $W/NAME
-  local name=$1; shift
-  /usr/bin/time -v -o "$W/time.txt" "$@"
-  awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,a,":"); s=0; for(i=1;i<=n;i++) s=s*60+a[i]; w=s}
-              /Maximum resident set size/ {r=$2} END {print w, r}' "$W/time.txt" >> "$W/$name"
-}
 
 umount "$W/fs" 2>/dev/null || true
 rm -rf "${W:?}"/*

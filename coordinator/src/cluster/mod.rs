@@ -25,6 +25,16 @@ use tokio::sync::mpsc;
 
 use crate::crd::{ActionSet, ActionSetStatus, JsonMap, ObjectReference};
 
+/// A random 5-character suffix from the alphabet Kubernetes uses for generated names
+/// (`metadata.generateName`): the one used for pods of the local cluster, snapshots and
+/// ActionSets kanctl names.
+pub fn generated_suffix() -> String {
+    use rand::Rng as _;
+    const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::thread_rng();
+    (0..5).map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char).collect()
+}
+
 /// RFC 7386 JSON merge patch (the `json-patch` crate's).
 pub fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
     json_patch::merge(target, patch);

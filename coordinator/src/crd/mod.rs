@@ -89,6 +89,21 @@ pub struct ObjectReference {
     pub namespace: String,
 }
 
+impl ObjectReference {
+    /// Each field passed through `f` (its JSON name and value): how templated references are
+    /// rendered, the first failure returned.
+    pub fn try_map<E>(&self, mut f: impl FnMut(&str, &str) -> Result<String, E>) -> Result<Self, E> {
+        Ok(ObjectReference {
+            api_version: f("apiVersion", &self.api_version)?,
+            group: f("group", &self.group)?,
+            resource: f("resource", &self.resource)?,
+            kind: f("kind", &self.kind)?,
+            name: f("name", &self.name)?,
+            namespace: f("namespace", &self.namespace)?,
+        })
+    }
+}
+
 /// An artifact passed between actions: where a backup went and how to find it again.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

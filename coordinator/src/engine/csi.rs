@@ -50,10 +50,7 @@ fn labels_json(labels: &BTreeMap<String, String>) -> Value {
 /// Waits until VolumeSnapshot `namespace/name` is ready to use; returns its status.
 async fn wait_ready<C: Cluster>(ctx: &Context<C>, namespace: &str, name: &str) -> Result<Value> {
     let object = snapshot_ref(namespace, name);
-    // Stop a little before the phase's deadline, so that this function, not the engine's
-    // timeout, says what it waited for.
-    let margin = ctx.poll.min(Duration::from_millis(500));
-    let give_up = ctx.deadline.checked_sub(margin).unwrap_or(ctx.deadline);
+    let give_up = give_up(ctx);
     loop {
         let vs = ctx.cluster.get(&object).await?;
         let status = vs.get("status").cloned().unwrap_or(Value::Null);
@@ -82,18 +79,26 @@ async fn wait_ready<C: Cluster>(ctx: &Context<C>, namespace: &str, name: &str) -
     }
 }
 
-fn snapshot_outputs(name: &str, namespace: &str, status: &Value) -> Vec<(&'static str, String)> {
+/// Upstream's outputs of a ready snapshot.
+fn snapshot_outputs(name: &str, namespace: &str, status: &Value) -> JsonMap {
     let field = |k: &str| match status.get(k) {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
         _ => String::new(),
     };
-    vec![
-        ("name", name.to_string()),
-        ("namespace", namespace.to_string()),
-        ("restoreSize", field("restoreSize")),
-        ("snapshotContent", field("boundVolumeSnapshotContentName")),
-    ]
+    outputs(&[
+        ("name", name),
+        ("namespace", namespace),
+        ("restoreSize", &field("restoreSize")),
+        ("snapshotContent", &field("boundVolumeSnapshotContentName")),
+    ])
+}
+
+/// When a wait for the snapshot controller gives up: a little before the phase's deadline, so
+/// that the function, not the engine's timeout, says what it waited for.
+fn give_up<C>(ctx: &Context<C>) -> tokio::time::Instant {
+    let margin = ctx.poll.min(Duration::from_millis(500));
+    ctx.deadline.checked_sub(margin).unwrap_or(ctx.deadline)
 }
 
 /// `CreateCSISnapshot`.
@@ -104,7 +109,7 @@ pub(super) async fn create_csi_snapshot<C: Cluster>(ctx: &Context<C>) -> Result<
     let name = ctx
         .opt_str("name")?
         .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| format!("{pvc}-snapshot-{}", crate::kanctl::actionset::random_suffix()));
+        .unwrap_or_else(|| format!("{pvc}-snapshot-{}", crate::cluster::generated_suffix()));
     let labels = ctx.opt_string_map("labels")?;
     // As upstream: the claim must exist (a snapshot of a missing one would wait forever).
     let claim = ObjectRef { api_version: "v1".into(), ..ObjectRef::new("PersistentVolumeClaim", &namespace, &pvc) };
@@ -119,8 +124,8 @@ pub(super) async fn create_csi_snapshot<C: Cluster>(ctx: &Context<C>) -> Result<
     tracing::info!(snapshot = %name, %namespace, %pvc, "VolumeSnapshot created; waiting until it is ready to use");
     let status = wait_ready(ctx, &namespace, &name).await?;
     let mut out = snapshot_outputs(&name, &namespace, &status);
-    out.push(("pvc", pvc));
-    Ok(out.iter().map(|(k, v)| (k.to_string(), Value::String(v.clone()))).collect())
+    out.insert("pvc".into(), Value::String(pvc));
+    Ok(out)
 }
 
 /// `CreateCSISnapshotStatic`.
@@ -134,7 +139,7 @@ pub(super) async fn create_csi_snapshot_static<C: Cluster>(ctx: &Context<C>) -> 
         ObjectRef { api_version: SNAPSHOT_API.into(), ..ObjectRef::new("VolumeSnapshotClass", "", &class_name) };
     let class = ctx.cluster.get(&class_ref).await?;
     let deletion_policy = class.get("deletionPolicy").and_then(Value::as_str).unwrap_or("Delete").to_string();
-    let content_name = format!("{name}-content-{}", crate::kanctl::actionset::random_suffix());
+    let content_name = format!("{name}-content-{}", crate::cluster::generated_suffix());
     let content = json!({
         "apiVersion": SNAPSHOT_API,
         "kind": "VolumeSnapshotContent",
@@ -157,7 +162,7 @@ pub(super) async fn create_csi_snapshot_static<C: Cluster>(ctx: &Context<C>) -> 
     });
     ctx.cluster.apply(snapshot, &namespace).await?;
     let status = wait_ready(ctx, &namespace, &name).await?;
-    Ok(snapshot_outputs(&name, &namespace, &status).iter().map(|(k, v)| (k.to_string(), json!(v))).collect())
+    Ok(snapshot_outputs(&name, &namespace, &status))
 }
 
 const ACCESS_MODES: [&str; 3] = ["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany"];
@@ -225,7 +230,7 @@ pub(super) async fn delete_csi_snapshot<C: Cluster>(ctx: &Context<C>) -> Result<
         match ctx.cluster.get(&object).await {
             Err(cluster::Error::NotFound(_)) => return Ok(JsonMap::new()),
             Err(e) => return Err(e.into()),
-            Ok(_) if tokio::time::Instant::now() + ctx.poll >= ctx.deadline => {
+            Ok(_) if tokio::time::Instant::now() + ctx.poll >= give_up(ctx) => {
                 return Err(Error::Data {
                     function: ctx.function(),
                     message: format!(

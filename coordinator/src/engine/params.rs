@@ -106,14 +106,7 @@ pub async fn resolve_phase_objects<C: Cluster>(
             let at = Location { argument: format!("objects.{name}.{field}"), ..location.clone() };
             renderer.render(&at, v, params)
         };
-        let rendered = ObjectReference {
-            api_version: render("apiVersion", &r.api_version)?,
-            group: render("group", &r.group)?,
-            resource: render("resource", &r.resource)?,
-            kind: render("kind", &r.kind)?,
-            name: render("name", &r.name)?,
-            namespace: render("namespace", &r.namespace)?,
-        };
+        let rendered = r.try_map(render)?;
         let kind = kind_key(if rendered.kind.is_empty() { &rendered.resource } else { &rendered.kind });
         match kind.as_str() {
             "secret" => {

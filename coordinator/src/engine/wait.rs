@@ -84,14 +84,7 @@ async fn evaluate<C: Cluster>(ctx: &Context<C>, cond: &Condition, v2: bool) -> R
         let at = Location { argument: format!("conditions.objectReference.{field}"), ..ctx.location.clone() };
         ctx.renderer.render(&at, v, &ctx.params)
     };
-    let rendered = ObjectReference {
-        api_version: render("apiVersion", &r.api_version)?,
-        group: render("group", &r.group)?,
-        resource: render("resource", &r.resource)?,
-        kind: render("kind", &r.kind)?,
-        name: render("name", &r.name)?,
-        namespace: render("namespace", &r.namespace)?,
-    };
+    let rendered = r.try_map(render)?;
     let object = ctx.cluster.get(&ObjectRef::from_reference(&rendered)).await?;
     let at = Location { argument: "conditions.condition".into(), ..ctx.location.clone() };
     let source = if v2 {

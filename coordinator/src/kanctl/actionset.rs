@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 
 use clap::Args;
 use kanister_proto::coordinator::v1::ObjectSelector;
-use rand::Rng as _;
 
 use super::{Error, Result};
 use crate::crd::actionset::ActionSpec;
@@ -91,12 +90,7 @@ pub struct CreateActionSetArgs {
     pub wait: bool,
 }
 
-/// A random 5-character suffix from the alphabet Kubernetes uses for generated names.
-pub fn random_suffix() -> String {
-    const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut rng = rand::thread_rng();
-    (0..5).map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char).collect()
-}
+pub use crate::cluster::generated_suffix as random_suffix;
 
 fn bad(field: &str, value: &str, expected: &str) -> Error {
     Error::Usage(format!("{field}: {value:?} is not {expected}"))

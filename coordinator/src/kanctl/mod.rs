@@ -152,14 +152,20 @@ impl CreateArgs {
 /// The namespace `-n` defaults to: the current kubeconfig context's (`KUBECONFIG`, else
 /// `~/.kube/config`) where it names one, else `kanister`.
 pub fn default_namespace() -> String {
-    kube::config::Kubeconfig::read()
-        .ok()
-        .and_then(|k| {
-            let current = k.current_context.clone()?;
-            k.contexts.into_iter().find(|c| c.name == current)?.context?.namespace
+    // Clap builds every subcommand's `-n` default: read the kubeconfig once per process.
+    static NAMESPACE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAMESPACE
+        .get_or_init(|| {
+            kube::config::Kubeconfig::read()
+                .ok()
+                .and_then(|k| {
+                    let current = k.current_context.clone()?;
+                    k.contexts.into_iter().find(|c| c.name == current)?.context?.namespace
+                })
+                .filter(|ns| !ns.is_empty())
+                .unwrap_or_else(|| "kanister".into())
         })
-        .filter(|ns| !ns.is_empty())
-        .unwrap_or_else(|| "kanister".into())
+        .clone()
 }
 
 /// Upstream's default (and only) function version.

@@ -34,7 +34,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 pub use self::objects::{LoadError, RecordedEvent};
-use self::objects::{State, key_of, object_key, object_ref, random_suffix};
+use self::objects::{State, key_of, object_key, object_ref};
 use self::process::{GroupGuard, LocalContainer, LocalPod, kill_group, pump, run_container};
 use super::{
     Chunk, Cluster, Container, EnvSource, Error, Event, EventType, ExecRequest, ExitStatus, ObjectRef, ObservedEvent,
@@ -378,7 +378,7 @@ impl Cluster for LocalCluster {
     }
 
     async fn create_pod(&self, pod: &TaskPod) -> Result<String> {
-        let name = format!("{}{}", pod.generate_name, random_suffix());
+        let name = format!("{}{}", pod.generate_name, super::generated_suffix());
         let mut containers = HashMap::new();
         let mut plan: Vec<(bool, Container, Arc<LocalContainer>)> = Vec::new();
         for (init, c) in pod.init_containers.iter().map(|c| (true, c)).chain(pod.containers.iter().map(|c| (false, c)))
@@ -492,7 +492,7 @@ impl Cluster for LocalCluster {
             if !meta.contains_key("name")
                 && let Some(prefix) = meta.get("generateName").and_then(Value::as_str)
             {
-                let name = format!("{prefix}{}", random_suffix());
+                let name = format!("{prefix}{}", super::generated_suffix());
                 meta.insert("name".into(), Value::String(name));
             }
         }

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -103,12 +102,6 @@ pub(super) fn object_ref(v: &Value) -> ObjectRef {
     }
 }
 
-pub(super) fn random_suffix() -> String {
-    const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut rng = rand::thread_rng();
-    (0..5).map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char).collect()
-}
-
 impl LocalCluster {
     /// Adds (or replaces) the objects of a multi-document YAML text. An ActionSet that exists
     /// already is kept as it is (as `kubectl create` would refuse it): loading the same files
@@ -176,7 +169,8 @@ impl LocalCluster {
         state.next_version += 1;
         if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.insert("resourceVersion".into(), Value::String(version.to_string()));
-            meta.entry("uid").or_insert_with(|| Value::String(format!("local-{version}-{}", random_suffix())));
+            meta.entry("uid")
+                .or_insert_with(|| Value::String(format!("local-{version}-{}", crate::cluster::generated_suffix())));
         }
         state.objects.insert(key, value);
         self.save(&state);
