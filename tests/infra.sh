@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs, starts and stops the real servers the tests talk to, all on loopback:
-#   SeaweedFS (S3, SigV4 enforced)  127.0.0.1:8333  bucket "test", key testkey/testsecret
+#   SeaweedFS (S3, SigV4 enforced)  127.0.0.1:8333  bucket "test", key testkey/testsecret; STS AssumeRole
 #   Azurite (Azure Blob)            127.0.0.1:10000 account devstoreaccount1, container "test"
 #   fake-gcs-server (GCS, reads)    127.0.0.1:4443  bucket "test"
 #   MariaDB                         127.0.0.1:3307  user root, no password
@@ -72,11 +72,25 @@ start() {
   local D=$INFRA_DIR/data
 
   cat >"$D/s3.json" <<'J'
-{"identities":[{"name":"admin","credentials":[{"accessKey":"testkey","secretKey":"testsecret"}],"actions":["Admin","Read","Write","List","Tagging"]}]}
+{"identities":[{"name":"admin","credentials":[{"accessKey":"testkey","secretKey":"testsecret"}],"actions":["Admin","Read","Write","List","Tagging"]},
+ {"name":"backup","credentials":[{"accessKey":"backupkey","secretKey":"backupsecret"}],"actions":[]},
+ {"name":"stranger","credentials":[{"accessKey":"strangerkey","secretKey":"strangersecret"}],"actions":[]}]}
+J
+  # STS for role assumption (upstream's Secret key `role`): "backup" has no rights of its own and
+  # may assume kanister-backup, which may use the bucket; "stranger" may assume nothing.
+  cat >"$D/iam.json" <<'J'
+{"sts":{"tokenDuration":"1h","maxSessionLength":"12h","issuer":"kanister-test-sts",
+        "signingKey":"a2FuaXN0ZXItdGVzdC1zdHMtc2lnbmluZy1rZXktMzI="},
+ "policy":{"defaultEffect":"Deny"},
+ "roles":[{"roleName":"kanister-backup","roleArn":"arn:aws:iam::role/kanister-backup","attachedPolicies":["BucketTest"],
+   "trustPolicy":{"Version":"2012-10-17","Statement":[{"Effect":"Allow",
+     "Principal":{"AWS":"arn:aws:iam::000000000000:user/backup"},"Action":["sts:AssumeRole"]}]}}],
+ "policies":[{"name":"BucketTest","document":{"Version":"2012-10-17","Statement":[{"Effect":"Allow",
+   "Action":["s3:*"],"Resource":["arn:aws:s3:::test","arn:aws:s3:::test/*"]}]}}]}
 J
   mkdir -p "$D/sw"
   bg seaweed "$V/py/bin/weed" mini -dir="$D/sw" -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.port=8333 \
-    -s3.config="$D/s3.json" -webdav=false -admin.ui=false -s3.port.iceberg=0 -s3.port.lance=0 \
+    -s3.config="$D/s3.json" -s3.iam.config="$D/iam.json" -webdav=false -admin.ui=false -s3.port.iceberg=0 -s3.port.lance=0 \
     -master.telemetry=false -bucket=test
 
   bg azurite "$V/node/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 --blobPort 10000 \
@@ -141,6 +155,9 @@ export KANISTER_TEST_S3_ENDPOINT=http://127.0.0.1:8333
 export KANISTER_TEST_S3_BUCKET=test
 export KANISTER_TEST_S3_ACCESS_KEY=testkey
 export KANISTER_TEST_S3_SECRET_KEY=testsecret
+export KANISTER_TEST_S3_ROLE_ARN=arn:aws:iam::role/kanister-backup
+export KANISTER_TEST_S3_ROLE_USER=backupkey:backupsecret
+export KANISTER_TEST_S3_STRANGER=strangerkey:strangersecret
 export KANISTER_TEST_AZURE_CONTAINER=test
 export KANISTER_TEST_GCS_ENDPOINT=http://127.0.0.1:4443
 export KANISTER_TEST_GCS_BUCKET=test

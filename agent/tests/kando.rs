@@ -159,3 +159,62 @@ fn secret_credentials_and_output_and_errors() {
     let sub = Command::new(BIN).args(["kando", "output", "k", "v"]).output().unwrap();
     assert!(String::from_utf8_lossy(&sub.stdout).contains("\"key\":\"k\""));
 }
+
+/// Upstream's Secret key `role`: the key pair only signs the STS call, and the store is used with
+/// the role's credentials. SeaweedFS's "backup" user has no rights of its own, so a push that
+/// succeeds proves the role was assumed; one that names no role is refused.
+#[test]
+fn a_secret_naming_a_role_works_with_the_roles_credentials_and_nothing_else() {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let pair = |var: &str| {
+        let v = infra::var(var);
+        let (id, secret) = v.split_once(':').expect("KEY:SECRET");
+        (id.to_string(), secret.to_string())
+    };
+    let prefix = infra::unique("kando-role");
+    let profile = |(id, secret): &(String, String), role: Option<&str>| {
+        let mut data = serde_json::json!({"aws_access_key_id": b64(id), "aws_secret_access_key": b64(secret)});
+        if let Some(r) = role {
+            data["role"] = b64(r).into();
+        }
+        serde_json::json!({
+            "Location": {"type": "s3Compliant", "bucket": infra::var("KANISTER_TEST_S3_BUCKET"),
+                         "endpoint": infra::var("KANISTER_TEST_S3_ENDPOINT"), "prefix": prefix, "region": "us-east-1"},
+            "Credential": {"Type": "secret", "KeyPair": null, "KopiaServerSecret": null,
+                "Secret": {"metadata": {"name": "s3", "namespace": "kanister"}, "type": "secrets.kanister.io/aws",
+                           "data": data}},
+            "SkipSSLVerify": false
+        })
+        .to_string()
+    };
+    let role = infra::var("KANISTER_TEST_S3_ROLE_ARN");
+    let user = pair("KANISTER_TEST_S3_ROLE_USER");
+    let stranger = pair("KANISTER_TEST_S3_STRANGER");
+    let k = kando();
+    let mut data = Vec::new();
+    std::io::Read::read_to_end(&mut MixedStream::new(7, 3 << 20), &mut data).unwrap();
+
+    let with_role = profile(&user, Some(&role));
+    let o = k.push(&with_role, "db.dump", &data);
+    assert!(o.status.success(), "push with the role: {}", String::from_utf8_lossy(&o.stderr));
+    let pulled = k.cmd(&["location", "pull", "--profile", &with_role, "--path", "db.dump", "-"]).output().unwrap();
+    assert!(pulled.status.success(), "{}", String::from_utf8_lossy(&pulled.stderr));
+    assert!(pulled.stdout == data, "the pulled bytes differ from the pushed ones");
+
+    // The same key pair without the role has no rights: the role is what the push used.
+    let without = k.push(&profile(&user, None), "other.dump", b"x");
+    assert!(!without.status.success(), "the key pair alone must not be able to write");
+
+    // A key pair the role's trust policy does not name: refused, saying why, with no secret shown.
+    let refused = k.push(&profile(&stranger, Some(&role)), "db2.dump", b"x");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(err.contains("assuming the role") && err.contains("AccessDenied"), "{err}");
+    assert!(!err.contains(&stranger.1) && !err.contains(&user.1), "a secret leaked: {err}");
+
+    // A role that is not a role ARN: the server's reason, not a generic failure.
+    let bad = k.push(&profile(&user, Some("backup-writer")), "db3.dump", b"x");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("assuming the role backup-writer"), "{err}");
+}

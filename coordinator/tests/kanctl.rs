@@ -948,7 +948,7 @@ fn upstream_kanctl_flags_parse_as_upstream() {
     assert_eq!(v.function_version, "v1.0.0-alpha");
     assert!(Cli::try_parse_from(["kanctl", "validate", "profile", "p", "--name", "q"]).is_err(), "two names");
 
-    // create profile: upstream's short flags; --role is refused with what to do instead.
+    // create profile: upstream's short flags; --role puts the role in the Secret, as upstream does.
     let cli = parse("create profile gcp -a my-project -s /dev/null -b bucket");
     let Command::Create(c) = cli.command else { panic!() };
     let CreateCommand::Profile(p) = c.command else { panic!() };
@@ -957,8 +957,22 @@ fn upstream_kanctl_flags_parse_as_upstream() {
     let cli = parse("create profile s3compliant -a AK -s SK -b bucket -R arn:aws:iam::1:role/backup");
     let Command::Create(c) = cli.command else { panic!() };
     let CreateCommand::Profile(p) = c.command else { panic!() };
-    let e = kanctl::profile::request(&p).unwrap_err().to_string();
-    assert!(e.contains("--role") && e.contains("temporary credentials"), "{e}");
+    let req = kanctl::profile::request(&p).unwrap();
+    // As upstream: the role goes in the Secret, and the Profile's credential is the whole Secret.
+    assert_eq!(req.credentials.get("role").map(Vec::as_slice), Some(&b"arn:aws:iam::1:role/backup"[..]));
+    assert_eq!(req.credentials.get("aws_access_key_id").map(Vec::as_slice), Some(&b"AK"[..]));
+    assert_eq!((req.id_field.as_str(), req.secret_field.as_str()), ("", ""));
+    let cli =
+        parse("create profile s3compliant --access-key AK --secret-key SK --bucket b --role arn:aws:iam::1:role/r");
+    let Command::Create(c) = cli.command else { panic!() };
+    let CreateCommand::Profile(p) = c.command else { panic!() };
+    assert!(kanctl::profile::request(&p).unwrap().credentials.contains_key("role"));
+    let cli = parse("create profile s3compliant -a AK -s SK -b bucket");
+    let Command::Create(c) = cli.command else { panic!() };
+    let CreateCommand::Profile(p) = c.command else { panic!() };
+    let req = kanctl::profile::request(&p).unwrap();
+    assert!(!req.credentials.contains_key("role"));
+    assert_eq!(req.id_field, "aws_access_key_id");
 }
 
 /// `-n` defaults to the kubeconfig's current namespace where one is set, else `kanister`; a

@@ -7,6 +7,7 @@
 //! `object_store` client they name (contacting nothing).
 
 pub mod store;
+pub mod sts;
 
 use std::collections::BTreeMap;
 
@@ -201,14 +202,9 @@ impl GoProfile {
                 if let Some(token) = self.secret_value(&["aws_session_token"]).filter(|t| !t.is_empty()) {
                     opts.push(("aws_session_token".into(), token));
                 }
-                // Upstream assumes `role` with the key pair; this agent does not call STS. Using
-                // the key pair's own rights instead would be a silent change of identity.
-                if self.secret_value(&["role"]).is_some_and(|r| !r.is_empty()) {
-                    return Err(bad_profile(
-                        "the credential names an AWS role to assume (Secret key \"role\"), which this agent does \
-                         not do: put the role's temporary credentials in the Secret (aws_access_key_id, \
-                         aws_secret_access_key, aws_session_token) or give the pod the role (IRSA)",
-                    ));
+                // Upstream's `role`: the key pair only signs the STS call that assumes it (sts.rs).
+                if let Some(role) = self.secret_value(&["role"]).filter(|r| !r.is_empty()) {
+                    opts.push(("aws_role_arn".into(), role));
                 }
                 format!("s3://{}/{prefix}", l.bucket)
             }
@@ -346,7 +342,9 @@ mod tests {
                 ("aws_access_key_id", "AK"), ("aws_secret_access_key", "SK"), ("aws_session_token", "TOK")]))),
             ("s3 secret naming a role to assume", profile(s3,
                 &secret(&[("aws_access_key_id", "AK"), ("aws_secret_access_key", "SK"), ("role", "arn:aws:iam::1:role/r")]),
-                ""), Err("names an AWS role to assume")),
+                ""), Ok(("s3://b/x/y", vec![("endpoint", "https://minio:9000"), ("region", "us-east-1"),
+                ("aws_access_key_id", "AK"), ("aws_secret_access_key", "SK"),
+                ("aws_role_arn", "arn:aws:iam::1:role/r")]))),
             ("s3 without credential (instance role)", profile(s3, "null", ""), Ok(("s3://b/x/y", vec![
                 ("endpoint", "https://minio:9000"), ("region", "us-east-1")]))),
             ("s3 with network settings", profile(s3, "null", r#","StoreOptions":{"retry_timeout":"2m"}"#),

@@ -89,12 +89,16 @@ pub fn build(url: &str, credentials: Vec<(String, String)>, options: &[(String, 
             let mut b = object_store::aws::AmazonS3Builder::from_env()
                 .with_bucket_name(&host)
                 .with_retry(retry)
-                .with_client_options(client);
+                .with_client_options(client.clone());
             if wants_http {
                 b = b.with_allow_http(true);
             }
+            let shown = settings.clone();
+            if let Some(provider) = assume_role(&mut settings, &client)? {
+                b = b.with_credentials(provider);
+            }
             b = configure(b, &settings, |b, k, v| b.with_config(k, v))?;
-            (Arc::new(b.build().map_err(|e| bad_url(url, redact_settings(&e.to_string(), &settings)))?), None)
+            (Arc::new(b.build().map_err(|e| bad_url(url, redact_settings(&e.to_string(), &shown)))?), None)
         }
         "az" | "azure" | "abfs" => {
             if host.is_empty() {
@@ -132,6 +136,74 @@ pub fn build(url: &str, credentials: Vec<(String, String)>, options: &[(String, 
         Arc::new(PrefixStore::new(inner, prefix.as_str()))
     };
     Ok(Built { store: inner, display, local_root })
+}
+
+/// The credential provider for a role to assume (`aws_role_arn`, upstream's Secret key `role`),
+/// which then signs every request: the key pair in the settings only signs the STS call. Without
+/// a key pair, object_store assumes the role with the pod's web identity token (IRSA) when the
+/// environment names one. A role with neither is refused: falling back to whatever credentials
+/// the pod has would be a silent change of identity.
+fn assume_role(
+    settings: &mut Vec<(String, String)>,
+    client: &object_store::ClientOptions,
+) -> Result<Option<object_store::aws::AwsCredentialProvider>, BuildError> {
+    let take = |settings: &mut Vec<(String, String)>, keys: &[&str]| {
+        let mut found = None;
+        settings.retain(|(k, v)| {
+            let hit = keys.contains(&k.as_str());
+            if hit {
+                found = Some(v.clone());
+            }
+            !hit
+        });
+        found.filter(|v| !v.is_empty())
+    };
+    let get = |settings: &[(String, String)], keys: &[&str]| {
+        settings.iter().rev().find(|(k, _)| keys.contains(&k.as_str())).map(|(_, v)| v.clone())
+    };
+    let Some(role) = take(settings, &["aws_role_arn", "role_arn"]) else { return Ok(None) };
+    let sts_endpoint = take(settings, &["aws_endpoint_url_sts", "endpoint_url_sts"]);
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let id = take(settings, &["aws_access_key_id", "access_key_id"]).or_else(|| env("AWS_ACCESS_KEY_ID"));
+    let secret =
+        take(settings, &["aws_secret_access_key", "secret_access_key"]).or_else(|| env("AWS_SECRET_ACCESS_KEY"));
+    let token = take(settings, &["aws_session_token", "aws_token", "session_token", "token"]);
+    let (Some(key_id), Some(secret_key)) = (id, secret) else {
+        if env("AWS_WEB_IDENTITY_TOKEN_FILE").is_some() {
+            settings.push(("aws_role_arn".into(), role));
+            if let Some(e) = sts_endpoint {
+                settings.push(("aws_endpoint_url_sts".into(), e));
+            }
+            return Ok(None);
+        }
+        return Err(BuildError::BadOption {
+            key: "aws_role_arn".into(),
+            reason: format!(
+                "the role {role} is to be assumed, but there is nothing to assume it with: put \
+                 aws_access_key_id and aws_secret_access_key in the Profile's Secret beside \"role\", or give \
+                 the pod a web identity (IRSA)"
+            ),
+        });
+    };
+    let region = get(settings, &["aws_region", "region", "aws_default_region", "default_region"])
+        .or_else(|| env("AWS_REGION"))
+        .unwrap_or_else(|| "us-east-1".into());
+    // An S3-compatible server (SeaweedFS, MinIO, Ceph) serves STS at its S3 endpoint.
+    let endpoint = sts_endpoint
+        .or_else(|| get(settings, &["aws_endpoint", "aws_endpoint_url", "endpoint_url", "endpoint"]))
+        .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
+    let mut options = client.clone().with_allow_http(endpoint.starts_with("http://"));
+    for (k, v) in settings.iter() {
+        if let Ok(key) = k.parse::<object_store::ClientConfigKey>() {
+            options = options.with_config(key, v);
+        }
+    }
+    use object_store::client::HttpConnector;
+    let http = object_store::client::ReqwestConnector::default()
+        .connect(&options)
+        .map_err(|e| BuildError::BadOption { key: "aws_endpoint_url_sts".into(), reason: e.to_string() })?;
+    let base = object_store::aws::AwsCredential { key_id, secret_key, token };
+    Ok(Some(Arc::new(crate::sts::AssumeRole::new(http, base, role, endpoint, region))))
 }
 
 fn bad_url(url: &str, reason: impl Into<String>) -> BuildError {
@@ -226,4 +298,42 @@ fn network_settings(
         .with_read_timeout(Duration::from_secs(15))
         .with_timeout(Duration::from_secs(300));
     Ok((retry, client))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn a_role_takes_the_key_pair_out_of_the_stores_own_settings() {
+        let mut settings = s(&[
+            ("endpoint", "http://127.0.0.1:8333"),
+            ("aws_access_key_id", "AK"),
+            ("aws_secret_access_key", "SK"),
+            ("aws_role_arn", "arn:aws:iam::1:role/r"),
+        ]);
+        let provider = assume_role(&mut settings, &object_store::ClientOptions::new()).unwrap();
+        let shown = format!("{provider:?}");
+        assert!(shown.contains("arn:aws:iam::1:role/r") && shown.contains("http://127.0.0.1:8333"), "{shown}");
+        assert!(!shown.contains("SK"), "the secret in {shown}");
+        // The key pair signs only the STS call: the store itself never sees it.
+        assert_eq!(settings, s(&[("endpoint", "http://127.0.0.1:8333")]));
+    }
+
+    #[test]
+    fn no_role_changes_nothing_and_a_role_without_credentials_is_refused() {
+        let mut settings = s(&[("aws_access_key_id", "AK"), ("aws_secret_access_key", "SK")]);
+        assert!(assume_role(&mut settings, &object_store::ClientOptions::new()).unwrap().is_none());
+        assert_eq!(settings.len(), 2);
+        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() && std::env::var_os("AWS_WEB_IDENTITY_TOKEN_FILE").is_none()
+        {
+            let e = build("s3://b/p", Vec::new(), &s(&[("aws_role_arn", "arn:aws:iam::1:role/r")])).unwrap_err();
+            let e = e.to_string();
+            assert!(e.contains("aws_role_arn") && e.contains("nothing to assume it with"), "{e}");
+        }
+    }
 }

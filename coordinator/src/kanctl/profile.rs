@@ -52,8 +52,8 @@ pub enum ProfileCommand {
         /// Region.
         #[arg(short = 'r', long, default_value = "")]
         region: String,
-        /// AWS IAM role to assume (upstream's flag): refused, the agent does not call STS; give
-        /// the role's temporary credentials instead.
+        /// AWS IAM role to assume (ARN): the key pair then only signs the STS call, and backups
+        /// run with the role's temporary credentials, renewed before they expire.
         #[arg(short = 'R', long)]
         role: Option<String>,
         #[command(flatten)]
@@ -124,32 +124,36 @@ impl ProfileCommand {
 /// The request the flags describe.
 pub fn request(cmd: &ProfileCommand) -> Result<CreateProfileRequest> {
     let (kind, common, mut req) = match cmd {
-        ProfileCommand::S3compliant { role: Some(role), .. } if !role.is_empty() => {
-            return Err(Error::Usage(format!(
-                "--role {role}: assuming an AWS role is not supported (the agent does not call STS): create the \
-                 Profile with the role's temporary credentials (--access-key, --secret-key, and the session \
-                 token as aws_session_token in a Secret-type Profile), or give the pods the role (IRSA)"
-            )));
+        ProfileCommand::S3compliant { access_key, secret_key, bucket, endpoint, prefix, region, role, common } => {
+            let mut credentials: std::collections::HashMap<String, Vec<u8>> = [
+                ("aws_access_key_id".to_string(), access_key.as_bytes().to_vec()),
+                ("aws_secret_access_key".to_string(), secret_key.as_bytes().to_vec()),
+            ]
+            .into();
+            // As upstream: a role makes the Profile's credential the whole Secret (type secret),
+            // whose key pair then only signs the STS call that assumes the role.
+            let role = role.as_deref().filter(|r| !r.is_empty());
+            if let Some(r) = role {
+                credentials.insert("role".into(), r.as_bytes().to_vec());
+            }
+            let (id_field, secret_field) =
+                if role.is_some() { ("", "") } else { ("aws_access_key_id", "aws_secret_access_key") };
+            (
+                "s3compliant",
+                common,
+                CreateProfileRequest {
+                    location_type: "s3Compliant".into(),
+                    bucket: bucket.clone(),
+                    endpoint: endpoint.clone(),
+                    prefix: prefix.clone(),
+                    region: region.clone(),
+                    credentials,
+                    id_field: id_field.into(),
+                    secret_field: secret_field.into(),
+                    ..Default::default()
+                },
+            )
         }
-        ProfileCommand::S3compliant { access_key, secret_key, bucket, endpoint, prefix, region, common, .. } => (
-            "s3compliant",
-            common,
-            CreateProfileRequest {
-                location_type: "s3Compliant".into(),
-                bucket: bucket.clone(),
-                endpoint: endpoint.clone(),
-                prefix: prefix.clone(),
-                region: region.clone(),
-                credentials: [
-                    ("aws_access_key_id".to_string(), access_key.as_bytes().to_vec()),
-                    ("aws_secret_access_key".to_string(), secret_key.as_bytes().to_vec()),
-                ]
-                .into(),
-                id_field: "aws_access_key_id".into(),
-                secret_field: "aws_secret_access_key".into(),
-                ..Default::default()
-            },
-        ),
         ProfileCommand::Gcp { project_id, service_key, bucket, prefix, common } => {
             let key = std::fs::read(service_key)
                 .map_err(|e| Error::Usage(format!("--service-key: cannot read {}: {e}", service_key.display())))?;
