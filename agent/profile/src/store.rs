@@ -310,6 +310,8 @@ mod tests {
 
     #[test]
     fn a_role_takes_the_key_pair_out_of_the_stores_own_settings() {
+        // As `build` does first.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut settings = s(&[
             ("endpoint", "http://127.0.0.1:8333"),
             ("aws_access_key_id", "AK"),
