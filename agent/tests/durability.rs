@@ -39,7 +39,7 @@ fn packs_then_index_then_snapshot_are_fsynced_before_a_push_reports_success() {
         .output()
         .expect("strace runs (apt-get install strace)");
     assert!(out.status.success(), "push failed: {}", String::from_utf8_lossy(&out.stderr));
-    let text = std::fs::read_to_string(&trace).unwrap();
+    let text = whole_calls(&std::fs::read_to_string(&trace).unwrap());
     // Order of events: (index in the trace, what).
     let mut synced: HashMap<String, usize> = HashMap::new();
     let mut dir_synced: Vec<(usize, String)> = Vec::new();
@@ -83,4 +83,30 @@ fn packs_then_index_then_snapshot_are_fsynced_before_a_push_reports_success() {
             "the directory of {to} was not fsynced after it landed"
         );
     }
+}
+
+/// strace's lines with each interrupted call joined back into one: with `-f`, a call that
+/// another thread's call interrupts is written as `PID call(args <unfinished ...>` and later
+/// `PID <... call resumed>rest`, and only the second half holds the result.
+fn whole_calls(text: &str) -> String {
+    let mut pending: HashMap<String, String> = HashMap::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let (pid, rest) = line.split_once(' ').unwrap_or(("", line));
+        if let Some(head) = rest.strip_suffix("<unfinished ...>") {
+            pending.insert(pid.to_string(), format!("{pid} {head}"));
+        } else if let Some((_, tail)) = rest.split_once(" resumed>").filter(|_| rest.starts_with("<... ")) {
+            let head = pending.remove(pid).unwrap_or_default();
+            out.push(format!("{head}{tail}"));
+        } else {
+            out.push(line.to_string());
+        }
+    }
+    out.join("\n")
+}
+
+#[test]
+fn interrupted_calls_are_joined() {
+    let t = "7 fsync(3</r/a> <unfinished ...>\n8 rename(\"/r/x\", \"/r/y\") = 0\n7 <... fsync resumed>) = 0";
+    assert_eq!(whole_calls(t), "8 rename(\"/r/x\", \"/r/y\") = 0\n7 fsync(3</r/a> ) = 0");
 }
