@@ -318,8 +318,7 @@ pub async fn run(args: Vec<std::ffi::OsString>) -> Result<()> {
                 crate::pull::pull(&repo, &id, out, 4, workers, progress).await?;
             } else {
                 let f = std::fs::File::create(&target).map_err(|e| Error::io(format!("cannot create {target}"), e))?;
-                let (_, f) = crate::pull::pull(&repo, &id, std::io::BufWriter::new(f), 4, workers, progress).await?;
-                f.into_inner().map_err(|e| Error::io("cannot flush the output", e.into_error()))?;
+                crate::pull::pull(&repo, &id, f, 4, workers, progress).await?;
             }
         }
         LocationCommand::Delete { kopia_snapshot } => match kopia_snapshot.as_deref().filter(|s| !s.is_empty()) {

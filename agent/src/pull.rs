@@ -103,9 +103,103 @@ pub(crate) async fn fetch_request(store: &crate::store::Store, req: Request) -> 
 /// Standard output as a plain file (a duplicate of descriptor 1, sharing its offset and flags),
 /// for writing large data: `std::io::stdout()` is line-buffered and searches every buffer for
 /// its last newline (5% of a dump's pull) to flush in pieces.
+///
+/// When standard output is a pipe, its buffer is raised to [`PIPE_BUFFER`] (the kernel's
+/// default limit for an unprivileged process): with the default 64 KiB, the writer and the
+/// reading command (`mysql`, `psql`, `gunzip`) take turns on every chunk, and a pull into
+/// `| cat` ran at 60% of the speed of a pull into `/dev/null`.
 pub fn stdout_file() -> std::io::Result<std::fs::File> {
     use std::os::fd::AsFd;
-    Ok(std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?))
+    let file = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
+    widen_pipe(&file);
+    Ok(file)
+}
+
+/// The pipe buffer a pull asks for on its standard output.
+pub const PIPE_BUFFER: i32 = 1 << 20;
+
+/// Raises the buffer of `file` to [`PIPE_BUFFER`] when it is a pipe; anything else, and a
+/// refusal (a lower `fs.pipe-max-size`), leaves it as it was.
+fn widen_pipe(file: &std::fs::File) {
+    use std::os::unix::fs::FileTypeExt;
+    if file.metadata().is_ok_and(|m| m.file_type().is_fifo()) {
+        let _ = nix::fcntl::fcntl(file, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_BUFFER));
+    }
+}
+
+/// A file being restored, whose pages go to the disk while the restore goes on: every
+/// [`WRITEBACK_STEP`] written, writeback of that range is started (`posix_fadvise`), so the
+/// `fsync` at the end finds little left to write instead of the whole file.
+#[derive(Debug)]
+pub struct WritebackFile {
+    file: std::fs::File,
+    written: u64,
+    started: u64,
+}
+
+/// How much a restored file grows between two starts of writeback.
+pub const WRITEBACK_STEP: u64 = 16 << 20;
+
+impl WritebackFile {
+    /// Wraps a file opened for writing at offset 0.
+    pub fn new(file: std::fs::File) -> Self {
+        Self { file, written: 0, started: 0 }
+    }
+
+    /// Writes what is left and waits for it to be on disk, then hands the file back.
+    pub fn sync(self) -> std::io::Result<std::fs::File> {
+        self.file.sync_all()?;
+        Ok(self.file)
+    }
+
+    fn start_writeback(&mut self) {
+        // `POSIX_FADV_DONTNEED` starts writeback of the range's dirty pages without waiting
+        // (and drops those already clean: a restore does not crowd the page cache). Only a
+        // hint: a refusal changes nothing but speed.
+        let _ = nix::fcntl::posix_fadvise(
+            &self.file,
+            self.started as i64,
+            (self.written - self.started) as i64,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        );
+        self.started = self.written;
+    }
+}
+
+impl std::io::Write for WritebackFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_vectored(&[std::io::IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        let n = self.file.write_vectored(bufs)?;
+        self.written += n as u64;
+        if self.written - self.started >= WRITEBACK_STEP {
+            self.start_writeback();
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Writes all of `bufs` with as few system calls as the output takes (one `writev` per batch
+/// for a file or a pipe), without copying them into a buffer first.
+pub fn write_all_vectored(out: &mut impl std::io::Write, bufs: &[Vec<u8>]) -> std::io::Result<()> {
+    let mut slices: Vec<std::io::IoSlice<'_>> =
+        bufs.iter().filter(|b| !b.is_empty()).map(|b| std::io::IoSlice::new(b)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match out.write_vectored(rest) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => std::io::IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Writes snapshot `id` to `out` and hands `out` back. On error, what was written is a correct
@@ -159,10 +253,8 @@ pub async fn pull<W: std::io::Write + Send + 'static>(
     let writer = tokio::task::spawn_blocking(move || -> Result<W> {
         let mut out = out;
         while let Some(blobs) = rx.blocking_recv() {
-            for b in blobs {
-                out.write_all(&b).map_err(|e| Error::io("writing the output failed", e))?;
-                Progress::add(&write_progress.bytes_read, b.len() as u64);
-            }
+            write_all_vectored(&mut out, &blobs).map_err(|e| Error::io("writing the output failed", e))?;
+            Progress::add(&write_progress.bytes_read, blobs.iter().map(|b| b.len() as u64).sum());
         }
         out.flush().map_err(|e| Error::io("writing the output failed", e))?;
         Ok(out)
@@ -202,4 +294,64 @@ pub async fn pull<W: std::io::Write + Send + 'static>(
         duration_secs: duration,
     };
     Ok((stats, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Accepts at most `max` bytes per call, like a pipe that is nearly full.
+    struct Trickle {
+        got: Vec<u8>,
+        max: usize,
+        calls: usize,
+    }
+
+    impl std::io::Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.write_vectored(&[std::io::IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+            self.calls += 1;
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.max - n);
+                self.got.extend_from_slice(&b[..take]);
+                n += take;
+                if n == self.max {
+                    break;
+                }
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn short_writes_still_write_every_byte_in_order() {
+        let bufs: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; (i as usize * 37) % 101]).collect();
+        let want: Vec<u8> = bufs.concat();
+        for max in [1, 7, 100, 1 << 20] {
+            let mut t = Trickle { got: Vec::new(), max, calls: 0 };
+            write_all_vectored(&mut t, &bufs).unwrap();
+            assert_eq!(t.got, want, "at most {max} bytes per call");
+            if max == 1 << 20 {
+                assert_eq!(t.calls, 1, "one call when the output takes it all");
+            }
+        }
+    }
+
+    #[test]
+    fn a_pipe_gets_the_larger_buffer_and_a_file_is_left_alone() {
+        let (_r, w) = std::io::pipe().unwrap();
+        let w = std::fs::File::from(std::os::fd::OwnedFd::from(w));
+        widen_pipe(&w);
+        let size = nix::fcntl::fcntl(&w, nix::fcntl::FcntlArg::F_GETPIPE_SZ).unwrap();
+        let max: i32 = std::fs::read_to_string("/proc/sys/fs/pipe-max-size").unwrap().trim().parse().unwrap();
+        assert!(size >= PIPE_BUFFER.min(max), "pipe buffer {size}");
+        let f = tempfile::tempfile().unwrap();
+        widen_pipe(&f);
+    }
 }

@@ -54,13 +54,12 @@ async fn pull_to_file(
     let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
     let file = std::fs::File::create(&tmp).map_err(|e| Error::io(format!("cannot create {}", tmp.display()), e))?;
     let status = StatusLine::start(progress.clone(), "wrote", quiet);
-    let r =
-        crate::pull::pull(repo, id, std::io::BufWriter::with_capacity(1 << 20, file), fetches, workers, progress).await;
+    // No buffer in between: each batch of blobs (up to 2 MiB) is one `writev`.
+    let r = crate::pull::pull(repo, id, crate::pull::WritebackFile::new(file), fetches, workers, progress).await;
     drop(status);
     let finish = || -> Result<crate::pull::PullStats> {
-        let (stats, out) = r?;
-        let file = out.into_inner().map_err(|e| Error::io("cannot flush the output", e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io("cannot flush the output", e))?;
+        let (stats, file) = r?;
+        file.sync().map_err(|e| Error::io("cannot flush the output", e))?;
         std::fs::rename(&tmp, &target).map_err(|e| Error::io(format!("cannot rename into {path}"), e))?;
         Ok(stats)
     };
