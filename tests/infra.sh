@@ -39,6 +39,7 @@ install() {
   command -v mariadb >/dev/null || need+=(mariadb-client)
   [ -x "$PG_BIN/initdb" ] || need+=(postgresql-15)
   command -v restic >/dev/null || need+=(restic)
+  command -v borg >/dev/null || need+=(borgbackup) # a peer of tests/bench/stream.sh
   command -v hyperfine >/dev/null || need+=(hyperfine)
   [ -x /usr/bin/time ] || need+=(time)
   command -v strace >/dev/null || need+=(strace)

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Stream backup benchmark: kanister-agent against restic on the same data, in one run.
+# Stream backup benchmark: kanister-agent against restic and borg on the same data, in one run.
 #
 # Generates a mysqldump-style dump of BENCH_MIB MiB (default 1024) and its version 2 with 3% of
 # rows changed (fixed seed), then for each tool, on local-disk repositories:
-#   push v1 (fresh repository)   MiB/s and peak RSS
-#   push v2 (after v1)           MiB/s, bytes the repository grew by
-#   pull v2 to /dev/null         MiB/s and peak RSS
-# Each timing is the median of BENCH_RUNS runs (default 3). Needs restic and /usr/bin/time
-# (tests/infra.sh install puts both there). Prints a Markdown table with the ratios.
+#   push v1 (fresh repository)          MiB/s, CPU-seconds per GB (user + system), peak RSS
+#   push v1 pinned to one core          MiB/s under `taskset -c 0` (a sidecar's CPU limit)
+#   push v2 (after v1)                  MiB/s, bytes the repository grew by
+#   pull v2 to /dev/null, a pipe, a file   MiB/s (ours to a file includes its fsync; the peers
+#                                       write through the shell's redirection, without one)
+# Each timing is the median of BENCH_RUNS runs (default 3). Needs restic, borg (Debian's
+# borgbackup, lz4 as in the issue's figures), taskset and /usr/bin/time: tests/infra.sh install
+# puts them there. Prints a Markdown table with each measure's ratio to the best peer.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=tests/bench/lib.sh
@@ -18,62 +21,100 @@ W=${BENCH_DIR:-/tmp/kanister-bench}
 cargo build --release -q -p kanister-agent -p kanister-testkit
 AGENT=$PWD/target/release/kanister-agent
 GEN=$PWD/target/release/gen-dump
-command -v restic >/dev/null || { echo "restic is missing: bash tests/infra.sh install" >&2; exit 1; }
+for t in restic borg taskset; do
+  command -v $t >/dev/null || { echo "$t is missing: bash tests/infra.sh install" >&2; exit 1; }
+done
 
 mkdir -p "$W"
 [ -s "$W/v1-$MIB.sql" ] || "$GEN" "$MIB" 1 42 > "$W/v1-$MIB.sql"
 [ -s "$W/v2-$MIB.sql" ] || "$GEN" "$MIB" 2 42 > "$W/v2-$MIB.sql"
 V1=$W/v1-$MIB.sql V2=$W/v2-$MIB.sql
 SZ1=$(stat -c %s "$V1") SZ2=$(stat -c %s "$V2")
-export KANISTER_REPO_PASSWORD=bench-passphrase RESTIC_PASSWORD=bench-passphrase
+export KANISTER_REPO_PASSWORD=bench-passphrase RESTIC_PASSWORD=bench-passphrase BORG_PASSPHRASE=bench-passphrase
+export BORG_BASE_DIR=$W/borg-home
 
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-col() { awk -v c="$2" '{print $c}' "$W/$1" | median; }
+TOOLS=(ours restic borg)
+# One tool's commands: init REPO, push REPO FILE, pull REPO (the latest snapshot to stdout).
+init() {
+  case $1 in
+    ours) "$AGENT" -s "file://$2" repo init >/dev/null ;;
+    restic) restic -q -r "$2" init >/dev/null ;;
+    borg) borg init -e repokey-blake2 "$2" 2>/dev/null ;;
+  esac
+}
+push() {
+  case $1 in
+    ours) echo "\"$AGENT\" -s file://$2 push --json < \"$3\" > $W/ours-push.json" ;;
+    restic) echo "restic -q -r $2 backup --stdin --stdin-filename dump.sql < \"$3\" > /dev/null" ;;
+    borg) echo "borg create -C lz4 $2::\$(basename \"$3\") - < \"$3\"" ;;
+  esac
+}
+pull() {
+  case $1 in
+    ours) echo "\"$AGENT\" -s file://$2 pull \$(python3 -c 'import json; print(json.load(open(\"$W/ours-push.json\"))[\"snapshot_id\"])') -" ;;
+    restic) echo "restic -q -r $2 dump latest dump.sql" ;;
+    borg) echo "borg extract --stdout $2::v2-$MIB.sql" ;;
+  esac
+}
+pull_file() {
+  case $1 in
+    ours) echo "$(pull ours "$2" | sed 's/ -$//') $W/out.sql > /dev/null" ;;
+    *) echo "$(pull "$1" "$2") > $W/out.sql" ;;
+  esac
+}
 
-rm -f "$W"/ours-* "$W"/restic-*
+for t in "${TOOLS[@]}"; do rm -f "$W/$t"-*; done
 for _ in $(seq 1 "$RUNS"); do
-  rm -rf "$W/ours" "$W/restic"
-  "$AGENT" -s "file://$W/ours" repo init >/dev/null
-  restic -q -r "$W/restic" init >/dev/null
-  measure ours-push1 sh -c "\"$AGENT\" -s file://$W/ours push --json < \"$V1\" > $W/ours-push1.json"
-  measure restic-push1 sh -c "restic -q -r $W/restic backup --stdin --stdin-filename dump.sql < \"$V1\" > /dev/null"
-  S1o=$(du -sb "$W/ours" | cut -f1) S1r=$(du -sb "$W/restic" | cut -f1)
-  measure ours-push2 sh -c "\"$AGENT\" -s file://$W/ours push --json < \"$V2\" > $W/ours-push2.json"
-  measure restic-push2 sh -c "restic -q -r $W/restic backup --stdin --stdin-filename dump.sql < \"$V2\" > /dev/null"
-  S2o=$(du -sb "$W/ours" | cut -f1) S2r=$(du -sb "$W/restic" | cut -f1)
-  ID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["snapshot_id"])' "$W/ours-push2.json")
-  measure ours-pull sh -c "\"$AGENT\" -s file://$W/ours pull $ID - > /dev/null 2>/dev/null"
-  measure restic-pull sh -c "restic -q -r $W/restic dump latest dump.sql > /dev/null"
-  echo "$S1o $S2o" >> "$W/ours-size"; echo "$S1r $S2r" >> "$W/restic-size"
+  for t in "${TOOLS[@]}"; do
+    R=$W/repo-$t
+    rm -rf "$R" "$R-pinned" "$BORG_BASE_DIR"
+    init "$t" "$R-pinned"
+    measure "$t-pinned" taskset -c 0 sh -c "$(push "$t" "$R-pinned" "$V1")"
+    rm -rf "$R-pinned"
+    init "$t" "$R"
+    measure "$t-push1" sh -c "$(push "$t" "$R" "$V1")"
+    S1=$(du -sb "$R" | cut -f1)
+    measure "$t-push2" sh -c "$(push "$t" "$R" "$V2")"
+    S2=$(du -sb "$R" | cut -f1)
+    echo "$S1 $S2" >> "$W/$t-size"
+    measure "$t-pull" sh -c "$(pull "$t" "$R") > /dev/null 2>/dev/null"
+    measure "$t-pipe" sh -c "$(pull "$t" "$R") 2>/dev/null | cat > /dev/null"
+    rm -f "$W/out.sql"
+    measure "$t-file" sh -c "$(pull_file "$t" "$R")"
+    # The restored bytes are checked every run, outside the timings.
+    cmp -s "$W/out.sql" "$V2" || { echo "$t restored something other than v2" >&2; exit 1; }
+  done
 done
 
-# The pulled bytes are checked once, outside the timings.
-"$AGENT" -s "file://$W/ours" pull "$ID" - 2>/dev/null | cmp -s - "$V2" || { echo "kanister-agent pull differs from v2" >&2; exit 1; }
-restic -q -r "$W/restic" dump latest dump.sql | cmp -s - "$V2" || { echo "restic dump differs from v2" >&2; exit 1; }
-
-python3 - "$W" "$SZ1" "$SZ2" "$MIB" "$RUNS" "$(restic version | head -1)" <<'PY'
+python3 - "$W" "$SZ1" "$SZ2" "$MIB" "$RUNS" "$(restic version | head -1)" "$(borg --version)" <<'PY'
 import sys, statistics
-W, sz1, sz2, mib, runs, rv = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
+W, sz1, sz2, mib, runs, rv, bv = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7]
+tools = ["ours", "restic", "borg"]
 def rows(name):
     return [tuple(map(float, l.split())) for l in open(f"{W}/{name}")]
 def med(name, col):
     return statistics.median(r[col] for r in rows(name))
-M = 1 << 20
-def rate(name, size): return size / M / med(name, 0)
-o = {"p1": rate("ours-push1", sz1), "p2": rate("ours-push2", sz2), "pull": rate("ours-pull", sz2)}
-r = {"p1": rate("restic-push1", sz1), "p2": rate("restic-push2", sz2), "pull": rate("restic-pull", sz2)}
-rss = {k: max(med(f"{k}-push1", 1), med(f"{k}-push2", 1), med(f"{k}-pull", 1)) / 1024 for k in ("ours", "restic")}
-so = rows("ours-size")[-1]; sr = rows("restic-size")[-1]
-g_o, g_r = so[1] - so[0], sr[1] - sr[0]
-print(f"\n{mib} MiB dump (v1 {sz1/M:.0f} MiB, v2 {sz2/M:.0f} MiB, 3% of rows changed), median of {runs} runs, {rv}\n")
-print("| measure | kanister-agent | restic | ratio |")
-print("|---|---:|---:|---:|")
-print(f"| push v1 MiB/s | {o['p1']:.0f} | {r['p1']:.0f} | {o['p1']/r['p1']:.2f}x |")
-print(f"| push v2 MiB/s | {o['p2']:.0f} | {r['p2']:.0f} | {o['p2']/r['p2']:.2f}x |")
-print(f"| pull v2 MiB/s | {o['pull']:.0f} | {r['pull']:.0f} | {o['pull']/r['pull']:.2f}x |")
-print(f"| repository after v1 | {so[0]/M:.1f} MiB | {sr[0]/M:.1f} MiB | {so[0]/sr[0]:.2f}x |")
-print(f"| stored by v2 | {g_o/M:.1f} MiB | {g_r/M:.1f} MiB | {g_o/g_r:.2f}x |")
-print(f"| peak RSS (any step) | {rss['ours']:.0f} MiB | {rss['restic']:.0f} MiB | {rss['ours']/rss['restic']:.2f}x |")
-for k in ("push1", "push2", "pull"):
-    print(f"peak RSS {k}: ours {med('ours-'+k,1)/1024:.0f} MiB, restic {med('restic-'+k,1)/1024:.0f} MiB")
+M, G = 1 << 20, 1e9
+def rate(t, step, size): return size / M / med(f"{t}-{step}", 0)
+lines = []  # (measure, {tool: value}, fmt, higher_is_better)
+for step, size, label in [("push1", sz1, "push v1 MiB/s"), ("pinned", sz1, "push v1 pinned to one core, MiB/s"),
+                          ("push2", sz2, "push v2 MiB/s"), ("pull", sz2, "restore v2 to /dev/null, MiB/s"),
+                          ("pipe", sz2, "restore v2 to a pipe, MiB/s"), ("file", sz2, "restore v2 to a file, MiB/s")]:
+    lines.append((label, {t: rate(t, step, size) for t in tools}, "{:.0f}", True))
+lines.append(("push v1 CPU-seconds per GB", {t: med(f"{t}-push1", 2) / (sz1 / G) for t in tools}, "{:.2f}", False))
+lines.append(("push v1 pinned, CPU-seconds per GB", {t: med(f"{t}-pinned", 2) / (sz1 / G) for t in tools}, "{:.2f}", False))
+lines.append(("restore v2 to a pipe, CPU-seconds per GB", {t: med(f"{t}-pipe", 2) / (sz2 / G) for t in tools}, "{:.2f}", False))
+size = {t: rows(f"{t}-size")[-1] for t in tools}
+lines.append(("repository after v1, MiB", {t: size[t][0] / M for t in tools}, "{:.1f}", False))
+lines.append(("stored by v2, MiB", {t: (size[t][1] - size[t][0]) / M for t in tools}, "{:.1f}", False))
+lines.append(("peak RSS (any step), MiB", {t: max(med(f"{t}-{s}", 1) for s in ("push1", "push2", "pull", "file")) / 1024
+                                           for t in tools}, "{:.0f}", False))
+print(f"\n{mib} MiB dump (v1 {sz1/M:.0f} MiB, v2 {sz2/M:.0f} MiB, 3% of rows changed), median of {runs} runs, {rv}, {bv} (lz4)\n")
+print("| measure | kanister-agent | restic | borg | vs best peer |")
+print("|---|---:|---:|---:|---:|")
+for label, v, fmt, higher in lines:
+    peers = [v["restic"], v["borg"]]
+    best = max(peers) if higher else min(peers)
+    cells = " | ".join(fmt.format(v[t]) for t in tools)
+    print(f"| {label} | {cells} | {v['ours'] / best:.2f}x |")
 PY
