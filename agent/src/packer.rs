@@ -157,10 +157,10 @@ impl<'r> Packer<'r> {
         }
         if !self.unindexed.is_empty() && (all || self.last_index.elapsed() >= INTERIM_INDEX_EVERY) {
             let packs = std::mem::take(&mut self.unindexed);
-            let (id, n) = self.repo.write_index(&IndexFile { supersedes: vec![], packs: packs.clone() }).await?;
+            let (ids, n) = self.repo.write_index(&IndexFile { supersedes: vec![], packs: packs.clone() }).await?;
             self.bytes_uploaded += n;
             Progress::add(&progress.bytes_stored, n);
-            self.interim.push(id);
+            self.interim.extend(ids);
             self.landed.extend(packs);
             self.last_index = Instant::now();
         }

@@ -20,14 +20,15 @@ pub struct BlobLocation {
 /// A blob may sit in several packs (two backups that ran at once both stored it); lookups get
 /// one location, while [`MasterIndex::entries_of`] keeps every pack's full list, which is
 /// what `prune` must reason about. Each entry is stored once, in its pack's list; the lookup
-/// table holds only a position (8 bytes), which halves the index's memory.
+/// table holds only its position (8 bytes, no copy of the id: a lookup compares with the
+/// entry), so a blob costs its 48-byte entry and about 10 bytes of table.
 #[derive(Debug, Default)]
 pub struct MasterIndex {
     /// Known packs and their sizes.
     pub packs: Vec<(PackId, u64)>,
     pack_pos: kanister_repo::IdMap<PackId, u32>,
     pack_blobs: Vec<Vec<PackEntry>>,
-    blobs: kanister_repo::IdMap<BlobId, Slot>,
+    blobs: hashbrown::HashTable<Slot>,
     /// The index objects that were read.
     pub index_ids: Vec<IndexId>,
     /// Index objects that could not be read, with the reason.
@@ -41,6 +42,23 @@ struct Slot {
     idx: u32,
 }
 
+/// A blob id's hash: its first 8 bytes (ids are keyed hashes: uniform, and not choosable
+/// without the repository key).
+fn hash_of(id: &BlobId) -> u64 {
+    u64::from_le_bytes(*id.0.first_chunk::<8>().expect("ids are 32 bytes"))
+}
+
+/// Adds `pack_blobs[pos]`'s blobs not yet in `table` (split from the index for the borrows).
+fn insert_pack(table: &mut hashbrown::HashTable<Slot>, pack_blobs: &[Vec<PackEntry>], pos: u32) {
+    let entry = |s: &Slot| &pack_blobs[s.pack as usize][s.idx as usize];
+    for (i, e) in pack_blobs[pos as usize].iter().enumerate() {
+        let h = hash_of(&e.id);
+        if table.find(h, |s| entry(s).id == e.id).is_none() {
+            table.insert_unique(h, Slot { pack: pos, idx: i as u32 }, |s| hash_of(&entry(s).id));
+        }
+    }
+}
+
 impl MasterIndex {
     /// Adds a pack's blobs (a pack listed twice is taken once: its content never changes).
     pub fn add_pack(&mut self, p: IndexPack) {
@@ -50,10 +68,16 @@ impl MasterIndex {
         let pos = self.packs.len() as u32;
         self.packs.push((p.id, p.size));
         self.pack_pos.insert(p.id, pos);
-        for (i, e) in p.blobs.iter().enumerate() {
-            self.blobs.entry(e.id).or_insert(Slot { pack: pos, idx: i as u32 });
-        }
         self.pack_blobs.push(p.blobs);
+        insert_pack(&mut self.blobs, &self.pack_blobs, pos);
+    }
+
+    fn slot_of(&self, id: &BlobId) -> Option<&Slot> {
+        self.blobs.find(hash_of(id), |s| self.pack_blobs[s.pack as usize][s.idx as usize].id == *id)
+    }
+
+    fn location(&self, s: &Slot) -> BlobLocation {
+        BlobLocation { pack: s.pack, entry: self.pack_blobs[s.pack as usize][s.idx as usize] }
     }
 
     /// The packs with their blobs, consuming the index (no copy of the entries: what prune
@@ -84,27 +108,22 @@ impl MasterIndex {
         if gone.is_empty() {
             return;
         }
-        self.blobs.retain(|_, s| !gone.contains(&s.pack));
-        for (pos, entries) in self.pack_blobs.iter().enumerate() {
-            if gone.contains(&(pos as u32)) {
-                continue;
-            }
-            for (i, e) in entries.iter().enumerate() {
-                self.blobs.entry(e.id).or_insert(Slot { pack: pos as u32, idx: i as u32 });
+        self.blobs.retain(|s| !gone.contains(&s.pack));
+        for pos in 0..self.pack_blobs.len() as u32 {
+            if !gone.contains(&pos) {
+                insert_pack(&mut self.blobs, &self.pack_blobs, pos);
             }
         }
     }
 
     /// Looks a blob up.
     pub fn get(&self, id: &BlobId) -> Option<BlobLocation> {
-        self.blobs
-            .get(id)
-            .map(|s| BlobLocation { pack: s.pack, entry: self.pack_blobs[s.pack as usize][s.idx as usize] })
+        self.slot_of(id).map(|s| self.location(s))
     }
 
     /// Whether a blob is indexed.
     pub fn contains(&self, id: &BlobId) -> bool {
-        self.blobs.contains_key(id)
+        self.slot_of(id).is_some()
     }
 
     /// Number of distinct blobs.
@@ -119,8 +138,65 @@ impl MasterIndex {
 
     /// Every blob with the location lookups give.
     pub fn iter(&self) -> impl Iterator<Item = (&BlobId, BlobLocation)> + '_ {
-        self.blobs
-            .iter()
-            .map(|(id, s)| (id, BlobLocation { pack: s.pack, entry: self.pack_blobs[s.pack as usize][s.idx as usize] }))
+        self.blobs.iter().map(|s| (&self.pack_blobs[s.pack as usize][s.idx as usize].id, self.location(s)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kanister_repo::BlobKind;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    fn entry(id: u8, n: u32) -> PackEntry {
+        // Ids that share their first 8 bytes (the table's hash) when `id` is even: lookups must
+        // tell them apart by the whole id.
+        let mut b = [0u8; 32];
+        b[31] = id;
+        if id % 2 == 1 {
+            b[0] = id;
+        }
+        PackEntry { id: BlobId(b), kind: BlobKind::Data, offset: n, length: n + 1, raw_len: n + 2 }
+    }
+
+    proptest! {
+        // Against a model: the first pack that lists a blob is where lookups find it, also after
+        // some packs are forgotten.
+        #[test]
+        fn lookups_match_a_model(packs in proptest::collection::vec(proptest::collection::vec(0u8..40, 0..12), 1..12),
+                                 forget in proptest::collection::vec(any::<bool>(), 12)) {
+            let mut mi = MasterIndex::default();
+            let pack_ids: Vec<PackId> = (0..packs.len()).map(|i| PackId([i as u8 + 1; 32])).collect();
+            for (p, blobs) in packs.iter().enumerate() {
+                let entries = blobs.iter().enumerate().map(|(i, b)| entry(*b, (p * 100 + i) as u32)).collect();
+                mi.add_pack(IndexPack { id: pack_ids[p], size: 1, blobs: entries });
+            }
+            let model = |skip: &HashSet<usize>| {
+                let mut m: HashMap<BlobId, (u32, u32)> = HashMap::new();
+                for (p, blobs) in packs.iter().enumerate().filter(|(p, _)| !skip.contains(p)) {
+                    for (i, b) in blobs.iter().enumerate() {
+                        m.entry(entry(*b, 0).id).or_insert((p as u32, (p * 100 + i) as u32));
+                    }
+                }
+                m
+            };
+            let check = |mi: &MasterIndex, m: &HashMap<BlobId, (u32, u32)>| {
+                prop_assert_eq!(mi.len(), m.len());
+                for b in 0u8..40 {
+                    let id = entry(b, 0).id;
+                    let got = mi.get(&id).map(|l| (l.pack, l.entry.offset));
+                    prop_assert_eq!(got, m.get(&id).copied(), "blob {}", b);
+                    prop_assert_eq!(mi.contains(&id), m.contains_key(&id));
+                }
+                let listed: HashMap<BlobId, (u32, u32)> = mi.iter().map(|(id, l)| (*id, (l.pack, l.entry.offset))).collect();
+                prop_assert_eq!(&listed, m);
+                Ok(())
+            };
+            check(&mi, &model(&HashSet::new()))?;
+            let skip: HashSet<usize> = (0..packs.len()).filter(|p| forget[*p]).collect();
+            mi.forget_blobs_in(&skip.iter().map(|p| pack_ids[*p]).collect());
+            check(&mi, &model(&skip))?;
+        }
     }
 }
