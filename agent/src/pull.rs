@@ -19,8 +19,13 @@ use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::repository::{MasterIndex, Repository, pack_key};
 
-/// Largest plaintext fetched by one range request.
+/// Largest plaintext fetched by one range request from a local disk.
 pub const MAX_REQUEST: u64 = 2 << 20;
+/// Largest plaintext a stream restore fetches by one range request from an object store
+/// (S3, GCS, Azure): each request costs an HTTP round trip and the server's CPU, so fewer and
+/// larger ones are faster (1 GiB from SeaweedFS on loopback: 1.80 s at 2 MiB, 1.54 s at 4 MiB,
+/// 1.39 s at 8 MiB), for ~35 MiB more of plaintext in flight.
+pub const MAX_REMOTE_REQUEST: u64 = 8 << 20;
 /// Bytes of unneeded blobs a request may read through to merge two ranges.
 const MAX_GAP: u64 = 64 << 10;
 
@@ -53,6 +58,16 @@ pub(crate) struct Request {
 
 /// Groups the blobs `ids` (in order) into range requests.
 pub(crate) fn plan(index: &MasterIndex, ids: &[BlobId], snapshot: &SnapshotId) -> Result<Vec<Request>> {
+    plan_up_to(index, ids, snapshot, MAX_REQUEST)
+}
+
+/// [`plan`] with requests of at most `max_request` bytes of plaintext.
+pub(crate) fn plan_up_to(
+    index: &MasterIndex,
+    ids: &[BlobId],
+    snapshot: &SnapshotId,
+    max_request: u64,
+) -> Result<Vec<Request>> {
     let mut out: Vec<Request> = Vec::new();
     for id in ids {
         let loc = index.get(id).ok_or_else(|| Error::MissingBlob { blob: *id, snapshot: snapshot.to_string() })?;
@@ -63,7 +78,7 @@ pub(crate) fn plan(index: &MasterIndex, ids: &[BlobId], snapshot: &SnapshotId) -
             && cur.pack == pack
             && r.start >= cur.end
             && r.start - cur.end <= MAX_GAP
-            && cur.raw + e.raw_len as u64 <= MAX_REQUEST
+            && cur.raw + e.raw_len as u64 <= max_request
         {
             cur.end = r.end;
             cur.raw += e.raw_len as u64;
@@ -235,11 +250,12 @@ pub async fn pull<W: std::io::Write + Send + 'static>(
     let index = &index;
     let keys = repo.keys().clone();
     let store = repo.store().clone();
+    let max_request = if store.is_local() { MAX_REQUEST } else { MAX_REMOTE_REQUEST };
     let requests = futures::stream::iter(lists.iter())
         .then(|list| async move {
             let bytes = repo.read_blob(index, list).await?;
             let ids = kanister_repo::snapshot::decode_id_list(&bytes)?;
-            plan(index, &ids, id)
+            plan_up_to(index, &ids, id, max_request)
         })
         .map_ok(|reqs| futures::stream::iter(reqs.into_iter().map(Ok::<_, Error>)))
         .try_flatten();
@@ -326,6 +342,31 @@ mod tests {
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
+        }
+    }
+
+    #[test]
+    fn requests_stay_within_their_bound_and_keep_the_order() {
+        use kanister_repo::index::IndexPack;
+        let entries: Vec<PackEntry> = (0..40u32)
+            .map(|i| PackEntry {
+                id: BlobId([i as u8; 32]),
+                kind: kanister_repo::BlobKind::Data,
+                offset: i * 1000,
+                length: 1000,
+                raw_len: 1 << 20,
+            })
+            .collect();
+        let ids: Vec<BlobId> = entries.iter().map(|e| e.id).collect();
+        let mut index = MasterIndex::default();
+        index.add_pack(IndexPack { id: PackId([7; 32]), size: 40_000, blobs: entries });
+        let snap = SnapshotId([0; 32]);
+        for (max, per) in [(MAX_REQUEST, 2), (MAX_REMOTE_REQUEST, 8)] {
+            let reqs = plan_up_to(&index, &ids, &snap, max).unwrap();
+            assert_eq!(reqs.len(), 40 / per, "{max}");
+            assert!(reqs.iter().all(|r| r.raw <= max && r.blobs.len() == per));
+            let order: Vec<BlobId> = reqs.iter().flat_map(|r| r.blobs.iter().map(|e| e.id)).collect();
+            assert_eq!(order, ids);
         }
     }
 

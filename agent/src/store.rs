@@ -198,11 +198,15 @@ impl Store {
         Ok(Store { inner, display, local_root, missing_root, hook: None })
     }
 
-    /// Creates the local directory of a `file://` store (for `repo init`).
     /// This store with `hook` called before each operation (see [`Hook`]).
     pub fn with_hook(mut self, hook: Hook) -> Store {
         self.hook = Some(hook);
         self
+    }
+
+    /// Whether this is a `file://` store (a request costs no round trip).
+    pub fn is_local(&self) -> bool {
+        self.local_root.is_some()
     }
 
     async fn before(&self, op: StoreOp, key: &str) {
@@ -250,6 +254,7 @@ impl Store {
         }
     }
 
+    /// Creates the local directory of a `file://` store (for `repo init`).
     pub fn create_local_root(&mut self) -> std::io::Result<()> {
         if let Some(root) = &self.local_root {
             std::fs::create_dir_all(root)?;
