@@ -12,6 +12,7 @@ use kanister_agent::store::{Store, StoreOptions};
 use kanister_repo::index::{IndexFile, IndexPack};
 use kanister_repo::pack::PackEntry;
 use kanister_repo::{BlobId, BlobKind, PackId};
+use rand::{Rng, SeedableRng};
 
 /// Blobs per pack (16 MiB packs of 64 KiB chunks) and per index object.
 const PER_PACK: u64 = 256;
@@ -26,19 +27,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let blobs: u64 = blobs.parse()?;
     let store = Store::open(url, &StoreOptions::default())?;
     let repo = Repository::at(store).open(&RepoKey::from_files_or_env(None, None)?).await?;
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64 ^ blobs;
-    let mut id = move || {
-        let mut a = [0u8; 32];
-        for c in a.chunks_mut(8) {
-            // splitmix64: distinct, well-spread ids without a dependency.
-            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            c.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-        }
-        a
-    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(blobs);
+    let mut id = move || rng.r#gen::<[u8; 32]>();
     let mut done = 0u64;
     while done < blobs {
         let n = PER_INDEX.min(blobs - done);

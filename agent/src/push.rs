@@ -361,13 +361,13 @@ fn read_stream(
         Progress::add(&progress.bytes_read, chunk.len() as u64);
         batch_bytes += chunk.len();
         batch.push(chunk);
-        if batch_bytes >= BATCH_BYTES && tx.blocking_send(std::mem::take(&mut batch)).is_err() {
-            // The pipeline stopped (an error downstream, or cancellation).
-            stopped_early = true;
-            break;
-        }
-        if batch.is_empty() {
+        if batch_bytes >= BATCH_BYTES {
             batch_bytes = 0;
+            if tx.blocking_send(std::mem::take(&mut batch)).is_err() {
+                // The pipeline stopped (an error downstream, or cancellation).
+                stopped_early = true;
+                break;
+            }
         }
     }
     if !stopped_early && !batch.is_empty() && tx.blocking_send(batch).is_err() {

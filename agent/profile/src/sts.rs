@@ -110,7 +110,7 @@ impl object_store::CredentialProvider for AssumeRole {
     async fn get_credential(&self) -> object_store::Result<Arc<AwsCredential>> {
         let mut cached = self.cached.lock().await;
         if let Some((credential, expires)) = cached.as_ref()
-            && SystemTime::now() + REFRESH_MARGIN < *expires
+            && still_fresh(*expires, SystemTime::now())
         {
             return Ok(credential.clone());
         }
@@ -127,6 +127,11 @@ impl object_store::CredentialProvider for AssumeRole {
         *cached = Some((credential.clone(), expires));
         Ok(credential)
     }
+}
+
+/// Whether credentials ending at `expires` may still sign a request at `now`.
+fn still_fresh(expires: SystemTime, now: SystemTime) -> bool {
+    now + REFRESH_MARGIN < expires
 }
 
 /// The temporary credentials and their end in an `AssumeRoleResponse`. Only these four elements
@@ -207,6 +212,15 @@ mod tests {
         // AWS writes fractions of a second.
         let (_, e) = parse_response(&OK.replace("09:09:12Z", "09:09:12.123Z")).unwrap();
         assert!(e > expires);
+    }
+
+    #[test]
+    fn credentials_are_renewed_before_they_end() {
+        let now = SystemTime::now();
+        assert!(still_fresh(now + SESSION_DURATION, now));
+        assert!(still_fresh(now + REFRESH_MARGIN + Duration::from_secs(1), now));
+        assert!(!still_fresh(now + REFRESH_MARGIN, now), "renewed at the margin, not after it");
+        assert!(!still_fresh(now - Duration::from_secs(1), now));
     }
 
     #[test]

@@ -75,6 +75,24 @@ const META_CONCURRENCY: usize = 16;
 /// opened, decoded) by every backup and restore that loaded it.
 pub const MAX_INDEX_BLOBS: usize = 32 * 1024;
 
+/// The ranges of `packs` that go into one index object each: consecutive packs up to
+/// [`MAX_INDEX_BLOBS`] blobs (a larger pack alone), and one empty range for no packs.
+fn index_parts(packs: &[IndexPack]) -> Vec<std::ops::Range<usize>> {
+    let mut parts = Vec::new();
+    let (mut start, mut blobs) = (0, 0);
+    for (i, p) in packs.iter().enumerate() {
+        if i > start && blobs + p.blobs.len() > MAX_INDEX_BLOBS {
+            parts.push(start..i);
+            (start, blobs) = (i, 0);
+        }
+        blobs += p.blobs.len();
+    }
+    if start < packs.len() || packs.is_empty() {
+        parts.push(start..packs.len());
+    }
+    parts
+}
+
 /// The key of a pack object.
 pub fn pack_key(id: &PackId) -> String {
     let h = id.to_hex();
@@ -345,23 +363,13 @@ impl Repository<Open> {
     /// the old objects and some new ones, which repeat each other, never a pack no object names.
     pub async fn write_index(&self, f: &IndexFile) -> Result<(Vec<IndexId>, u64)> {
         let (mut ids, mut total) = (Vec::new(), 0u64);
-        let mut start = 0;
-        while start < f.packs.len() || (start == 0 && f.packs.is_empty()) {
-            let (mut end, mut blobs) = (start, 0usize);
-            while end < f.packs.len() && (end == start || blobs + f.packs[end].blobs.len() <= MAX_INDEX_BLOBS) {
-                blobs += f.packs[end].blobs.len();
-                end += 1;
-            }
-            let part = IndexFile { supersedes: f.supersedes.clone(), packs: f.packs[start..end].to_vec() };
+        for range in index_parts(&f.packs) {
+            let part = IndexFile { supersedes: f.supersedes.clone(), packs: f.packs[range].to_vec() };
             let (id, bytes) = part.encode(self.keys());
             drop(part);
             total += bytes.len() as u64;
             self.store.put(&format!("{INDEX}/{id}"), Bytes::from(bytes)).await?;
             ids.push(id);
-            if f.packs.is_empty() {
-                break;
-            }
-            start = end;
         }
         Ok((ids, total))
     }
