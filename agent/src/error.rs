@@ -68,6 +68,9 @@ pub enum Error {
     /// The repository is damaged (see the check report).
     #[error("{0}")]
     Damaged(String),
+    /// A file of the local index cache failed to verify; it was removed.
+    #[error("the local index cache is damaged ({0}); the damaged file was removed")]
+    IndexCache(String),
     /// Another maintenance (prune, index repair) holds the repository's exclusive lock.
     #[error("another maintenance is running on this repository ({0})")]
     Busy(String),
@@ -104,6 +107,10 @@ impl Error {
             Error::Format(_) | Error::MissingBlob { .. } | Error::Damaged(_) => {
                 Some("run `kanister-agent check --read-data` to find every damaged object")
             }
+            Error::IndexCache(_) => Some(
+                "run the command again: the cache is rebuilt from the repository's index objects, which this \
+                 does not touch",
+            ),
             Error::SnapshotNotFound(_) => Some("list snapshots with `kanister-agent snapshots`"),
             Error::Busy(_) => Some(
                 "wait for it to finish (`--wait-lock` waits longer); a lock whose holder died is ignored once it \

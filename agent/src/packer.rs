@@ -22,33 +22,45 @@ use tokio::task::JoinSet;
 
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::repository::{INDEX, MasterIndex, Repository, pack_key};
+use crate::repository::{INDEX, LookupIndex, Repository, pack_key};
 
 /// Which blobs this backup must store. Shared by its workers.
 #[derive(Debug, Clone)]
 pub struct Dedup {
-    index: Arc<MasterIndex>,
+    index: Arc<LookupIndex>,
     claimed: Arc<Mutex<kanister_repo::IdSet<BlobId>>>,
 }
 
 impl Dedup {
     /// Deduplicates against `index`.
-    pub fn new(index: Arc<MasterIndex>) -> Self {
+    pub fn new(index: Arc<LookupIndex>) -> Self {
         Dedup { index, claimed: Arc::default() }
     }
 
     /// True exactly once per new blob: the caller must store it.
     pub fn claim(&self, id: &BlobId) -> bool {
-        !self.index.contains(id) && self.claimed.lock().expect("not poisoned").insert(*id)
+        !self.is_stored(id) && self.claimed.lock().expect("not poisoned").insert(*id)
+    }
+
+    /// Whether the repository holds the blob. A damaged page of the local index cache answers
+    /// no: the blob is stored again rather than trusted to be there.
+    pub fn is_stored(&self, id: &BlobId) -> bool {
+        match self.index.contains(id) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::debug!(blob = %id, error = %e, "storing a blob again: the index cache cannot say");
+                false
+            }
+        }
     }
 
     /// The index deduplicated against.
-    pub fn index(&self) -> &MasterIndex {
+    pub fn index(&self) -> &LookupIndex {
         &self.index
     }
 
     /// The index deduplicated against, shared.
-    pub fn shared_index(&self) -> Arc<MasterIndex> {
+    pub fn shared_index(&self) -> Arc<LookupIndex> {
         self.index.clone()
     }
 }
@@ -57,7 +69,7 @@ impl Dedup {
 /// (they may be deleted soon), with the packs an interrupted backup left (re-indexed from their
 /// trailers). Returns the dedup state, the number of packs re-indexed and the bytes written.
 pub async fn prepare(repo: &Repository) -> Result<(Dedup, usize, u64)> {
-    let mut index = repo.load_index().await?;
+    let mut index = repo.load_lookup().await?;
     for (id, why) in &index.damaged {
         tracing::warn!(index = %id, error = %why, "ignoring a damaged index: its blobs will be stored again");
     }

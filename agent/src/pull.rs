@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::repository::{MasterIndex, Repository, pack_key};
+use crate::repository::{Locate, Repository, pack_key};
 
 /// Largest plaintext fetched by one range request from a local disk.
 pub const MAX_REQUEST: u64 = 2 << 20;
@@ -57,22 +57,21 @@ pub(crate) struct Request {
 }
 
 /// Groups the blobs `ids` (in order) into range requests.
-pub(crate) fn plan(index: &MasterIndex, ids: &[BlobId], snapshot: &SnapshotId) -> Result<Vec<Request>> {
+pub(crate) fn plan(index: &dyn Locate, ids: &[BlobId], snapshot: &SnapshotId) -> Result<Vec<Request>> {
     plan_up_to(index, ids, snapshot, MAX_REQUEST)
 }
 
 /// [`plan`] with requests of at most `max_request` bytes of plaintext.
 pub(crate) fn plan_up_to(
-    index: &MasterIndex,
+    index: &dyn Locate,
     ids: &[BlobId],
     snapshot: &SnapshotId,
     max_request: u64,
 ) -> Result<Vec<Request>> {
     let mut out: Vec<Request> = Vec::new();
     for id in ids {
-        let loc = index.get(id).ok_or_else(|| Error::MissingBlob { blob: *id, snapshot: snapshot.to_string() })?;
-        let pack = index.pack_id(&loc);
-        let e = loc.entry;
+        let (pack, e) =
+            index.locate(id)?.ok_or_else(|| Error::MissingBlob { blob: *id, snapshot: snapshot.to_string() })?;
         let r = e.range();
         if let Some(cur) = out.last_mut()
             && cur.pack == pack
@@ -230,7 +229,7 @@ pub async fn pull<W: std::io::Write + Send + 'static>(
     let started = std::time::Instant::now();
     let snap = repo.snapshot(id).await?;
     progress.total.store(snap.size, std::sync::atomic::Ordering::Relaxed);
-    let index = repo.load_index().await?;
+    let index = repo.load_lookup().await?;
     for (ix, why) in &index.damaged {
         tracing::warn!(index = %ix, error = %why, "a damaged index was skipped");
     }
@@ -244,10 +243,12 @@ pub async fn pull<W: std::io::Write + Send + 'static>(
         }
     };
     // Fail before writing anything when a chunk list is already known to be missing.
-    if let Some(missing) = lists.iter().find(|l| index.get(l).is_none()) {
-        return Err(Error::MissingBlob { blob: *missing, snapshot: id.to_string() });
+    for list in lists {
+        if index.locate(list)?.is_none() {
+            return Err(Error::MissingBlob { blob: *list, snapshot: id.to_string() });
+        }
     }
-    let index = &index;
+    let index: &dyn Locate = &index;
     let keys = repo.keys().clone();
     let store = repo.store().clone();
     let max_request = if store.is_local() { MAX_REQUEST } else { MAX_REMOTE_REQUEST };
@@ -358,7 +359,7 @@ mod tests {
             })
             .collect();
         let ids: Vec<BlobId> = entries.iter().map(|e| e.id).collect();
-        let mut index = MasterIndex::default();
+        let mut index = crate::repository::MasterIndex::default();
         index.add_pack(IndexPack { id: PackId([7; 32]), size: 40_000, blobs: entries });
         let snap = SnapshotId([0; 32]);
         for (max, per) in [(MAX_REQUEST, 2), (MAX_REMOTE_REQUEST, 8)] {

@@ -19,7 +19,7 @@ use kanister_repo::snapshot::{Root, Snapshot};
 use prost::Message as _;
 
 use crate::error::{Error, Result};
-use crate::repository::{RepoKey, Repository, Visit, has_tags};
+use crate::repository::{Locate, RepoKey, Repository, Visit, has_tags};
 use crate::store::Store;
 
 /// The environment variable holding the request.
@@ -166,15 +166,15 @@ async fn stats(repo: &Repository, snapshot: &str, raw_data: bool) -> Result<pb::
         return Ok(pb::StatsResult { file_count, size: snap.size });
     }
     // What the snapshot's blobs take in the store, each counted once.
-    let index = repo.load_index().await?;
+    let index = repo.load_lookup().await?;
     let mut seen = HashSet::new();
     let mut size = 0u64;
     repo.walk_blobs(&index, &snap.root, &mut |v| {
         if let Visit::Blob(id, _) = v
             && seen.insert(*id)
-            && let Some(loc) = index.get(id)
+            && let Some((_, entry)) = index.locate(id)?
         {
-            size += u64::from(loc.entry.length);
+            size += u64::from(entry.length);
         }
         Ok(())
     })

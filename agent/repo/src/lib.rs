@@ -12,6 +12,7 @@
 //!   shrink), sealed with its id as associated data; and back, verified.
 //! - [`pack`]: blobs grouped into pack objects with a sealed trailer listing them.
 //! - [`index`]: index objects mapping blob ids to pack locations.
+//! - [`index_run`]: sorted, MAC'd runs of index entries: the local on-disk cache of the index.
 //! - [`snapshot`]: snapshot objects naming a root (the chunk lists of a stream), tags and stats.
 //! - [`tree`]: directory listings of volume backups (names, modes, owners, times, links).
 //! - [`config`]: the repository parameters fixed at init.
@@ -28,6 +29,7 @@ pub mod crypto;
 pub mod error;
 pub mod id;
 pub mod index;
+pub mod index_run;
 pub mod keys;
 pub mod marker;
 pub mod pack;

@@ -68,6 +68,12 @@ struct Global {
     /// File holding a raw repository key of at least 16 bytes, e.g. a Kubernetes Secret
     #[arg(long, env = "KANISTER_REPO_KEY_FILE", global = true, value_name = "FILE")]
     key_file: Option<PathBuf>,
+    /// Directory of the local index cache: the repository's index as sorted files, so that a
+    /// backup or restore needs little memory however large the repository grows. Rebuilt from
+    /// the repository whenever it does not match [default: $XDG_CACHE_HOME/kanister or
+    /// ~/.cache/kanister; without either, the index is held in memory]
+    #[arg(long, env = "KANISTER_CACHE_DIR", global = true, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
     /// Print one JSON object with the result instead of text
     #[arg(long, global = true)]
     json: bool,
@@ -251,7 +257,15 @@ fn repo_key(g: &Global) -> Result<RepoKey> {
 
 async fn open(g: &Global) -> Result<Repository> {
     let key = repo_key(g)?;
-    Repository::at(store(g)?).open(&key).await
+    Ok(with_cache(g, Repository::at(store(g)?).open(&key).await?))
+}
+
+/// The repository with `--cache-dir` applied (the environment's default otherwise).
+fn with_cache(g: &Global, repo: Repository) -> Repository {
+    match &g.cache_dir {
+        Some(dir) => repo.with_cache_root(Some(dir.clone())),
+        None => repo,
+    }
 }
 
 /// Prints a live status line on a terminal until dropped.

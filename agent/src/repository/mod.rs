@@ -23,6 +23,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -36,6 +37,7 @@ use kanister_repo::{BlobId, IndexId, Keys, PackId, RepoConfig, SnapshotId};
 
 mod key;
 mod locks;
+mod lookup;
 mod master_index;
 mod prune_marks;
 mod store_ref;
@@ -45,6 +47,7 @@ pub use self::locks::{
     ALIVE_SUFFIX, BackupLock, BackupMarker, LOCK_REFRESH_EVERY, LOCK_STALE_AFTER, LocalProcess, LockInfo,
     ProcessIdentity, now_secs,
 };
+pub use self::lookup::{Locate, LookupIndex, MAX_RUNS, SORT_ENTRIES};
 pub use self::master_index::{BlobLocation, MasterIndex};
 pub use self::prune_marks::PruneMark;
 pub use self::store_ref::{RefError, store_of_ref};
@@ -113,6 +116,16 @@ pub struct Closed;
 pub struct Open {
     keys: Keys,
     config: RepoConfig,
+    cache_root: Option<PathBuf>,
+}
+
+/// The cache directory of an agent: `KANISTER_CACHE_DIR`, else `$XDG_CACHE_HOME/kanister`, else
+/// `$HOME/.cache/kanister`; none when none of them is set.
+pub fn default_cache_root() -> Option<PathBuf> {
+    let var = |k| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var("KANISTER_CACHE_DIR")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("kanister")))
+        .or_else(|| var("HOME").map(|d| d.join(".cache").join("kanister")))
 }
 
 /// A repository in a store. `Repository<Closed>` can only be initialised or opened. An open
@@ -183,7 +196,11 @@ impl Repository<Closed> {
             }
             return Err(Error::AlreadyInitialized(self.store.to_string()));
         }
-        Ok(Repository { store: self.store, state: Open { keys, config }, _s: PhantomData })
+        Ok(Repository {
+            store: self.store,
+            state: Open { keys, config, cache_root: default_cache_root() },
+            _s: PhantomData,
+        })
     }
 
     /// Opens the repository with `key`.
@@ -217,7 +234,11 @@ impl Repository<Closed> {
         let (keys, config) = tokio::task::spawn_blocking(move || open_config(&slots, &key.credential(), &sealed))
             .await
             .map_err(|e| Error::Task(e.to_string()))??;
-        Ok(Repository { store: self.store, state: Open { keys, config }, _s: PhantomData })
+        Ok(Repository {
+            store: self.store,
+            state: Open { keys, config, cache_root: default_cache_root() },
+            _s: PhantomData,
+        })
     }
 
     /// Opens the repository, creating it with default parameters when the location holds none:
@@ -317,24 +338,45 @@ impl Repository<Open> {
         &self.state.config
     }
 
+    /// Where the local index cache goes ([`default_cache_root`] unless set); `None` holds the
+    /// index in memory.
+    pub fn cache_root(&self) -> Option<&Path> {
+        self.state.cache_root.as_deref()
+    }
+
+    /// Puts the local index cache under `root` (`None`: hold the index in memory).
+    pub fn with_cache_root(mut self, root: Option<PathBuf>) -> Self {
+        self.state.cache_root = root;
+        self
+    }
+
+    /// Index objects `ids`, read and opened `concurrency` at a time, as they arrive.
+    pub(crate) fn index_objects(
+        &self,
+        ids: Vec<IndexId>,
+        concurrency: usize,
+    ) -> impl futures::Stream<Item = (IndexId, Result<IndexFile>)> + '_ {
+        let keys = self.keys();
+        futures::stream::iter(ids)
+            .map(move |id| async move {
+                let r = match self.store.get(&format!("{INDEX}/{id}")).await {
+                    Ok(b) => IndexFile::decode(keys, &id, &b).map_err(Error::from),
+                    Err(e) => Err(e.into()),
+                };
+                (id, r)
+            })
+            .buffer_unordered(concurrency)
+    }
+
     /// Reads and merges every index object. Damaged indexes are listed in
     /// [`MasterIndex::damaged`] rather than failing the load, so that what can be read still is.
     pub async fn load_index(&self) -> Result<MasterIndex> {
         for attempt in 0..2 {
             let listed = self.store.list(INDEX).await?;
             let ids: Vec<IndexId> = listed.iter().filter_map(|o| o.key.rsplit('/').next()?.parse().ok()).collect();
-            let keys = self.keys();
             // Merge each index as it arrives and drop it: peak memory is the merged index plus
             // a few index objects, not all of them decoded at once.
-            let mut results = futures::stream::iter(ids)
-                .map(|id| async move {
-                    let r = match self.store.get(&format!("{INDEX}/{id}")).await {
-                        Ok(b) => IndexFile::decode(keys, &id, &b).map_err(Error::from),
-                        Err(e) => Err(e.into()),
-                    };
-                    (id, r)
-                })
-                .buffer_unordered(META_CONCURRENCY);
+            let mut results = self.index_objects(ids, META_CONCURRENCY);
             let mut mi = MasterIndex::default();
             let mut vanished = false;
             while let Some((id, r)) = results.next().await {
@@ -422,12 +464,10 @@ impl Repository<Open> {
     }
 
     /// Reads and verifies one blob.
-    pub async fn read_blob(&self, index: &MasterIndex, id: &BlobId) -> Result<Vec<u8>> {
-        let loc = index.get(id).ok_or_else(|| Error::Damaged(format!("blob {id} is in no index")))?;
-        let key = pack_key(&index.pack_id(&loc));
-        let bytes = self.store.get_range(&key, loc.entry.range()).await?;
+    pub async fn read_blob(&self, index: &dyn Locate, id: &BlobId) -> Result<Vec<u8>> {
+        let (pack, e) = index.locate(id)?.ok_or_else(|| Error::Damaged(format!("blob {id} is in no index")))?;
+        let bytes = self.store.get_range(&pack_key(&pack), e.range()).await?;
         let keys = self.keys().clone();
-        let e = loc.entry;
         Ok(tokio::task::spawn_blocking(move || blob::decode(&keys, e.kind, &e.id, &bytes, e.raw_len))
             .await
             .map_err(|e| Error::Task(e.to_string()))??)
@@ -454,7 +494,7 @@ impl Repository<Open> {
     /// the index written.
     pub async fn recover_unindexed_packs(
         &self,
-        index: &mut MasterIndex,
+        index: &mut LookupIndex,
         marked: &HashSet<PackId>,
     ) -> Result<(usize, u64)> {
         let orphans: Vec<(PackId, u64)> = self
@@ -519,7 +559,7 @@ impl Repository<Open> {
     /// [`Visit::Unreadable`]; the visitor decides whether to go on (`Ok`) or stop (`Err`).
     pub async fn walk_blobs(
         &self,
-        index: &MasterIndex,
+        index: &dyn Locate,
         root: &Root,
         visit: &mut (dyn FnMut(Visit<'_>) -> Result<()> + Send),
     ) -> Result<()> {

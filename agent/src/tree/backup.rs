@@ -38,7 +38,7 @@ use super::{BackupOptions, BackupStats, read_listing};
 use crate::error::{Error, Result};
 use crate::packer::{Dedup, Packer, process_chunk};
 use crate::progress::Progress;
-use crate::repository::{BackupMarker, MasterIndex, Repository};
+use crate::repository::{BackupMarker, LookupIndex, Repository};
 
 /// Files up to this size are read whole by one worker; larger ones are streamed.
 const SMALL_FILE: u64 = 4 << 20;
@@ -434,7 +434,7 @@ async fn run(
     let parent = find_parent(repo, opts, &key).await?;
     tracing::debug!(elapsed = ?started.elapsed(), parent = ?parent.as_ref().map(|p| p.0), "parent chosen");
     let (dedup, _, recovery_bytes) = crate::packer::prepare(repo).await?;
-    tracing::debug!(elapsed = ?started.elapsed(), blobs = dedup.index().len(), "index loaded");
+    tracing::debug!(elapsed = ?started.elapsed(), entries = dedup.index().entries(), "index loaded");
     let config = repo.config().clone();
     let workers = opts.workers.max(1);
     let encoder = Encoder {
@@ -608,13 +608,13 @@ struct Walk<'r> {
 /// the next directories are read while the walk is busy with this one.
 async fn list_ahead(
     repo: Repository,
-    index: Arc<MasterIndex>,
+    index: Arc<LookupIndex>,
     abs: PathBuf,
     rel: String,
     parent_dir: Option<Node>,
 ) -> Listed {
     let parent = match parent_dir {
-        Some(d) => match read_listing(&repo, &index, &d.subtree).await {
+        Some(d) => match read_listing(&repo, index.as_ref(), &d.subtree).await {
             Ok(nodes) => nodes.into_iter().map(|n| (n.name.clone(), n)).collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the parent snapshot's listing; reading the files again");
@@ -644,7 +644,7 @@ impl WalkFrame {
     }
 
     /// Starts listing subdirectories until [`PREFETCH`] are under way.
-    fn list_ahead(&mut self, repo: &Repository, index: &Arc<MasterIndex>) {
+    fn list_ahead(&mut self, repo: &Repository, index: &Arc<LookupIndex>) {
         while self.ahead.len() < PREFETCH && self.scan < self.entries.len() {
             let i = self.scan;
             self.scan += 1;
@@ -790,7 +790,7 @@ impl Classifier<'_> {
                         && p.ctime_ns == node.ctime_ns
                         && p.inode == node.inode
                         && !p.changed_during_backup
-                        && p.content.iter().all(|id| self.dedup.index().contains(id))
+                        && p.content.iter().all(|id| self.dedup.is_stored(id))
                 });
                 if same && !self.force {
                     node.content = prev.expect("checked").content.clone();

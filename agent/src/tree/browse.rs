@@ -8,10 +8,10 @@ use serde::Serialize;
 
 use super::{display_name, read_listing, tree_root};
 use crate::error::{Error, Result};
-use crate::repository::{MasterIndex, Repository};
+use crate::repository::{Locate, Repository};
 
 /// Finds the node at `path` (relative, `/`-separated; empty for the top directory).
-pub async fn find(repo: &Repository, index: &MasterIndex, id: &SnapshotId, path: &str) -> Result<Node> {
+pub async fn find(repo: &Repository, index: &dyn Locate, id: &SnapshotId, path: &str) -> Result<Node> {
     let snap = repo.snapshot(id).await?;
     let (_, mut node) = tree_root(&snap, id)?;
     for comp in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
@@ -30,7 +30,7 @@ fn not_found(id: &SnapshotId, path: &str) -> Error {
 
 /// The entries at `path`: a directory's listing, or the single node of a file.
 pub async fn ls(repo: &Repository, id: &SnapshotId, path: &str) -> Result<Vec<Node>> {
-    let index = repo.load_index().await?;
+    let index = repo.load_lookup().await?;
     let node = find(repo, &index, id, path).await?;
     if node.kind == NodeKind::Dir { read_listing(repo, &index, &node.subtree).await } else { Ok(vec![node]) }
 }
@@ -62,7 +62,7 @@ pub async fn cat<W: std::io::Write + Send + 'static>(
     path: &str,
     out: W,
 ) -> Result<W> {
-    let index = repo.load_index().await?;
+    let index = repo.load_lookup().await?;
     let node = find(repo, &index, id, path).await?;
     if node.kind != NodeKind::File {
         return Err(Error::WrongKind(format!("{path:?} in snapshot {} is not a file", id.short())));
@@ -104,7 +104,7 @@ fn differs(a: &Node, b: &Node) -> bool {
 
 /// Compares two tree snapshots, directory by directory.
 pub async fn diff(repo: &Repository, a: &SnapshotId, b: &SnapshotId) -> Result<Diff> {
-    let index = repo.load_index().await?;
+    let index = repo.load_lookup().await?;
     let (_, ra) = tree_root(&repo.snapshot(a).await?, a)?;
     let (_, rb) = tree_root(&repo.snapshot(b).await?, b)?;
     let mut out = Diff::default();

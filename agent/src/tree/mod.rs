@@ -23,7 +23,7 @@ use kanister_repo::tree::Node;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::repository::{MasterIndex, Repository};
+use crate::repository::{Locate, Repository};
 
 pub use backup::backup;
 pub use restore::restore;
@@ -130,11 +130,7 @@ pub struct RestoreStats {
 }
 
 /// Reads every node of a directory listing (all its parts).
-pub async fn read_listing(
-    repo: &Repository,
-    index: &MasterIndex,
-    parts: &[kanister_repo::BlobId],
-) -> Result<Vec<Node>> {
+pub async fn read_listing(repo: &Repository, index: &dyn Locate, parts: &[kanister_repo::BlobId]) -> Result<Vec<Node>> {
     let mut out = Vec::new();
     for p in parts {
         let bytes = repo.read_blob(index, p).await?;

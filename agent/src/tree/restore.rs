@@ -27,7 +27,7 @@ use super::{RestoreOptions, RestoreStats, display_name, read_listing, tree_root}
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::pull::{decode_request, fetch_request, plan};
-use crate::repository::{MasterIndex, Repository};
+use crate::repository::{Locate, Repository};
 
 /// Groups of small files (or large files) restored at once.
 const GROUPS_AT_ONCE: usize = 3;
@@ -81,7 +81,7 @@ pub async fn restore(
     let snap = repo.snapshot(id).await?;
     let (_, root) = tree_root(&snap, id)?;
     progress.total.store(snap.size, std::sync::atomic::Ordering::Relaxed);
-    let index = repo.load_index().await?;
+    let index = repo.load_lookup().await?;
     std::fs::create_dir_all(target).map_err(|e| Error::io(format!("cannot create {}", target.display()), e))?;
     let mut walk = Walk {
         repo,
@@ -113,7 +113,7 @@ pub async fn restore(
         futures::stream::unfold(&mut walk, |w| async move { w.next().await.map(|work| (work, w)) })
             .map(|work| {
                 let (keys, store, progress) = (repo.keys().clone(), repo.store().clone(), progress.clone());
-                let index = &index;
+                let index: &dyn Locate = &index;
                 async move {
                     match work? {
                         Work::Group(files) => {
@@ -162,7 +162,7 @@ enum Work {
 /// The restore's walk over the snapshot's directories, depth first in name order.
 struct Walk<'a> {
     repo: &'a Repository,
-    index: &'a MasterIndex,
+    index: &'a dyn Locate,
     id: &'a SnapshotId,
     target: &'a Path,
     opts: &'a RestoreOptions,
@@ -414,7 +414,7 @@ struct GroupRead {
 async fn restore_small_group(
     store: &crate::store::Store,
     keys: &kanister_repo::Keys,
-    index: &MasterIndex,
+    index: &dyn Locate,
     id: &SnapshotId,
     files: Vec<(PathBuf, Node)>,
     delete: bool,
@@ -424,8 +424,9 @@ async fn restore_small_group(
     let mut refs = Vec::new();
     for (fi, (_, node)) in files.iter().enumerate() {
         for (bi, b) in node.content.iter().enumerate() {
-            let loc = index.get(b).ok_or_else(|| Error::MissingBlob { blob: *b, snapshot: id.to_string() })?;
-            refs.push((index.pack_id(&loc), loc.entry, fi, bi));
+            let (pack, entry) =
+                index.locate(b)?.ok_or_else(|| Error::MissingBlob { blob: *b, snapshot: id.to_string() })?;
+            refs.push((pack, entry, fi, bi));
         }
     }
     refs.sort_by_key(|r| (r.0, r.1.offset));
@@ -580,7 +581,7 @@ fn create_file(abs: &Path, delete: bool) -> Result<std::fs::File> {
 async fn restore_file(
     store: &crate::store::Store,
     keys: &kanister_repo::Keys,
-    index: &MasterIndex,
+    index: &dyn Locate,
     id: &SnapshotId,
     abs: &Path,
     node: &Node,

@@ -7,6 +7,7 @@ use std::path::Path;
 use kanister_repo::blob::{self, BlobKind};
 use kanister_repo::crypto::SecretKey;
 use kanister_repo::index::{IndexFile, IndexPack};
+use kanister_repo::index_run::{self, RunEntry, RunFooter, RunKey};
 use kanister_repo::keys::{Argon2Params, Credential};
 use kanister_repo::pack::PackWriter;
 use kanister_repo::snapshot::{self, Root, Snapshot};
@@ -41,6 +42,20 @@ fn main() {
     let (_, sealed_index) = index.encode(&keys);
     put("object_envelope", "index", &sealed_index);
     put("index_plain", "index", &index.to_plaintext());
+    let run_key = RunKey::from_bytes([5; 32]);
+    let mut entries: Vec<RunEntry> = pack.entries.iter().map(|e| RunEntry { pack: 0, entry: *e }).collect();
+    entries.sort_by_key(RunEntry::sort_key);
+    let page = index_run::encode_page(&run_key, &[6; 16], 0, &entries);
+    put("index_run", "page", &page[..index_run::PAGE_LEN - index_run::PAGE_MAC_LEN]);
+    let footer = RunFooter {
+        run_id: [6; 16],
+        entries: entries.len() as u64,
+        index_ids: vec![index.encode(&keys).0],
+        packs: vec![(pack.id, pack.bytes.len() as u64)],
+        fence: vec![entries[0].entry.id],
+    }
+    .encode(&run_key);
+    put("index_run", "footer", &footer[..footer.len() - 32 - index_run::TAIL_LEN]);
     let ids: Vec<BlobId> = blobs.iter().map(|b| b.id).collect();
     put("id_list", "list", &snapshot::encode_id_list(&ids));
     let snap = Snapshot {

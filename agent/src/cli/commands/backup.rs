@@ -34,7 +34,11 @@ pub(in crate::cli) struct BackupArgs {
 }
 
 pub(in crate::cli) async fn run(g: &Global, a: &BackupArgs) -> Result<ExitCode> {
-    let repo = if a.create { Repository::at(store(g)?).open_or_init(&repo_key(g)?).await? } else { open(g).await? };
+    let repo = if a.create {
+        with_cache(g, Repository::at(store(g)?).open_or_init(&repo_key(g)?).await?)
+    } else {
+        open(g).await?
+    };
     let tags = parse_tags(&a.tags).map_err(|e| Error::io(e, std::io::Error::from(std::io::ErrorKind::InvalidInput)))?;
     let remote = !repo.store().to_string().starts_with("file://");
     let mut opts = crate::tree::BackupOptions { tags, force: a.force, ..Default::default() };
