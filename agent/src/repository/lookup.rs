@@ -44,12 +44,13 @@ use super::{INDEX, Repository};
 use crate::error::{Error, Result};
 use crate::store::StoreError;
 
-/// Entries sorted in memory before they are spilled to a file while a run is built (~26 MB).
+/// Entries sorted in memory before they are spilled to a file while a run is built (52 bytes
+/// each: ~27 MB).
 pub const SORT_ENTRIES: usize = 512 * 1024;
 /// Runs kept before the smallest are merged.
 pub const MAX_RUNS: usize = 8;
 /// Index objects read from the store at once while a run is built.
-const BUILD_CONCURRENCY: usize = 8;
+const BUILD_CONCURRENCY: usize = 4;
 /// A temporary file this old was left by a killed agent.
 const STALE_TEMP: Duration = Duration::from_secs(3600);
 const RUN_SUFFIX: &str = ".kix";
@@ -350,12 +351,17 @@ where
     Ok(())
 }
 
+/// Sorts entries in run order ([`RunEntry::sort_key`], compared in place).
+fn sort_run(entries: &mut [RunEntry]) {
+    entries.sort_unstable_by(|a, b| a.entry.id.0.cmp(&b.entry.id.0).then(a.pack.cmp(&b.pack)));
+}
+
 /// A sorted spill file of a run being built.
 struct Spill(tempfile::NamedTempFile);
 
 impl Spill {
     fn write(dir: &Path, entries: &mut Vec<RunEntry>) -> std::io::Result<Self> {
-        entries.sort_unstable_by_key(RunEntry::sort_key);
+        sort_run(entries);
         let file = tempfile::Builder::new().prefix(TEMP_PREFIX).tempfile_in(dir)?;
         let mut out = BufWriter::with_capacity(256 * 1024, file);
         let mut b = Vec::with_capacity(RUN_ENTRY_LEN);
@@ -405,26 +411,36 @@ impl RunBuilder {
     }
 
     /// Adds an index object's packs (a pack already added is skipped: its content never
-    /// changes).
+    /// changes). The sort buffer is allocated once, at [`SORT_ENTRIES`], and spilled before a
+    /// pack would overflow it (only a pack larger than the buffer by itself grows it).
     async fn add(&mut self, id: IndexId, f: IndexFile) -> Result<()> {
         self.index_ids.push(id);
         for p in f.packs {
             if self.pack_pos.contains_key(&p.id) {
                 continue;
             }
+            if !self.buf.is_empty() && self.buf.len() + p.blobs.len() > SORT_ENTRIES {
+                self.spill().await?;
+            }
+            if self.buf.capacity() == 0 {
+                self.buf.reserve_exact(SORT_ENTRIES.max(p.blobs.len()));
+            }
             let pos = self.packs.len() as u32;
             self.packs.push((p.id, p.size));
             self.pack_pos.insert(p.id, pos);
             self.buf.extend(p.blobs.into_iter().map(|entry| RunEntry { pack: pos, entry }));
-            if self.buf.len() >= SORT_ENTRIES {
-                let (dir, mut buf) = (self.dir.clone(), std::mem::take(&mut self.buf));
-                let spill = tokio::task::spawn_blocking(move || Spill::write(&dir, &mut buf))
-                    .await
-                    .map_err(|e| Error::Task(e.to_string()))?
-                    .map_err(|e| Error::io("writing an index cache spill", e))?;
-                self.spills.push(spill);
-            }
         }
+        Ok(())
+    }
+
+    /// Sorts the buffer into a spill file, on the blocking pool; the buffer is kept for reuse.
+    async fn spill(&mut self) -> Result<()> {
+        let (dir, mut buf) = (self.dir.clone(), std::mem::take(&mut self.buf));
+        let (spill, buf) = tokio::task::spawn_blocking(move || (Spill::write(&dir, &mut buf), buf))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?;
+        self.buf = buf;
+        self.spills.push(spill.map_err(|e| Error::io("writing an index cache spill", e))?);
         Ok(())
     }
 
@@ -433,7 +449,7 @@ impl RunBuilder {
         let io = |e| Error::io(format!("writing an index cache run in {}", self.dir.display()), e);
         let mut out = RunWriter::new(&self.dir, &self.key).map_err(io)?;
         if self.spills.is_empty() {
-            self.buf.sort_unstable_by_key(RunEntry::sort_key);
+            sort_run(&mut self.buf);
             for e in self.buf.drain(..) {
                 out.push(e).map_err(io)?;
             }
