@@ -31,7 +31,8 @@ mkdir -p "$W"
 V1=$W/v1-$MIB.sql V2=$W/v2-$MIB.sql
 SZ1=$(stat -c %s "$V1") SZ2=$(stat -c %s "$V2")
 export KANISTER_REPO_PASSWORD=bench-passphrase RESTIC_PASSWORD=bench-passphrase BORG_PASSPHRASE=bench-passphrase
-export BORG_BASE_DIR=$W/borg-home
+# Not named "borg-*": the per-tool result files are removed by that pattern.
+export BORG_BASE_DIR=$W/home-of-borg
 
 TOOLS=(ours restic borg)
 # One tool's commands: init REPO, push REPO FILE, pull REPO (the latest snapshot to stdout).
