@@ -1,11 +1,12 @@
-//! The index that backups and restores look blobs up in, with memory bounded in the size of
-//! the repository.
+//! The index that backups and restores look blobs up in, in memory that does not grow with the
+//! repository.
 //!
 //! The index objects of the store are kept on local disk as sorted runs
 //! ([`kanister_repo::index_run`]): pages of entries sorted by blob id, with the first id of
 //! every page (the fence) held in memory. A lookup reads one 4 KiB page (rarely two) and
-//! verifies its MAC. A blob costs ~50 bytes of disk and ~0.4 bytes of memory; ten million blobs
-//! are ~500 MB in the cache directory and ~5 MB of fence and pack tables in memory.
+//! verifies its MAC. A blob costs ~50 bytes of disk and about half a byte of memory (its
+//! share of the fence and the pack table); ten million blobs are ~480 MB in the cache directory
+//! and ~5.5 MB of fence and pack tables in memory.
 //!
 //! The cache follows the store, never the other way round:
 //! - a run lists the index objects it was made from; a run naming one the store no longer has
