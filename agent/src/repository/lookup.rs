@@ -478,8 +478,10 @@ fn merge_runs(dir: &Path, key: &RunKey, runs: &[&RunFile]) -> Result<PathBuf> {
                 packs.len() as u32 - 1
             });
         }
-        index_ids.extend(r.footer.index_ids.iter().filter(|i| !index_ids.contains(i)).copied().collect::<Vec<_>>());
+        index_ids.extend(r.footer.index_ids.iter().copied());
     }
+    let mut seen = IdSet::default();
+    index_ids.retain(|i| seen.insert(*i));
     let mut out = RunWriter::new(dir, key).map_err(io)?;
     let pack_pos = &pack_pos;
     let sources = runs
