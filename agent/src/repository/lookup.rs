@@ -646,15 +646,8 @@ impl Repository {
 
     /// Reads index objects `ids` into memory. Returns whether one vanished.
     async fn add_in_memory(&self, li: &mut LookupIndex, ids: Vec<IndexId>) -> bool {
-        let mut vanished = false;
-        let mut objects = self.index_objects(ids, super::META_CONCURRENCY);
-        while let Some((id, r)) = objects.next().await {
-            match r {
-                Ok(f) => f.packs.into_iter().for_each(|p| li.memory.add_pack(p)),
-                Err(Error::Store(StoreError::NotFound(_))) => vanished = true,
-                Err(e) => li.damaged.push((id, e.to_string())),
-            }
-        }
+        let vanished = self.merge_index_objects(&mut li.memory, ids).await;
+        li.damaged.append(&mut li.memory.damaged);
         vanished
     }
 }

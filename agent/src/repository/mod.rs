@@ -374,21 +374,8 @@ impl Repository<Open> {
         for attempt in 0..2 {
             let listed = self.store.list(INDEX).await?;
             let ids: Vec<IndexId> = listed.iter().filter_map(|o| o.key.rsplit('/').next()?.parse().ok()).collect();
-            // Merge each index as it arrives and drop it: peak memory is the merged index plus
-            // a few index objects, not all of them decoded at once.
-            let mut results = self.index_objects(ids, META_CONCURRENCY);
             let mut mi = MasterIndex::default();
-            let mut vanished = false;
-            while let Some((id, r)) = results.next().await {
-                match r {
-                    Ok(f) => {
-                        f.packs.into_iter().for_each(|p| mi.add_pack(p));
-                        mi.index_ids.push(id);
-                    }
-                    Err(Error::Store(StoreError::NotFound(_))) => vanished = true,
-                    Err(e) => mi.damaged.push((id, e.to_string())),
-                }
-            }
+            let vanished = self.merge_index_objects(&mut mi, ids).await;
             // An index deleted between list and get was superseded by a consolidated one
             // written before the deletion: list again to pick that one up.
             if vanished && attempt == 0 {
@@ -397,6 +384,25 @@ impl Repository<Open> {
             return Ok(mi);
         }
         unreachable!("the loop returns on its second pass")
+    }
+
+    /// Reads index objects `ids` into `mi`, each merged as it arrives and dropped (peak memory
+    /// is the merged index plus a few index objects, not all of them decoded at once); damaged
+    /// ones go to [`MasterIndex::damaged`]. Returns whether one vanished since it was listed.
+    pub(crate) async fn merge_index_objects(&self, mi: &mut MasterIndex, ids: Vec<IndexId>) -> bool {
+        let mut results = self.index_objects(ids, META_CONCURRENCY);
+        let mut vanished = false;
+        while let Some((id, r)) = results.next().await {
+            match r {
+                Ok(f) => {
+                    f.packs.into_iter().for_each(|p| mi.add_pack(p));
+                    mi.index_ids.push(id);
+                }
+                Err(Error::Store(StoreError::NotFound(_))) => vanished = true,
+                Err(e) => mi.damaged.push((id, e.to_string())),
+            }
+        }
+        vanished
     }
 
     /// Writes `f` as index objects of at most [`MAX_INDEX_BLOBS`] blobs each (a pack is never
