@@ -279,12 +279,7 @@ async fn a_damaged_truncated_or_foreign_cache_is_never_believed() {
         }
         drop(li);
         // The next load has rebuilt what was damaged: every answer is right again.
-        let li = repo.load_lookup().await.unwrap();
-        for _ in 0..1500 {
-            let id = ids[rng.gen_range(0..ids.len())];
-            let got = li.locate(&id).unwrap_or_else(|e| panic!("attempt {attempt} ({how}), after rebuild: {e}"));
-            assert!(want[&id].contains(&got.expect("found")));
-        }
+        assert_matches(&repo.load_lookup().await.unwrap(), &model, &[], &mut rng);
         println!("attempt {attempt}: damage {how}, {refused} lookups refused before the rebuild");
     }
 }
@@ -387,16 +382,44 @@ async fn kill_9_while_the_cache_is_built_or_merged_leaves_it_usable() {
     let done = push(dir.path(), &input);
     pull_matches(dir.path(), done["snapshot_id"].as_str().unwrap(), &input);
     // Whatever the kills left, lookups are right.
-    let li = repo.load_lookup().await.unwrap();
-    let want = model.locations();
-    let ids: Vec<&BlobId> = want.keys().collect();
-    for _ in 0..5000 {
-        let id = ids[rng.gen_range(0..ids.len())];
-        let got = li.locate(id).unwrap().expect("found");
-        assert!(want[id].contains(&got));
-    }
+    assert_matches(&repo.load_lookup().await.unwrap(), &model, &[], &mut rng);
     // A killed build leaves at most its temporary files (removed once an hour old).
     let temps =
         walk(&dir.path().join("cache")).into_iter().filter(|p| p.extension().is_none_or(|x| x != "kix")).count();
     assert!(temps <= kills * 8, "{temps} temporary files after {kills} kills");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agents_sharing_a_cache_directory_build_and_merge_it_at_once() {
+    let mut rng = seeded("shared cache");
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repository(dir.path()).await;
+    let mut model = Model::default();
+    for round in 0..12 {
+        // New index objects, so that every loader of this round builds a run and, past
+        // MAX_RUNS, merges runs and deletes the ones another loader is opening or reading.
+        for _ in 0..rng.gen_range(1..=3) {
+            let packs = (0..rng.gen_range(1..6))
+                .map(|_| {
+                    let n = rng.gen_range(1..300);
+                    random_pack(&mut rng, n, &[])
+                })
+                .collect();
+            model.write(&repo, packs).await;
+        }
+        let loaders: Vec<_> = (0..4)
+            .map(|_| {
+                let repo = repo.clone();
+                tokio::spawn(async move { repo.load_lookup().await })
+            })
+            .collect();
+        for l in loaders {
+            let li = l.await.unwrap().unwrap_or_else(|e| panic!("round {round}: a concurrent load failed: {e}"));
+            assert_matches(&li, &model, &[], &mut rng);
+        }
+    }
+    // What the races left is a cache that answers right, within its bound of runs.
+    let li = repo.load_lookup().await.unwrap();
+    assert!(li.runs() <= MAX_RUNS, "{} runs", li.runs());
+    assert_matches(&li, &model, &[], &mut rng);
 }
