@@ -91,12 +91,14 @@ fn packs_then_index_then_snapshot_are_fsynced_before_a_push_reports_success() {
 
 /// strace's lines with each interrupted call joined back into one: with `-f`, a call that
 /// another thread's call interrupts is written as `PID call(args <unfinished ...>` and later
-/// `PID <... call resumed>rest`, and only the second half holds the result.
+/// `PID <... call resumed>rest`, and only the second half holds the result. strace pads the
+/// pid to five columns, so a short pid is followed by more than one space.
 fn whole_calls(text: &str) -> String {
     let mut pending: HashMap<String, String> = HashMap::new();
     let mut out = Vec::new();
     for line in text.lines() {
         let (pid, rest) = line.split_once(' ').unwrap_or(("", line));
+        let rest = rest.trim_start();
         if let Some(head) = rest.strip_suffix("<unfinished ...>") {
             pending.insert(pid.to_string(), format!("{pid} {head}"));
         } else if let Some((_, tail)) = rest.split_once(" resumed>").filter(|_| rest.starts_with("<... ")) {
@@ -113,4 +115,8 @@ fn whole_calls(text: &str) -> String {
 fn interrupted_calls_are_joined() {
     let t = "7 fsync(3</r/a> <unfinished ...>\n8 rename(\"/r/x\", \"/r/y\") = 0\n7 <... fsync resumed>) = 0";
     assert_eq!(whole_calls(t), "8 rename(\"/r/x\", \"/r/y\") = 0\n7 fsync(3</r/a> ) = 0");
+    // Pids shorter than five digits are padded: `7163  fsync(...`.
+    let t =
+        "7163  fsync(3</r/a> <unfinished ...>\n7164  rename(\"/r/x\", \"/r/y\") = 0\n7163  <... fsync resumed>) = 0";
+    assert_eq!(whole_calls(t), "7164  rename(\"/r/x\", \"/r/y\") = 0\n7163 fsync(3</r/a> ) = 0");
 }
