@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Stream backup benchmark: kanister-agent against restic and borg on the same data, in one run.
+# Stream backup benchmark: kanister-agent against restic, rustic, borg and bupstash on the same
+# data, in one run.
 #
 # Generates a mysqldump-style dump of BENCH_MIB MiB (default 1024) and its version 2 with 3% of
 # rows changed (fixed seed), then for each tool, on local-disk repositories:
@@ -9,8 +10,10 @@
 #   pull v2 to /dev/null, a pipe, a file   MiB/s (ours to a file includes its fsync; the peers
 #                                       write through the shell's redirection, without one)
 # Each timing is the median of BENCH_RUNS runs (default 3). Needs restic, borg (Debian's
-# borgbackup, lz4 as in the issue's figures), taskset and /usr/bin/time: tests/infra.sh install
-# puts them there. Prints a Markdown table with each measure's ratio to the best peer.
+# borgbackup, lz4 as in the issue's figures), taskset and /usr/bin/time (tests/infra.sh install
+# puts them there) and rustic and bupstash (tests/bench/peers.sh install builds them; this script
+# runs it when they are missing). Each peer runs with its default compression but borg (lz4).
+# Prints a Markdown table with each measure's ratio to the best peer.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=tests/bench/lib.sh
@@ -24,6 +27,8 @@ GEN=$PWD/target/release/gen-dump
 for t in restic borg taskset; do
   command -v $t >/dev/null || { echo "$t is missing: bash tests/infra.sh install" >&2; exit 1; }
 done
+PATH=$(bash tests/bench/peers.sh path):$PATH
+command -v rustic >/dev/null && command -v bupstash >/dev/null || bash tests/bench/peers.sh install
 
 mkdir -p "$W"
 [ -s "$W/v1-$MIB.sql" ] || "$GEN" "$MIB" 1 42 > "$W/v1-$MIB.sql"
@@ -31,30 +36,41 @@ mkdir -p "$W"
 V1=$W/v1-$MIB.sql V2=$W/v2-$MIB.sql
 SZ1=$(stat -c %s "$V1") SZ2=$(stat -c %s "$V2")
 export KANISTER_REPO_PASSWORD=bench-passphrase RESTIC_PASSWORD=bench-passphrase BORG_PASSPHRASE=bench-passphrase
+export RUSTIC_PASSWORD=bench-passphrase
 # Not named "borg-*": the per-tool result files are removed by that pattern.
 export BORG_BASE_DIR=$W/home-of-borg
+# Our index cache, like the peers' caches, outside the repository: emptied with each repository.
+export KANISTER_CACHE_DIR=$W/cache-of-ours
 
-TOOLS=(ours restic borg)
+TOOLS=(ours restic rustic borg bupstash)
 # One tool's commands: init REPO, push REPO FILE, pull REPO (the latest snapshot to stdout).
 init() {
   case $1 in
     ours) "$AGENT" -s "file://$2" repo init >/dev/null ;;
     restic) restic -q -r "$2" init >/dev/null ;;
+    rustic) rustic -r "$2" --no-progress init >/dev/null 2>&1 ;;
     borg) borg init -e repokey-blake2 "$2" 2>/dev/null ;;
+    # The key beside the repository, and a send log per repository (as our index cache is).
+    bupstash) rm -f "$2".key "$2".sendlog; bupstash init -r "$2" >/dev/null && bupstash new-key -o "$2".key ;;
   esac
 }
 push() {
   case $1 in
     ours) echo "\"$AGENT\" -s file://$2 push --json < \"$3\" > $W/ours-push.json" ;;
     restic) echo "restic -q -r $2 backup --stdin --stdin-filename dump.sql < \"$3\" > /dev/null" ;;
+    # Labelled: two snapshots made within a second leave rustic's "latest" ambiguous.
+    rustic) echo "rustic -r $2 --no-progress backup --label \$(basename \"$3\") --stdin-filename dump.sql - < \"$3\" > /dev/null 2>&1" ;;
     borg) echo "borg create -C lz4 $2::\$(basename \"$3\") - < \"$3\"" ;;
+    bupstash) echo "bupstash put -q -r $2 -k $2.key --send-log $2.sendlog name=\$(basename \"$3\") - < \"$3\" > /dev/null" ;;
   esac
 }
 pull() {
   case $1 in
     ours) echo "\"$AGENT\" -s file://$2 pull \$(python3 -c 'import json; print(json.load(open(\"$W/ours-push.json\"))[\"snapshot_id\"])') -" ;;
     restic) echo "restic -q -r $2 dump latest dump.sql" ;;
+    rustic) echo "rustic -r $2 --no-progress --filter-label v2-$MIB.sql dump latest:dump.sql 2>/dev/null" ;;
     borg) echo "borg extract --stdout $2::v2-$MIB.sql" ;;
+    bupstash) echo "bupstash get -q -r $2 -k $2.key --query-cache $2.qcache name=v2-$MIB.sql" ;;
   esac
 }
 pull_file() {
@@ -68,7 +84,7 @@ for t in "${TOOLS[@]}"; do rm -f "$W/$t"-*; done
 for _ in $(seq 1 "$RUNS"); do
   for t in "${TOOLS[@]}"; do
     R=$W/repo-$t
-    rm -rf "$R" "$R-pinned" "$BORG_BASE_DIR"
+    rm -rf "$R" "$R-pinned" "$R".* "$R-pinned".* "$BORG_BASE_DIR" "$KANISTER_CACHE_DIR"
     init "$t" "$R-pinned"
     measure "$t-pinned" taskset -c 0 sh -c "$(push "$t" "$R-pinned" "$V1")"
     rm -rf "$R-pinned"
@@ -87,10 +103,11 @@ for _ in $(seq 1 "$RUNS"); do
   done
 done
 
-python3 - "$W" "$SZ1" "$SZ2" "$MIB" "$RUNS" "$(restic version | head -1)" "$(borg --version)" <<'PY'
+python3 - "$W" "$SZ1" "$SZ2" "$MIB" "$RUNS" "$(restic version | head -1), $(rustic --version), $(borg --version) (lz4), $(bupstash version)" <<'PY'
 import sys, statistics
-W, sz1, sz2, mib, runs, rv, bv = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7]
-tools = ["ours", "restic", "borg"]
+W, sz1, sz2, mib, runs, versions = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
+tools = ["ours", "restic", "rustic", "borg", "bupstash"]
+peers = tools[1:]
 def rows(name):
     return [tuple(map(float, l.split())) for l in open(f"{W}/{name}")]
 def med(name, col):
@@ -110,12 +127,11 @@ lines.append(("repository after v1, MiB", {t: size[t][0] / M for t in tools}, "{
 lines.append(("stored by v2, MiB", {t: (size[t][1] - size[t][0]) / M for t in tools}, "{:.1f}", False))
 lines.append(("peak RSS (any step), MiB", {t: max(med(f"{t}-{s}", 1) for s in ("push1", "push2", "pull", "file")) / 1024
                                            for t in tools}, "{:.0f}", False))
-print(f"\n{mib} MiB dump (v1 {sz1/M:.0f} MiB, v2 {sz2/M:.0f} MiB, 3% of rows changed), median of {runs} runs, {rv}, {bv} (lz4)\n")
-print("| measure | kanister-agent | restic | borg | vs best peer |")
-print("|---|---:|---:|---:|---:|")
+print(f"\n{mib} MiB dump (v1 {sz1/M:.0f} MiB, v2 {sz2/M:.0f} MiB, 3% of rows changed), median of {runs} runs, {versions}\n")
+print("| measure | kanister-agent | " + " | ".join(peers) + " | vs best peer |")
+print("|---|" + "---:|" * (len(tools) + 1))
 for label, v, fmt, higher in lines:
-    peers = [v["restic"], v["borg"]]
-    best = max(peers) if higher else min(peers)
+    best = (max if higher else min)(peers, key=lambda t: v[t])
     cells = " | ".join(fmt.format(v[t]) for t in tools)
-    print(f"| {label} | {cells} | {v['ours'] / best:.2f}x |")
+    print(f"| {label} | {cells} | {v['ours'] / v[best]:.2f}x ({best}) |")
 PY

@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# Volume backup benchmark: kanister-agent against restic on the same tree, in one run.
+# Volume backup benchmark: kanister-agent against restic, rustic, borg and bupstash on the same
+# tree, in one run.
 #
 # A tree of BENCH_FILES files (default 30000) and about BENCH_MIB MiB (default 1024), text and
 # binary, fixed seed. Per run, for each tool on local-disk repositories:
-#   backup v1            MiB/s and peak RSS
+#   backup v1            MiB/s, CPU-seconds per GB (user + system), peak RSS
+#   backup v1 pinned     the same into a fresh repository under `taskset -c 0` (a sidecar's
+#                        CPU limit): MiB/s and CPU-seconds per GB
 #   mutate ~4.5% of the files in place, backup v2: wall time
 #   backup again with nothing changed: wall time
-#   restore v2 into an empty directory: MiB/s and peak RSS
-# With BENCH_MILLION=1, also a 1,000,000-file tree (small files): backup time and peak RSS.
+#   restore v2 into an empty directory: MiB/s, CPU-seconds per GB, peak RSS
+# Each peer runs with its defaults but borg (lz4, as in the issue's figures). restic, borg and
+# taskset come from tests/infra.sh install; rustic and bupstash from tests/bench/peers.sh install
+# (run here when they are missing). Every restore is checked outside the timings: ours is
+# compared file by file with the tree, a peer's by its count of files.
+# With BENCH_MILLION=1, also a 1,000,000-file tree (small files): backup time and peak RSS of
+# kanister-agent and restic.
 #
 # Everything happens on a fresh ext4 filesystem with a journal, made in a sparse image file and
 # loop-mounted (root only; BENCH_FS=0 or no root: a plain directory). A fresh filesystem keeps
@@ -26,16 +34,53 @@ W=${BENCH_DIR:-/tmp/kanister-bench-tree}
 cargo build --release -q -p kanister-agent -p kanister-testkit
 AGENT=$PWD/target/release/kanister-agent
 GEN=$PWD/target/release/gen-tree
-command -v restic >/dev/null || { echo "restic is missing: bash tests/infra.sh install" >&2; exit 1; }
+for t in restic borg taskset; do
+  command -v $t >/dev/null || { echo "$t is missing: bash tests/infra.sh install" >&2; exit 1; }
+done
+PATH=$(bash tests/bench/peers.sh path):$PATH
+command -v rustic >/dev/null && command -v bupstash >/dev/null || bash tests/bench/peers.sh install
 export KANISTER_REPO_PASSWORD=bench-passphrase RESTIC_PASSWORD=bench-passphrase
+export RUSTIC_PASSWORD=bench-passphrase BORG_PASSPHRASE=bench-passphrase
 mkdir -p "$W"
+export BORG_BASE_DIR=$W/home-of-borg KANISTER_CACHE_DIR=$W/cache-of-ours
 
+TOOLS=(ours restic rustic borg bupstash)
+# One tool's commands: init REPO; backup REPO TREE NAME; restore REPO NAME DEST (NAME: v1, v2...).
+init() {
+  case $1 in
+    ours) "$AGENT" -s "file://$2" repo init >/dev/null ;;
+    restic) restic -q -r "$2" init >/dev/null ;;
+    rustic) rustic -r "$2" --no-progress init >/dev/null 2>&1 ;;
+    borg) borg init -e repokey-blake2 "$2" 2>/dev/null ;;
+    # The key beside the repository, and a send log per repository (as our index cache is).
+    bupstash) rm -f "$2".key "$2".sendlog; bupstash init -r "$2" >/dev/null && bupstash new-key -o "$2".key ;;
+  esac
+}
+backup() {
+  case $1 in
+    ours) echo "\"$AGENT\" -s file://$2 backup \"$3\" --json > $W/ours-$4.json" ;;
+    restic) echo "restic -q -r $2 backup \"$3\" > /dev/null" ;;
+    rustic) echo "rustic -r $2 --no-progress backup \"$3\" > /dev/null 2>&1" ;;
+    borg) echo "borg create -C lz4 $2::$4 \"$3\"" ;;
+    bupstash) echo "bupstash put -q -r $2 -k $2.key --send-log $2.sendlog name=$4 \"$3\" > $W/bupstash-$4.id" ;;
+  esac
+}
+restore() {
+  case $1 in
+    ours) echo "\"$AGENT\" -s file://$2 restore \$(python3 -c 'import json; print(json.load(open(\"$W/ours-$3.json\"))[\"snapshot_id\"])') $4 > /dev/null" ;;
+    # Snapshots by name: restic's and rustic's latest (the unchanged backup holds v2's tree).
+    restic) echo "restic -q -r $2 restore latest --target $4 > /dev/null" ;;
+    rustic) echo "rustic -r $2 --no-progress restore latest $4 > /dev/null 2>&1" ;;
+    borg) echo "mkdir -p $4 && cd $4 && borg extract $2::$3" ;;
+    bupstash) echo "mkdir -p $4 && bupstash restore -r $2 -k $2.key --query-cache $2.qcache --into $4 id=\$(cat $W/bupstash-$3.id)" ;;
+  esac
+}
 
 umount "$W/fs" 2>/dev/null || true
 rm -rf "${W:?}"/*
 if [ "${BENCH_FS:-1}" = 1 ] && [ "$(id -u)" = 0 ] && command -v mkfs.ext4 >/dev/null; then
-  # Room for every run's tree, two restores and two repositories, and the million files.
-  truncate -s "$(( RUNS * 5 * MIB + 12 * 1024 ))M" "$W/fs.img"
+  # Room for one run's tree, five repositories and a restore, and the million files.
+  truncate -s "$(( 10 * MIB + 12 * 1024 ))M" "$W/fs.img"
   mkfs.ext4 -q -N 4000000 "$W/fs.img"
   mkdir -p "$W/fs"
   mount -o loop "$W/fs.img" "$W/fs"
@@ -46,45 +91,66 @@ else
   D=$W
 fi
 for run in $(seq 1 "$RUNS"); do
-  R=$D/run-$run
+  R=$D/run
   T=$R/tree
+  rm -rf "$R"
   mkdir -p "$R"
   "$GEN" write "$T" "$FILES" "$MIB" 7 >/dev/null
+  BYTES=$(du -sb --apparent-size "$T" | cut -f1)
+  COUNT=$(find "$T" -type f | wc -l)
   sync
-  "$AGENT" -s "file://$R/ours" repo init >/dev/null
-  restic -q -r "$R/restic" init >/dev/null
-  measure r-ours-v1 sh -c "\"$AGENT\" -s file://$R/ours backup \"$T\" --json > /dev/null"
-  measure r-restic-v1 sh -c "restic -q -r $R/restic backup \"$T\" > /dev/null"
+  for t in "${TOOLS[@]}"; do
+    rm -rf "$BORG_BASE_DIR" "$KANISTER_CACHE_DIR"
+    init "$t" "$R/$t-pinned"
+    measure "$t-pinned" taskset -c 0 sh -c "$(backup "$t" "$R/$t-pinned" "$T" v1)"
+    rm -rf "$R/$t-pinned" "$R/$t-pinned".*
+    init "$t" "$R/$t"
+    measure "$t-v1" sh -c "$(backup "$t" "$R/$t" "$T" v1)"
+  done
   "$GEN" mutate "$T" 4.5 8 > "$W/mutated.txt"
-  measure r-ours-v2 sh -c "\"$AGENT\" -s file://$R/ours backup \"$T\" --json > $W/ours-v2.json"
-  measure r-restic-v2 sh -c "restic -q -r $R/restic backup \"$T\" > /dev/null"
-  measure r-ours-same sh -c "\"$AGENT\" -s file://$R/ours backup \"$T\" --json > $W/ours-same.json"
-  measure r-restic-same sh -c "restic -q -r $R/restic backup \"$T\" > /dev/null"
-  ID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["snapshot_id"])' "$W/ours-v2.json")
-  measure r-ours-restore sh -c "\"$AGENT\" -s file://$R/ours restore $ID $R/restore-ours > /dev/null"
-  RID=$(restic -r "$R/restic" snapshots --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[-2]["short_id"])')
-  measure r-restic-restore sh -c "restic -q -r $R/restic restore $RID --target $R/restore-restic > /dev/null"
-  # Correctness, outside the timings: the restored v2 tree equals the source.
-  diff -r "$T" "$R/restore-ours" > /dev/null || { echo "kanister-agent restore differs from the tree" >&2; exit 1; }
+  for t in "${TOOLS[@]}"; do
+    measure "$t-v2" sh -c "$(backup "$t" "$R/$t" "$T" v2)"
+    measure "$t-same" sh -c "$(backup "$t" "$R/$t" "$T" same)"
+  done
+  sync
+  for t in "${TOOLS[@]}"; do
+    measure "$t-restore" sh -c "$(restore "$t" "$R/$t" v2 "$R/restore")"
+    # Correctness, outside the timings.
+    if [ "$t" = ours ]; then
+      diff -r "$T" "$R/restore" > /dev/null || { echo "kanister-agent's restore differs from the tree" >&2; exit 1; }
+    else
+      n=$(find "$R/restore" -type f | wc -l)
+      [ "$n" = "$COUNT" ] || { echo "$t restored $n files of $COUNT" >&2; exit 1; }
+    fi
+    rm -rf "$R/restore"
+  done
 done
-BYTES=$(du -sb --apparent-size "$D/run-1/tree" | cut -f1)
-python3 - "$W" "$BYTES" "$FILES" "$RUNS" "$(restic version | head -1)" "$(cat "$W/mutated.txt")" <<'PY'
+python3 - "$W" "$BYTES" "$FILES" "$RUNS" "$(cat "$W/mutated.txt")" \
+  "$(restic version | head -1), $(rustic --version), $(borg --version) (lz4), $(bupstash version)" <<'PY'
 import sys, statistics, json
-W, total, files, runs, rv, mutated = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
-def col(name, c): return statistics.median(float(l.split()[c]) for l in open(f"{W}/r-{name}"))
-M = 1 << 20
-o2 = json.load(open(f"{W}/ours-v2.json")); os_ = json.load(open(f"{W}/ours-same.json"))
-print(f"\n{files} files, {total/M:.0f} MiB; v2: {mutated}; median of {runs} runs; {rv}\n")
-print("| measure | kanister-agent | restic | ratio |")
-print("|---|---:|---:|---:|")
-b1o, b1r = total / M / col("ours-v1", 0), total / M / col("restic-v1", 0)
-print(f"| backup v1 MiB/s | {b1o:.0f} | {b1r:.0f} | {b1o/b1r:.2f}x |")
-print(f"| backup v2 (4.5% changed) s | {col('ours-v2',0):.2f} | {col('restic-v2',0):.2f} | {col('ours-v2',0)/col('restic-v2',0):.2f}x |")
-print(f"| nothing changed s | {col('ours-same',0):.2f} | {col('restic-same',0):.2f} | {col('ours-same',0)/col('restic-same',0):.2f}x |")
-ro, rr = total / M / col("ours-restore", 0), total / M / col("restic-restore", 0)
-print(f"| restore MiB/s | {ro:.0f} | {rr:.0f} | {ro/rr:.2f}x |")
+W, total, files, runs, mutated, versions = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+tools = ["ours", "restic", "rustic", "borg", "bupstash"]
+peers = tools[1:]
+def col(name, c): return statistics.median(float(l.split()[c]) for l in open(f"{W}/{name}"))
+M, G = 1 << 20, 1e9
+lines = []  # (label, {tool: value}, fmt, higher_is_better)
+for step, label in [("v1", "backup v1 MiB/s"), ("pinned", "backup v1 pinned to one core, MiB/s")]:
+    lines.append((label, {t: total / M / col(f"{t}-{step}", 0) for t in tools}, "{:.0f}", True))
+for step, label in [("v1", "backup v1 CPU-seconds per GB"), ("pinned", "backup v1 pinned, CPU-seconds per GB")]:
+    lines.append((label, {t: col(f"{t}-{step}", 2) / (total / G) for t in tools}, "{:.2f}", False))
+lines.append(("backup v2 (4.5% changed), s", {t: col(f"{t}-v2", 0) for t in tools}, "{:.2f}", False))
+lines.append(("backup with nothing changed, s", {t: col(f"{t}-same", 0) for t in tools}, "{:.2f}", False))
+lines.append(("restore v2 MiB/s", {t: total / M / col(f"{t}-restore", 0) for t in tools}, "{:.0f}", True))
+lines.append(("restore v2 CPU-seconds per GB", {t: col(f"{t}-restore", 2) / (total / G) for t in tools}, "{:.2f}", False))
 for step in ("v1", "v2", "same", "restore"):
-    print(f"| peak RSS {step} | {col('ours-'+step,1)/1024:.0f} MiB | {col('restic-'+step,1)/1024:.0f} MiB | {col('ours-'+step,1)/col('restic-'+step,1):.2f}x |")
+    lines.append((f"peak RSS {step}, MiB", {t: col(f"{t}-{step}", 1) / 1024 for t in tools}, "{:.0f}", False))
+o2 = json.load(open(f"{W}/ours-v2.json")); os_ = json.load(open(f"{W}/ours-same.json"))
+print(f"\n{files} files, {total/M:.0f} MiB; v2: {mutated}; median of {runs} runs; {versions}\n")
+print("| measure | kanister-agent | " + " | ".join(peers) + " | vs best peer |")
+print("|---|" + "---:|" * (len(tools) + 1))
+for label, v, fmt, higher in lines:
+    best = (max if higher else min)(peers, key=lambda t: v[t])
+    print(f"| {label} | " + " | ".join(fmt.format(v[t]) for t in tools) + f" | {v['ours'] / v[best]:.2f}x ({best}) |")
 print(f"\nv2: {o2['files_read']} files read, {o2['files_reused']} reused; nothing changed: {os_['files_read']} read")
 PY
 
