@@ -28,7 +28,7 @@ for t in restic borg taskset; do
   command -v $t >/dev/null || { echo "$t is missing: bash tests/infra.sh install" >&2; exit 1; }
 done
 PATH=$(bash tests/bench/peers.sh path):$PATH
-command -v rustic >/dev/null && command -v bupstash >/dev/null || bash tests/bench/peers.sh install
+if ! command -v rustic >/dev/null || ! command -v bupstash >/dev/null; then bash tests/bench/peers.sh install; fi
 
 mkdir -p "$W"
 [ -s "$W/v1-$MIB.sql" ] || "$GEN" "$MIB" 1 42 > "$W/v1-$MIB.sql"

@@ -38,7 +38,7 @@ for t in restic borg taskset; do
   command -v $t >/dev/null || { echo "$t is missing: bash tests/infra.sh install" >&2; exit 1; }
 done
 PATH=$(bash tests/bench/peers.sh path):$PATH
-command -v rustic >/dev/null && command -v bupstash >/dev/null || bash tests/bench/peers.sh install
+if ! command -v rustic >/dev/null || ! command -v bupstash >/dev/null; then bash tests/bench/peers.sh install; fi
 export KANISTER_REPO_PASSWORD=bench-passphrase RESTIC_PASSWORD=bench-passphrase
 export RUSTIC_PASSWORD=bench-passphrase BORG_PASSPHRASE=bench-passphrase
 mkdir -p "$W"
@@ -90,7 +90,7 @@ else
   echo "note: benchmarking in a plain directory (not root, or BENCH_FS=0): restore times depend on the filesystem's state" >&2
   D=$W
 fi
-for run in $(seq 1 "$RUNS"); do
+for _ in $(seq 1 "$RUNS"); do
   R=$D/run
   T=$R/tree
   rm -rf "$R"
