@@ -8,3 +8,32 @@ measure() {
               /Maximum resident set size/ {r=$2} /User time/ {u=$2} /System time/ {k=$2}
               END {print w, r, u + k}' "$W/time.txt" >> "$W/$name"
 }
+
+# The peers of stream.sh and tree.sh: checks they are there (building rustic and bupstash when
+# they are not), and their passwords and cache directories under $W.
+peers() {
+  local t
+  for t in restic borg taskset; do
+    command -v $t >/dev/null || { echo "$t is missing: bash tests/infra.sh install" >&2; exit 1; }
+  done
+  PATH=$(bash tests/bench/peers.sh path):$PATH
+  if ! command -v rustic >/dev/null || ! command -v bupstash >/dev/null; then bash tests/bench/peers.sh install; fi
+  export KANISTER_REPO_PASSWORD=bench-passphrase RESTIC_PASSWORD=bench-passphrase
+  export RUSTIC_PASSWORD=bench-passphrase BORG_PASSPHRASE=bench-passphrase
+  # Not named "borg-*": stream.sh removes its per-tool result files by that pattern.
+  export BORG_BASE_DIR=$W/home-of-borg
+  # Our index cache, like the peers' caches, outside the repository.
+  export KANISTER_CACHE_DIR=$W/cache-of-ours
+}
+
+# init TOOL REPO: a fresh repository ($AGENT is ours).
+init() {
+  case $1 in
+    ours) "$AGENT" -s "file://$2" repo init >/dev/null ;;
+    restic) restic -q -r "$2" init >/dev/null ;;
+    rustic) rustic -r "$2" --no-progress init >/dev/null 2>&1 ;;
+    borg) borg init -e repokey-blake2 "$2" 2>/dev/null ;;
+    # The key beside the repository, and a send log per repository (as our index cache is).
+    bupstash) rm -f "$2".key "$2".sendlog; bupstash init -r "$2" >/dev/null && bupstash new-key -o "$2".key ;;
+  esac
+}

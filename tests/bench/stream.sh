@@ -24,36 +24,16 @@ W=${BENCH_DIR:-/tmp/kanister-bench}
 cargo build --release -q -p kanister-agent -p kanister-testkit
 AGENT=$PWD/target/release/kanister-agent
 GEN=$PWD/target/release/gen-dump
-for t in restic borg taskset; do
-  command -v $t >/dev/null || { echo "$t is missing: bash tests/infra.sh install" >&2; exit 1; }
-done
-PATH=$(bash tests/bench/peers.sh path):$PATH
-if ! command -v rustic >/dev/null || ! command -v bupstash >/dev/null; then bash tests/bench/peers.sh install; fi
+peers
 
 mkdir -p "$W"
 [ -s "$W/v1-$MIB.sql" ] || "$GEN" "$MIB" 1 42 > "$W/v1-$MIB.sql"
 [ -s "$W/v2-$MIB.sql" ] || "$GEN" "$MIB" 2 42 > "$W/v2-$MIB.sql"
 V1=$W/v1-$MIB.sql V2=$W/v2-$MIB.sql
 SZ1=$(stat -c %s "$V1") SZ2=$(stat -c %s "$V2")
-export KANISTER_REPO_PASSWORD=bench-passphrase RESTIC_PASSWORD=bench-passphrase BORG_PASSPHRASE=bench-passphrase
-export RUSTIC_PASSWORD=bench-passphrase
-# Not named "borg-*": the per-tool result files are removed by that pattern.
-export BORG_BASE_DIR=$W/home-of-borg
-# Our index cache, like the peers' caches, outside the repository: emptied with each repository.
-export KANISTER_CACHE_DIR=$W/cache-of-ours
 
 TOOLS=(ours restic rustic borg bupstash)
-# One tool's commands: init REPO, push REPO FILE, pull REPO (the latest snapshot to stdout).
-init() {
-  case $1 in
-    ours) "$AGENT" -s "file://$2" repo init >/dev/null ;;
-    restic) restic -q -r "$2" init >/dev/null ;;
-    rustic) rustic -r "$2" --no-progress init >/dev/null 2>&1 ;;
-    borg) borg init -e repokey-blake2 "$2" 2>/dev/null ;;
-    # The key beside the repository, and a send log per repository (as our index cache is).
-    bupstash) rm -f "$2".key "$2".sendlog; bupstash init -r "$2" >/dev/null && bupstash new-key -o "$2".key ;;
-  esac
-}
+# One tool's commands (init is in lib.sh): push REPO FILE, pull REPO (the latest snapshot to stdout).
 push() {
   case $1 in
     ours) echo "\"$AGENT\" -s file://$2 push --json < \"$3\" > $W/ours-push.json" ;;

@@ -34,28 +34,11 @@ W=${BENCH_DIR:-/tmp/kanister-bench-tree}
 cargo build --release -q -p kanister-agent -p kanister-testkit
 AGENT=$PWD/target/release/kanister-agent
 GEN=$PWD/target/release/gen-tree
-for t in restic borg taskset; do
-  command -v $t >/dev/null || { echo "$t is missing: bash tests/infra.sh install" >&2; exit 1; }
-done
-PATH=$(bash tests/bench/peers.sh path):$PATH
-if ! command -v rustic >/dev/null || ! command -v bupstash >/dev/null; then bash tests/bench/peers.sh install; fi
-export KANISTER_REPO_PASSWORD=bench-passphrase RESTIC_PASSWORD=bench-passphrase
-export RUSTIC_PASSWORD=bench-passphrase BORG_PASSPHRASE=bench-passphrase
+peers
 mkdir -p "$W"
-export BORG_BASE_DIR=$W/home-of-borg KANISTER_CACHE_DIR=$W/cache-of-ours
 
 TOOLS=(ours restic rustic borg bupstash)
-# One tool's commands: init REPO; backup REPO TREE NAME; restore REPO NAME DEST (NAME: v1, v2...).
-init() {
-  case $1 in
-    ours) "$AGENT" -s "file://$2" repo init >/dev/null ;;
-    restic) restic -q -r "$2" init >/dev/null ;;
-    rustic) rustic -r "$2" --no-progress init >/dev/null 2>&1 ;;
-    borg) borg init -e repokey-blake2 "$2" 2>/dev/null ;;
-    # The key beside the repository, and a send log per repository (as our index cache is).
-    bupstash) rm -f "$2".key "$2".sendlog; bupstash init -r "$2" >/dev/null && bupstash new-key -o "$2".key ;;
-  esac
-}
+# One tool's commands (init is in lib.sh): backup REPO TREE NAME; restore REPO NAME DEST (NAME: v1, v2...).
 backup() {
   case $1 in
     ours) echo "\"$AGENT\" -s file://$2 backup \"$3\" --json > $W/ours-$4.json" ;;
