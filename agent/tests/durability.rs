@@ -29,7 +29,14 @@ fn packs_then_index_then_snapshot_are_fsynced_before_a_push_reports_success() {
     SqlDump::of_size(5, 6 << 20, 0.0).write(1, &mut f).unwrap();
     drop(f);
     let trace = dir.path().join("trace");
+    // A first push of other data, so that the traced one also builds an index cache run.
     let cache = dir.path().join("cache");
+    let other = dir.path().join("other.sql");
+    let mut f = std::fs::File::create(&other).unwrap();
+    SqlDump::of_size(5, 1 << 20, 0.0).write(2, &mut f).unwrap();
+    drop(f);
+    let first = agent(&["push", other.to_str().unwrap()]).env("KANISTER_CACHE_DIR", &cache).status().unwrap();
+    assert!(first.success());
     let out = Command::new("strace")
         .args(["-f", "-y", "-qq", "-e", "trace=fsync,fdatasync,rename,renameat,renameat2", "-o"])
         .arg(&trace)
@@ -44,6 +51,7 @@ fn packs_then_index_then_snapshot_are_fsynced_before_a_push_reports_success() {
         .expect("strace runs (apt-get install strace)");
     assert!(out.status.success(), "push failed: {}", String::from_utf8_lossy(&out.stderr));
     let text = whole_calls(&std::fs::read_to_string(&trace).unwrap());
+    assert!(text.contains(&*cache.to_string_lossy()), "the traced push built no index cache run:\n{text}");
     // Order of events: (index in the trace, what).
     let mut synced: HashMap<String, usize> = HashMap::new();
     let mut dir_synced: Vec<(usize, String)> = Vec::new();
