@@ -167,17 +167,70 @@ impl WritebackFile {
     }
 
     fn start_writeback(&mut self) {
-        // `POSIX_FADV_DONTNEED` starts writeback of the range's dirty pages without waiting
-        // (and drops those already clean: a restore does not crowd the page cache). Only a
-        // hint: a refusal changes nothing but speed.
-        let _ = nix::fcntl::posix_fadvise(
-            &self.file,
-            self.started as i64,
-            (self.written - self.started) as i64,
-            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-        );
+        start_writeback(&self.file, self.started, self.written - self.started);
         self.started = self.written;
     }
+}
+
+/// Starts writeback of `len` bytes of `file` from `offset` (`len` 0: to its end) without
+/// waiting for it. `POSIX_FADV_DONTNEED` writes the range's dirty pages out and drops those
+/// already clean, so a restore does not crowd the page cache either. Only a hint: a refusal
+/// changes nothing but speed, and the `fsync`/`syncfs` that ends a restore still waits for all.
+pub fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    let _ =
+        nix::fcntl::posix_fadvise(file, offset as i64, len as i64, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+}
+
+/// Waits until what was written to `out` is on disk when `out` is a regular file (standard
+/// output redirected to one); a pipe or a terminal has nothing to wait for.
+pub fn sync_if_file(out: &std::fs::File) -> std::io::Result<()> {
+    if out.metadata()?.is_file() { out.sync_all() } else { Ok(()) }
+}
+
+/// Makes the names in directory `dir` durable (after a file was created or renamed in it).
+pub fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Writes snapshot `id` into the file `target`, durably: under a temporary name beside it,
+/// fsynced, renamed into place, then its directory fsynced. A failed pull leaves nothing
+/// behind, and a file that was already at `target` stays as it was. A device or a named pipe
+/// at `target` (`/dev/stdout`, a FIFO a restore command reads) is written as it is.
+pub async fn pull_to_path(
+    repo: &Repository,
+    id: &SnapshotId,
+    target: &std::path::Path,
+    fetches: usize,
+    workers: usize,
+    progress: Arc<Progress>,
+) -> Result<PullStats> {
+    if std::fs::metadata(target).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+        let out = std::fs::OpenOptions::new()
+            .write(true)
+            .open(target)
+            .map_err(|e| Error::io(format!("cannot open {}", target.display()), e))?;
+        widen_pipe(&out);
+        return Ok(pull(repo, id, out, fetches, workers, progress).await?.0);
+    }
+    let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("pull");
+    let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
+    let file = std::fs::File::create(&tmp).map_err(|e| Error::io(format!("cannot create {}", tmp.display()), e))?;
+    // No buffer in between: each batch of blobs (up to 2 MiB) is one `writev`.
+    let r = pull(repo, id, WritebackFile::new(file), fetches, workers, progress).await;
+    let finish = || -> Result<PullStats> {
+        let (stats, file) = r?;
+        file.sync().map_err(|e| Error::io(format!("cannot write {} to disk", tmp.display()), e))?;
+        std::fs::rename(&tmp, target)
+            .map_err(|e| Error::io(format!("cannot rename {} into {}", tmp.display(), target.display()), e))?;
+        sync_dir(dir).map_err(|e| Error::io(format!("cannot write the directory {} to disk", dir.display()), e))?;
+        Ok(stats)
+    };
+    let res = finish();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
 }
 
 impl std::io::Write for WritebackFile {

@@ -4,6 +4,10 @@
 //! calls of a real push (`strace -f -y`). The local index cache is not part of the repository
 //! and is not fsynced (a torn cache file fails its MACs and is rebuilt): its renames are left
 //! out.
+//!
+//! A restore, likewise, reports success only once what it wrote is on disk: a directory restore
+//! ends with a `syncfs` after its last write, a pull into a file fsyncs it, renames it into
+//! place and fsyncs the directory, and a pull to a redirected standard output fsyncs that file.
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
@@ -95,6 +99,179 @@ fn packs_then_index_then_snapshot_are_fsynced_before_a_push_reports_success() {
             "the directory of {to} was not fsynced after it landed"
         );
     }
+}
+
+/// A repository holding a stream snapshot and a tree snapshot; returns (store URL, stream id,
+/// tree id, the tree).
+fn repository_with_both(dir: &std::path::Path) -> (String, String, String, std::path::PathBuf) {
+    let store = format!("file://{}", dir.join("repo").display());
+    let agent = |args: &[&str]| {
+        let o = Command::new(BIN)
+            .env("KANISTER_STORE", &store)
+            .env("KANISTER_REPO_PASSWORD", PASSWORD)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    agent(&["repo", "init"]);
+    let dump = dir.join("dump.sql");
+    let mut f = std::fs::File::create(&dump).unwrap();
+    SqlDump::of_size(5, 3 << 20, 0.0).write(1, &mut f).unwrap();
+    drop(f);
+    let tree = dir.join("tree");
+    for (i, sub) in ["a", "a/b", "c"].iter().enumerate() {
+        std::fs::create_dir_all(tree.join(sub)).unwrap();
+        for j in 0..5 {
+            std::fs::write(tree.join(sub).join(format!("f{j}")), format!("{i}-{j}\n").repeat(3000 * (j + 1))).unwrap();
+        }
+    }
+    std::fs::copy(&dump, tree.join("c/big.sql")).unwrap();
+    let id = |out: String| {
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["snapshot_id"].as_str().unwrap().to_string()
+    };
+    let stream = id(agent(&["push", "--json", dump.to_str().unwrap()]));
+    let snap = id(agent(&["backup", "--json", tree.to_str().unwrap()]));
+    (store, stream, snap, tree)
+}
+
+/// Runs the agent under `strace -f -y -e trace=CALLS` and returns the joined trace.
+fn traced(dir: &std::path::Path, store: &str, calls: &str, args: &[&str], stdout: Stdio) -> String {
+    let trace = dir.join("trace");
+    let out = Command::new("strace")
+        .args(["-f", "-y", "-qq", "-e", &format!("trace={calls}"), "-o"])
+        .arg(&trace)
+        .arg(BIN)
+        .args(args)
+        .env("KANISTER_STORE", store)
+        .env("KANISTER_REPO_PASSWORD", PASSWORD)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .output()
+        .expect("strace runs (apt-get install strace)");
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    whole_calls(&std::fs::read_to_string(&trace).unwrap())
+}
+
+/// The path strace's `-y` shows for a call's first descriptor: `write(7</a/b>, ...` is `/a/b`.
+fn fd_path(line: &str) -> Option<&str> {
+    line.split_once('<').and_then(|(_, r)| r.split_once('>')).map(|(p, _)| p)
+}
+
+#[test]
+fn a_directory_restore_is_on_disk_before_it_reports_success() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _, snap, tree) = repository_with_both(dir.path());
+    let target = dir.path().join("restored");
+    let t = target.to_string_lossy().to_string();
+    // stdout to a file: the report is a write to it, which the trace shows by its path.
+    let report = dir.path().join("report.json");
+    let text = traced(
+        dir.path(),
+        &store,
+        "write,writev,pwrite64,pwritev,syncfs,fsync,fdatasync,sync",
+        &["restore", "--json", &snap, &t],
+        Stdio::from(std::fs::File::create(&report).unwrap()),
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    let last_write = lines
+        .iter()
+        .rposition(|l| l.contains("write") && fd_path(l).is_some_and(|p| p.starts_with(&t)))
+        .unwrap_or_else(|| {
+            panic!(
+                "no write to a restored file in the trace:
+{text}"
+            )
+        });
+    let synced = lines
+        .iter()
+        .rposition(|l| l.contains("syncfs(") && l.ends_with("= 0") && fd_path(l).is_some_and(|p| p.starts_with(&t)))
+        .unwrap_or_else(|| {
+            panic!(
+                "the restored files were never synced to disk:
+{text}"
+            )
+        });
+    assert!(
+        synced > last_write,
+        "a restored file was written after the last syncfs:
+{text}"
+    );
+    let reported = lines
+        .iter()
+        .position(|l| l.contains("write") && fd_path(l) == Some(&*report.to_string_lossy()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no report written:
+{text}"
+            )
+        });
+    assert!(
+        reported > synced,
+        "the restore reported success before its files were on disk:
+{text}"
+    );
+    // And it restored the tree.
+    let a = std::fs::read(tree.join("c/big.sql")).unwrap();
+    assert_eq!(std::fs::read(target.join("c/big.sql")).unwrap(), a);
+    let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert!(stats["sync_secs"].as_f64().is_some_and(|s| s >= 0.0), "{stats}");
+}
+
+#[test]
+fn a_pull_into_a_file_is_fsynced_renamed_and_its_directory_fsynced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, stream, _, _) = repository_with_both(dir.path());
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let out = out_dir.join("dump.sql");
+    let text = traced(
+        dir.path(),
+        &store,
+        "fsync,fdatasync,rename,renameat,renameat2",
+        &["pull", &stream, out.to_str().unwrap()],
+        Stdio::null(),
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    let renamed = lines
+        .iter()
+        .position(|l| l.contains("rename") && l.contains(&*out.to_string_lossy()) && l.ends_with("= 0"))
+        .unwrap_or_else(|| {
+            panic!(
+                "the output was not renamed into place:
+{text}"
+            )
+        });
+    let partial = lines[renamed].split('"').nth(1).unwrap().to_string();
+    assert!(
+        lines[..renamed].iter().any(|l| l.contains("fsync(") && fd_path(l) == Some(&*partial)),
+        "renamed into place before its data was fsynced:
+{text}"
+    );
+    assert!(
+        lines[renamed..].iter().any(|l| l.contains("fsync(") && fd_path(l) == Some(&*out_dir.to_string_lossy())),
+        "the directory was not fsynced after the rename:
+{text}"
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(dir.path().join("dump.sql")).unwrap());
+
+    // Standard output redirected to a file (`pull ID > dump.sql`): that file is fsynced.
+    let redirected = dir.path().join("redirected.sql");
+    let text = traced(
+        dir.path(),
+        &store,
+        "fsync,fdatasync",
+        &["pull", &stream],
+        Stdio::from(std::fs::File::create(&redirected).unwrap()),
+    );
+    assert!(
+        text.lines().any(|l| l.contains("fsync(") && fd_path(l) == Some(&*redirected.to_string_lossy())),
+        "standard output's file was not fsynced:
+{text}"
+    );
+    assert_eq!(std::fs::read(&redirected).unwrap(), std::fs::read(dir.path().join("dump.sql")).unwrap());
 }
 
 /// strace's lines with each interrupted call joined back into one: with `-f`, a call that

@@ -403,3 +403,33 @@ fn a_dump_cut_off_without_an_error_is_refused_and_a_whole_one_is_tagged() {
     assert_eq!(tag(&accepted), "incomplete:mysqldump", "{snaps}");
     assert_eq!(tag(other["snapshot_id"].as_str().unwrap()), "unverified", "{snaps}");
 }
+
+#[test]
+fn a_pull_into_a_named_pipe_writes_through_it() {
+    // A FIFO (or `/dev/stdout`) at the output path cannot be written beside and renamed over:
+    // it is written as it is, and the reader at its other end gets the whole stream.
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::new(BIN, format!("file://{}/repo", dir.path().display()));
+    agent.init();
+    let dump = dir.path().join("dump.sql");
+    SqlDump::of_size(3, 4 << 20, 0.0).write(1, &mut std::fs::File::create(&dump).unwrap()).unwrap();
+    let (want, n) = kanister_testkit::sha256_of(std::fs::File::open(&dump).unwrap()).unwrap();
+    let id = agent.push(&[], std::fs::File::open(&dump).unwrap())["snapshot_id"].as_str().unwrap().to_string();
+    let fifo = dir.path().join("restore.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || tx.send(kanister_testkit::sha256_of(std::fs::File::open(fifo).unwrap()).unwrap()));
+    }
+    let o = agent.output(&["pull", &id, fifo.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A reader still waiting long after the pull ended was never written to.
+    let got = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("the pipe's reader got nothing");
+    assert_eq!(got, (want, n));
+    // Nothing was left beside it, and the FIFO is still one.
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(!left.iter().any(|n| n.to_string_lossy().contains("partial")), "{left:?}");
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+}

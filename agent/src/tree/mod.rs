@@ -127,6 +127,8 @@ pub struct RestoreStats {
     pub warnings: Vec<String>,
     /// Wall time in seconds.
     pub duration_secs: f64,
+    /// Of which seconds spent waiting, at the end, for the restored files to be on disk.
+    pub sync_secs: f64,
 }
 
 /// Reads every node of a directory listing (all its parts).

@@ -147,8 +147,37 @@ pub async fn restore(
         let warns = apply_meta(abs, node, privileged);
         push_warnings(&mut stats, warns);
     }
+    // Done means on disk: a crash after the restore reports success loses nothing of it.
+    let syncing = Instant::now();
+    sync_filesystems(target, finish_dirs.iter().map(|(abs, _)| abs.as_path()))?;
+    stats.sync_secs = syncing.elapsed().as_secs_f64();
     stats.duration_secs = started.elapsed().as_secs_f64();
     Ok(stats)
+}
+
+/// Waits until everything written under `target` and `dirs` is on disk: file content, the new
+/// names in their directories, metadata. One `syncfs` per filesystem: a directory that is a
+/// mount point inside the target has its own. Files had their writeback started as each was
+/// finished, so this mostly waits for what is still in flight.
+fn sync_filesystems<'a>(target: &'a Path, dirs: impl Iterator<Item = &'a Path>) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mut done = HashSet::new();
+    for dir in std::iter::once(target).chain(dirs) {
+        // The walk made these real directories; whatever replaced one since is not followed.
+        let Ok(meta) = std::fs::symlink_metadata(dir) else { continue };
+        if !meta.is_dir() || !done.insert(meta.dev()) {
+            continue;
+        }
+        let sync = || -> std::io::Result<()> {
+            let d = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags((nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_NOFOLLOW).bits())
+                .open(dir)?;
+            nix::unistd::syncfs(&d).map_err(std::io::Error::from)
+        };
+        sync().map_err(|e| Error::io(format!("cannot write the restored files under {} to disk", dir.display()), e))?;
+    }
+    Ok(())
 }
 
 /// What the walk hands out to be written.
@@ -597,11 +626,19 @@ async fn restore_file(
         .map_ok(|(req, bytes)| decode_request(keys.clone(), req, bytes))
         .try_buffered(2);
     let mut decoded = std::pin::pin!(decoded);
-    let (mut written, mut hole) = (0u64, false);
+    let (mut written, mut hole, mut flushed) = (0u64, false, 0u64);
     while let Some((n, blobs)) = decoded.try_next().await? {
         Progress::add(&progress.bytes_stored, n);
         let path = abs.to_path_buf();
+        // Writeback of the part written so far starts every `WRITEBACK_STEP` bytes.
+        let (from, len) = (flushed, written - flushed);
+        if len >= crate::pull::WRITEBACK_STEP {
+            flushed = written;
+        }
         let (f, (w, h)) = tokio::task::spawn_blocking(move || -> Result<(std::fs::File, (u64, bool))> {
+            if len >= crate::pull::WRITEBACK_STEP {
+                crate::pull::start_writeback(&file, from, len);
+            }
             let w = write_content(&mut file, blobs, &path)?;
             Ok((file, w))
         })

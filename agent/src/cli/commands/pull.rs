@@ -19,7 +19,10 @@ pub(in crate::cli) async fn run(g: &Global, a: &PullArgs) -> Result<ExitCode> {
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let to_stdout = a.output == "-";
     let stats = if to_stdout {
-        crate::pull::pull(&repo, &id, stdout_file()?, a.fetches, workers, progress).await?.0
+        let (stats, out) = crate::pull::pull(&repo, &id, stdout_file()?, a.fetches, workers, progress).await?;
+        // `pull ID > dump.sql`: done means on disk, as for a named output file.
+        crate::pull::sync_if_file(&out).map_err(|e| Error::io("cannot write the output to disk", e))?;
+        stats
     } else {
         pull_to_file(&repo, &id, &a.output, a.fetches, workers, progress, g.json).await?
     };
@@ -47,25 +50,8 @@ async fn pull_to_file(
     progress: Arc<Progress>,
     quiet: bool,
 ) -> Result<crate::pull::PullStats> {
-    // Written under a temporary name and renamed when complete: a failed pull leaves nothing.
-    let target = PathBuf::from(path);
-    let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), PathBuf::from);
-    let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("pull");
-    let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
-    let file = std::fs::File::create(&tmp).map_err(|e| Error::io(format!("cannot create {}", tmp.display()), e))?;
     let status = StatusLine::start(progress.clone(), "wrote", quiet);
-    // No buffer in between: each batch of blobs (up to 2 MiB) is one `writev`.
-    let r = crate::pull::pull(repo, id, crate::pull::WritebackFile::new(file), fetches, workers, progress).await;
+    let r = crate::pull::pull_to_path(repo, id, std::path::Path::new(path), fetches, workers, progress).await;
     drop(status);
-    let finish = || -> Result<crate::pull::PullStats> {
-        let (stats, file) = r?;
-        file.sync().map_err(|e| Error::io("cannot flush the output", e))?;
-        std::fs::rename(&tmp, &target).map_err(|e| Error::io(format!("cannot rename into {path}"), e))?;
-        Ok(stats)
-    };
-    let res = finish();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
+    r
 }

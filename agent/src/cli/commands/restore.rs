@@ -30,14 +30,16 @@ pub(in crate::cli) async fn run(g: &Global, a: &RestoreArgs) -> Result<ExitCode>
         print_json(&serde_json::to_value(&stats).expect("stats serialize"), false);
     } else {
         println!(
-            "restored snapshot {} into {}: {} files, {} directories, {} other, {} in {:.1}s",
+            "restored snapshot {} into {}: {} files, {} directories, {} other, {} in {:.1}s \
+             (the last {:.1}s waiting for the disk)",
             id.short(),
             a.target.display(),
             stats.files,
             stats.dirs,
             stats.others,
             human_bytes(stats.bytes_written),
-            stats.duration_secs
+            stats.duration_secs,
+            stats.sync_secs
         );
         if stats.deleted > 0 {
             println!("  deleted {} entries not in the snapshot", stats.deleted);
