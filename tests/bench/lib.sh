@@ -37,3 +37,12 @@ init() {
     bupstash) rm -f "$2".key "$2".sendlog; bupstash init -r "$2" >/dev/null && bupstash new-key -o "$2".key ;;
   esac
 }
+
+# rotate N NAME...: the names rotated left by N. Each run starts with another tool, so that
+# none always goes first (after the data was written) or right after another's restore.
+rotate() {
+  local n=$1; shift
+  local a=("$@")
+  local k=$(( n % ${#a[@]} ))
+  echo "${a[@]:k}" "${a[@]:0:k}"
+}

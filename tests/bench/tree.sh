@@ -9,11 +9,13 @@
 #                        CPU limit): MiB/s and CPU-seconds per GB
 #   mutate ~4.5% of the files in place, backup v2: wall time
 #   backup again with nothing changed: wall time
-#   restore v2 into an empty directory: MiB/s, CPU-seconds per GB, peak RSS
-# Each peer runs with its defaults but borg (lz4, as in the issue's figures). restic, borg and
-# taskset come from tests/infra.sh install; rustic and bupstash from tests/bench/peers.sh install
-# (run here when they are missing). Every restore is checked outside the timings: ours is
-# compared file by file with the tree, a peer's by its count of files.
+#   restore v2 into an empty directory: MiB/s, CPU-seconds per GB, peak RSS; and until on disk
+#                        (+ a timed `sync -f`: ours syncs before it returns, the peers do not)
+# Each run starts with another tool (the order rotates). Each peer runs with its defaults but
+# borg (lz4, as in the issue's figures). restic, borg and taskset come from tests/infra.sh
+# install; rustic and bupstash from tests/bench/peers.sh install (run here when they are
+# missing). Every restore is checked outside the timings: ours is compared file by file with the
+# tree, a peer's by its count of files.
 # With BENCH_MILLION=1, also a 1,000,000-file tree (small files): backup time and peak RSS of
 # kanister-agent and restic.
 #
@@ -73,7 +75,8 @@ else
   echo "note: benchmarking in a plain directory (not root, or BENCH_FS=0): restore times depend on the filesystem's state" >&2
   D=$W
 fi
-for _ in $(seq 1 "$RUNS"); do
+for run in $(seq 1 "$RUNS"); do
+  read -ra ORDER <<< "$(rotate "$run" "${TOOLS[@]}")"
   R=$D/run
   T=$R/tree
   rm -rf "$R"
@@ -82,7 +85,7 @@ for _ in $(seq 1 "$RUNS"); do
   BYTES=$(du -sb --apparent-size "$T" | cut -f1)
   COUNT=$(find "$T" -type f | wc -l)
   sync
-  for t in "${TOOLS[@]}"; do
+  for t in "${ORDER[@]}"; do
     rm -rf "$BORG_BASE_DIR" "$KANISTER_CACHE_DIR"
     init "$t" "$R/$t-pinned"
     measure "$t-pinned" taskset -c 0 sh -c "$(backup "$t" "$R/$t-pinned" "$T" v1)"
@@ -91,13 +94,15 @@ for _ in $(seq 1 "$RUNS"); do
     measure "$t-v1" sh -c "$(backup "$t" "$R/$t" "$T" v1)"
   done
   "$GEN" mutate "$T" 4.5 8 > "$W/mutated.txt"
-  for t in "${TOOLS[@]}"; do
+  for t in "${ORDER[@]}"; do
     measure "$t-v2" sh -c "$(backup "$t" "$R/$t" "$T" v2)"
     measure "$t-same" sh -c "$(backup "$t" "$R/$t" "$T" same)"
   done
   sync
-  for t in "${TOOLS[@]}"; do
+  for t in "${ORDER[@]}"; do
     measure "$t-restore" sh -c "$(restore "$t" "$R/$t" v2 "$R/restore")"
+    # Until on disk: ours synced the filesystem before it returned, the peers did not.
+    measure "$t-rsync" sync -f "$R/restore"
     # Correctness, outside the timings.
     if [ "$t" = ours ]; then
       diff -r "$T" "$R/restore" > /dev/null || { echo "kanister-agent's restore differs from the tree" >&2; exit 1; }
@@ -124,6 +129,11 @@ for step, label in [("v1", "backup v1 CPU-seconds per GB"), ("pinned", "backup v
 lines.append(("backup v2 (4.5% changed), s", {t: col(f"{t}-v2", 0) for t in tools}, "{:.2f}", False))
 lines.append(("backup with nothing changed, s", {t: col(f"{t}-same", 0) for t in tools}, "{:.2f}", False))
 lines.append(("restore v2 MiB/s", {t: total / M / col(f"{t}-restore", 0) for t in tools}, "{:.0f}", True))
+def durable(t):  # per run: the restore, then the syncfs that makes it durable
+    rs = [tuple(map(float, l.split())) for l in open(f"{W}/{t}-restore")]
+    ss = [tuple(map(float, l.split())) for l in open(f"{W}/{t}-rsync")]
+    return statistics.median(a[0] + b[0] for a, b in zip(rs, ss))
+lines.append(("restore v2 until on disk (+ `sync -f`), MiB/s", {t: total / M / durable(t) for t in tools}, "{:.0f}", True))
 lines.append(("restore v2 CPU-seconds per GB", {t: col(f"{t}-restore", 2) / (total / G) for t in tools}, "{:.2f}", False))
 for step in ("v1", "v2", "same", "restore"):
     lines.append((f"peak RSS {step}, MiB", {t: col(f"{t}-{step}", 1) / 1024 for t in tools}, "{:.0f}", False))
