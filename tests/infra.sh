@@ -43,6 +43,7 @@ install() {
   command -v hyperfine >/dev/null || need+=(hyperfine)
   [ -x /usr/bin/time ] || need+=(time)
   command -v strace >/dev/null || need+=(strace)
+  command -v fincore >/dev/null || need+=(util-linux-extra) # page-cache residency (stream.rs)
   command -v openssl >/dev/null || need+=(openssl)
   command -v curl >/dev/null || need+=(curl)
   if [ ${#need[@]} -gt 0 ]; then

@@ -284,7 +284,22 @@ impl Store {
         self.before(StoreOp::Put, key).await;
         self.check_root(key)?;
         self.inner.put(&Path::from(key), PutPayload::from(bytes)).await.map_err(|e| Self::backend("put", key, e))?;
+        self.drop_written_pages(key);
         Ok(())
+    }
+
+    /// On local disk, drops the page-cache pages of an object just written and fsynced: a
+    /// backup does not read its packs back, so they would only crowd out the cache of the
+    /// database beside it (and count against the pod's memory limit), and the next pack's
+    /// writes reuse the pages just freed instead of ever new ones (on a VM that hands free
+    /// memory back to its host, new pages cost a host fault each: 1.25 s of system time per
+    /// 320 MiB written here, 0.11 s with the pages dropped). Only a hint: failures are ignored.
+    fn drop_written_pages(&self, key: &str) {
+        if let Some(root) = &self.local_root
+            && let Ok(f) = std::fs::File::open(root.join(key))
+        {
+            let _ = nix::fcntl::posix_fadvise(&f, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+        }
     }
 
     /// Writes an object unless one exists under `key`, in one step on the store's side where
@@ -299,7 +314,10 @@ impl Store {
         let path = Path::from(key);
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
         match self.inner.put_opts(&path, PutPayload::from(bytes.clone()), opts).await {
-            Ok(_) => Ok(Created::Yes),
+            Ok(_) => {
+                self.drop_written_pages(key);
+                Ok(Created::Yes)
+            }
             Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
                 Ok(Created::No)
             }

@@ -433,3 +433,36 @@ fn a_pull_into_a_named_pipe_writes_through_it() {
     use std::os::unix::fs::FileTypeExt;
     assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
 }
+
+#[test]
+fn a_push_to_local_disk_leaves_its_packs_out_of_the_page_cache() {
+    // A backup never reads its packs back: once fsynced, their pages are dropped rather than
+    // crowding out the database's cache (and the pod's memory limit). `fincore` (util-linux)
+    // counts a file's resident pages.
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::new(BIN, format!("file://{}/repo", dir.path().display()));
+    agent.run(&["repo", "init", "--pack-size", "1MiB"]);
+    let dump = dir.path().join("dump.sql");
+    SqlDump::of_size(4, 24 << 20, 0.0).write(1, &mut std::fs::File::create(&dump).unwrap()).unwrap();
+    agent.push(&[], std::fs::File::open(&dump).unwrap());
+    let packs: Vec<std::path::PathBuf> = walkdir(&dir.path().join("repo/data"));
+    assert!(packs.len() >= 2, "{packs:?}");
+    let out = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES,FILE"])
+        .args(&packs)
+        .output()
+        .expect("fincore runs (util-linux)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let resident: u64 = text.lines().map(|l| l.split_whitespace().next().unwrap().parse::<u64>().unwrap()).sum();
+    assert_eq!(resident, 0, "pack pages still in the page cache:\n{text}");
+}
+
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() { out.extend(walkdir(&p)) } else { out.push(p) }
+    }
+    out
+}
