@@ -1215,7 +1215,9 @@ fn two_coordinators_elect_one_leader_and_the_other_takes_over() {
     ns.apply(&actionset(&ns, "first", "backup"));
     let status = finished(&ns, "first", || logs(&coordinators), Duration::from_secs(120));
     assert_eq!(status["state"], "complete", "{status:#}\n{}", logs(&coordinators));
-    assert!(coordinators[leader].log().contains("actionset finished"), "{}", logs(&coordinators));
+    // The coordinator logs the finish after the status patch and its event: wait for the line.
+    let finished_by = |c: &Coordinator| c.log().contains("actionset finished").then_some(());
+    ns.eventually("the leader's log of the finish", Duration::from_secs(20), || finished_by(&coordinators[leader]));
     let f = coordinators[follower].log();
     assert!(
         !leads(&coordinators[follower]) && !f.contains("task pod created") && !f.contains("actionset finished"),
@@ -1232,7 +1234,9 @@ fn two_coordinators_elect_one_leader_and_the_other_takes_over() {
     ns.apply(&actionset(&ns, "second", "backup"));
     let status = finished(&ns, "second", || logs(&coordinators), Duration::from_secs(120));
     assert_eq!(status["state"], "complete", "{status:#}\n{}", logs(&coordinators));
-    assert!(coordinators[follower].log().contains("actionset finished"), "{}", logs(&coordinators));
+    ns.eventually("the new leader's log of the finish", Duration::from_secs(20), || {
+        finished_by(&coordinators[follower])
+    });
 }
 
 /// What `/data` holds in the app's container: type, path, size and checksum of every entry.
