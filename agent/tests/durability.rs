@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 
-use kanister_testkit::agent::PASSWORD;
+use kanister_testkit::agent::{Agent, PASSWORD};
 use kanister_testkit::data::SqlDump;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kanister-agent");
@@ -105,18 +105,8 @@ fn packs_then_index_then_snapshot_are_fsynced_before_a_push_reports_success() {
 /// tree id, the tree).
 fn repository_with_both(dir: &std::path::Path) -> (String, String, String, std::path::PathBuf) {
     let store = format!("file://{}", dir.join("repo").display());
-    let agent = |args: &[&str]| {
-        let o = Command::new(BIN)
-            .env("KANISTER_STORE", &store)
-            .env("KANISTER_REPO_PASSWORD", PASSWORD)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8(o.stdout).unwrap()
-    };
-    agent(&["repo", "init"]);
+    let agent = Agent::new(BIN, &store);
+    agent.init();
     let dump = dir.join("dump.sql");
     let mut f = std::fs::File::create(&dump).unwrap();
     SqlDump::of_size(5, 3 << 20, 0.0).write(1, &mut f).unwrap();
@@ -129,11 +119,9 @@ fn repository_with_both(dir: &std::path::Path) -> (String, String, String, std::
         }
     }
     std::fs::copy(&dump, tree.join("c/big.sql")).unwrap();
-    let id = |out: String| {
-        serde_json::from_str::<serde_json::Value>(&out).unwrap()["snapshot_id"].as_str().unwrap().to_string()
-    };
-    let stream = id(agent(&["push", "--json", dump.to_str().unwrap()]));
-    let snap = id(agent(&["backup", "--json", tree.to_str().unwrap()]));
+    let id = |v: serde_json::Value| v["snapshot_id"].as_str().unwrap().to_string();
+    let stream = id(agent.json(&["push", dump.to_str().unwrap()]));
+    let snap = id(agent.json(&["backup", tree.to_str().unwrap()]));
     (store, stream, snap, tree)
 }
 
@@ -179,40 +167,17 @@ fn a_directory_restore_is_on_disk_before_it_reports_success() {
     let last_write = lines
         .iter()
         .rposition(|l| l.contains("write") && fd_path(l).is_some_and(|p| p.starts_with(&t)))
-        .unwrap_or_else(|| {
-            panic!(
-                "no write to a restored file in the trace:
-{text}"
-            )
-        });
+        .unwrap_or_else(|| panic!("no write to a restored file in the trace:\n{text}"));
     let synced = lines
         .iter()
         .rposition(|l| l.contains("syncfs(") && l.ends_with("= 0") && fd_path(l).is_some_and(|p| p.starts_with(&t)))
-        .unwrap_or_else(|| {
-            panic!(
-                "the restored files were never synced to disk:
-{text}"
-            )
-        });
-    assert!(
-        synced > last_write,
-        "a restored file was written after the last syncfs:
-{text}"
-    );
+        .unwrap_or_else(|| panic!("the restored files were never synced to disk:\n{text}"));
+    assert!(synced > last_write, "a restored file was written after the last syncfs:\n{text}");
     let reported = lines
         .iter()
         .position(|l| l.contains("write") && fd_path(l) == Some(&*report.to_string_lossy()))
-        .unwrap_or_else(|| {
-            panic!(
-                "no report written:
-{text}"
-            )
-        });
-    assert!(
-        reported > synced,
-        "the restore reported success before its files were on disk:
-{text}"
-    );
+        .unwrap_or_else(|| panic!("no report written:\n{text}"));
+    assert!(reported > synced, "the restore reported success before its files were on disk:\n{text}");
     // And it restored the tree.
     let a = std::fs::read(tree.join("c/big.sql")).unwrap();
     assert_eq!(std::fs::read(target.join("c/big.sql")).unwrap(), a);
@@ -238,22 +203,15 @@ fn a_pull_into_a_file_is_fsynced_renamed_and_its_directory_fsynced() {
     let renamed = lines
         .iter()
         .position(|l| l.contains("rename") && l.contains(&*out.to_string_lossy()) && l.ends_with("= 0"))
-        .unwrap_or_else(|| {
-            panic!(
-                "the output was not renamed into place:
-{text}"
-            )
-        });
+        .unwrap_or_else(|| panic!("the output was not renamed into place:\n{text}"));
     let partial = lines[renamed].split('"').nth(1).unwrap().to_string();
     assert!(
         lines[..renamed].iter().any(|l| l.contains("fsync(") && fd_path(l) == Some(&*partial)),
-        "renamed into place before its data was fsynced:
-{text}"
+        "renamed into place before its data was fsynced:\n{text}"
     );
     assert!(
         lines[renamed..].iter().any(|l| l.contains("fsync(") && fd_path(l) == Some(&*out_dir.to_string_lossy())),
-        "the directory was not fsynced after the rename:
-{text}"
+        "the directory was not fsynced after the rename:\n{text}"
     );
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(dir.path().join("dump.sql")).unwrap());
 
@@ -268,8 +226,7 @@ fn a_pull_into_a_file_is_fsynced_renamed_and_its_directory_fsynced() {
     );
     assert!(
         text.lines().any(|l| l.contains("fsync(") && fd_path(l) == Some(&*redirected.to_string_lossy())),
-        "standard output's file was not fsynced:
-{text}"
+        "standard output's file was not fsynced:\n{text}"
     );
     assert_eq!(std::fs::read(&redirected).unwrap(), std::fs::read(dir.path().join("dump.sql")).unwrap());
 }

@@ -3,26 +3,13 @@
 //! changed: index entries naming packs that are gone (what two concurrent prunes used to leave),
 //! and packs no index names (a lost index object).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use kanister_testkit::agent::Agent;
 use kanister_testkit::data::SqlDump;
+use kanister_testkit::files_under;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kanister-agent");
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out.sort();
-    out
-}
 
 fn push(agent: &Agent, seed: u64) -> (String, Vec<u8>) {
     let mut data = Vec::new();

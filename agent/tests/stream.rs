@@ -445,7 +445,7 @@ fn a_push_to_local_disk_leaves_its_packs_out_of_the_page_cache() {
     let dump = dir.path().join("dump.sql");
     SqlDump::of_size(4, 24 << 20, 0.0).write(1, &mut std::fs::File::create(&dump).unwrap()).unwrap();
     agent.push(&[], std::fs::File::open(&dump).unwrap());
-    let packs: Vec<std::path::PathBuf> = walkdir(&dir.path().join("repo/data"));
+    let packs = kanister_testkit::files_under(&dir.path().join("repo/data"));
     assert!(packs.len() >= 2, "{packs:?}");
     let out = std::process::Command::new("fincore")
         .args(["--bytes", "--noheadings", "--output", "RES,FILE"])
@@ -456,13 +456,4 @@ fn a_push_to_local_disk_leaves_its_packs_out_of_the_page_cache() {
     let text = String::from_utf8(out.stdout).unwrap();
     let resident: u64 = text.lines().map(|l| l.split_whitespace().next().unwrap().parse::<u64>().unwrap()).sum();
     assert_eq!(resident, 0, "pack pages still in the page cache:\n{text}");
-}
-
-fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() { out.extend(walkdir(&p)) } else { out.push(p) }
-    }
-    out
 }

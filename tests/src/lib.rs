@@ -18,6 +18,21 @@ pub mod tls;
 use sha2::{Digest, Sha256};
 use std::io::Read;
 
+/// Every file under `dir` (recursively), sorted.
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
 /// SHA-256 of everything `r` yields, and its length.
 pub fn sha256_of(mut r: impl Read) -> std::io::Result<(String, u64)> {
     let mut h = Sha256::new();
