@@ -92,20 +92,52 @@ pub(crate) fn plan_up_to(
 /// Decrypts, decompresses and verifies the blobs of a fetched request on the blocking pool.
 /// Returns the bytes fetched and each blob's plaintext.
 pub(crate) async fn decode_request(keys: Keys, req: Request, bytes: Bytes) -> Result<(u64, Vec<Vec<u8>>)> {
-    tokio::task::spawn_blocking(move || Ok((req.end - req.start, decode_blobs(&keys, &req, &bytes)?)))
+    tokio::task::spawn_blocking(move || Ok((req.end - req.start, decode_blobs(&keys, &req, bytes)?)))
         .await
         .map_err(|e| Error::Task(e.to_string()))?
 }
 
-/// Decrypts, decompresses and verifies the blobs of a fetched request (CPU work).
-pub(crate) fn decode_blobs(keys: &Keys, req: &Request, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
+/// Decrypts, decompresses and verifies the blobs of a fetched request (CPU work). The fetched
+/// bytes are decrypted where they lie when nothing else holds them (a local store's read, an
+/// HTTP body read whole), else copied once.
+pub(crate) fn decode_blobs(keys: &Keys, req: &Request, bytes: Bytes) -> Result<Vec<Vec<u8>>> {
+    let mut bytes = bytes.try_into_mut().unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]));
     let mut out = Vec::with_capacity(req.blobs.len());
     for e in &req.blobs {
         let s = (e.offset as u64 - req.start) as usize;
-        let b = &bytes[s..s + e.length as usize];
-        out.push(blob::decode(keys, e.kind, &e.id, b, e.raw_len)?);
+        let b = &mut bytes[s..s + e.length as usize];
+        out.push(blob::decode_in_place(keys, e.kind, &e.id, b, e.raw_len)?);
     }
     Ok(out)
+}
+
+/// Read-and-decode tasks a restore from a local disk keeps in flight per range request the
+/// caller allows (`fetches`). Each task's read holds a thread of the blocking pool while it
+/// waits for the disk, so a cold disk wants more of them than there are cores: 1 GiB restored
+/// into a pipe from a cold page cache took 1.45 s with separate fetch and decode stages, and
+/// with this many tasks per fetch (4 fetches): 1.29 s at 2, 1.19 s at 4, 1.17 s at 6
+/// (medians of 5), for 29, 32, 37 and 42 MiB of peak RSS.
+pub const LOCAL_TASKS_PER_FETCH: usize = 4;
+
+/// Fetches one request and decodes it. From a local disk, the read and the decoding are one
+/// task on the blocking pool; from an object store, [`fetch_request`] then [`decode_request`].
+pub(crate) async fn fetch_and_decode(
+    store: &crate::store::Store,
+    keys: Keys,
+    req: Request,
+) -> Result<(u64, Vec<Vec<u8>>)> {
+    match store.local_read(&pack_key(&req.pack)).await? {
+        Some(read) => tokio::task::spawn_blocking(move || {
+            let bytes = read.range(req.start..req.end)?;
+            Ok((req.end - req.start, decode_blobs(&keys, &req, bytes)?))
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?,
+        None => {
+            let (req, bytes) = fetch_request(store, req).await?;
+            decode_request(keys, req, bytes).await
+        }
+    }
 }
 
 /// Fetches one request from the store.
@@ -313,9 +345,20 @@ pub async fn pull<W: std::io::Write + Send + 'static>(
         })
         .map_ok(|reqs| futures::stream::iter(reqs.into_iter().map(Ok::<_, Error>)))
         .try_flatten();
-    let fetched = requests.map_ok(|req| fetch_request(&store, req)).try_buffered(fetches.max(1));
-    let decoded =
-        fetched.map_ok(|(req, bytes)| decode_request(keys.clone(), req, bytes)).try_buffered(workers.max(1) * 2);
+    // From a local disk a request is read and decoded in one task (see [`fetch_and_decode`]);
+    // from an object store, the fetches run apart from the decoding, which keeps the cores busy
+    // while requests wait on the network.
+    let decoded: futures::stream::BoxStream<'_, Result<(u64, Vec<Vec<u8>>)>> = if store.is_local() {
+        let in_flight = fetches.max(1) * LOCAL_TASKS_PER_FETCH;
+        requests.map_ok(|req| fetch_and_decode(&store, keys.clone(), req)).try_buffered(in_flight).boxed()
+    } else {
+        requests
+            .map_ok(|req| fetch_request(&store, req))
+            .try_buffered(fetches.max(1))
+            .map_ok(|(req, bytes)| decode_request(keys.clone(), req, bytes))
+            .try_buffered(workers.max(1) * 2)
+            .boxed()
+    };
     let mut decoded = std::pin::pin!(decoded);
 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Vec<u8>>>(4);
@@ -422,6 +465,39 @@ mod tests {
             let order: Vec<BlobId> = reqs.iter().flat_map(|r| r.blobs.iter().map(|e| e.id)).collect();
             assert_eq!(order, ids);
         }
+    }
+
+    #[test]
+    fn blobs_decode_alike_from_bytes_held_once_or_shared_and_a_flip_fails() {
+        use kanister_repo::blob;
+        let keys = kanister_repo::keys::MasterKey::generate().keys();
+        let chunks: Vec<Vec<u8>> = (0..5u8)
+            .map(|i| format!("INSERT INTO t VALUES ({i});\n").repeat(200 * (i as usize + 1)).into_bytes())
+            .collect();
+        let (mut pack, mut blobs) = (Vec::new(), Vec::new());
+        for c in &chunks {
+            let id = blob::blob_id(&keys, c);
+            let e = blob::encode(&keys, kanister_repo::BlobKind::Data, id, c, 1).unwrap();
+            blobs.push(PackEntry {
+                id,
+                kind: e.kind,
+                offset: pack.len() as u32,
+                length: e.bytes.len() as u32,
+                raw_len: e.raw_len,
+            });
+            pack.extend_from_slice(&e.bytes);
+        }
+        let req = Request { pack: PackId([1; 32]), start: 0, end: pack.len() as u64, raw: 0, blobs };
+        // Held once: decrypted where it lies. Shared: copied first, and the other holder's
+        // bytes are left as they were.
+        assert_eq!(decode_blobs(&keys, &req, Bytes::from(pack.clone())).unwrap(), chunks);
+        let shared = Bytes::from(pack.clone());
+        assert_eq!(decode_blobs(&keys, &req, shared.clone()).unwrap(), chunks);
+        assert_eq!(shared, pack, "a shared buffer was decrypted in place");
+        let mut bad = pack.clone();
+        let at = req.blobs[3].offset as usize + 30;
+        bad[at] ^= 1;
+        assert!(decode_blobs(&keys, &req, Bytes::from(bad)).is_err());
     }
 
     #[test]

@@ -134,7 +134,13 @@ pub fn encode(keys: &Keys, kind: BlobKind, id: BlobId, data: &[u8], level: i32) 
 
 /// Opens, decompresses and verifies a stored blob.
 pub fn decode(keys: &Keys, kind: BlobKind, id: &BlobId, sealed: &[u8], raw_len: u32) -> Result<Vec<u8>> {
-    let plain = keys.data_key.open(&aad(kind, id), sealed, || format!("blob {id}"))?;
+    decode_in_place(keys, kind, id, &mut sealed.to_vec(), raw_len)
+}
+
+/// [`decode`] of a blob whose sealed bytes the caller owns: they are decrypted where they lie
+/// (and left so), which spares a copy of each blob on a restore.
+pub fn decode_in_place(keys: &Keys, kind: BlobKind, id: &BlobId, sealed: &mut [u8], raw_len: u32) -> Result<Vec<u8>> {
+    let plain = keys.data_key.open_in_place(&aad(kind, id), sealed, || format!("blob {id}"))?;
     let data = match plain.split_first() {
         Some((&FLAG_RAW, rest)) => rest.to_vec(),
         Some((&FLAG_ZSTD, rest)) => decompress(id, rest, raw_len as usize)?,

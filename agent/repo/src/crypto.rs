@@ -95,6 +95,24 @@ impl SecretKey {
         Ok(buf)
     }
 
+    /// Opens a message sealed by [`SecretKey::seal`] where it lies, without a copy: returns the
+    /// plaintext, a part of `sealed` (whose bytes are then no longer the sealed message). On
+    /// error the bytes may be partly decrypted; nothing of them may be used.
+    pub fn open_in_place<'a>(
+        &self,
+        aad: &[u8],
+        sealed: &'a mut [u8],
+        what: impl FnOnce() -> String,
+    ) -> Result<&'a [u8]> {
+        if sealed.len() < OVERHEAD {
+            return Err(Error::Decrypt { what: what() });
+        }
+        let (nonce, rest) = sealed.split_at_mut(NONCE_LEN);
+        let (key, nonce) = self.cipher((&*nonce).try_into().expect("split at NONCE_LEN"));
+        let plain = key.open_in_place(nonce, Aad::from(aad), rest).map_err(|_| Error::Decrypt { what: what() })?;
+        Ok(plain)
+    }
+
     /// The ChaCha20-Poly1305 key and nonce that XChaCha20-Poly1305 with this key and `nonce`
     /// comes down to.
     fn cipher(&self, nonce: &[u8; NONCE_LEN]) -> (LessSafeKey, Nonce) {

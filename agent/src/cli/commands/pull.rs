@@ -7,7 +7,8 @@ pub(in crate::cli) struct PullArgs {
     /// Where to write: a file (written whole, then renamed into place) or "-" for stdout
     #[arg(default_value = "-")]
     pub(in crate::cli) output: String,
-    /// Range requests in flight
+    /// Range requests in flight to an object store; from a local disk, 4 times as many reads
+    /// (each waits for the disk on a thread of its own)
     #[arg(long, default_value_t = 4)]
     pub(in crate::cli) fetches: usize,
 }
