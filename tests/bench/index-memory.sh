@@ -31,7 +31,7 @@ step() { # label: push a dump, back up the tree, restore the dump
   measure "$size-push" sh -c "\"$AGENT\" -s $R push --json < \"$dump\" > $W/push.json"
   measure "$size-backup" sh -c "\"$AGENT\" -s $R backup \"$W/tree\" > /dev/null"
   local id
-  id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["snapshot_id"])' "$W/push.json")
+  id=$(snapshot_id "$W/push.json")
   measure "$size-restore" sh -c "\"$AGENT\" -s $R pull $id - > /dev/null 2>&1"
 }
 "$AGENT" -s "$R" push < "$W/v1.sql" >/dev/null

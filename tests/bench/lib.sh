@@ -38,6 +38,24 @@ init() {
   esac
 }
 
+# cold_cache: writes everything back, then drops the page cache, so that the next restore reads
+# its repository from the disk, as a restore long after its backup does, whichever tool wrote
+# last (ours drops its packs from the cache as it writes them; the peers leave theirs). It needs
+# root; without it nothing is dropped, and cache_state says so in the results.
+cold_cache() {
+  sync
+  if [ -w /proc/sys/vm/drop_caches ]; then echo 3 > /proc/sys/vm/drop_caches; fi
+}
+cache_state() {
+  if [ -w /proc/sys/vm/drop_caches ]; then echo "page cache dropped before each cold restore"
+  else echo "page cache NOT dropped (not root): cold rows are warm for the peers"; fi
+}
+
+# snapshot_id FILE: the snapshot id in a JSON report of ours (`push --json`, `backup --json`).
+snapshot_id() {
+  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["snapshot_id"])' "$1"
+}
+
 # rotate N NAME...: the names rotated left by N. Each run starts with another tool, so that
 # none always goes first (after the data was written) or right after another's restore.
 rotate() {

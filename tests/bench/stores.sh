@@ -53,7 +53,7 @@ for run in $(seq 1 "$RUNS"); do
     "$AGENT" "${ARGS[@]}" repo init >/dev/null
     # shellcheck disable=SC2016 # expanded by the inner bash, from its arguments and environment
     measure "store-$s-push" bash -c '"$AGENT" "$@" push --json < "$V1" > "$0"' "$W/push.json" "${ARGS[@]}"
-    ID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["snapshot_id"])' "$W/push.json")
+    ID=$(snapshot_id "$W/push.json")
     # shellcheck disable=SC2016 # as above
     measure "store-$s-pull" bash -c '"$AGENT" "$@" pull "$0" - > /dev/null 2>&1' "$ID" "${ARGS[@]}"
     if [ "$run" = 1 ]; then
