@@ -97,11 +97,10 @@ pub(crate) async fn decode_request(keys: Keys, req: Request, bytes: Bytes) -> Re
         .map_err(|e| Error::Task(e.to_string()))?
 }
 
-/// Decrypts, decompresses and verifies the blobs of a fetched request (CPU work). The fetched
-/// bytes are decrypted where they lie when nothing else holds them (a local store's read, an
-/// HTTP body read whole), else copied once.
+/// Decrypts, decompresses and verifies the blobs of a fetched request (CPU work), decrypting
+/// them where they lie (see [`owned`]).
 pub(crate) fn decode_blobs(keys: &Keys, req: &Request, bytes: Bytes) -> Result<Vec<Vec<u8>>> {
-    let mut bytes = bytes.try_into_mut().unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]));
+    let mut bytes = owned(bytes);
     let mut out = Vec::with_capacity(req.blobs.len());
     for e in &req.blobs {
         let s = (e.offset as u64 - req.start) as usize;
@@ -119,25 +118,42 @@ pub(crate) fn decode_blobs(keys: &Keys, req: &Request, bytes: Bytes) -> Result<V
 /// (medians of 5), for 29, 32, 37 and 42 MiB of peak RSS.
 pub const LOCAL_TASKS_PER_FETCH: usize = 4;
 
-/// Fetches one request and decodes it. From a local disk, the read and the decoding are one
-/// task on the blocking pool; from an object store, [`fetch_request`] then [`decode_request`].
+/// Reads `range` of object `key` and runs `work` on its bytes on the blocking pool. From a
+/// local disk the read runs in the task that runs `work`, so the bytes are still in the core's
+/// cache when it starts and no thread hands them to another; from an object store the range is
+/// fetched first.
+pub(crate) async fn read_and<T: Send + 'static>(
+    store: &crate::store::Store,
+    key: &str,
+    range: std::ops::Range<u64>,
+    work: impl FnOnce(Bytes) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let task = match store.local_read(key).await? {
+        Some(read) => tokio::task::spawn_blocking(move || work(read.range(range)?)),
+        None => {
+            let bytes = store.get_range(key, range).await?;
+            tokio::task::spawn_blocking(move || work(bytes))
+        }
+    };
+    task.await.map_err(|e| Error::Task(e.to_string()))?
+}
+
+/// Fetches one request and decodes it (see [`read_and`]). Returns the bytes fetched and each
+/// blob's plaintext.
 pub(crate) async fn fetch_and_decode(
     store: &crate::store::Store,
     keys: Keys,
     req: Request,
 ) -> Result<(u64, Vec<Vec<u8>>)> {
-    match store.local_read(&pack_key(&req.pack)).await? {
-        Some(read) => tokio::task::spawn_blocking(move || {
-            let bytes = read.range(req.start..req.end)?;
-            Ok((req.end - req.start, decode_blobs(&keys, &req, bytes)?))
-        })
+    let key = pack_key(&req.pack);
+    read_and(store, &key, req.start..req.end, move |bytes| Ok((req.end - req.start, decode_blobs(&keys, &req, bytes)?)))
         .await
-        .map_err(|e| Error::Task(e.to_string()))?,
-        None => {
-            let (req, bytes) = fetch_request(store, req).await?;
-            decode_request(keys, req, bytes).await
-        }
-    }
+}
+
+/// Bytes to decrypt in place: `bytes` itself when nothing else holds it (a local read, an HTTP
+/// body read whole), else a copy.
+pub(crate) fn owned(bytes: Bytes) -> bytes::BytesMut {
+    bytes.try_into_mut().unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]))
 }
 
 /// Fetches one request from the store.

@@ -26,7 +26,7 @@ use kanister_repo::tree::{Node, NodeKind, is_safe_name};
 use super::{RestoreOptions, RestoreStats, display_name, read_listing, tree_root};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::pull::{decode_request, fetch_request, plan};
+use crate::pull::{fetch_and_decode, owned, plan, read_and};
 use crate::repository::{Locate, Repository};
 
 /// Groups of small files (or large files) restored at once.
@@ -480,26 +480,34 @@ async fn restore_small_group(
         .map(|read| {
             let (keys, progress) = (keys.clone(), progress.clone());
             async move {
-                let bytes = store.get_range(&crate::repository::pack_key(&read.pack), read.start..read.end).await?;
-                Progress::add(&progress.bytes_stored, bytes.len() as u64);
-                tokio::task::spawn_blocking(move || -> Result<Vec<(usize, usize, Vec<u8>)>> {
-                    read.members
-                        .iter()
-                        .map(|(e, fi, bi)| {
-                            let s = (e.offset as u64 - read.start) as usize;
-                            let data = kanister_repo::blob::decode(
-                                &keys,
-                                e.kind,
-                                &e.id,
-                                &bytes[s..s + e.length as usize],
-                                e.raw_len,
-                            )?;
-                            Ok((*fi, *bi, data))
-                        })
-                        .collect()
+                let key = crate::repository::pack_key(&read.pack);
+                read_and(store, &key, read.start..read.end, move |bytes| -> Result<Vec<(usize, usize, Vec<u8>)>> {
+                    Progress::add(&progress.bytes_stored, bytes.len() as u64);
+                    let mut bytes = owned(bytes);
+                    let mut out: Vec<(usize, usize, Vec<u8>)> = Vec::with_capacity(read.members.len());
+                    // Files of the same content share a blob: members in offset order repeat it,
+                    // and its bytes are plaintext after the first decryption in place.
+                    let mut first: Option<(u32, usize)> = None;
+                    for (e, fi, bi) in &read.members {
+                        let data = match first {
+                            Some((offset, at)) if offset == e.offset => out[at].2.clone(),
+                            _ => {
+                                let s = (e.offset as u64 - read.start) as usize;
+                                first = Some((e.offset, out.len()));
+                                kanister_repo::blob::decode_in_place(
+                                    &keys,
+                                    e.kind,
+                                    &e.id,
+                                    &mut bytes[s..s + e.length as usize],
+                                    e.raw_len,
+                                )?
+                            }
+                        };
+                        out.push((*fi, *bi, data));
+                    }
+                    Ok(out)
                 })
                 .await
-                .map_err(|e| Error::Task(e.to_string()))?
             }
         })
         .buffer_unordered(2)
@@ -624,10 +632,8 @@ async fn restore_file(
     let mut file = create_file(abs, delete)?;
     let requests = plan(index, &node.content, id)?;
     let decoded = futures::stream::iter(requests.into_iter().map(Ok::<_, Error>))
-        .map_ok(|req| fetch_request(store, req))
-        .try_buffered(4)
-        .map_ok(|(req, bytes)| decode_request(keys.clone(), req, bytes))
-        .try_buffered(2);
+        .map_ok(|req| fetch_and_decode(store, keys.clone(), req))
+        .try_buffered(4);
     let mut decoded = std::pin::pin!(decoded);
     let (mut written, mut hole, mut flushed) = (0u64, false, 0u64);
     while let Some((n, blobs)) = decoded.try_next().await? {
