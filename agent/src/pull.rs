@@ -191,12 +191,16 @@ fn widen_pipe(file: &std::fs::File) {
 
 /// A file being restored, whose pages go to the disk while the restore goes on: every
 /// [`WRITEBACK_STEP`] written, writeback of that range is started (`posix_fadvise`), so the
-/// `fsync` at the end finds little left to write instead of the whole file.
+/// `fsync` at the end finds little left to write instead of the whole file. The same call
+/// drops the pages of the range before it, whose writeback began a step earlier and which are
+/// clean by then: the restore does not fill the page cache (in a pod, its memory limit) with
+/// a whole database, and the next writes reuse the pages just freed.
 #[derive(Debug)]
 pub struct WritebackFile {
     file: std::fs::File,
     written: u64,
     started: u64,
+    dropped: u64,
 }
 
 /// How much a restored file grows between two starts of writeback.
@@ -205,7 +209,7 @@ pub const WRITEBACK_STEP: u64 = 16 << 20;
 impl WritebackFile {
     /// Wraps a file opened for writing at offset 0.
     pub fn new(file: std::fs::File) -> Self {
-        Self { file, written: 0, started: 0 }
+        Self { file, written: 0, started: 0, dropped: 0 }
     }
 
     /// Writes what is left and waits for it to be on disk, then hands the file back.
@@ -215,7 +219,10 @@ impl WritebackFile {
     }
 
     fn start_writeback(&mut self) {
-        start_writeback(&self.file, self.started, self.written - self.started);
+        // [dropped, started): written back since the last call, its clean pages dropped;
+        // [started, written): its writeback started.
+        start_writeback(&self.file, self.dropped, self.written - self.dropped);
+        self.dropped = self.started;
         self.started = self.written;
     }
 }

@@ -457,3 +457,30 @@ fn a_push_to_local_disk_leaves_its_packs_out_of_the_page_cache() {
     let resident: u64 = text.lines().map(|l| l.split_whitespace().next().unwrap().parse::<u64>().unwrap()).sum();
     assert_eq!(resident, 0, "pack pages still in the page cache:\n{text}");
 }
+
+#[test]
+fn a_pull_into_a_file_leaves_little_of_it_in_the_page_cache() {
+    // A restored file is written back while the restore goes on, and its pages are dropped
+    // once clean: restoring a database larger than the pod's memory does not fill the page
+    // cache (and the pod's memory limit) with it.
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::new(BIN, format!("file://{}/repo", dir.path().display()));
+    agent.run(&["repo", "init"]);
+    let dump = dir.path().join("dump.sql");
+    SqlDump::of_size(4, 160 << 20, 0.0).write(1, &mut std::fs::File::create(&dump).unwrap()).unwrap();
+    let id = agent.push(&[], std::fs::File::open(&dump).unwrap())["snapshot_id"].as_str().unwrap().to_string();
+    let out = dir.path().join("restored.sql");
+    agent.run(&["pull", &id, out.to_str().unwrap()]);
+    let o = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES,SIZE"])
+        .arg(&out)
+        .output()
+        .expect("fincore runs (util-linux)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8(o.stdout).unwrap();
+    let v: Vec<u64> = text.split_whitespace().map(|w| w.parse().unwrap()).collect();
+    let (resident, size) = (v[0], v[1]);
+    assert_eq!(size, std::fs::metadata(&dump).unwrap().len());
+    assert!(resident <= size / 2, "{resident} of the restored file's {size} bytes are still in the page cache");
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&dump).unwrap(), "the restored file differs from the dump");
+}

@@ -386,3 +386,32 @@ fn unreadable_file_makes_the_snapshot_partial() {
     assert!(errors.contains("secret.key") && errors.contains("ermission denied"), "{b}");
     assert_eq!(b["files_read"], 1, "{b}");
 }
+
+#[test]
+fn a_large_restored_file_leaves_little_of_itself_in_the_page_cache() {
+    // A database's data file is written back while the restore goes on and its pages are
+    // dropped once clean, so a restore larger than the pod's memory does not fill the page
+    // cache (and the pod's memory limit) with it. `fincore` (util-linux) counts resident pages.
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::new(BIN, format!("file://{}/repo", dir.path().display()));
+    agent.run(&["repo", "init"]);
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let data = src.join("ibdata1");
+    std::io::copy(&mut MixedStream::new(9, 160 << 20), &mut std::fs::File::create(&data).unwrap()).unwrap();
+    let b = agent.json(&["backup", src.to_str().unwrap()]);
+    let dst = dir.path().join("dst");
+    agent.run(&["restore", b["snapshot_id"].as_str().unwrap(), dst.to_str().unwrap()]);
+    let restored = dst.join("ibdata1");
+    let o = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES,SIZE"])
+        .arg(&restored)
+        .output()
+        .expect("fincore runs (util-linux)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Vec<u64> = String::from_utf8(o.stdout).unwrap().split_whitespace().map(|w| w.parse().unwrap()).collect();
+    let (resident, size) = (v[0], v[1]);
+    assert_eq!(size, 160 << 20);
+    assert!(resident <= size / 2, "{resident} of the restored file's {size} bytes are still in the page cache");
+    assert!(std::fs::read(&restored).unwrap() == std::fs::read(&data).unwrap(), "the restored file differs");
+}
