@@ -439,6 +439,41 @@ struct GroupRead {
     members: Vec<(kanister_repo::pack::PackEntry, usize, usize)>,
 }
 
+/// Decrypts, decompresses and verifies the blobs of a group read (`bytes` from offset
+/// `start` of the pack) where they lie. Files of the same content share a blob, which the
+/// members, in offset order, list once per file: its bytes are plaintext after the first
+/// decryption, so a repeat of the same entry gets a copy of that plaintext. Anything else at
+/// an offset already decrypted (an index naming another blob there) fails to open, as a
+/// damaged repository should.
+fn decode_members(
+    keys: &kanister_repo::Keys,
+    start: u64,
+    bytes: bytes::Bytes,
+    members: &[(kanister_repo::pack::PackEntry, usize, usize)],
+) -> Result<Vec<(usize, usize, Vec<u8>)>> {
+    let mut bytes = owned(bytes);
+    let mut out: Vec<(usize, usize, Vec<u8>)> = Vec::with_capacity(members.len());
+    let mut last: Option<(kanister_repo::pack::PackEntry, usize)> = None;
+    for (e, fi, bi) in members {
+        let data = match last {
+            Some((prev, at)) if prev == *e => out[at].2.clone(),
+            _ => {
+                let s = (e.offset as u64 - start) as usize;
+                last = Some((*e, out.len()));
+                kanister_repo::blob::decode_in_place(
+                    keys,
+                    e.kind,
+                    &e.id,
+                    &mut bytes[s..s + e.length as usize],
+                    e.raw_len,
+                )?
+            }
+        };
+        out.push((*fi, *bi, data));
+    }
+    Ok(out)
+}
+
 /// Restores small files whose content totals about [`GROUP_BYTES`]: their blobs are sorted by
 /// pack and offset and read with few large range requests, then the files are written on the
 /// blocking pool, several at once.
@@ -483,29 +518,7 @@ async fn restore_small_group(
                 let key = crate::repository::pack_key(&read.pack);
                 read_and(store, &key, read.start..read.end, move |bytes| -> Result<Vec<(usize, usize, Vec<u8>)>> {
                     Progress::add(&progress.bytes_stored, bytes.len() as u64);
-                    let mut bytes = owned(bytes);
-                    let mut out: Vec<(usize, usize, Vec<u8>)> = Vec::with_capacity(read.members.len());
-                    // Files of the same content share a blob: members in offset order repeat it,
-                    // and its bytes are plaintext after the first decryption in place.
-                    let mut first: Option<(u32, usize)> = None;
-                    for (e, fi, bi) in &read.members {
-                        let data = match first {
-                            Some((offset, at)) if offset == e.offset => out[at].2.clone(),
-                            _ => {
-                                let s = (e.offset as u64 - read.start) as usize;
-                                first = Some((e.offset, out.len()));
-                                kanister_repo::blob::decode_in_place(
-                                    &keys,
-                                    e.kind,
-                                    &e.id,
-                                    &mut bytes[s..s + e.length as usize],
-                                    e.raw_len,
-                                )?
-                            }
-                        };
-                        out.push((*fi, *bi, data));
-                    }
-                    Ok(out)
+                    decode_members(&keys, read.start, bytes, &read.members)
                 })
                 .await
             }
@@ -690,4 +703,45 @@ fn delete_extra(abs: &Path, rel: &str, keep: &HashSet<Vec<u8>>, exclude: &GlobSe
         n += 1;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kanister_repo::blob;
+    use kanister_repo::pack::PackEntry;
+
+    #[test]
+    fn a_blob_shared_by_files_is_decoded_once_and_another_id_at_its_offset_fails() {
+        let keys = kanister_repo::keys::MasterKey::generate().keys();
+        let (mut pack, mut entries) = (Vec::new(), Vec::new());
+        for c in [b"same content in two files\n".repeat(50), b"another file\n".repeat(80)] {
+            let id = blob::blob_id(&keys, &c);
+            let e = blob::encode(&keys, kanister_repo::BlobKind::Data, id, &c, 1).unwrap();
+            entries.push((
+                PackEntry {
+                    id,
+                    kind: e.kind,
+                    offset: 100 + pack.len() as u32,
+                    length: e.bytes.len() as u32,
+                    raw_len: e.raw_len,
+                },
+                c,
+            ));
+            pack.extend_from_slice(&e.bytes);
+        }
+        let (a, b) = (entries[0].0, entries[1].0);
+        // Files 0 and 1 share blob a; file 2 holds b.
+        let members = [(a, 0, 0), (a, 1, 0), (b, 2, 0)];
+        let out = decode_members(&keys, 100, bytes::Bytes::from(pack.clone()), &members).unwrap();
+        let want = [&entries[0].1, &entries[0].1, &entries[1].1];
+        assert_eq!(out.len(), 3);
+        for ((fi, _, data), w) in out.iter().zip(want) {
+            assert_eq!(data, w, "file {fi}");
+        }
+        // An index naming another blob at a's offset: not a's plaintext, an error.
+        let forged = PackEntry { id: b.id, ..a };
+        let err = decode_members(&keys, 100, bytes::Bytes::from(pack), &[(a, 0, 0), (forged, 1, 0)]).unwrap_err();
+        assert!(err.to_string().contains("cannot decrypt"), "{err}");
+    }
 }
