@@ -313,13 +313,8 @@ pub async fn run(args: Vec<std::ffi::OsString>) -> Result<()> {
                 }
             };
             let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-            if target == "-" {
-                let out = crate::pull::stdout_file().map_err(|e| Error::io("cannot write to stdout", e))?;
-                let (_, out) = crate::pull::pull(&repo, &id, out, 4, workers, progress).await?;
-                crate::pull::sync_if_file(&out).map_err(|e| Error::io("cannot write the output to disk", e))?;
-            } else {
-                crate::pull::pull_to_path(&repo, &id, std::path::Path::new(&target), 4, workers, progress).await?;
-            }
+            // `-` and `/dev/stdout` included (see `pull::is_stdout`).
+            crate::pull::pull_to_path(&repo, &id, std::path::Path::new(&target), 4, workers, progress).await?;
         }
         LocationCommand::Delete { kopia_snapshot } => match kopia_snapshot.as_deref().filter(|s| !s.is_empty()) {
             Some(s) => {

@@ -177,6 +177,28 @@ pub fn stdout_file() -> std::io::Result<std::fs::File> {
     Ok(file)
 }
 
+/// Whether an output path means standard output: `-`, or one of its names in `/dev` and
+/// `/proc`. Those are written through descriptor 1 (so a shell's `> FILE` or `>> FILE` keeps
+/// its meaning), never replaced by a file renamed over them.
+pub fn is_stdout(path: &str) -> bool {
+    matches!(path, "-" | "/dev/stdout" | "/dev/fd/1" | "/proc/self/fd/1")
+}
+
+/// Writes snapshot `id` to standard output, and waits for it to be on disk when standard
+/// output is a file (`pull ID > dump.sql`: done means on disk, as for a named output file).
+pub async fn pull_to_stdout(
+    repo: &Repository,
+    id: &SnapshotId,
+    fetches: usize,
+    workers: usize,
+    progress: Arc<Progress>,
+) -> Result<PullStats> {
+    let out = stdout_file().map_err(|e| Error::io("cannot write to standard output", e))?;
+    let (stats, out) = pull(repo, id, out, fetches, workers, progress).await?;
+    sync_if_file(&out).map_err(|e| Error::io("cannot write the output to disk", e))?;
+    Ok(stats)
+}
+
 /// The pipe buffer a pull asks for on its standard output.
 pub const PIPE_BUFFER: i32 = 1 << 20;
 
@@ -247,10 +269,36 @@ pub fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// The file a symlink leads to, existing or not yet (a link to where a dump is to be written).
+fn resolve_symlink(link: &std::path::Path) -> Result<std::path::PathBuf> {
+    let fail =
+        |e| Error::io(format!("cannot follow the symlink {} (name the file it leads to instead)", link.display()), e);
+    match std::fs::canonicalize(link) {
+        Ok(p) => Ok(p),
+        // A dangling link: its file is created where the link leads, in a directory that exists.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let to = std::fs::read_link(link).map_err(fail)?;
+            let to = link.parent().map_or(to.clone(), |dir| dir.join(&to));
+            match (to.parent(), to.file_name()) {
+                (Some(dir), Some(name))
+                    if !std::fs::symlink_metadata(&to).is_ok_and(|m| m.file_type().is_symlink()) =>
+                {
+                    let dir = if dir.as_os_str().is_empty() { std::path::Path::new(".") } else { dir };
+                    Ok(std::fs::canonicalize(dir).map_err(fail)?.join(name))
+                }
+                _ => Err(fail(e)),
+            }
+        }
+        Err(e) => Err(fail(e)),
+    }
+}
+
 /// Writes snapshot `id` into the file `target`, durably: under a temporary name beside it,
 /// fsynced, renamed into place, then its directory fsynced. A failed pull leaves nothing
 /// behind, and a file that was already at `target` stays as it was. A device or a named pipe
-/// at `target` (`/dev/stdout`, a FIFO a restore command reads) is written as it is.
+/// at `target` (a FIFO a restore command reads) is written as it is, standard output by any
+/// of its names ([`is_stdout`]) through descriptor 1, and a symlink's file is replaced, the
+/// link kept.
 pub async fn pull_to_path(
     repo: &Repository,
     id: &SnapshotId,
@@ -259,6 +307,9 @@ pub async fn pull_to_path(
     workers: usize,
     progress: Arc<Progress>,
 ) -> Result<PullStats> {
+    if target.to_str().is_some_and(is_stdout) {
+        return pull_to_stdout(repo, id, fetches, workers, progress).await;
+    }
     if std::fs::metadata(target).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
         let out = std::fs::OpenOptions::new()
             .write(true)
@@ -267,6 +318,15 @@ pub async fn pull_to_path(
         widen_pipe(&out);
         return Ok(pull(repo, id, out, fetches, workers, progress).await?.0);
     }
+    // A symlink at `target`: the file it leads to is replaced, not the link (renaming over it
+    // would turn the link into a file and leave the file it pointed to as it was).
+    let resolved;
+    let target = if std::fs::symlink_metadata(target).is_ok_and(|m| m.file_type().is_symlink()) {
+        resolved = resolve_symlink(target)?;
+        resolved.as_path()
+    } else {
+        target
+    };
     let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
     let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("pull");
     let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));

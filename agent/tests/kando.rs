@@ -76,6 +76,16 @@ fn round_trip(k: &Kando, profile: &str) {
         k.cmd(&["location", "pull", "--profile", profile, "--path", "/mysql/backup-1.sql", "-"]).output().unwrap();
     assert!(pulled.status.success(), "{}", String::from_utf8_lossy(&pulled.stderr));
     assert!(pulled.stdout == newer, "pulled bytes differ");
+    // `/dev/stdout` is standard output too, redirected to a file here (`> restore.sql`).
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("restore.sql");
+    let o = k
+        .cmd(&["location", "pull", "--profile", profile, "--path", "/mysql/backup-1.sql", "/dev/stdout"])
+        .stdout(std::fs::File::create(&file).unwrap())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read(&file).unwrap() == newer, "bytes pulled to /dev/stdout differ");
 
     let del = k.cmd(&["location", "delete", "--profile", profile, "--path", "/mysql/backup-1.sql"]).output().unwrap();
     assert!(del.status.success(), "{}", String::from_utf8_lossy(&del.stderr));

@@ -435,6 +435,54 @@ fn a_pull_into_a_named_pipe_writes_through_it() {
 }
 
 #[test]
+fn a_pull_to_dev_stdout_writes_through_the_redirect_and_a_symlink_is_kept() {
+    // `pull ID /dev/stdout > FILE` (and `>>`): the dump goes through descriptor 1 into FILE,
+    // with the report on standard error; `/dev/stdout` is never replaced by a renamed file.
+    // A symlink at the output path stays a link, and the file it leads to gets the dump.
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::new(BIN, format!("file://{}/repo", dir.path().display()));
+    agent.init();
+    let mut dump = Vec::new();
+    SqlDump::of_size(5, 3 << 20, 0.0).write(1, &mut dump).unwrap();
+    let id = agent.push(&[], std::io::Cursor::new(dump.clone()))["snapshot_id"].as_str().unwrap().to_string();
+
+    for name in ["/dev/stdout", "/dev/fd/1", "-"] {
+        let out = dir.path().join("out.sql");
+        let o = agent.cmd(&["pull", &id, name]).stdout(std::fs::File::create(&out).unwrap()).output().unwrap();
+        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(std::fs::read(&out).unwrap() == dump, "{name}: the redirected file is not the dump");
+    }
+    // `>>` appends after what the file held.
+    let out = dir.path().join("appended.sql");
+    std::fs::write(&out, b"-- before\n").unwrap();
+    let append = std::fs::OpenOptions::new().append(true).open(&out).unwrap();
+    let o = agent.cmd(&["pull", &id, "/dev/stdout"]).stdout(append).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = std::fs::read(&out).unwrap();
+    assert!(got.starts_with(b"-- before\n") && got[10..] == dump[..], "appending to a file through /dev/stdout");
+    assert!(std::fs::symlink_metadata("/dev/stdout").unwrap().file_type().is_symlink(), "/dev/stdout was replaced");
+
+    // A link to an existing file, and a link to a file not written yet.
+    let real = dir.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    std::fs::write(real.join("old.sql"), b"an older restore").unwrap();
+    for (link, to) in [("old.sql", "real/old.sql"), ("new.sql", "real/new.sql")] {
+        let link = dir.path().join(link);
+        std::os::unix::fs::symlink(to, &link).unwrap();
+        let o = agent.output(&["pull", &id, link.to_str().unwrap()]);
+        assert!(o.status.success(), "{}: {}", link.display(), String::from_utf8_lossy(&o.stderr));
+        assert!(
+            std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(),
+            "{}: the link was replaced",
+            link.display()
+        );
+        assert!(std::fs::read(dir.path().join(to)).unwrap() == dump, "{to}: not the dump");
+    }
+    let left: Vec<_> = std::fs::read_dir(&real).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+}
+
+#[test]
 fn a_push_to_local_disk_leaves_its_packs_out_of_the_page_cache() {
     // A backup never reads its packs back: once fsynced, their pages are dropped rather than
     // crowding out the database's cache (and the pod's memory limit). `fincore` (util-linux)

@@ -4,7 +4,8 @@ use super::super::*;
 pub(in crate::cli) struct PullArgs {
     /// Snapshot id (or a unique prefix of it)
     pub(in crate::cli) snapshot: String,
-    /// Where to write: a file (written whole, then renamed into place) or "-" for stdout
+    /// Where to write: a file (written whole, then renamed into place; through a symlink, the
+    /// file it leads to), a named pipe, or "-" (or /dev/stdout) for standard output
     #[arg(default_value = "-")]
     pub(in crate::cli) output: String,
     /// Range requests in flight to an object store; from a local disk, 4 times as many reads
@@ -18,12 +19,10 @@ pub(in crate::cli) async fn run(g: &Global, a: &PullArgs) -> Result<ExitCode> {
     let id = repo.resolve_snapshot(&a.snapshot).await?;
     let progress = Progress::new();
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let to_stdout = a.output == "-";
+    // `-` or `/dev/stdout`: the data goes to standard output, and the report to standard error.
+    let to_stdout = crate::pull::is_stdout(&a.output);
     let stats = if to_stdout {
-        let (stats, out) = crate::pull::pull(&repo, &id, stdout_file()?, a.fetches, workers, progress).await?;
-        // `pull ID > dump.sql`: done means on disk, as for a named output file.
-        crate::pull::sync_if_file(&out).map_err(|e| Error::io("cannot write the output to disk", e))?;
-        stats
+        crate::pull::pull_to_stdout(&repo, &id, a.fetches, workers, progress).await?
     } else {
         pull_to_file(&repo, &id, &a.output, a.fetches, workers, progress, g.json).await?
     };
