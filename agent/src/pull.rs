@@ -177,11 +177,29 @@ pub fn stdout_file() -> std::io::Result<std::fs::File> {
     Ok(file)
 }
 
-/// Whether an output path means standard output: `-`, or one of its names in `/dev` and
-/// `/proc`. Those are written through descriptor 1 (so a shell's `> FILE` or `>> FILE` keeps
-/// its meaning), never replaced by a file renamed over them.
+/// The descriptor an output path names, if it names one: `-` and `/dev/stdout` are 1,
+/// `/dev/stderr` 2, `/dev/fd/N` and `/proc/{self,thread-self,PID}/fd/N` are N. Such a path is
+/// written through the descriptor (so a shell's `> FILE` or `>> FILE` keeps its meaning),
+/// never replaced by a file renamed over it.
+pub fn descriptor(path: &str) -> Option<u32> {
+    let number = |n: &str| n.parse::<u32>().ok().filter(|_| n.bytes().all(|b| b.is_ascii_digit()));
+    match path {
+        "-" | "/dev/stdout" => return Some(1),
+        "/dev/stderr" => return Some(2),
+        "/dev/stdin" => return Some(0),
+        _ => {}
+    }
+    if let Some(n) = path.strip_prefix("/dev/fd/") {
+        return number(n);
+    }
+    let (process, n) = path.strip_prefix("/proc/")?.split_once("/fd/")?;
+    (process == "self" || process == "thread-self" || number(process).is_some()).then(|| number(n))?
+}
+
+/// Whether an output path means standard output ([`descriptor`] 1), by name or through
+/// symlinks.
 pub fn is_stdout(path: &str) -> bool {
-    matches!(path, "-" | "/dev/stdout" | "/dev/fd/1" | "/proc/self/fd/1")
+    descriptor(path) == Some(1) || matches!(output_of(std::path::Path::new(path)), Ok(Output::Descriptor(1, _)))
 }
 
 /// Writes snapshot `id` to standard output, and waits for it to be on disk when standard
@@ -269,36 +287,46 @@ pub fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// The file a symlink leads to, existing or not yet (a link to where a dump is to be written).
-fn resolve_symlink(link: &std::path::Path) -> Result<std::path::PathBuf> {
-    let fail =
-        |e| Error::io(format!("cannot follow the symlink {} (name the file it leads to instead)", link.display()), e);
-    match std::fs::canonicalize(link) {
-        Ok(p) => Ok(p),
-        // A dangling link: its file is created where the link leads, in a directory that exists.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let to = std::fs::read_link(link).map_err(fail)?;
-            let to = link.parent().map_or(to.clone(), |dir| dir.join(&to));
-            match (to.parent(), to.file_name()) {
-                (Some(dir), Some(name))
-                    if !std::fs::symlink_metadata(&to).is_ok_and(|m| m.file_type().is_symlink()) =>
-                {
-                    let dir = if dir.as_os_str().is_empty() { std::path::Path::new(".") } else { dir };
-                    Ok(std::fs::canonicalize(dir).map_err(fail)?.join(name))
-                }
-                _ => Err(fail(e)),
-            }
+/// What an output path is, its symlinks followed one by one (not canonicalized: that would
+/// turn `/dev/stdout` into the file behind the shell's redirect).
+#[derive(Debug, PartialEq)]
+enum Output {
+    /// A descriptor, by one of its names ([`descriptor`]).
+    Descriptor(u32, std::path::PathBuf),
+    /// A named pipe or a device: written as it is.
+    Special(std::path::PathBuf),
+    /// A file, there or not yet, and not a symlink: written beside it and renamed over it.
+    File(std::path::PathBuf),
+}
+
+fn output_of(target: &std::path::Path) -> Result<Output> {
+    let mut path = target.to_path_buf();
+    for _ in 0..40 {
+        if let Some(fd) = path.to_str().and_then(descriptor) {
+            return Ok(Output::Descriptor(fd, path));
         }
-        Err(e) => Err(fail(e)),
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let to = std::fs::read_link(&path)
+                    .map_err(|e| Error::io(format!("cannot follow the symlink {}", path.display()), e))?;
+                // Relative to the link's directory; an absolute one replaces it.
+                path = path.parent().map_or(to.clone(), |dir| dir.join(&to));
+            }
+            Ok(m) if !m.is_file() && !m.is_dir() => return Ok(Output::Special(path)),
+            _ => return Ok(Output::File(path)),
+        }
     }
+    Err(Error::io(
+        format!("cannot follow the symlinks at {} (name the file to write instead)", target.display()),
+        nix::errno::Errno::ELOOP.into(),
+    ))
 }
 
 /// Writes snapshot `id` into the file `target`, durably: under a temporary name beside it,
 /// fsynced, renamed into place, then its directory fsynced. A failed pull leaves nothing
 /// behind, and a file that was already at `target` stays as it was. A device or a named pipe
-/// at `target` (a FIFO a restore command reads) is written as it is, standard output by any
-/// of its names ([`is_stdout`]) through descriptor 1, and a symlink's file is replaced, the
-/// link kept.
+/// at `target` (a FIFO a restore command reads) is written as it is, a descriptor by any of its
+/// names ([`descriptor`]) through it, and a symlink's file is replaced, the link kept.
 pub async fn pull_to_path(
     repo: &Repository,
     id: &SnapshotId,
@@ -307,26 +335,33 @@ pub async fn pull_to_path(
     workers: usize,
     progress: Arc<Progress>,
 ) -> Result<PullStats> {
-    if target.to_str().is_some_and(is_stdout) {
-        return pull_to_stdout(repo, id, fetches, workers, progress).await;
-    }
-    if std::fs::metadata(target).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
-        let out = std::fs::OpenOptions::new()
-            .write(true)
-            .open(target)
-            .map_err(|e| Error::io(format!("cannot open {}", target.display()), e))?;
-        widen_pipe(&out);
-        return Ok(pull(repo, id, out, fetches, workers, progress).await?.0);
-    }
-    // A symlink at `target`: the file it leads to is replaced, not the link (renaming over it
-    // would turn the link into a file and leave the file it pointed to as it was).
-    let resolved;
-    let target = if std::fs::symlink_metadata(target).is_ok_and(|m| m.file_type().is_symlink()) {
-        resolved = resolve_symlink(target)?;
-        resolved.as_path()
-    } else {
-        target
+    let target = match output_of(target)? {
+        Output::Descriptor(1, _) => return pull_to_stdout(repo, id, fetches, workers, progress).await,
+        // Another descriptor: opened again by its name, appending (a regular file behind it
+        // keeps what it holds, as the shell's `>>` would; `>` emptied it already).
+        Output::Descriptor(_, path) => {
+            let out = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+            widen_pipe(&out);
+            let (stats, out) = pull(repo, id, out, fetches, workers, progress).await?;
+            sync_if_file(&out).map_err(|e| Error::io("cannot write the output to disk", e))?;
+            return Ok(stats);
+        }
+        Output::Special(path) => {
+            let out = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+            widen_pipe(&out);
+            return Ok(pull(repo, id, out, fetches, workers, progress).await?.0);
+        }
+        // Through a symlink, the file it leads to is replaced, not the link (renaming over the
+        // link would turn it into a file and leave the file it led to as it was).
+        Output::File(path) => path,
     };
+    let target = target.as_path();
     let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
     let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("pull");
     let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
@@ -495,6 +530,50 @@ pub async fn pull<W: std::io::Write + Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn descriptor_names_are_recognized_and_lookalikes_are_not() {
+        for (path, fd) in [
+            ("-", Some(1)),
+            ("/dev/stdout", Some(1)),
+            ("/dev/stderr", Some(2)),
+            ("/dev/fd/1", Some(1)),
+            ("/dev/fd/7", Some(7)),
+            ("/proc/self/fd/1", Some(1)),
+            ("/proc/thread-self/fd/2", Some(2)),
+            ("/proc/1234/fd/3", Some(3)),
+            ("/dev/fd/+1", None),
+            ("/dev/fd/", None),
+            ("/dev/fd/1/x", None),
+            ("/proc/self/fd/99999999999", None),
+            ("/proc/x/fd/1", None),
+            ("/proc/self/fdinfo/1", None),
+            ("/dev/shm/dump.sql", None),
+            ("dev/stdout", None),
+            ("./-", None),
+        ] {
+            assert_eq!(descriptor(path), fd, "{path}");
+        }
+    }
+
+    #[test]
+    fn an_output_path_is_followed_link_by_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::os::unix::fs::symlink("/dev/stdout", d.join("to-stdout")).unwrap();
+        std::os::unix::fs::symlink("to-stdout", d.join("chain")).unwrap();
+        std::os::unix::fs::symlink("sub/new.sql", d.join("dangling")).unwrap();
+        std::os::unix::fs::symlink("loop-b", d.join("loop-a")).unwrap();
+        std::os::unix::fs::symlink("loop-a", d.join("loop-b")).unwrap();
+        nix::unistd::mkfifo(&d.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        std::os::unix::fs::symlink("fifo", d.join("to-fifo")).unwrap();
+        assert_eq!(output_of(&d.join("chain")).unwrap(), Output::Descriptor(1, "/dev/stdout".into()));
+        assert_eq!(output_of(&d.join("dangling")).unwrap(), Output::File(d.join("sub/new.sql")));
+        assert_eq!(output_of(&d.join("to-fifo")).unwrap(), Output::Special(d.join("fifo")));
+        assert_eq!(output_of(&d.join("plain.sql")).unwrap(), Output::File(d.join("plain.sql")));
+        let e = output_of(&d.join("loop-a")).unwrap_err().to_string();
+        assert!(e.contains("cannot follow the symlinks at") && e.contains("loop-a"), "{e}");
+    }
 
     /// Accepts at most `max` bytes per call, like a pipe that is nearly full.
     struct Trickle {

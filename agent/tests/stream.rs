@@ -460,7 +460,26 @@ fn a_pull_to_dev_stdout_writes_through_the_redirect_and_a_symlink_is_kept() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let got = std::fs::read(&out).unwrap();
     assert!(got.starts_with(b"-- before\n") && got[10..] == dump[..], "appending to a file through /dev/stdout");
-    assert!(std::fs::symlink_metadata("/dev/stdout").unwrap().file_type().is_symlink(), "/dev/stdout was replaced");
+    // A link to `/dev/stdout` is standard output too: the redirected file itself gets the
+    // dump (the same inode, not one renamed over it).
+    let link = dir.path().join("to-stdout");
+    std::os::unix::fs::symlink("/dev/stdout", &link).unwrap();
+    let out = dir.path().join("through-link.sql");
+    let redirect = std::fs::File::create(&out).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let inode = redirect.metadata().unwrap().ino();
+    let o = agent.cmd(&["pull", &id, link.to_str().unwrap()]).stdout(redirect).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read(&out).unwrap() == dump && std::fs::metadata(&out).unwrap().ino() == inode);
+    // `/dev/stderr`: its redirected file gets the dump (with whatever the agent said there).
+    let out = dir.path().join("stderr.sql");
+    let o = agent.cmd(&["pull", &id, "/dev/stderr"]).stderr(std::fs::File::create(&out).unwrap()).output().unwrap();
+    assert!(o.status.success());
+    let got = std::fs::read(&out).unwrap();
+    assert!(got.windows(dump.len()).any(|w| w == dump), "the dump is not in the file behind /dev/stderr");
+    for name in ["/dev/stdout", "/dev/stderr"] {
+        assert!(std::fs::symlink_metadata(name).unwrap().file_type().is_symlink(), "{name} was replaced");
+    }
 
     // A link to an existing file, and a link to a file not written yet.
     let real = dir.path().join("real");
