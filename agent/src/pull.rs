@@ -322,6 +322,39 @@ fn output_of(target: &std::path::Path) -> Result<Output> {
     ))
 }
 
+/// How long an unlocked temporary file of a pull must have gone unwritten before another pull
+/// removes it: far longer than between a pull's creating its file and locking it.
+const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Removes the temporary files that pulls into the same file left in `dir` when they were
+/// killed (`kill -9`, a node lost): each as large as what it had written, and a restore is
+/// often retried into the same path until the disk is full. A file is abandoned when no pull
+/// holds its lock (the lock goes with the process) and it was last written a while ago.
+fn remove_abandoned(dir: &std::path::Path, prefix: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_str().is_some_and(|n| n.starts_with(prefix)) {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(file) = std::fs::File::open(&path) else { continue };
+        let (Ok(()), Ok(m)) = (file.try_lock(), file.metadata()) else { continue };
+        let idle = m.modified().ok().and_then(|t| t.elapsed().ok()).unwrap_or_default();
+        // Still the file this name leads to (not one renamed into place meanwhile).
+        let same = std::fs::symlink_metadata(&path).is_ok_and(|n| (n.dev(), n.ino()) == (m.dev(), m.ino()));
+        if m.is_file() && same && idle >= ABANDONED_AFTER {
+            match std::fs::remove_file(&path) {
+                Ok(()) => tracing::warn!(
+                    file = %path.display(), bytes = m.len(),
+                    "removed what an earlier pull into the same file left when it was stopped"
+                ),
+                Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot remove an abandoned pull's file"),
+            }
+        }
+    }
+}
+
 /// Writes snapshot `id` into the file `target`, durably: under a temporary name beside it,
 /// fsynced, renamed into place, then its directory fsynced. A failed pull leaves nothing
 /// behind, and a file that was already at `target` stays as it was. A device or a named pipe
@@ -364,8 +397,13 @@ pub async fn pull_to_path(
     let target = target.as_path();
     let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
     let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("pull");
-    let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
+    let prefix = format!(".{name}.partial-");
+    remove_abandoned(dir, &prefix);
+    let tmp = dir.join(format!("{prefix}{}", std::process::id()));
     let file = std::fs::File::create(&tmp).map_err(|e| Error::io(format!("cannot create {}", tmp.display()), e))?;
+    // Held while the pull writes, so that another pull into the same file knows it is not
+    // abandoned ([`remove_abandoned`]); released when the file closes, after the rename.
+    file.lock().map_err(|e| Error::io(format!("cannot lock {}", tmp.display()), e))?;
     // No buffer in between: each batch of blobs (up to 2 MiB) is one `writev`.
     let r = pull(repo, id, WritebackFile::new(file), fetches, workers, progress).await;
     let finish = || -> Result<PullStats> {

@@ -551,3 +551,106 @@ fn a_pull_into_a_file_leaves_little_of_it_in_the_page_cache() {
     assert!(resident <= size / 2, "{resident} of the restored file's {size} bytes are still in the page cache");
     assert!(std::fs::read(&out).unwrap() == std::fs::read(&dump).unwrap(), "the restored file differs from the dump");
 }
+
+#[test]
+fn a_pull_killed_at_random_points_leaves_the_old_file_and_the_next_pull_removes_its_leftovers() {
+    // `kill -9` while a pull writes a file: the file that was there stays whole, and the
+    // killed pull's temporary file (as large as what it wrote) is removed by the next pull
+    // into the same file, once no pull holds it and it has gone unwritten for a minute. A
+    // file another pull still holds, or one written just now, is kept. The seed is printed;
+    // `KANISTER_KILL_SEED=<seed>` replays a run.
+    use rand::{Rng, SeedableRng};
+    let seed =
+        std::env::var("KANISTER_KILL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random::<u64>);
+    eprintln!("pull kills: seed {seed} (replay with KANISTER_KILL_SEED={seed})");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::new(BIN, format!("file://{}/repo", dir.path().display()));
+    agent.init();
+    let dump = dir.path().join("dump.sql");
+    SqlDump::of_size(6, 96 << 20, 0.0).write(1, &mut std::fs::File::create(&dump).unwrap()).unwrap();
+    let want = kanister_testkit::sha256_of(std::fs::File::open(&dump).unwrap()).unwrap();
+    let id = agent.push(&[], std::fs::File::open(&dump).unwrap())["snapshot_id"].as_str().unwrap().to_string();
+    let out_dir = dir.path().join("restore");
+    std::fs::create_dir(&out_dir).unwrap();
+    let out = out_dir.join("db.sql");
+    std::fs::write(&out, b"the restore before this one\n").unwrap();
+    let started = std::time::Instant::now();
+    let o = agent.output(&["pull", &id, dir.path().join("timing.sql").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let whole = started.elapsed();
+
+    let leftovers = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&out_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().contains(".partial-"))
+            .collect()
+    };
+    let age = |p: &std::path::Path| {
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+        std::fs::File::options().write(true).open(p).unwrap().set_modified(old).unwrap();
+    };
+    let mut killed = 0;
+    for round in 0..6 {
+        let mut child = agent.cmd(&["pull", &id, out.to_str().unwrap()]).spawn().unwrap();
+        // Killed while it writes: once its temporary file is there, at a random point after.
+        let tmp = out_dir.join(format!(".db.sql.partial-{}", child.id()));
+        while !tmp.exists() && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let at = whole.mul_f64(rng.gen_range(0.0..0.7));
+        std::thread::sleep(at);
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        // Killed or finished first, the file is whole: the old one or the restored one.
+        let now = std::fs::read(&out).unwrap();
+        let restored = kanister_testkit::sha256_of(std::io::Cursor::new(&now)).unwrap() == want;
+        assert!(
+            now == b"the restore before this one\n" || (status.success() && restored),
+            "round {round} (seed {seed}), killed {at:?} into writing: {} bytes at the output",
+            now.len()
+        );
+        if status.success() {
+            std::fs::write(&out, b"the restore before this one\n").unwrap();
+        } else {
+            killed += 1;
+        }
+    }
+    assert!(killed > 0, "no pull was killed (seed {seed})");
+    let left = leftovers();
+    assert!(!left.is_empty(), "a killed pull left no temporary file (seed {seed})");
+    // Just written: kept.
+    let o = agent.output(&["pull", &id, dir.path().join("elsewhere.sql").to_str().unwrap()]);
+    assert!(o.status.success());
+    // Held by another pull (its lock), though old: kept; old and not held: removed.
+    let held = out_dir.join(".db.sql.partial-4000000");
+    std::fs::write(&held, b"a pull that is still running").unwrap();
+    age(&held);
+    let lock = std::fs::File::open(&held).unwrap();
+    lock.lock().unwrap();
+    let fresh = out_dir.join(".db.sql.partial-4000001");
+    std::fs::write(&fresh, b"a pull that just began").unwrap();
+    let other = out_dir.join(".other.sql.partial-4000002");
+    std::fs::write(&other, b"a pull into another file").unwrap();
+    age(&other);
+    for p in &left {
+        age(p);
+    }
+    let o = agent.output(&["pull", &id, out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(kanister_testkit::sha256_of(std::fs::File::open(&out).unwrap()).unwrap(), want);
+    let now = leftovers();
+    for p in &left {
+        assert!(!now.contains(p), "{} was not removed (seed {seed})", p.display());
+    }
+    for p in [&held, &fresh, &other] {
+        assert!(now.contains(p), "{} was removed (seed {seed})", p.display());
+    }
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("removed what an earlier pull"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    drop(lock);
+}
