@@ -334,7 +334,13 @@ fn remove_abandoned(dir: &std::path::Path, prefix: &str) {
     use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
-        if !entry.file_name().to_str().is_some_and(|n| n.starts_with(prefix)) {
+        // Only names a pull makes: the prefix, then a process id.
+        let ours = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+        if !ours {
             continue;
         }
         let path = entry.path();

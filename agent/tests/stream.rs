@@ -634,6 +634,9 @@ fn a_pull_killed_at_random_points_leaves_the_old_file_and_the_next_pull_removes_
     let other = out_dir.join(".other.sql.partial-4000002");
     std::fs::write(&other, b"a pull into another file").unwrap();
     age(&other);
+    let users = out_dir.join(".db.sql.partial-4000003.bak");
+    std::fs::write(&users, b"not a name a pull makes").unwrap();
+    age(&users);
     for p in &left {
         age(p);
     }
@@ -644,7 +647,7 @@ fn a_pull_killed_at_random_points_leaves_the_old_file_and_the_next_pull_removes_
     for p in &left {
         assert!(!now.contains(p), "{} was not removed (seed {seed})", p.display());
     }
-    for p in [&held, &fresh, &other] {
+    for p in [&held, &fresh, &other, &users] {
         assert!(now.contains(p), "{} was removed (seed {seed})", p.display());
     }
     assert!(
