@@ -199,7 +199,7 @@ pub fn descriptor(path: &str) -> Option<u32> {
 /// Whether an output path means standard output ([`descriptor`] 1), by name or through
 /// symlinks.
 pub fn is_stdout(path: &str) -> bool {
-    descriptor(path) == Some(1) || matches!(output_of(std::path::Path::new(path)), Ok(Output::Descriptor(1, _)))
+    matches!(output_of(std::path::Path::new(path)), Ok(Output::Descriptor(1, _)))
 }
 
 /// Writes snapshot `id` to standard output, and waits for it to be on disk when standard
@@ -229,18 +229,41 @@ fn widen_pipe(file: &std::fs::File) {
     }
 }
 
-/// A file being restored, whose pages go to the disk while the restore goes on: every
-/// [`WRITEBACK_STEP`] written, writeback of that range is started (`posix_fadvise`), so the
-/// `fsync` at the end finds little left to write instead of the whole file. The same call
-/// drops the pages of the range before it, whose writeback began a step earlier and which are
-/// clean by then: the restore does not fill the page cache (in a pod, its memory limit) with
-/// a whole database, and the next writes reuse the pages just freed.
+/// Where writeback of a file being restored stands: every [`WRITEBACK_STEP`] written,
+/// writeback of that range is started ([`start_writeback`]), so the `fsync` at the end finds
+/// little left to write instead of the whole file. The same call drops the pages of the range
+/// before it, whose writeback began a step earlier and which are clean by then: the restore
+/// does not fill the page cache (in a pod, its memory limit) with a whole database, and the
+/// next writes reuse the pages just freed.
+#[derive(Debug, Default)]
+pub struct WritebackWindow {
+    /// Writeback started up to here.
+    started: u64,
+    /// Pages dropped up to here.
+    dropped: u64,
+}
+
+impl WritebackWindow {
+    /// With `written` bytes of the file written: the range (offset, length) to hand to
+    /// [`start_writeback`] when a step is due. [dropped, started) was written back since the
+    /// last step, its clean pages dropped; [started, written) gets its writeback started.
+    pub fn step(&mut self, written: u64) -> Option<(u64, u64)> {
+        if written - self.started < WRITEBACK_STEP {
+            return None;
+        }
+        let range = (self.dropped, written - self.dropped);
+        (self.dropped, self.started) = (self.started, written);
+        Some(range)
+    }
+}
+
+/// A file being restored through [`std::io::Write`], written back as it grows
+/// ([`WritebackWindow`]).
 #[derive(Debug)]
 pub struct WritebackFile {
     file: std::fs::File,
     written: u64,
-    started: u64,
-    dropped: u64,
+    window: WritebackWindow,
 }
 
 /// How much a restored file grows between two starts of writeback.
@@ -249,21 +272,13 @@ pub const WRITEBACK_STEP: u64 = 16 << 20;
 impl WritebackFile {
     /// Wraps a file opened for writing at offset 0.
     pub fn new(file: std::fs::File) -> Self {
-        Self { file, written: 0, started: 0, dropped: 0 }
+        Self { file, written: 0, window: WritebackWindow::default() }
     }
 
     /// Writes what is left and waits for it to be on disk, then hands the file back.
     pub fn sync(self) -> std::io::Result<std::fs::File> {
         self.file.sync_all()?;
         Ok(self.file)
-    }
-
-    fn start_writeback(&mut self) {
-        // [dropped, started): written back since the last call, its clean pages dropped;
-        // [started, written): its writeback started.
-        start_writeback(&self.file, self.dropped, self.written - self.dropped);
-        self.dropped = self.started;
-        self.started = self.written;
     }
 }
 
@@ -361,6 +376,29 @@ fn remove_abandoned(dir: &std::path::Path, prefix: &str) {
     }
 }
 
+/// Writes snapshot `id` through `path` as it is (a named pipe, a device, a descriptor's name),
+/// from its start or, with `append`, after what it holds; waits for it to be on disk when it is
+/// a regular file.
+async fn pull_through(
+    repo: &Repository,
+    id: &SnapshotId,
+    path: &std::path::Path,
+    append: bool,
+    fetches: usize,
+    workers: usize,
+    progress: Arc<Progress>,
+) -> Result<PullStats> {
+    let out = std::fs::OpenOptions::new()
+        .write(true)
+        .append(append)
+        .open(path)
+        .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+    widen_pipe(&out);
+    let (stats, out) = pull(repo, id, out, fetches, workers, progress).await?;
+    sync_if_file(&out).map_err(|e| Error::io("cannot write the output to disk", e))?;
+    Ok(stats)
+}
+
 /// Writes snapshot `id` into the file `target`, durably: under a temporary name beside it,
 /// fsynced, renamed into place, then its directory fsynced. A failed pull leaves nothing
 /// behind, and a file that was already at `target` stays as it was. A device or a named pipe
@@ -376,26 +414,10 @@ pub async fn pull_to_path(
 ) -> Result<PullStats> {
     let target = match output_of(target)? {
         Output::Descriptor(1, _) => return pull_to_stdout(repo, id, fetches, workers, progress).await,
-        // Another descriptor: opened again by its name, appending (a regular file behind it
+        // Another descriptor is opened again by its name, appending (a regular file behind it
         // keeps what it holds, as the shell's `>>` would; `>` emptied it already).
-        Output::Descriptor(_, path) => {
-            let out = std::fs::OpenOptions::new()
-                .append(true)
-                .open(&path)
-                .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
-            widen_pipe(&out);
-            let (stats, out) = pull(repo, id, out, fetches, workers, progress).await?;
-            sync_if_file(&out).map_err(|e| Error::io("cannot write the output to disk", e))?;
-            return Ok(stats);
-        }
-        Output::Special(path) => {
-            let out = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
-            widen_pipe(&out);
-            return Ok(pull(repo, id, out, fetches, workers, progress).await?.0);
-        }
+        Output::Descriptor(_, path) => return pull_through(repo, id, &path, true, fetches, workers, progress).await,
+        Output::Special(path) => return pull_through(repo, id, &path, false, fetches, workers, progress).await,
         // Through a symlink, the file it leads to is replaced, not the link (renaming over the
         // link would turn it into a file and leave the file it led to as it was).
         Output::File(path) => path,
@@ -439,8 +461,8 @@ impl std::io::Write for WritebackFile {
     fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
         let n = self.file.write_vectored(bufs)?;
         self.written += n as u64;
-        if self.written - self.started >= WRITEBACK_STEP {
-            self.start_writeback();
+        if let Some((offset, len)) = self.window.step(self.written) {
+            start_writeback(&self.file, offset, len);
         }
         Ok(n)
     }

@@ -514,15 +514,9 @@ fn a_push_to_local_disk_leaves_its_packs_out_of_the_page_cache() {
     agent.push(&[], std::fs::File::open(&dump).unwrap());
     let packs = kanister_testkit::files_under(&dir.path().join("repo/data"));
     assert!(packs.len() >= 2, "{packs:?}");
-    let out = std::process::Command::new("fincore")
-        .args(["--bytes", "--noheadings", "--output", "RES,FILE"])
-        .args(&packs)
-        .output()
-        .expect("fincore runs (util-linux)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8(out.stdout).unwrap();
-    let resident: u64 = text.lines().map(|l| l.split_whitespace().next().unwrap().parse::<u64>().unwrap()).sum();
-    assert_eq!(resident, 0, "pack pages still in the page cache:\n{text}");
+    let counts = kanister_testkit::page_cache(&packs);
+    let resident: u64 = counts.iter().map(|(resident, _)| resident).sum();
+    assert_eq!(resident, 0, "pack pages still in the page cache: {:?}", packs.iter().zip(&counts).collect::<Vec<_>>());
 }
 
 #[test]
@@ -538,15 +532,7 @@ fn a_pull_into_a_file_leaves_little_of_it_in_the_page_cache() {
     let id = agent.push(&[], std::fs::File::open(&dump).unwrap())["snapshot_id"].as_str().unwrap().to_string();
     let out = dir.path().join("restored.sql");
     agent.run(&["pull", &id, out.to_str().unwrap()]);
-    let o = std::process::Command::new("fincore")
-        .args(["--bytes", "--noheadings", "--output", "RES,SIZE"])
-        .arg(&out)
-        .output()
-        .expect("fincore runs (util-linux)");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let text = String::from_utf8(o.stdout).unwrap();
-    let v: Vec<u64> = text.split_whitespace().map(|w| w.parse().unwrap()).collect();
-    let (resident, size) = (v[0], v[1]);
+    let (resident, size) = kanister_testkit::page_cache(&[&out])[0];
     assert_eq!(size, std::fs::metadata(&dump).unwrap().len());
     assert!(resident <= size / 2, "{resident} of the restored file's {size} bytes are still in the page cache");
     assert!(std::fs::read(&out).unwrap() == std::fs::read(&dump).unwrap(), "the restored file differs from the dump");

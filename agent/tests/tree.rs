@@ -403,14 +403,7 @@ fn a_large_restored_file_leaves_little_of_itself_in_the_page_cache() {
     let dst = dir.path().join("dst");
     agent.run(&["restore", b["snapshot_id"].as_str().unwrap(), dst.to_str().unwrap()]);
     let restored = dst.join("ibdata1");
-    let o = std::process::Command::new("fincore")
-        .args(["--bytes", "--noheadings", "--output", "RES,SIZE"])
-        .arg(&restored)
-        .output()
-        .expect("fincore runs (util-linux)");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: Vec<u64> = String::from_utf8(o.stdout).unwrap().split_whitespace().map(|w| w.parse().unwrap()).collect();
-    let (resident, size) = (v[0], v[1]);
+    let (resident, size) = kanister_testkit::page_cache(&[&restored])[0];
     assert_eq!(size, 160 << 20);
     assert!(resident <= size / 2, "{resident} of the restored file's {size} bytes are still in the page cache");
     assert!(std::fs::read(&restored).unwrap() == std::fs::read(&data).unwrap(), "the restored file differs");

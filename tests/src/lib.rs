@@ -33,6 +33,27 @@ pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// Bytes of each file resident in the page cache, and its size, in the order given, as
+/// `fincore` (util-linux) counts them.
+pub fn page_cache(files: &[impl AsRef<std::path::Path>]) -> Vec<(u64, u64)> {
+    let out = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES,SIZE"])
+        .args(files.iter().map(AsRef::as_ref))
+        .output()
+        .expect("fincore runs (util-linux)");
+    assert!(out.status.success(), "fincore: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let counts: Vec<(u64, u64)> = text
+        .lines()
+        .map(|l| {
+            let mut w = l.split_whitespace().map(|w| w.parse::<u64>().unwrap());
+            (w.next().unwrap(), w.next().unwrap())
+        })
+        .collect();
+    assert_eq!(counts.len(), files.len(), "fincore: {text}");
+    counts
+}
+
 /// SHA-256 of everything `r` yields, and its length.
 pub fn sha256_of(mut r: impl Read) -> std::io::Result<(String, u64)> {
     let mut h = Sha256::new();

@@ -648,21 +648,15 @@ async fn restore_file(
         .map_ok(|req| fetch_and_decode(store, keys.clone(), req))
         .try_buffered(4);
     let mut decoded = std::pin::pin!(decoded);
-    let (mut written, mut hole, mut flushed, mut dropped) = (0u64, false, 0u64, 0u64);
+    let (mut written, mut hole) = (0u64, false);
+    let mut window = crate::pull::WritebackWindow::default();
     while let Some((n, blobs)) = decoded.try_next().await? {
         Progress::add(&progress.bytes_stored, n);
         let path = abs.to_path_buf();
-        // Every `WRITEBACK_STEP` bytes, writeback of the part written since the last step
-        // starts and the pages of the part before it, clean by then, are dropped (as
-        // `pull::WritebackFile` does).
-        let step = written - flushed >= crate::pull::WRITEBACK_STEP;
-        let (from, len) = (dropped, written - dropped);
-        if step {
-            (dropped, flushed) = (flushed, written);
-        }
+        let step = window.step(written);
         let (f, (w, h)) = tokio::task::spawn_blocking(move || -> Result<(std::fs::File, (u64, bool))> {
-            if step {
-                crate::pull::start_writeback(&file, from, len);
+            if let Some((offset, len)) = step {
+                crate::pull::start_writeback(&file, offset, len);
             }
             let w = write_content(&mut file, blobs, &path)?;
             Ok((file, w))
